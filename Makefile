@@ -1,0 +1,62 @@
+# The course's commands. `make run` and `make test` set everything up on a fresh machine
+# (Python 3.10+ and pip; no conda needed).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+export COURSE_PROGRESS ?= 0
+export PYTHONHASHSEED = 0
+
+.PHONY: run test unit nbval lab notebooks handouts results student bench clean help
+
+help:
+	@echo "make run       set up .venv, execute every notebook, write build/handouts/ and build/results.md"
+	@echo "make test      set up .venv with dev extras, run unit tests and nbval over notebooks/"
+	@echo "make lab       open JupyterLab on notebooks/"
+	@echo "make notebooks re-execute notebooks/ in place (maintainers: refreshes committed outputs)"
+	@echo "make handouts  HTML handouts from the last run"
+	@echo "make bench     benchmark table (ratios vs baseline, single thread)"
+	@echo "make clean     remove build/ (and the baseline cache in it)"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PY) -m pip install "torch==2.13.0"
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) scripts/run_notebooks.py --out build/executed $(NOTEBOOKS)
+	$(PY) scripts/make_handouts.py build/executed build/handouts
+	$(PY) -m course_lib.results
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --nbval notebooks
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests
+
+nbval: $(STAMP)
+	$(PY) -m pytest -q --nbval notebooks
+
+lab: $(STAMP)
+	COURSE_PROGRESS=1 $(VENV)/bin/jupyter lab notebooks/
+
+notebooks: $(STAMP)
+	$(PY) scripts/run_notebooks.py --inplace $(NOTEBOOKS)
+
+handouts: $(STAMP)
+	$(PY) scripts/make_handouts.py build/executed build/handouts
+
+results: $(STAMP)
+	$(PY) -m course_lib.results
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf build

@@ -1,0 +1,307 @@
+"""Datasets: the embedded MNIST sample and loaders for the full datasets.
+
+``load_dataset("mnist5k")`` reads the 5,000-image sample committed in ``data/``
+(no network, checksum verified). ``"mnist"``, ``"fashion_mnist"`` and
+``"cifar10"`` read the official archives (IDX gzip files, the CIFAR-10 python
+tarball) from ``root``; they download them only when ``download=True``.
+
+Every split is a ``torch.utils.data.TensorDataset`` of ``(x, y)`` where ``x`` is
+float32 of shape ``(N, C, H, W)``, normalised with the dataset's mean and std,
+and ``y`` is int64 in ``[0, num_classes)``.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import struct
+import tarfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Registry entry: how to find, verify and normalise one dataset."""
+
+    name: str
+    kind: str  # "npz", "idx" or "cifar"
+    files: dict  # file name -> SHA-256 of the file as distributed
+    classes: tuple
+    input_shape: tuple  # (C, H, W)
+    mean: tuple
+    std: tuple
+    urls: dict = field(default_factory=dict)  # file name -> download URL
+    default_root: Path | None = None
+    val_size: int = 0  # images held out of the official train split for validation
+
+
+MNIST_CLASSES = tuple(str(i) for i in range(10))
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                 "dog", "frog", "horse", "ship", "truck")
+_IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+_MNIST_MIRROR = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+_FASHION_MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist5k": DatasetInfo(
+        name="mnist5k", kind="npz",
+        files={"mnist5k.npz": "97a109536c8b055a462ffb3de1d420133bc500b66d777dd118f8d5ac11a129cd"},
+        classes=MNIST_CLASSES, input_shape=(1, 28, 28), mean=(0.1307,), std=(0.3081,),
+        default_root=DATA_DIR),
+    "mnist": DatasetInfo(
+        name="mnist", kind="idx",
+        files=dict(zip(_IDX_FILES, (
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"))),
+        urls={f: _MNIST_MIRROR + f for f in _IDX_FILES},
+        classes=MNIST_CLASSES, input_shape=(1, 28, 28), mean=(0.1307,), std=(0.3081,),
+        val_size=5000),
+    "fashion_mnist": DatasetInfo(
+        name="fashion_mnist", kind="idx",
+        files=dict(zip(_IDX_FILES, (
+            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"))),
+        urls={f: _FASHION_MIRROR + f for f in _IDX_FILES},
+        classes=FASHION_CLASSES, input_shape=(1, 28, 28), mean=(0.2860,), std=(0.3530,),
+        val_size=5000),
+    "cifar10": DatasetInfo(
+        name="cifar10", kind="cifar",
+        files={"cifar-10-python.tar.gz":
+               "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"},
+        urls={"cifar-10-python.tar.gz": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"},
+        classes=CIFAR_CLASSES, input_shape=(3, 32, 32),
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+        val_size=5000),
+}
+VAL_SPLIT_SEED = 20261125
+
+
+@dataclass
+class Splits:
+    """Train/val/test datasets plus what a model needs to know about them."""
+
+    train: TensorDataset
+    val: TensorDataset
+    test: TensorDataset
+    classes: tuple
+    input_shape: tuple  # (C, H, W) of one image
+    name: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_name(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise ValueError(f"dataset name={name!r} is unknown; valid names: {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+def _default_root(info: DatasetInfo) -> Path:
+    if info.default_root is not None:
+        return info.default_root
+    base = Path(os.environ.get("COURSE_DATA", Path.home() / ".cache" / "course_data"))
+    return base / info.name
+
+
+def _download(url: str, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    print(f"downloading {url} -> {dest}")
+    with urllib.request.urlopen(url, timeout=120) as r, open(tmp, "wb") as f:
+        while chunk := r.read(1 << 20):
+            f.write(chunk)
+    tmp.replace(dest)
+
+
+def fetch_files(name: str, root: str | os.PathLike | None = None, download: bool = False) -> dict:
+    """Locate (and, only if ``download=True``, download) the files of dataset ``name``.
+
+    Returns {file name: Path}. Every file is verified against the registry's SHA-256;
+    a missing file raises ``FileNotFoundError`` naming the expected path, a wrong
+    checksum raises ``ValueError`` naming the file, the expected and the actual digest.
+    """
+    info = _check_name(name)
+    root = Path(root) if root is not None else _default_root(info)
+    paths = {}
+    for fname, digest in info.files.items():
+        path = root / fname
+        if not path.exists():
+            if download and fname in info.urls:
+                _download(info.urls[fname], path)
+            else:
+                raise FileNotFoundError(
+                    f"dataset {name!r}: expected file {path} is missing. "
+                    f"Put the official file there or call load_dataset({name!r}, root=..., download=True).")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise ValueError(f"dataset {name!r}: checksum mismatch for {path}: "
+                             f"expected sha256 {digest}, got {actual}. The file is corrupt or not the official one.")
+        paths[fname] = path
+    return paths
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (optionally gzip-compressed) of unsigned bytes into an array.
+
+    Returns uint8 of shape (N,) for labels (magic 2049) or (N, rows, cols) for images (2051).
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 8:
+        raise ValueError(f"IDX file {path} is truncated ({len(raw)} bytes)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08 or ndim not in (1, 3):
+        raise ValueError(f"IDX file {path}: bad magic (dtype 0x{dtype_code:02x}, ndim {ndim}); "
+                         "expected unsigned-byte data with 1 or 3 dimensions")
+    shape = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"IDX file {path}: header says shape {shape} but holds {data.size} values")
+    return data.reshape(shape)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that only rebuilds what a CIFAR-10 batch contains (dicts, lists, bytes, numpy arrays).
+
+    Anything else (a crafted pickle calling os.system, say) raises ``pickle.UnpicklingError``.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+
+
+def _read_cifar_tar(path: Path):
+    """Return (train_x, train_y, test_x, test_y), uint8 NCHW and int64, from the python tarball."""
+    xs, ys, test = [], [], None
+    with tarfile.open(path, "r:gz") as tar:
+        members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        for n in names:
+            if n not in members:
+                raise ValueError(f"CIFAR archive {path} has no member {n!r}")
+            d = _CifarUnpickler(io.BytesIO(tar.extractfile(members[n]).read()), encoding="bytes").load()
+            x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(d[b"labels"], dtype=np.int64)
+            if n == "test_batch":
+                test = (x, y)
+            else:
+                xs.append(x)
+                ys.append(y)
+    return np.concatenate(xs), np.concatenate(ys), test[0], test[1]
+
+
+def _to_dataset(images: np.ndarray, labels: np.ndarray, info: DatasetInfo) -> TensorDataset:
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+    std = torch.tensor(info.std).view(1, -1, 1, 1)
+    return TensorDataset((x - mean) / std, torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+
+
+def _stratified_holdout(labels: np.ndarray, n_val: int, seed: int) -> np.ndarray:
+    """Boolean mask of ``n_val`` validation indices, the same fraction from every class."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(len(labels), dtype=bool)
+    classes = np.unique(labels)
+    per_class = n_val // len(classes)
+    for c in classes:
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        mask[idx[:per_class]] = True
+    return mask
+
+
+def load_dataset(name: str = "mnist5k", root: str | os.PathLike | None = None,
+                 download: bool = False, limit: int | None = None) -> Splits:
+    """Load a dataset by registry name into train/val/test ``Splits``.
+
+    name: one of ``DATASETS`` ("mnist5k" ships with the course; "mnist", "fashion_mnist",
+    "cifar10" read their official archives from ``root``, default ``$COURSE_DATA/<name>``
+    or ``~/.cache/course_data/<name>``). download: fetch missing official files (never
+    implied). limit: keep only the first ``limit`` images of each split (>= 1), for quick runs.
+    """
+    info = _check_name(name)
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit={limit!r} must be a positive integer or None")
+    paths = fetch_files(name, root, download)
+    if info.kind == "npz":
+        with np.load(paths["mnist5k.npz"], allow_pickle=False) as z:
+            images, labels, split = z["images"], z["labels"].astype(np.int64), z["split"]
+        parts = [(images[split == s], labels[split == s]) for s in (0, 1, 2)]
+    else:
+        if info.kind == "idx":
+            tx, ty = read_idx(paths[_IDX_FILES[0]]), read_idx(paths[_IDX_FILES[1]]).astype(np.int64)
+            ex, ey = read_idx(paths[_IDX_FILES[2]]), read_idx(paths[_IDX_FILES[3]]).astype(np.int64)
+        else:
+            tx, ty, ex, ey = _read_cifar_tar(paths["cifar-10-python.tar.gz"])
+        if len(tx) != len(ty) or len(ex) != len(ey):
+            raise ValueError(f"dataset {name!r}: images and labels differ in count")
+        n_val = min(info.val_size, len(ty) // 10)
+        val = _stratified_holdout(ty, n_val, VAL_SPLIT_SEED)
+        parts = [(tx[~val], ty[~val]), (tx[val], ty[val]), (ex, ey)]
+    if limit is not None:
+        parts = [(x[:limit], y[:limit]) for x, y in parts]
+    train, val, test = (_to_dataset(x, y, info) for x, y in parts)
+    return Splits(train, val, test, info.classes, info.input_shape, info.name)
+
+
+def make_loaders(splits: Splits, batch_size: int = 128, shuffle_train: bool = True,
+                 seed: int = 0) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """(train, val, test) DataLoaders; the train loader shuffles with its own seeded generator."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    g = torch.Generator().manual_seed(seed)
+    return (DataLoader(splits.train, batch_size, shuffle=shuffle_train, generator=g),
+            DataLoader(splits.val, batch_size),
+            DataLoader(splits.test, batch_size))
+
+
+def tensors(dataset: TensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (x, y) tensors behind a TensorDataset (or a Subset of one)."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[0], dataset.tensors[1]
+    if isinstance(dataset, torch.utils.data.Subset):
+        x, y = tensors(dataset.dataset)
+        idx = torch.as_tensor(dataset.indices)
+        return x[idx], y[idx]
+    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
+    return torch.stack(xs), torch.as_tensor(ys)

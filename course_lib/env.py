@@ -1,0 +1,53 @@
+"""Environment check for the first cell of every notebook: versions, device, threads."""
+from __future__ import annotations
+
+import platform
+import sys
+import warnings
+
+# (package, minimum version the course is tested with) -- pinned exactly in pyproject.toml
+REQUIRED = {"torch": "2.13.0", "numpy": "2.0", "matplotlib": "3.8", "tqdm": "4.60"}
+
+
+def _version_tuple(v: str) -> tuple:
+    out = []
+    for part in v.split("+")[0].split("."):
+        digits = "".join(c for c in part if c.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def check_environment(require_gpu: bool = False, verbose: bool = True) -> dict:
+    """Check Python and package versions and report the device.
+
+    Raises RuntimeError if Python < 3.10 or a required package is missing or too old.
+    Without a GPU it warns (or raises only if ``require_gpu``); the course runs on the CPU.
+    Returns {"python", "packages": {name: version}, "device", "cuda"}.
+    """
+    import importlib
+
+    if sys.version_info < (3, 10):
+        raise RuntimeError(f"Python {platform.python_version()} is too old: the course needs >= 3.10")
+    versions = {}
+    for name, minimum in REQUIRED.items():
+        try:
+            mod = importlib.import_module(name)
+        except ImportError as e:
+            raise RuntimeError(f"package {name!r} is missing: run `make run` or `pip install -e .`") from e
+        versions[name] = mod.__version__
+        if _version_tuple(mod.__version__) < _version_tuple(minimum):
+            raise RuntimeError(f"{name} {mod.__version__} is older than the tested {minimum}")
+    import torch
+
+    from .training import get_device
+
+    device = get_device()
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        if require_gpu:
+            raise RuntimeError("a GPU was required (require_gpu=True) but CUDA is not available")
+        warnings.warn("No GPU found: everything runs on the CPU (this course is built for that).",
+                      stacklevel=2)
+    if verbose:
+        print(f"Python {platform.python_version()}; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    return {"python": platform.python_version(), "packages": versions, "device": str(device), "cuda": cuda}

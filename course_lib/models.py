@@ -1,0 +1,128 @@
+"""The course's models: LeNet-5 (the baseline), an MLP, and a small ResNet for CIFAR-10.
+
+All take NCHW float input and return logits of shape (N, num_classes).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+def _check_positive(**kw):
+    for k, v in kw.items():
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{k}={v!r} must be a positive integer")
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 as in Han et al.'s pruning and Deep Compression papers.
+
+    conv1 (c1 filters 5x5) -> ReLU -> maxpool 2 -> conv2 (c2 filters 5x5) -> ReLU -> maxpool 2
+    -> flatten -> fc1 (fc units) -> ReLU -> fc2 (num_classes).
+    Defaults (c1=20, c2=50, fc=500) on 1x28x28 input: 431,080 parameters.
+    Smaller widths give the students of chapter 4 and the channel-pruned models of chapter 1.
+    input_shape: (C, H, W) with H, W >= 12 (two 5x5 convs and two 2x2 pools must leave >= 1 pixel).
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, c1: int = 20, c2: int = 50,
+                 fc: int = 500, input_size: int = 28):
+        super().__init__()
+        _check_positive(in_channels=in_channels, num_classes=num_classes, c1=c1, c2=c2, fc=fc)
+        if not isinstance(input_size, int) or input_size < 12:
+            raise ValueError(f"input_size={input_size!r} must be an integer >= 12")
+        self.conv1 = nn.Conv2d(in_channels, c1, 5)
+        self.conv2 = nn.Conv2d(c1, c2, 5)
+        side = ((input_size - 4) // 2 - 4) // 2
+        self.fc1 = nn.Linear(c2 * side * side, fc)
+        self.fc2 = nn.Linear(fc, num_classes)
+        self.config = dict(in_channels=in_channels, num_classes=num_classes, c1=c1, c2=c2, fc=fc,
+                           input_size=input_size)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, c2 * side * side): the flattened conv features fed to fc1."""
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return torch.flatten(x, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(self.features(x))))
+
+
+class MLP(nn.Module):
+    """Fully connected net (LeNet-300-100 by default): flatten -> [Linear -> ReLU]* -> Linear."""
+
+    def __init__(self, in_features: int = 784, hidden: tuple = (300, 100), num_classes: int = 10):
+        super().__init__()
+        _check_positive(in_features=in_features, num_classes=num_classes)
+        for i, h in enumerate(hidden):
+            _check_positive(**{f"hidden[{i}]": h})
+        dims = [in_features, *hidden]
+        layers = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        layers.append(nn.Linear(dims[-1], num_classes))
+        self.net = nn.Sequential(*layers)
+        self.config = dict(in_features=in_features, hidden=tuple(hidden), num_classes=num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.flatten(x, 1))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet8(nn.Module):
+    """ResNet-8 for 32x32 images: stem conv, three basic blocks (width, 2w, 4w), global pool, linear."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 16):
+        super().__init__()
+        _check_positive(in_channels=in_channels, num_classes=num_classes, width=width)
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU())
+        self.layer1 = _BasicBlock(width, width, 1)
+        self.layer2 = _BasicBlock(width, 2 * width, 2)
+        self.layer3 = _BasicBlock(2 * width, 4 * width, 2)
+        self.fc = nn.Linear(4 * width, num_classes)
+        self.config = dict(in_channels=in_channels, num_classes=num_classes, width=width)
+
+    def forward(self, x):
+        x = self.layer3(self.layer2(self.layer1(self.stem(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+MODELS = {"lenet5": LeNet5, "mlp": MLP, "resnet8": ResNet8}
+
+
+def build_model(name: str, input_shape: tuple | None = None, num_classes: int = 10, **kw) -> nn.Module:
+    """Build a model by name ("lenet5", "mlp", "resnet8") for inputs of ``input_shape`` (C, H, W).
+
+    Extra keyword arguments go to the model's constructor (e.g. c1, c2, fc for LeNet5).
+    """
+    if name not in MODELS:
+        raise ValueError(f"model name={name!r} is unknown; valid names: {sorted(MODELS)}")
+    if input_shape is not None:
+        if len(input_shape) != 3:
+            raise ValueError(f"input_shape={input_shape!r} must be (C, H, W)")
+        c, h, w = input_shape
+        if name == "lenet5":
+            kw.setdefault("in_channels", c)
+            kw.setdefault("input_size", h)
+        elif name == "mlp":
+            kw.setdefault("in_features", c * h * w)
+        else:
+            kw.setdefault("in_channels", c)
+    return MODELS[name](num_classes=num_classes, **kw)

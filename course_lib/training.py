@@ -1,0 +1,280 @@
+"""Seeding, device choice, the training loop, evaluation and the cached baseline."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .data import REPO_ROOT, Splits, load_dataset
+from .models import build_model
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA); return a torch.Generator seeded the same.
+
+    seed: integer in [0, 2**32 - 1].
+    """
+    if not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**32:
+        raise ValueError(f"seed={seed!r} must be an integer in [0, 2**32 - 1]")
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return torch.Generator().manual_seed(seed)
+
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def get_device(name: str | None = None) -> torch.device:
+    """The device to compute on.
+
+    name: "auto" (CUDA if available, else CPU), "cpu", "cuda", "cuda:N" or "mps"; when None,
+    the ``COURSE_DEVICE`` environment variable, else "auto". Asking for an accelerator that is
+    not there warns and falls back to the CPU, so notebooks never fail for want of a GPU.
+    """
+    if name is None:
+        name = os.environ.get("COURSE_DEVICE", "auto") or "auto"
+    if not isinstance(name, str) or not _DEVICE_RE.match(name.strip().lower()):
+        raise ValueError(f"device={name!r} is not valid; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    name = name.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        warnings.warn(f"device {name!r} requested but CUDA is not available; using the CPU", stacklevel=2)
+        return torch.device("cpu")
+    if name == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        warnings.warn("device 'mps' requested but not available; using the CPU", stacklevel=2)
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def progress_enabled(progress: bool | None = None) -> bool:
+    """Progress bars are on unless ``progress=False`` or the env var COURSE_PROGRESS=0."""
+    if progress is not None:
+        return bool(progress)
+    return os.environ.get("COURSE_PROGRESS", "1") not in ("0", "false", "no")
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None,
+                 flip: bool = False) -> torch.Tensor:
+    """Translate each image of x (N, C, H, W) by a random integer offset in [-max_shift, max_shift].
+
+    Vacated pixels take the image's border value; ``flip`` also mirrors half the images
+    horizontally (for CIFAR-10, not for digits).
+    """
+    if max_shift < 0:
+        raise ValueError(f"max_shift={max_shift!r} must be >= 0")
+    n, _, h, w = x.shape
+    p = max_shift
+    padded = F.pad(x, (p, p, p, p), mode="replicate")
+    dx = torch.randint(0, 2 * p + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * p + 1, (n,), generator=generator)
+    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).to(x.device)  # (n, h)
+    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).to(x.device)  # (n, w)
+    idx_n = torch.arange(n, device=x.device).view(n, 1, 1)
+    out = padded.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)].permute(0, 3, 1, 2)
+    if flip:
+        m = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        out[m] = out[m].flip(-1)
+    return out.contiguous()
+
+
+@dataclass
+class History:
+    """Per-epoch record of a ``fit`` run. Accuracies in [0, 1]; seconds is wall time."""
+
+    train_loss: list = field(default_factory=list)
+    train_acc: list = field(default_factory=list)
+    val_acc: list = field(default_factory=list)
+    lr: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _as_loader(data, batch_size: int, shuffle: bool = False, generator=None) -> DataLoader:
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and torch.is_tensor(data[0]):
+        data = torch.utils.data.TensorDataset(*data)
+    if not isinstance(data, Dataset):
+        raise TypeError(f"data must be a Dataset, a DataLoader or an (x, y) tuple, not {type(data).__name__}")
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def fit(model: nn.Module, train, val=None, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64,
+        weight_decay: float = 0.0, optimizer: str = "adam", schedule: str = "cosine",
+        augment: int = 0, flip: bool = False, seed: int = 0, device=None,
+        loss_fn: Callable | None = None, after_step: Callable | None = None,
+        params=None, progress: bool | None = None, desc: str = "train") -> History:
+    """Train ``model`` in place and return its ``History``.
+
+    train / val: Dataset, DataLoader or (x, y) tensors. epochs >= 0 (0 only evaluates).
+    lr > 0. optimizer: "adam", "adamw" or "sgd" (momentum 0.9, Nesterov). schedule: "cosine"
+    (per step, to 0), "onecycle" or "constant". augment: max random shift in pixels (0 = off).
+    loss_fn(model, x, y) -> scalar overrides cross-entropy (distillation uses it).
+    after_step(model) runs after every optimizer step (pruning uses it to re-apply masks).
+    params: the parameters to optimise (default: all that require grad).
+    """
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs={epochs!r} must be an integer >= 0")
+    if not lr > 0:
+        raise ValueError(f"lr={lr!r} must be > 0")
+    if optimizer not in ("adam", "adamw", "sgd"):
+        raise ValueError(f"optimizer={optimizer!r} must be 'adam', 'adamw' or 'sgd'")
+    if schedule not in ("cosine", "onecycle", "constant"):
+        raise ValueError(f"schedule={schedule!r} must be 'cosine', 'onecycle' or 'constant'")
+    device = get_device(device) if not isinstance(device, torch.device) else device
+    model.to(device)
+    g = torch.Generator().manual_seed(seed)
+    loader = _as_loader(train, batch_size, shuffle=True, generator=g)
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    elif optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    total = max(1, epochs * len(loader))
+    if schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    elif schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total)
+    else:
+        sched = None
+    hist = History()
+    t0 = time.perf_counter()
+    from tqdm import tqdm
+    bar = tqdm(range(epochs), desc=desc, disable=not progress_enabled(progress), leave=False)
+    for _ in bar:
+        model.train()
+        tot_loss, correct, count = 0.0, 0, 0
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            if augment:
+                x = random_shift(x, augment, g, flip)
+            if loss_fn is None:
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+            else:
+                out = loss_fn(model, x, y)
+                loss, logits = out if isinstance(out, tuple) else (out, None)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            if after_step is not None:
+                after_step(model)
+            tot_loss += loss.item() * len(y)
+            if logits is not None:
+                correct += (logits.argmax(1) == y).sum().item()
+            count += len(y)
+        hist.train_loss.append(tot_loss / count)
+        hist.train_acc.append(correct / count)
+        hist.lr.append(opt.param_groups[0]["lr"])
+        if val is not None:
+            hist.val_acc.append(evaluate(model, val, device=device))
+            bar.set_postfix(loss=f"{hist.train_loss[-1]:.3f}", val=f"{hist.val_acc[-1]:.4f}")
+    hist.seconds = time.perf_counter() - t0
+    model.eval()
+    return hist
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data, batch_size: int = 512, device=None) -> torch.Tensor:
+    """Predicted class indices, int64 of shape (N,), for a Dataset/DataLoader/(x, y)/tensor x."""
+    if torch.is_tensor(data):
+        data = (data, torch.zeros(len(data), dtype=torch.long))
+    device = get_device(device) if not isinstance(device, torch.device) else device
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    out = [model(x.to(device)).argmax(1).cpu() for x, _ in _as_loader(data, batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, batch_size: int = 512, device=None) -> float:
+    """Top-1 accuracy in [0, 1] of ``model`` on ``data`` (Dataset, DataLoader or (x, y) tensors)."""
+    loader = _as_loader(data, batch_size)
+    labels = torch.cat([y for _, y in loader])
+    if len(labels) == 0:
+        raise ValueError("data is empty: cannot compute an accuracy")
+    return (predict(model, loader, batch_size, device) == labels).float().mean().item()
+
+
+# ---------------------------------------------------------------- the cached baseline
+BASELINE_RECIPE = dict(model="lenet5", epochs=20, lr=2e-3, batch_size=64, weight_decay=1e-4,
+                       optimizer="adamw", schedule="onecycle", augment=1)
+
+
+def cache_dir() -> Path:
+    """Where trained baselines are cached: $COURSE_CACHE, else <repo>/build/cache."""
+    return Path(os.environ.get("COURSE_CACHE", REPO_ROOT / "build" / "cache"))
+
+
+def _recipe_key(dataset: str, seed: int, recipe: dict) -> str:
+    h = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
+    return f"baseline_{dataset}_{recipe['model']}_seed{seed}_{h}"
+
+
+def train_baseline(splits: Splits, seed: int = 0, recipe: dict | None = None, device=None,
+                   progress: bool | None = None) -> tuple[nn.Module, History]:
+    """Train the course baseline (``BASELINE_RECIPE`` unless ``recipe`` overrides keys) from ``seed``."""
+    r = {**BASELINE_RECIPE, **(recipe or {})}
+    seed_everything(seed)
+    model = build_model(r["model"], splits.input_shape, splits.num_classes)
+    kw = {k: v for k, v in r.items() if k != "model"}
+    hist = fit(model, splits.train, splits.val, seed=seed, device=device, progress=progress,
+               flip=splits.input_shape[0] == 3, desc="baseline", **kw)
+    return model.cpu().eval(), hist
+
+
+def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False, device=None,
+                  splits: Splits | None = None, progress: bool | None = None,
+                  epochs: int | None = None) -> tuple[nn.Module, dict]:
+    """The trained baseline for ``dataset``: loaded from the cache, or trained and cached.
+
+    Returns (model on the CPU in eval mode, info) where info has "history" (per-epoch),
+    "train_seconds", "cached" (True if loaded) and "path". The cache is
+    $COURSE_CACHE (default build/cache); files are state dicts read with weights_only=True.
+    epochs: override the recipe's epoch count (a different recipe is cached under its own key).
+    """
+    recipe = dict(BASELINE_RECIPE) if epochs is None else {**BASELINE_RECIPE, "epochs": epochs}
+    key = _recipe_key(dataset, seed, recipe)
+    path = cache_dir() / f"{key}.pt"
+    meta_path = path.with_suffix(".json")
+    if splits is None:
+        splits = load_dataset(dataset)
+    model = build_model(recipe["model"], splits.input_shape, splits.num_classes)
+    if path.exists() and meta_path.exists() and not retrain:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        info = json.loads(meta_path.read_text())
+        info["cached"] = True
+        return model.eval(), info
+    model, hist = train_baseline(splits, seed, recipe, device=device, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    info = {"history": hist.to_dict(), "train_seconds": hist.seconds, "recipe": recipe,
+            "dataset": dataset, "seed": seed, "path": str(path)}
+    meta_path.write_text(json.dumps(info, indent=1))
+    info["cached"] = False
+    return model, info

@@ -201,6 +201,7 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store raw bytes
     }
 
     def find_class(self, module, name):
@@ -230,7 +231,7 @@ def _read_cifar_tar(path: Path):
 
 
 def _to_dataset(images: np.ndarray, labels: np.ndarray, info: DatasetInfo) -> TensorDataset:
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).float().div_(255.0)
     if x.ndim == 3:
         x = x.unsqueeze(1)
     mean = torch.tensor(info.mean).view(1, -1, 1, 1)
@@ -243,7 +244,7 @@ def _stratified_holdout(labels: np.ndarray, n_val: int, seed: int) -> np.ndarray
     rng = np.random.default_rng(seed)
     mask = np.zeros(len(labels), dtype=bool)
     classes = np.unique(labels)
-    per_class = n_val // len(classes)
+    per_class = max(1, n_val // len(classes))
     for c in classes:
         idx = rng.permutation(np.flatnonzero(labels == c))
         mask[idx[:per_class]] = True
@@ -257,7 +258,7 @@ def load_dataset(name: str = "mnist5k", root: str | os.PathLike | None = None,
     name: one of ``DATASETS`` ("mnist5k" ships with the course; "mnist", "fashion_mnist",
     "cifar10" read their official archives from ``root``, default ``$COURSE_DATA/<name>``
     or ``~/.cache/course_data/<name>``). download: fetch missing official files (never
-    implied). limit: keep only the first ``limit`` images of each split (>= 1), for quick runs.
+    implied). limit: keep a seeded random subset of ``limit`` images of each split (>= 1), for quick runs.
     """
     info = _check_name(name)
     if limit is not None and (not isinstance(limit, int) or limit < 1):
@@ -278,8 +279,9 @@ def load_dataset(name: str = "mnist5k", root: str | os.PathLike | None = None,
         n_val = min(info.val_size, len(ty) // 10)
         val = _stratified_holdout(ty, n_val, VAL_SPLIT_SEED)
         parts = [(tx[~val], ty[~val]), (tx[val], ty[val]), (ex, ey)]
-    if limit is not None:
-        parts = [(x[:limit], y[:limit]) for x, y in parts]
+    if limit is not None:  # a seeded random subset, so every class is represented
+        picks = [np.sort(np.random.default_rng(VAL_SPLIT_SEED).permutation(len(y))[:limit]) for _, y in parts]
+        parts = [(x[i], y[i]) for (x, y), i in zip(parts, picks)]
     train, val, test = (_to_dataset(x, y, info) for x, y in parts)
     return Splits(train, val, test, info.classes, info.input_shape, info.name)
 

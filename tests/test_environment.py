@@ -1,0 +1,78 @@
+"""The environment: pyproject.toml and environment.yml agree; the notebook environment check works;
+committed notebooks are built from their sources and carry the conventions."""
+import re
+import tomllib
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pyproject_pins():
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    reqs = data["project"]["dependencies"] + data["project"]["optional-dependencies"]["dev"]
+    return dict(re.match(r"([A-Za-z0-9_.\-]+)\s*(==.+)", r).groups() for r in reqs)
+
+
+def _environment_pins():
+    pins = {}
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        m = re.match(r"\s+- ([A-Za-z0-9_.\-]+)(==\S+)", line)
+        if m:
+            pins[m.group(1)] = m.group(2)
+    return pins
+
+
+def test_environment_yml_matches_pyproject():
+    assert _pyproject_pins() == _environment_pins()
+
+
+def test_torch_pinned_to_cpu_build_and_no_torchvision():
+    pins = _pyproject_pins()
+    assert pins["torch"] == "==2.13.0"
+    assert "torchvision" not in pins
+
+
+def test_check_environment_reports_versions():
+    from course_lib.env import check_environment
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        env = check_environment(verbose=False)
+    assert env["packages"]["torch"].startswith("2.13.0")
+    assert env["device"] in ("cpu", "cuda")
+
+
+def test_check_environment_require_gpu():
+    import torch
+    from course_lib.env import check_environment
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="require_gpu"):
+        check_environment(require_gpu=True, verbose=False)
+
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_matches_its_source_and_conventions(path):
+    import sys
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from py2nb import parse
+    src = ROOT / "notebooks" / "src" / (path.stem + ".py")
+    assert src.exists(), f"{path.name} has no source {src}"
+    nb = nbformat.read(path, as_version=4)
+    want = parse(src.read_text())
+    assert [(c.cell_type, c.source) for c in nb.cells] == [(c.cell_type, c.source) for c in want], \
+        f"{path.name} is stale: rebuild with scripts/py2nb.py and re-run `make notebooks`"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.get("outputs") is not None for c in code)
+    assert all(c.execution_count is not None for c in code), f"{path.name} is not fully executed"
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and all(k in params[0].source for k in ("DATASET", "SEED", "EPOCHS", "DEVICE"))
+    assert "write_results" in "".join(c.source for c in code)
+    assert "assert" in code[-1].source, "a chapter ends with its assertion cell"
+    assert not any(o.get("output_type") == "error" for c in code for o in c.outputs)

@@ -1,0 +1,105 @@
+"""Training: seeding, device choice, fit/evaluate/predict, augmentation, the cached baseline."""
+import json
+import warnings
+
+import pytest
+import torch
+
+from course_lib import training
+from course_lib.data import load_dataset
+from course_lib.models import LeNet5, MLP
+from course_lib.training import (evaluate, fit, get_device, load_baseline, predict, random_shift,
+                                 seed_everything)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_dataset("mnist5k", limit=256)
+
+
+def test_seed_everything_reproducible():
+    seed_everything(3)
+    a = torch.randn(5)
+    seed_everything(3)
+    assert torch.equal(a, torch.randn(5))
+    with pytest.raises(ValueError, match="seed=-1"):
+        seed_everything(-1)
+
+
+def test_get_device(monkeypatch):
+    assert get_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    assert get_device() == torch.device("cpu")
+    monkeypatch.delenv("COURSE_DEVICE")
+    assert get_device().type in ("cpu", "cuda")
+    with pytest.raises(ValueError, match="device='gpu'"):
+        get_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.warns(UserWarning, match="CUDA is not available"):
+            assert get_device("cuda") == torch.device("cpu")
+
+
+def test_fit_is_deterministic_and_learns(tiny):
+    def run():
+        seed_everything(0)
+        m = MLP(hidden=(32,))
+        h = fit(m, tiny.train, tiny.val, epochs=3, lr=3e-3, batch_size=32, progress=False)
+        return m, h
+    m1, h1 = run()
+    m2, h2 = run()
+    assert h1.train_loss == h2.train_loss
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert h1.train_loss[-1] < h1.train_loss[0]
+    assert len(h1.val_acc) == 3 and 0 <= h1.val_acc[-1] <= 1
+    assert evaluate(m1, tiny.test) > 0.5
+
+
+def test_fit_hooks(tiny):
+    seed_everything(0)
+    m = MLP(hidden=(16,))
+    calls = []
+    fit(m, tiny.train, epochs=1, batch_size=64, after_step=lambda model: calls.append(1), progress=False,
+        loss_fn=lambda model, x, y: torch.nn.functional.cross_entropy(model(x), y) * 0.5)
+    assert len(calls) == 4  # 256 / 64 steps
+
+
+@pytest.mark.parametrize("kw,match", [(dict(epochs=-1), "epochs"), (dict(lr=0), "lr"),
+                                      (dict(optimizer="rmsprop"), "optimizer"), (dict(schedule="step"), "schedule")])
+def test_fit_rejects_bad_arguments(tiny, kw, match):
+    with pytest.raises(ValueError, match=match):
+        fit(MLP(), tiny.train, **kw)
+
+
+def test_evaluate_and_predict(tiny):
+    m = MLP()
+    x, y = tiny.test.tensors
+    p = predict(m, x)
+    assert p.shape == (256,) and p.dtype == torch.int64
+    assert evaluate(m, (x, y)) == pytest.approx((p == y).float().mean().item())
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(m, (x[:0], y[:0]))
+
+
+def test_random_shift_moves_pixels_within_range():
+    x = torch.zeros(50, 1, 9, 9)
+    x[:, :, 4, 4] = 1.0
+    out = random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    pos = out.view(50, -1).argmax(1)
+    rows, cols = pos // 9, pos % 9
+    assert rows.min() >= 2 and rows.max() <= 6 and cols.min() >= 2 and cols.max() <= 6
+    assert len(set(pos.tolist())) > 5
+    assert torch.equal(random_shift(x, 0), x)
+
+
+def test_load_baseline_caches(tmp_path, monkeypatch, tiny):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    monkeypatch.setitem(training.BASELINE_RECIPE, "epochs", 1)
+    m1, info1 = load_baseline("mnist5k", seed=0, splits=tiny, progress=False)
+    assert info1["cached"] is False and isinstance(m1, LeNet5)
+    files = sorted(p.suffix for p in tmp_path.iterdir())
+    assert files == [".json", ".pt"]
+    m2, info2 = load_baseline("mnist5k", seed=0, splits=tiny)
+    assert info2["cached"] is True
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert len(info2["history"]["train_loss"]) == 1

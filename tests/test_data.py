@@ -177,3 +177,24 @@ def test_tensors_helper():
     s = load_dataset("mnist5k", limit=8)
     x, y = data.tensors(torch.utils.data.Subset(s.train, [1, 3]))
     assert x.shape == (2, 1, 28, 28) and torch.equal(y, s.train.tensors[1][[1, 3]])
+
+
+def test_download_only_when_asked_then_verified(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    _, sums = _write_idx_set(src)
+    monkeypatch.setitem(DATASETS, "mnist", data.DatasetInfo(**{**DATASETS["mnist"].__dict__, "files": sums}))
+    fetched = []
+
+    def fake_download(url, dest):
+        fetched.append(url)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes((src / dest.name).read_bytes())
+
+    monkeypatch.setattr(data, "_download", fake_download)
+    root = tmp_path / "root"
+    s = load_dataset("mnist", root=root, download=True)
+    assert len(s.test) == 20 and len(fetched) == 4
+    assert all(u.startswith("https://") and u.endswith(".gz") for u in fetched)
+    load_dataset("mnist", root=root, download=True)  # files present: nothing fetched again
+    assert len(fetched) == 4

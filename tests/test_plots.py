@@ -1,0 +1,39 @@
+"""Figures: each plotting function returns a Figure with the expected axes and data."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+from course_lib import plots  # noqa: E402
+from course_lib.data import load_dataset  # noqa: E402
+from course_lib.models import LeNet5  # noqa: E402
+from course_lib.training import History  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close():
+    yield
+    plt.close("all")
+
+
+def test_show_samples_grid():
+    s = load_dataset("mnist5k", limit=12)
+    fig = plots.show_samples(s.train, s.classes, n=12, cols=6, mean=(0.1307,), std=(0.3081,))
+    assert len(fig.axes) == 12 and len(fig.axes[0].images) == 1
+
+
+def test_plot_history_and_weight_histograms():
+    h = History(train_loss=[1.0, 0.5], train_acc=[0.5, 0.8], val_acc=[0.6, 0.9], lr=[1, 1])
+    fig = plots.plot_history({"a": h, "b": h.to_dict()})
+    assert len(fig.axes[1].lines) == 2
+    fig = plots.weight_histograms(LeNet5())
+    assert [ax.get_title().split()[0] for ax in fig.axes] == ["conv1", "conv2", "fc1", "fc2"]
+
+
+def test_pareto_front():
+    recs = [{"name": "a", "size_bytes": 10, "accuracy": 0.9}, {"name": "b", "size_bytes": 100, "accuracy": 0.95},
+            {"name": "c", "size_bytes": 50, "accuracy": 0.8}]
+    fig = plots.pareto(recs)
+    front = fig.axes[0].lines[0]
+    assert list(front.get_xdata()) == [10, 100]  # c is dominated

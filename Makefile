@@ -60,3 +60,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf build
+
+student: $(STAMP)
+	$(PY) scripts/make_student.py --out build/student $(NOTEBOOKS)

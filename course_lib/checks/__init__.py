@@ -72,3 +72,8 @@ def expect_close(got, want, what: str, atol: float = 1e-6, rtol: float = 1e-5) -
     if not torch.allclose(got, want, atol=atol, rtol=rtol):
         err = (got - want).abs().max().item()
         raise Wrong(f"{what} differs from the reference (largest difference {err:.3g}).")
+
+
+from .baseline import *  # noqa: E402,F401,F403
+from .distillation import *  # noqa: E402,F401,F403
+from .lowrank import *  # noqa: E402,F401,F403

@@ -59,6 +59,23 @@ info = DATASETS[DATASET]
 fig = plots.show_samples(splits.train, splits.classes, n=20, mean=info.mean, std=info.std)
 
 # %% [markdown]
+# ### Exercise 1: normalise a batch of raw images
+# The archive stores pixels as `uint8` in $[0, 255]$. Write `normalize(images, mean, std)` that takes a
+# `uint8` tensor of shape $(N, H, W)$ and returns `float32` of shape $(N, 1, H, W)$ (one channel) with
+# $x' = (x/255 - \mu)/\sigma$. The checker runs it on fresh random images and names what is off.
+
+# %%
+def normalize(images, mean, std):
+    ### BEGIN SOLUTION
+    # Hint: scale to [0, 1] first, then subtract the mean, then divide by std; add the channel axis.
+    return ((images.float() / 255.0 - mean) / std).unsqueeze(1)
+    ### END SOLUTION
+
+# %%
+from course_lib import checks
+checks.check_normalize(normalize)
+
+# %% [markdown]
 # ## 3. The baseline model
 # LeNet-5 as in Han et al. (2015, 2016): two 5x5 convolutions (20 and 50 filters), each followed by
 # ReLU and 2x2 max-pooling, then a 500-unit fully connected layer and the 10-way classifier.
@@ -78,6 +95,27 @@ print(f"\n{'layer':6s} {'weights':>9s} {'MACs':>10s}")
 for name, w in measure.prunable_weights(model):
     print(f"{name:6s} {w.numel():9,d} {per_layer_macs[name]:10,d}")
 print(f"total parameters {measure.count_params(model):,}, MACs per image {measure.macs(model, splits.input_shape):,}")
+
+# %% [markdown]
+# ### Exercise 2: count the MACs of a convolution
+# Write `conv_macs(layer, input_hw)` for an `nn.Conv2d` and an input of spatial size $(H, W)$. The output
+# size is $H_{out} = \lfloor (H + 2p - d(k-1) - 1)/s \rfloor + 1$ (stride $s$, padding $p$, dilation $d$),
+# and a grouped convolution connects each output channel to only $C_{in}/g$ input channels:
+# $\text{MACs} = C_{out}\,(C_{in}/g)\,k_h k_w\,H_{out} W_{out}$. Return an `int`.
+
+# %%
+def conv_macs(layer, input_hw):
+    ### BEGIN SOLUTION
+    # Hint: compute H_out and W_out from layer.kernel_size, stride, padding and dilation first.
+    (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+    (ph, pw), (dh, dw) = layer.padding, layer.dilation
+    ho = (input_hw[0] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (input_hw[1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return layer.out_channels * (layer.in_channels // layer.groups) * kh * kw * ho * wo
+    ### END SOLUTION
+
+# %%
+checks.check_conv_macs(conv_macs)
 
 # %% [markdown]
 # ## 4. The training recipe

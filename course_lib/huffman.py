@@ -1,0 +1,112 @@
+"""Huffman coding from scratch: the entropy-coding stage of Deep Compression.
+
+A Huffman code gives frequent symbols short bit strings and rare ones long strings; its average
+length L satisfies H <= L < H + 1 bits per symbol, where H = -sum p_i log2 p_i is the entropy.
+The course stores *canonical* codes: only each symbol's code length is saved, and both sides
+rebuild the same codes from the lengths.
+
+Symbols are non-negative integers (k-means indices, run lengths...). Encoded streams are bytes.
+"""
+from __future__ import annotations
+
+import heapq
+import math
+import struct
+from collections import Counter
+
+import numpy as np
+
+
+def code_lengths(symbols) -> dict[int, int]:
+    """Huffman code length in bits of every distinct symbol of ``symbols`` (a 1-D int sequence).
+
+    One distinct symbol gets length 1. Ties are broken by symbol value, so the result is deterministic.
+    """
+    counts = Counter(int(s) for s in np.asarray(symbols).ravel())
+    if not counts:
+        return {}
+    if any(s < 0 for s in counts):
+        raise ValueError("symbols must be non-negative integers")
+    if len(counts) == 1:
+        return {next(iter(counts)): 1}
+    heap = [(c, s, (s,)) for s, c in sorted(counts.items())]
+    heapq.heapify(heap)
+    depth = dict.fromkeys(counts, 0)
+    while len(heap) > 1:
+        c1, k1, g1 = heapq.heappop(heap)
+        c2, k2, g2 = heapq.heappop(heap)
+        for s in g1 + g2:
+            depth[s] += 1
+        heapq.heappush(heap, (c1 + c2, min(k1, k2), g1 + g2))
+    return depth
+
+
+def canonical_codes(lengths: dict[int, int]) -> dict[int, str]:
+    """Canonical prefix codes (bit strings) from code lengths: sorted by (length, symbol)."""
+    codes, code, prev = {}, 0, 0
+    for s, n in sorted(lengths.items(), key=lambda kv: (kv[1], kv[0])):
+        code <<= n - prev
+        codes[s] = format(code, f"0{n}b")
+        code += 1
+        prev = n
+    return codes
+
+
+def entropy_bits(symbols) -> float:
+    """Shannon entropy of the empirical distribution of ``symbols``, in bits per symbol."""
+    counts = np.bincount(np.asarray(symbols, dtype=np.int64).ravel())
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum()) if p.size else 0.0
+
+
+def encode(symbols) -> bytes:
+    """Huffman-encode a 1-D sequence of non-negative ints (each < 2**32).
+
+    Layout: count (u32), table size (u32), table of (symbol u32, length u8), then the bit stream
+    padded with zeros to a whole byte. ``decode(encode(x)) == x``.
+    """
+    arr = np.asarray(symbols).ravel()
+    if arr.size and (arr.min() < 0 or arr.max() >= 2**32):
+        raise ValueError(f"symbols must be non-negative integers below 2**32; got min {arr.min()}, max {arr.max()}")
+    lengths = code_lengths(arr)
+    codes = canonical_codes(lengths)
+    head = struct.pack("<II", arr.size, len(lengths))
+    table = b"".join(struct.pack("<IB", s, n) for s, n in sorted(lengths.items()))
+    bits = "".join(codes[int(s)] for s in arr)
+    nbytes = math.ceil(len(bits) / 8)
+    payload = int(bits.ljust(nbytes * 8, "0"), 2).to_bytes(nbytes, "big") if bits else b""
+    return head + table + payload
+
+
+def decode(blob: bytes) -> np.ndarray:
+    """Inverse of ``encode``: returns int64 array. Raises ValueError on a truncated or corrupt stream."""
+    if len(blob) < 8:
+        raise ValueError(f"Huffman stream truncated: {len(blob)} bytes, the header alone is 8")
+    count, nsym = struct.unpack_from("<II", blob, 0)
+    off = 8 + 5 * nsym
+    if len(blob) < off:
+        raise ValueError("Huffman stream truncated inside its code table")
+    lengths = {}
+    for i in range(nsym):
+        s, n = struct.unpack_from("<IB", blob, 8 + 5 * i)
+        if n == 0:
+            raise ValueError("Huffman stream corrupt: a code length of 0")
+        lengths[s] = n
+    if count and not lengths:
+        raise ValueError("Huffman stream corrupt: symbols but no code table")
+    lookup = {code: s for s, code in canonical_codes(lengths).items()}
+    maxlen = max(lengths.values(), default=0)
+    bits = bin(int.from_bytes(blob[off:], "big"))[2:].zfill(8 * (len(blob) - off)) if len(blob) > off else ""
+    out = np.empty(count, dtype=np.int64)
+    pos, i = 0, 0
+    while i < count:
+        for n in range(1, maxlen + 1):
+            s = lookup.get(bits[pos:pos + n])
+            if s is not None and pos + n <= len(bits):
+                out[i] = s
+                pos += n
+                i += 1
+                break
+        else:
+            raise ValueError(f"Huffman stream corrupt or truncated at symbol {i} of {count}")
+    return out

@@ -1,0 +1,93 @@
+"""Corruptions of test images and how compressed models behave under them.
+
+Corruptions act in pixel space: x (normalised, shape (N, C, H, W)) is mapped back with the dataset's
+mean and std, corrupted, clipped to [0, 1] and normalised again.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .training import predict
+
+
+def _to_pixels(x, mean, std):
+    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    return x * s + m, m, s
+
+
+def gaussian_noise(x: torch.Tensor, sigma: float, mean, std, seed: int = 0) -> torch.Tensor:
+    """Add N(0, sigma^2) noise in pixel units (sigma in [0, 1]) with a seeded generator."""
+    if not 0 <= sigma <= 1:
+        raise ValueError(f"sigma={sigma!r} must be in [0, 1] (pixel units)")
+    p, m, s = _to_pixels(x, mean, std)
+    noise = torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * sigma
+    return ((p + noise).clamp(0, 1) - m) / s
+
+
+def blur(x: torch.Tensor, sigma: float, mean, std) -> torch.Tensor:
+    """Gaussian blur with standard deviation ``sigma`` pixels (> 0), kernel 2*ceil(2 sigma)+1, per channel."""
+    if not sigma > 0:
+        raise ValueError(f"sigma={sigma!r} must be > 0 pixels")
+    p, m, s = _to_pixels(x, mean, std)
+    r = int(torch.ceil(torch.tensor(2 * sigma)).item())
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k1 = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    k1 = k1 / k1.sum()
+    c = p.shape[1]
+    kx = k1.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
+    ky = k1.view(1, 1, -1, 1).repeat(c, 1, 1, 1)
+    out = F.conv2d(F.pad(p, (r, r, 0, 0), mode="replicate"), kx, groups=c)
+    out = F.conv2d(F.pad(out, (0, 0, r, r), mode="replicate"), ky, groups=c)
+    return (out.clamp(0, 1) - m) / s
+
+
+def contrast(x: torch.Tensor, factor: float, mean, std) -> torch.Tensor:
+    """Scale each image's deviation from its own mean by ``factor`` in [0, 2] (below 1: less contrast)."""
+    if not 0 <= factor <= 2:
+        raise ValueError(f"factor={factor!r} must be in [0, 2]")
+    p, m, s = _to_pixels(x, mean, std)
+    mu = p.mean(dim=(1, 2, 3), keepdim=True)
+    return (((p - mu) * factor + mu).clamp(0, 1) - m) / s
+
+
+def shift(x: torch.Tensor, pixels: int, mean, std) -> torch.Tensor:
+    """Translate every image right and down by ``pixels`` (0 <= pixels < H), filling with black (0)."""
+    h = x.shape[-2]
+    if not isinstance(pixels, int) or not 0 <= pixels < h:
+        raise ValueError(f"pixels={pixels!r} must be an integer in [0, {h})")
+    p, m, s = _to_pixels(x, mean, std)
+    out = torch.zeros_like(p)
+    out[..., pixels:, pixels:] = p[..., :h - pixels, :p.shape[-1] - pixels]
+    return (out - m) / s
+
+
+CORRUPTIONS = {"noise": gaussian_noise, "blur": blur, "contrast": contrast, "shift": shift}
+
+
+def corrupt(x: torch.Tensor, kind: str, level, mean, std) -> torch.Tensor:
+    """Apply corruption ``kind`` (one of CORRUPTIONS) at ``level`` (its strength argument)."""
+    if kind not in CORRUPTIONS:
+        raise ValueError(f"kind={kind!r} is unknown; valid: {sorted(CORRUPTIONS)}")
+    return CORRUPTIONS[kind](x, level, mean, std)
+
+
+def robustness_table(models: dict, x: torch.Tensor, y: torch.Tensor, settings: list[tuple], mean, std,
+                     reference: str = "baseline") -> list[dict]:
+    """Accuracy of every model under every (kind, level) setting, plus agreement with ``reference``.
+
+    models: {name: callable mapping a float tensor batch to logits}. Returns one dict per
+    (model, kind, level) with "accuracy" and "agreement" (fraction of predictions equal to the
+    reference model's on the same corrupted images), both in [0, 1].
+    """
+    if reference not in models:
+        raise ValueError(f"reference={reference!r} is not one of the models {sorted(models)}")
+    rows = []
+    for kind, level in settings:
+        xc = x if kind == "clean" else corrupt(x, kind, level, mean, std)
+        preds = {n: predict(m, xc) if isinstance(m, torch.nn.Module) else m(xc).argmax(1) for n, m in models.items()}
+        for n, p in preds.items():
+            rows.append({"model": n, "kind": kind, "level": level,
+                         "accuracy": (p == y).float().mean().item(),
+                         "agreement": (p == preds[reference]).float().mean().item()})
+    return rows

@@ -1,0 +1,51 @@
+"""Huffman coding: round trips (property test), optimality bounds, prefix property, corrupt streams."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from course_lib import huffman
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=2**32 - 1), max_size=300))
+def test_round_trip_arbitrary_streams(xs):
+    assert huffman.decode(huffman.encode(xs)).tolist() == xs
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=15), min_size=1, max_size=500))
+def test_average_length_within_one_bit_of_entropy(xs):
+    lengths = huffman.code_lengths(xs)
+    avg = np.mean([lengths[x] for x in xs])
+    h = huffman.entropy_bits(xs)
+    assert h - 1e-9 <= avg < h + 1 or len(set(xs)) == 1
+
+
+def test_canonical_codes_are_prefix_free():
+    rng = np.random.default_rng(0)
+    xs = rng.geometric(0.3, 2000)
+    codes = list(huffman.canonical_codes(huffman.code_lengths(xs)).values())
+    for a in codes:
+        for b in codes:
+            assert a == b or not b.startswith(a)
+
+
+def test_skewed_stream_compresses():
+    xs = np.r_[np.zeros(9000, int), np.arange(1000) % 7 + 1]
+    blob = huffman.encode(xs)
+    assert len(blob) < 9000 * 2 / 8 + 200  # well under 2 bits per symbol
+    assert np.array_equal(huffman.decode(blob), xs)
+
+
+def test_errors():
+    blob = huffman.encode([1, 2, 3, 3, 3])
+    with pytest.raises(ValueError, match="truncated"):
+        huffman.decode(blob[:4])
+    with pytest.raises(ValueError, match="truncated"):
+        huffman.decode(blob[:10])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        huffman.decode(blob[:-1])
+    with pytest.raises(ValueError, match="non-negative"):
+        huffman.encode([-1, 2])
+    assert huffman.decode(huffman.encode([])).tolist() == []

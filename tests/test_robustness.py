@@ -1,0 +1,57 @@
+"""Corruptions: identities at zero strength, ranges, determinism, the table."""
+import pytest
+import torch
+
+from course_lib import robustness as rb
+from course_lib.data import load_dataset
+from course_lib.models import MLP
+
+MEAN, STD = (0.1307,), (0.3081,)
+
+
+@pytest.fixture(scope="module")
+def xy():
+    return load_dataset("mnist5k", limit=32).test.tensors
+
+
+def test_zero_strength_is_identity(xy):
+    x, _ = xy
+    assert torch.allclose(rb.gaussian_noise(x, 0.0, MEAN, STD), x, atol=1e-5)
+    assert torch.allclose(rb.contrast(x, 1.0, MEAN, STD), x, atol=1e-5)
+    assert torch.allclose(rb.shift(x, 0, MEAN, STD), x, atol=1e-5)
+    assert torch.allclose(rb.blur(x, 0.01, MEAN, STD), x, atol=1e-4)
+
+
+def test_corruptions_stay_in_pixel_range_and_change_images(xy):
+    x, _ = xy
+    lo, hi = (0 - MEAN[0]) / STD[0], (1 - MEAN[0]) / STD[0]
+    for kind, level in [("noise", 0.5), ("blur", 1.5), ("contrast", 0.3), ("shift", 3)]:
+        xc = rb.corrupt(x, kind, level, MEAN, STD)
+        assert xc.shape == x.shape
+        assert xc.min() >= lo - 1e-5 and xc.max() <= hi + 1e-5
+        assert not torch.allclose(xc, x)
+    assert torch.equal(rb.gaussian_noise(x, 0.3, MEAN, STD, seed=1), rb.gaussian_noise(x, 0.3, MEAN, STD, seed=1))
+    # blur keeps the total ink (away from borders) and shift moves it
+    assert rb.shift(x, 2, MEAN, STD)[..., 2:, 2:].sub(x[..., :-2, :-2]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda x: rb.gaussian_noise(x, 2.0, MEAN, STD), "sigma"),
+    (lambda x: rb.blur(x, 0, MEAN, STD), "sigma"),
+    (lambda x: rb.contrast(x, 3, MEAN, STD), "factor"),
+    (lambda x: rb.shift(x, 28, MEAN, STD), "pixels"),
+    (lambda x: rb.corrupt(x, "fog", 1, MEAN, STD), "kind"),
+])
+def test_errors(xy, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(xy[0])
+
+
+def test_table(xy):
+    x, y = xy
+    torch.manual_seed(0)
+    m = MLP(hidden=(8,))
+    rows = rb.robustness_table({"baseline": m, "same": m}, x, y, [("clean", 0), ("noise", 0.2)], MEAN, STD)
+    assert len(rows) == 4 and all(r["agreement"] == 1.0 for r in rows)
+    with pytest.raises(ValueError, match="reference"):
+        rb.robustness_table({"a": m}, x, y, [("clean", 0)], MEAN, STD)

@@ -1,0 +1,117 @@
+"""Benchmark: accuracy, bytes on disk, MACs and single-thread latency of every technique of the course
+and of the off-the-shelf recipes, side by side, measured in ONE run against the baseline of that run.
+
+    python -m benchmarks [--dataset mnist5k] [--seed 0] [--out build/bench]
+
+Ratios ("x smaller", "x faster") are against the fp32 torch baseline measured in the same run; latency
+is the median of 30 single-thread runs of a batch of 64 (measure.latency_ms). Artifacts go to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from course_lib import codec, deploy, distillation, measure, pipeline, pruning, results
+from course_lib import quantization as Q
+from course_lib.data import load_dataset
+from course_lib.models import LeNet5
+from course_lib.training import fit, load_baseline, seed_everything
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--dataset", default="mnist5k")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("build/bench"))
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    s = load_dataset(args.dataset)
+    shape, calib = s.input_shape, s.train.tensors[0][:512]
+    base, _ = load_baseline(args.dataset, args.seed, splits=s)
+    recs = []
+
+    def add(name, model, file, method, **kw):
+        recs.append(pipeline.file_record(name, model, file, method, s.test, shape, root=out, **kw))
+        r = recs[-1]
+        print(f"  {name:34s} {100 * r['accuracy']:6.2f}%  {r['size_bytes'] / 1024:9.1f} KiB  "
+              f"{r['latency_ms']:7.2f} ms   [{time.perf_counter() - t0:5.0f} s]", flush=True)
+
+    def torch_file(model, stem):
+        path = out / f"{stem}.pt"
+        pipeline.save_state(model, path)
+        return path
+
+    print("measuring (accuracy, file size, single-thread latency of a batch of 64):")
+    add("baseline", base, torch_file(base, "baseline"), "fp32")
+    base_onnx = deploy.export_onnx(base, out / "baseline.onnx", shape)
+    add("onnxruntime fp32 (peer)", deploy.OrtModule(base_onnx), base_onnx, "onnxruntime", counts_from=base)
+
+    # chapter 1: pruning
+    seed_everything(args.seed)
+    ours = pruning.magnitude_prune(pipeline.copy_model(base), 0.9, "global")
+    pruning.fine_tune(ours, s.train, epochs=3, lr=5e-4, seed=args.seed)
+    pruning.remove_masks(ours)
+    sp = out / "ch1_magnitude90.sparse"
+    sp.write_bytes(pruning.sparse_encode(ours, "bitmask", "lzma"))
+    add("ch1 magnitude 90% + ft (sparse file)", ours, sp, "magnitude-global")
+    tp = pipeline.torch_prune_recipe(base, s.train, amount=0.9, epochs=3, seed=args.seed)
+    add("torch.nn.utils.prune 90% + ft (peer)", tp, torch_file(tp, "torch_prune90"), "torch.nn.utils.prune")
+    seed_everything(args.seed)
+    ch = pruning.channel_prune(base, {"conv1": 0.5, "conv2": 0.6, "fc1": 0.5})
+    fit(ch, s.train, epochs=3, lr=1e-3, seed=args.seed, augment=1)
+    add("ch1 channel pruning + ft", ch, torch_file(ch, "channel"), "channel-l1")
+
+    # chapter 2: quantization
+    w8 = Q.ptq(base, calib, weight_bits=8, act_bits=8, per_channel=True)
+    pk = out / "ch2_w8a8.pt"
+    torch.save(Q.packed_state_dict(w8), pk)
+    add("ch2 PTQ W8A8 per-channel (fake-quant)", w8, pk, "ptq", counts_from=base)
+    int8 = Q.ort_quantize_static(base_onnx, out / "baseline_int8.onnx", calib)
+    add("onnxruntime static int8 (peer)", deploy.OrtModule(int8), int8, "onnxruntime int8", counts_from=base)
+    ao, _ = Q.torch_ao_dynamic(base)
+    add("torch.ao dynamic int8 (peer)", ao, torch_file(ao, "ao_dynamic"), "torch.ao", counts_from=base)
+
+    # chapter 3: low rank
+    lr = pipeline.lowrank_recipe(base, s.train, seed=args.seed)
+    add("ch3 low-rank (SVD + Tucker-2) + ft", lr, torch_file(lr, "lowrank"), "lowrank")
+
+    # chapter 4: distillation, same student trained both ways
+    cfg = dict(c1=5, c2=12, fc=100, in_channels=shape[0], input_size=shape[1], num_classes=s.num_classes)
+    seed_everything(args.seed)
+    scratch = LeNet5(**cfg)
+    fit(scratch, s.train, epochs=10, lr=2e-3, optimizer="adamw", schedule="onecycle", augment=1, seed=args.seed)
+    add("ch4 small student from scratch", scratch, torch_file(scratch, "scratch"), "scratch")
+    seed_everything(args.seed)
+    student = LeNet5(**cfg)
+    pipeline.distill_fit(student, base, s.train, epochs=10, seed=args.seed)
+    add("ch4 small student distilled", student, torch_file(student, "kd"), "kd")
+
+    # chapter 5: combinations
+    dc = pipeline.deep_compression(base, s.train, seed=args.seed)
+    dcf = out / "deep_compression.ccz"
+    codec.save_compressed(dc, dcf)
+    add("ch5 deep compression (.ccz)", codec.load_compressed(dcf), dcf, "prune+kmeans+huffman")
+    fast = pipeline.latency_optimised(base, s.train, seed=args.seed)
+    f32 = deploy.export_onnx(fast, out / "fast.onnx", shape)
+    add("ch5 latency-optimised, onnxruntime", deploy.OrtModule(f32), f32, "channel+kd+ort", counts_from=fast)
+    f8 = Q.ort_quantize_static(f32, out / "fast_int8.onnx", calib)
+    add("ch5 latency-optimised, onnxruntime int8", deploy.OrtModule(f8), f8, "channel+kd+ort-int8", counts_from=fast)
+    tp8 = Q.ort_quantize_static(deploy.export_onnx(tp, out / "tp.onnx", shape), out / "tp_int8.onnx", calib)
+    add("torch prune 90% + ort int8 + zlib (peer)", deploy.OrtModule(tp8), pipeline.zlib_file(tp8, out / "tp_int8.zlib"),
+        "torch.nn.utils.prune+ort+zlib", counts_from=tp)
+
+    print()
+    print(results.format_table(recs, columns=("name", "accuracy", "size_bytes", "macs", "latency_ms")))
+    (out / "bench.json").write_text(json.dumps(recs, indent=1))
+    print(f"\n{len(recs)} models in {time.perf_counter() - t0:.0f} s; records in {out / 'bench.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,128 @@
+"""Each chapter-2 checker accepts the reference solution and rejects typical wrong answers."""
+from __future__ import annotations
+
+import torch
+
+from course_lib import checks
+from course_lib import quantization as Q
+
+
+# ---------------------------------------------------------------- scale and zero-point
+def sz_ref(lo, hi, bits):
+    s, z = Q.compute_qparams(lo, hi, bits, symmetric=False)
+    return float(s), int(z)
+
+
+def sz_no_widen(lo, hi, bits):
+    s = (hi - lo) / (2 ** bits - 1)
+    return s, int(min(max(-round(lo / s), 0), 2 ** bits - 1))
+
+
+def sz_pow2(lo, hi, bits):
+    lo, hi = min(lo, 0), max(hi, 0)
+    s = (hi - lo) / 2 ** bits
+    return s, int(-round(lo / s))
+
+
+def sz_sign(lo, hi, bits):
+    lo, hi = min(lo, 0), max(hi, 0)
+    s = (hi - lo) / (2 ** bits - 1)
+    return s, int(round(lo / s))
+
+
+def sz_float_zp(lo, hi, bits):
+    lo, hi = min(lo, 0), max(hi, 0)
+    s = (hi - lo) / (2 ** bits - 1)
+    return s, -lo / s + 0.3
+
+
+def test_scale_zero_point_checker(capsys):
+    assert checks.check_scale_zero_point(sz_ref)
+    assert "✓" in capsys.readouterr().out
+    for wrong, words in [(sz_no_widen, "contain 0"), (sz_pow2, "2**bits - 1"), (sz_sign, "sign"),
+                         (sz_float_zp, "integer")]:
+        assert not checks.check_scale_zero_point(wrong)
+        assert words in capsys.readouterr().out
+
+
+def test_scale_zero_point_checker_stub(capsys):
+    def stub(lo, hi, bits):
+        raise NotImplementedError
+    assert not checks.check_scale_zero_point(stub)
+    assert "not implemented" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- fake quant with STE
+def fq_ref(x, scale, zp, qmin, qmax):
+    return Q.fake_quantize(x, 8, False, scale=torch.tensor(scale), zero_point=torch.tensor(zp)) \
+        if (qmin, qmax) == (0, 255) else torch.fake_quantize_per_tensor_affine(x, scale, zp, qmin, qmax)
+
+
+def fq_learner(x, scale, zp, qmin, qmax):  # the solution a learner writes
+    q = torch.round(x / scale) + zp
+    inside = (q >= qmin) & (q <= qmax)
+    x_hat = (torch.clamp(q, qmin, qmax) - zp) * scale
+    return torch.where(inside, x + (x_hat - x).detach(), x_hat.detach())
+
+
+def fq_no_ste(x, scale, zp, qmin, qmax):
+    return (torch.clamp(torch.round(x / scale) + zp, qmin, qmax) - zp) * scale
+
+
+def fq_unmasked(x, scale, zp, qmin, qmax):
+    x_hat = (torch.clamp(torch.round(x / scale) + zp, qmin, qmax) - zp) * scale
+    return x + (x_hat - x).detach()
+
+
+def fq_floor(x, scale, zp, qmin, qmax):
+    x_hat = (torch.clamp(torch.floor(x / scale) + zp, qmin, qmax) - zp) * scale
+    return x + (x_hat - x).detach()
+
+
+def fq_noclamp(x, scale, zp, qmin, qmax):
+    x_hat = (torch.round(x / scale) + zp - zp) * scale
+    return x + (x_hat - x).detach()
+
+
+def fq_detached(x, scale, zp, qmin, qmax):
+    return fq_no_ste(x.detach(), scale, zp, qmin, qmax)
+
+
+def test_fake_quant_ste_checker(capsys):
+    assert checks.check_fake_quant_ste(fq_ref)
+    assert checks.check_fake_quant_ste(fq_learner)
+    capsys.readouterr()
+    for wrong, words in [(fq_no_ste, "zero everywhere"), (fq_unmasked, "clamped"), (fq_floor, "nearest"),
+                         (fq_noclamp, "clamp the integers"), (fq_detached, "no gradient")]:
+        assert not checks.check_fake_quant_ste(wrong)
+        assert words in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- one k-means step
+def km_ref(w, c):
+    idx = (w[:, None] - c[None, :]).abs().argmin(1)
+    sums = torch.zeros_like(c).index_add_(0, idx, w)
+    counts = torch.bincount(idx, minlength=len(c))
+    return idx, torch.where(counts > 0, sums / counts.clamp(min=1), c)
+
+
+def km_nan_empty(w, c):
+    idx = (w[:, None] - c[None, :]).abs().argmin(1)
+    return idx, torch.stack([w[idx == k].mean() for k in range(len(c))])
+
+
+def km_no_move(w, c):
+    return (w[:, None] - c[None, :]).abs().argmin(1), c
+
+
+def km_sq_wrong_axis(w, c):
+    idx = (w[:, None] - c[None, :]).abs().argmax(1)
+    return idx, km_ref(w, c)[1]
+
+
+def test_kmeans_step_checker(capsys):
+    assert checks.check_kmeans_step(km_ref)
+    capsys.readouterr()
+    for wrong, words in [(km_nan_empty, "NaN"), (km_no_move, "did not move"), (km_sq_wrong_axis, "assignments")]:
+        assert not checks.check_kmeans_step(wrong)
+        assert words in capsys.readouterr().out

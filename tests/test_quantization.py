@@ -1,0 +1,425 @@
+"""Tests of course_lib.quantization and course_lib.deploy: exactness against PyTorch's fake
+quantization, property tests of the integer grid, calibration, PTQ/QAT/k-means on tiny models,
+bit packing, and the onnxruntime int8 path on a tiny LeNet."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from course_lib import deploy, measure
+from course_lib import quantization as Q
+from course_lib.models import LeNet5
+from course_lib.training import evaluate, predict
+
+
+def rand(*shape, seed=0, scale=1.0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+# ---------------------------------------------------------------- grids and parameters
+def test_qrange():
+    assert Q.qrange(8, True) == (-127, 127)
+    assert Q.qrange(8, False) == (0, 255)
+    assert Q.qrange(2, True) == (-1, 1)
+    assert Q.qrange(1, False) == (0, 1)
+    assert Q.qrange(16, False) == (0, 65535)
+
+
+@pytest.mark.parametrize("bits", [0, 17, -1, 2.5, "8", True])
+def test_bits_out_of_range(bits):
+    with pytest.raises(ValueError, match="bits"):
+        Q.quantize(rand(4), bits)
+    with pytest.raises(ValueError, match="bits"):
+        Q.fake_quantize(rand(4), bits, symmetric=False)
+
+
+def test_symmetric_one_bit_is_refused_but_asymmetric_works():
+    with pytest.raises(ValueError, match="symmetric"):
+        Q.qrange(1, True)
+    q, s, z = Q.quantize(rand(10), 1, symmetric=False)
+    assert set(q.unique().tolist()) <= {0, 1}
+
+
+def test_compute_qparams_values():
+    s, z = Q.compute_qparams(-1.0, 3.0, 8, symmetric=False)
+    assert math.isclose(float(s), 4 / 255, rel_tol=1e-6) and int(z) == 64
+    s, z = Q.compute_qparams(-1.0, 3.0, 8, symmetric=True)
+    assert math.isclose(float(s), 3 / 127, rel_tol=1e-6) and int(z) == 0
+    s, z = Q.compute_qparams(0.5, 2.0, 8, symmetric=False)  # widened to contain 0
+    assert int(z) == 0 and math.isclose(float(s), 2 / 255, rel_tol=1e-6)
+    s, z = Q.compute_qparams(0.0, 0.0, 4, symmetric=False)  # all zeros: a tiny, finite scale
+    assert float(s) > 0 and math.isfinite(1 / float(s))
+    s, z = Q.compute_qparams(torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 0.5]), 4, symmetric=True)
+    assert s.shape == (2,) and z.dtype == torch.int32
+    with pytest.raises(ValueError, match="lo must be <= hi"):
+        Q.compute_qparams(1.0, -1.0, 8)
+    with pytest.raises(ValueError, match="same shape"):
+        Q.compute_qparams(torch.zeros(2), torch.zeros(3), 8)
+
+
+def test_quantize_dequantize_roundtrip_and_shapes():
+    w = rand(6, 3, 5, 5)
+    q, s, z = Q.quantize(w, 8, per_channel_axis=0)
+    assert q.dtype == torch.int32 and q.shape == w.shape and s.shape == (6,) and z.shape == (6,)
+    assert (z == 0).all()
+    w_hat = Q.dequantize(q, s, z, per_channel_axis=0)
+    assert torch.allclose(w_hat, Q.fake_quantize(w, 8, per_channel_axis=0))
+    # per channel: every channel's largest |w| is on the grid
+    assert torch.allclose(w_hat.abs().amax((1, 2, 3)), w.abs().amax((1, 2, 3)), rtol=1e-6)
+    with pytest.raises(ValueError, match="per_channel_axis"):
+        Q.dequantize(q, s, z)
+
+
+def test_negative_axis_equals_positive_axis():
+    x = rand(4, 7)
+    a = Q.fake_quantize(x, 4, per_channel_axis=-1)
+    b = Q.fake_quantize(x, 4, per_channel_axis=1)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("axis", [2, -3, 5, 1.0])
+def test_axis_out_of_range(axis):
+    with pytest.raises(ValueError, match="per_channel_axis"):
+        Q.quantize(rand(3, 4), 8, per_channel_axis=axis)
+    with pytest.raises(ValueError, match="per_channel_axis"):
+        Q.fake_quantize(rand(3, 4), 8, per_channel_axis=axis)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nan_inf_refused(bad):
+    x = rand(10)
+    x[3] = bad
+    with pytest.raises(ValueError, match="NaN/inf"):
+        Q.quantize(x, 8)
+    with pytest.raises(ValueError, match="NaN/inf"):
+        Q.fake_quantize(x, 8)
+    with pytest.raises(ValueError, match="NaN/inf"):
+        Q.calibrate([x])
+    with pytest.raises(ValueError, match="NaN/inf"):
+        Q.kmeans_quantize(x, 2)
+
+
+def test_other_bad_inputs():
+    with pytest.raises(ValueError, match="floating-point"):
+        Q.quantize(torch.arange(4), 8)
+    with pytest.raises(ValueError, match="empty"):
+        Q.quantize(torch.empty(0), 8)
+    with pytest.raises(ValueError, match="expected"):
+        Q.quantize(rand(3, 4), 8, per_channel_axis=0, scale=torch.ones(4))
+    with pytest.raises(ValueError, match="scale"):
+        Q.quantize(rand(3), 8, scale=torch.tensor(0.0))
+
+
+# ---------------------------------------------------------------- exactly PyTorch's fake quantization
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("bits,symmetric", [(8, True), (8, False), (4, True), (4, False), (2, True), (16, False)])
+def test_fake_quantize_per_tensor_equals_torch(seed, bits, symmetric):
+    x = rand(64, 33, seed=seed, scale=3.0)
+    _, s, z = Q.quantize(x, bits, symmetric)
+    s = s * 0.8  # also clamp some values
+    qmin, qmax = Q.qrange(bits, symmetric)
+    ours = Q.fake_quantize(x, bits, symmetric, scale=s, zero_point=z)
+    ref = torch.fake_quantize_per_tensor_affine(x, float(s), int(z), qmin, qmax)
+    assert torch.equal(ours, ref)
+    ref_t = torch.fake_quantize_per_tensor_affine(x, s.reshape(1), z.reshape(1), qmin, qmax)
+    assert torch.equal(ours, ref_t)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("axis", [0, 1, 3])
+@pytest.mark.parametrize("bits,symmetric", [(8, True), (8, False), (3, True), (5, False)])
+def test_fake_quantize_per_channel_equals_torch(seed, axis, bits, symmetric):
+    x = rand(8, 6, 5, 5, seed=seed)
+    _, s, z = Q.quantize(x, bits, symmetric, per_channel_axis=axis)
+    s = s * torch.linspace(0.7, 1.1, s.numel())
+    qmin, qmax = Q.qrange(bits, symmetric)
+    ours = Q.fake_quantize(x, bits, symmetric, per_channel_axis=axis, scale=s, zero_point=z)
+    ref = torch.fake_quantize_per_channel_affine(x, s, z, axis, qmin, qmax)
+    assert torch.equal(ours, ref)
+
+
+def test_straight_through_gradient_equals_torch():
+    x = rand(200, seed=3, scale=2.0).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    s, z = torch.tensor(0.01), torch.tensor(100, dtype=torch.int32)
+    g = rand(200, seed=4)
+    Q.fake_quantize(x, 8, False, scale=s, zero_point=z).backward(g)
+    torch.fake_quantize_per_tensor_affine(x2, 0.01, 100, 0, 255).backward(g)
+    assert torch.equal(x.grad, x2.grad)
+    assert (x.grad == 0).any() and (x.grad == g).any()  # clamped values get no gradient, the rest pass
+
+
+# ---------------------------------------------------------------- properties (hypothesis)
+finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
+arrays = st.lists(finite, min_size=1, max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrays, st.integers(1, 16), st.booleans())
+def test_roundtrip_error_at_most_half_a_step(values, bits, symmetric):
+    if symmetric and bits == 1:
+        bits = 2
+    x = torch.tensor(values, dtype=torch.float32)
+    q, s, z = Q.quantize(x, bits, symmetric)
+    x_hat = Q.dequantize(q, s, z)
+    step = float(s)
+    # every value is inside the min-max range, so its error is at most half a step
+    # (up to float32 rounding of x / scale, relative 2^-23 of |x| / step steps)
+    tol = 0.5 * step + 4 * torch.finfo(torch.float32).eps * (x.abs() + step)
+    assert ((x - x_hat).abs() <= tol).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrays, st.integers(2, 16), st.booleans(), st.floats(0.01, 10))
+def test_quantized_values_inside_integer_range(values, bits, symmetric, shrink):
+    x = torch.tensor(values, dtype=torch.float32)
+    _, s, z = Q.quantize(x, bits, symmetric)
+    q, _, _ = Q.quantize(x, bits, symmetric, scale=s * shrink, zero_point=z)  # also when values clamp
+    qmin, qmax = Q.qrange(bits, symmetric)
+    assert int(q.min()) >= qmin and int(q.max()) <= qmax
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrays, st.integers(2, 16), st.booleans())
+def test_zero_maps_to_zero(values, bits, symmetric):
+    x = torch.tensor(values + [0.0], dtype=torch.float32)
+    q, s, z = Q.quantize(x, bits, symmetric)
+    if symmetric:
+        assert int(q[-1]) == 0 and int(z) == 0
+    assert float(Q.dequantize(q, s, z)[-1]) == 0.0  # 0 is exactly on every grid
+    assert float(Q.fake_quantize(x, bits, symmetric)[-1]) == 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 2**16 - 1), min_size=1, max_size=50), st.integers(1, 16))
+def test_pack_unpack_roundtrip(values, bits):
+    v = torch.tensor([x % (2 ** bits) for x in values])
+    packed = Q.pack_bits(v, bits)
+    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(len(values) * bits / 8)
+    assert torch.equal(Q.unpack_bits(packed, bits, len(values)), v)
+
+
+def test_pack_bits_signed_and_errors():
+    v = torch.tensor([-7, 0, 7, 3])
+    assert torch.equal(Q.unpack_bits(Q.pack_bits(v, 4, qmin=-7), 4, 4, qmin=-7), v)
+    with pytest.raises(ValueError, match="outside"):
+        Q.pack_bits(torch.tensor([16]), 4)
+    with pytest.raises(ValueError, match="fewer"):
+        Q.unpack_bits(torch.zeros(1, dtype=torch.uint8), 4, 5)
+
+
+def test_sqnr_about_six_db_per_bit():
+    w = rand(20000, seed=1)
+    db = [Q.sqnr_db(w, Q.fake_quantize(w, b)) for b in (4, 6, 8)]
+    assert 9 < db[1] - db[0] < 15 and 9 < db[2] - db[1] < 15
+    assert Q.sqnr_db(w, w) == math.inf
+    with pytest.raises(ValueError, match="shape"):
+        Q.sqnr_db(w, w[:3])
+
+
+# ---------------------------------------------------------------- calibration
+def test_calibration_methods():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50_000, generator=g).abs()
+    x[0] = 100.0  # one outlier
+    s_mm, z_mm = Q.calibrate([x], 8, "minmax")
+    s_pc, _ = Q.calibrate([x], 8, "percentile", percentile=99.9)
+    assert math.isclose(float(s_mm), 100 / 255, rel_tol=1e-5) and int(z_mm) == 0
+    assert float(s_pc) < float(s_mm) / 10  # the percentile ignores the outlier
+
+    def mse(x, s, z):
+        return float(((Q.fake_quantize(x, 8, False, scale=s, zero_point=z) - x) ** 2).mean())
+    # heavy tails: the MSE search clips them and beats min-max on its own criterion
+    t = torch.randn(50_000, generator=g) ** 3
+    s_mse, z_mse = Q.calibrate(t, 8, "mse")
+    s_mm, z_mm = Q.calibrate(t, 8, "minmax")
+    assert float(s_mse) < float(s_mm) and mse(t, s_mse, z_mse) < mse(t, s_mm, z_mm)
+    # a grid of 1 ratio is min-max itself
+    s1, z1 = Q.calibrate(t, 8, "mse", grid=1)
+    assert torch.equal(s1, s_mm) and torch.equal(z1, z_mm)
+
+
+def test_calibration_errors():
+    with pytest.raises(ValueError, match="empty"):
+        Q.calibrate([])
+    with pytest.raises(ValueError, match="empty"):
+        Q.calibrate([torch.empty(0)])
+    with pytest.raises(ValueError, match="method"):
+        Q.calibrate(rand(10), method="kl")
+    with pytest.raises(ValueError, match="percentile"):
+        Q.calibrate(rand(10), method="percentile", percentile=30)
+
+
+# ---------------------------------------------------------------- models
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = LeNet5(c1=4, c2=6, fc=16).eval()
+    x = torch.randn(96, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def test_ptq_structure_and_accuracy(tiny):
+    model, x, y = tiny
+    q = Q.ptq(model, x[:64], 8, 8, per_channel=True)
+    wrappers = [m for m in q.modules() if isinstance(m, Q.QuantWrapper)]
+    assert len(wrappers) == 4 and all(w.act_scale is not None for w in wrappers)
+    assert not isinstance(model.conv1, Q.QuantWrapper)  # the float model is untouched
+    assert measure.count_params(q) == measure.count_params(model)
+    assert evaluate(q, (x, y)) >= 0.9  # W8A8 keeps the float model's decisions
+    q32 = Q.ptq(model, x[:64], 32, 32)
+    assert torch.equal(q32(x), model(x))
+    with pytest.raises(ValueError, match="empty"):
+        Q.ptq(model, x[:0])
+    with pytest.raises(ValueError, match="weight_bits"):
+        Q.ptq(model, x, weight_bits=1)
+    with pytest.raises(ValueError, match="act_bits"):
+        Q.ptq(model, x, act_bits=0)
+
+
+def test_ptq_weights_on_grid(tiny):
+    model, x, _ = tiny
+    q = Q.ptq(model, x, 4, 8, per_channel=True)
+    w = q.conv2.quantized_weight().detach()
+    # per output channel at most 2 * 7 + 1 = 15 distinct values
+    assert max(len(row.unique()) for row in w.reshape(w.shape[0], -1)) <= 15
+    q_pt = Q.ptq(model, x, 4, 8, per_channel=False)
+    assert len(q_pt.conv2.quantized_weight().detach().unique()) <= 15
+
+
+def test_calibrate_model_methods_differ(tiny):
+    model, x, _ = tiny
+    a = Q.ptq(model, x, 32, 4, method="minmax")
+    b = Q.ptq(model, x, 32, 4, method="percentile", percentile=99.0)
+    assert float(b.fc1.act_scale) < float(a.fc1.act_scale)
+    with pytest.raises(ValueError, match="QuantWrapper"):
+        Q.calibrate_model(model, x)
+
+
+def test_qat_trains_and_keeps_structure(tiny):
+    model, x, y = tiny
+    q, hist = Q.qat(model, (x, y), x[:32], weight_bits=4, act_bits=8, epochs=2, lr=1e-3,
+                    batch_size=32, progress=False)
+    assert len(hist.train_loss) == 2 and not q.training
+    assert isinstance(q.fc1, Q.QuantWrapper) and q.fc1.act_scale is not None
+    assert not torch.equal(q.fc1.layer.weight, model.fc1.weight)  # the shadow weights moved
+    assert q(x).shape == (96, 10)
+
+
+def test_kmeans_quantize():
+    w = rand(40, 30, seed=5)
+    c, idx = Q.kmeans_quantize(w, 3)
+    assert c.shape == (8,) and idx.shape == w.shape and idx.dtype == torch.int64
+    assert torch.all(c[1:] >= c[:-1]) and int(idx.min()) >= 0 and int(idx.max()) <= 7
+    err_km = float(((c[idx] - w) ** 2).mean())
+    err_lin = float(((Q.fake_quantize(w, 3, symmetric=False) - w) ** 2).mean())
+    assert err_km < err_lin  # k-means adapts the grid to the bell-shaped distribution
+    # each centroid is the mean of its cluster (Lloyd's fixed point)
+    for k in range(8):
+        if (idx == k).any():
+            assert math.isclose(float(w[idx == k].mean()), float(c[k]), rel_tol=1e-4, abs_tol=1e-5)
+    c1, i1 = Q.kmeans_quantize(torch.tensor([1.0, 1.0, 1.0]), 2)  # constant weights
+    assert torch.equal(c1[i1], torch.ones(3))
+    with pytest.raises(ValueError, match="bits"):
+        Q.kmeans_quantize(w, 0)
+    with pytest.raises(ValueError, match="empty"):
+        Q.kmeans_quantize(torch.empty(0), 2)
+
+
+def test_kmeans_model_finetunes_centroids_only(tiny):
+    from course_lib.training import fit
+    model, x, y = tiny
+    km = Q.kmeans_model(model, 2)
+    assert len(km.conv2.quantized_weight().unique()) <= 4
+    before = km.conv2.codebook.detach().clone()
+    fc_w = km.fc1.layer.weight.detach().clone()
+    fit(km, (x, y), epochs=1, lr=1e-2, batch_size=32, progress=False,
+        params=[p for n, p in km.named_parameters() if n.endswith("codebook")])
+    assert not torch.equal(before, km.conv2.codebook.detach())
+    assert torch.equal(fc_w, km.fc1.layer.weight)
+    assert len(km.conv2.quantized_weight().unique()) <= 4
+
+
+def test_packed_size(tiny):
+    model, x, _ = tiny
+    n_w = sum(w.numel() for _, w in measure.prunable_weights(model))
+    n_b = sum(m.bias.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    sizes = {b: Q.packed_size_bytes(Q.ptq(model, x, b, 8)) for b in (8, 4, 2)}
+    assert sizes[8] > sizes[4] > sizes[2]
+    # the difference between 8 and 4 bits is exactly half a byte per weight (plus container rounding)
+    assert abs((sizes[8] - sizes[4]) - n_w / 2) < 0.05 * n_w + 512
+    sd = Q.packed_state_dict(Q.ptq(model, x, 4, 8))
+    assert sd["conv1.weight_packed"].numel() == math.ceil(model.conv1.weight.numel() * 4 / 8)
+    assert sum(v.numel() for k, v in sd.items() if k.endswith("bias")) == n_b
+    km = Q.packed_state_dict(Q.kmeans_model(model, 2))
+    assert km["fc1.codebook"].numel() == 4
+    assert km["fc1.indices_packed"].numel() == math.ceil(model.fc1.weight.numel() / 4)
+
+
+# ---------------------------------------------------------------- deployment: ONNX and onnxruntime
+def test_export_onnx_and_session(tiny, tmp_path):
+    model, x, _ = tiny
+    path = deploy.export_onnx(model, tmp_path / "m.onnx", (1, 28, 28))
+    assert path.is_file()
+    ort_model = deploy.OrtModule(path)
+    assert torch.allclose(ort_model(x), model(x), atol=1e-4)
+    assert torch.equal(predict(ort_model, x), predict(model, x))
+    assert measure.latency_ms(ort_model, (1, 28, 28), repeats=2, warmup=1) > 0
+    with pytest.raises(ValueError, match="input_shape"):
+        deploy.export_onnx(model, tmp_path / "bad.onnx", (1, 0, 28))
+    with pytest.raises(ValueError, match="threads"):
+        deploy.ort_session(path, threads=0)
+    with pytest.raises(FileNotFoundError):
+        deploy.ort_session(tmp_path / "missing.onnx")
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_ort_int8_agrees_with_fake_quant(tiny, tmp_path, fmt):
+    model, x, _ = tiny
+    fp32 = deploy.export_onnx(model, tmp_path / "fp32.onnx")
+    int8 = Q.ort_quantize_static(fp32, tmp_path / "int8.onnx", x[:64], per_channel=True, quant_format=fmt)
+    import onnx
+    inits = {i.name: i.data_type for i in onnx.load(str(int8)).graph.initializer}
+    weights = [n for n in inits if "weight" in n and "scale" not in n and "zero_point" not in n]
+    assert weights and all(inits[n] == onnx.TensorProto.INT8 for n in weights)
+    fq = Q.ptq(model, x[:64], 8, 8, per_channel=True)
+    agree = (predict(deploy.OrtModule(int8), x) == predict(fq, x)).float().mean().item()
+    assert agree >= 0.95
+    with pytest.raises(ValueError, match="quant_format"):
+        Q.ort_quantize_static(fp32, tmp_path / "x.onnx", x, quant_format="int8")
+    with pytest.raises(ValueError, match="empty"):
+        Q.ImageCalibrationReader(x[:0])
+
+
+def test_calibration_reader():
+    r = Q.ImageCalibrationReader(torch.zeros(10, 1, 4, 4), "inp", batch_size=4)
+    batches = []
+    while (b := r.get_next()) is not None:
+        batches.append(b)
+    assert [len(b["inp"]) for b in batches] == [4, 4, 2] and batches[0]["inp"].dtype == np.float32
+    r.rewind()
+    assert r.get_next() is not None
+
+
+def test_torch_ao_anchors_capture_deprecation(tiny):
+    model, x, _ = tiny
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing may escape to the caller
+        qd, msgs = Q.torch_ao_dynamic(model)
+        qs, msgs2 = Q.torch_ao_static_fx(model, x[:32])
+    assert qd.fc1._get_name() == "DynamicQuantizedLinear" and isinstance(qd.conv1, nn.Conv2d)
+    assert any("deprecated" in m for m in msgs + msgs2)
+    with torch.no_grad():
+        assert (qd(x).argmax(1) == model(x).argmax(1)).float().mean() >= 0.9
+        assert qs(x).shape == (96, 10)
+    with pytest.raises(ValueError, match="empty"):
+        Q.torch_ao_static_fx(model, x[:0])

@@ -1,0 +1,84 @@
+"""Each chapter-4 checker accepts the reference solution and rejects typical wrong answers."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from course_lib import checks
+from course_lib.distillation import kd_loss, soften
+
+
+# ---------------------------------------------------------------- softened softmax
+def test_softened_softmax_accepts_reference(capsys):
+    assert checks.check_softened_softmax(soften)
+    assert "✓" in capsys.readouterr().out
+
+
+def test_softened_softmax_accepts_manual_stable_version():
+    def manual(z, T):
+        z = z / T
+        e = torch.exp(z - z.max(dim=1, keepdim=True).values)
+        return e / e.sum(dim=1, keepdim=True)
+    assert checks.check_softened_softmax(manual, verbose=False)
+
+
+def test_softened_softmax_rejects_wrong_answers(capsys):
+    cases = {
+        "divide the logits by T": lambda z, T: torch.softmax(z, -1),
+        "multiplied": lambda z, T: torch.softmax(z * T, -1),
+        "class dimension": lambda z, T: torch.softmax(z / T, 0),
+        "NaN/inf": lambda z, T: torch.exp(z / T) / torch.exp(z / T).sum(1, keepdim=True),
+        "not implemented": lambda z, T: (_ for _ in ()).throw(NotImplementedError()),
+    }
+    for hint, fn in cases.items():
+        assert not checks.check_softened_softmax(fn)
+        assert hint in capsys.readouterr().out, hint
+
+
+# ---------------------------------------------------------------- KD loss
+def test_kd_loss_checker_accepts_reference():
+    assert checks.check_kd_loss(kd_loss, verbose=False)
+
+
+def _kl(s, t, T):
+    return (torch.softmax(t / T, 1) * (F.log_softmax(t / T, 1) - F.log_softmax(s / T, 1))).sum(1)
+
+
+def test_kd_loss_checker_rejects_wrong_answers(capsys):
+    cases = {
+        "T^2": lambda s, t, y, T, a: a * _kl(s, t, T).mean() + (1 - a) * F.cross_entropy(s, y),
+        "wrong way": lambda s, t, y, T, a: a * T * T * _kl(t, s, T).mean() + (1 - a) * F.cross_entropy(s, y),
+        "alpha weighs the wrong term":
+            lambda s, t, y, T, a: (1 - a) * T * T * _kl(s, t, T).mean() + a * F.cross_entropy(s, y),
+        "batchmean": lambda s, t, y, T, a: a * T * T * _kl(s, t, T).sum() + (1 - a) * F.cross_entropy(s, y),
+        "averaged over classes too":
+            lambda s, t, y, T, a: a * T * T * _kl(s, t, T).mean() / s.shape[1] + (1 - a) * F.cross_entropy(s, y),
+        "temperature 1": lambda s, t, y, T, a: a * T * T * _kl(s, t, T).mean() + (1 - a) * F.cross_entropy(s / T, y),
+        "scalar": lambda s, t, y, T, a: a * T * T * _kl(s, t, T) + (1 - a) * F.cross_entropy(s, y, reduction="none"),
+        "no gradient": lambda s, t, y, T, a: kd_loss(s.detach(), t, y, T, a),
+    }
+    for hint, fn in cases.items():
+        assert not checks.check_kd_loss(fn)
+        assert hint in capsys.readouterr().out, hint
+
+
+# ---------------------------------------------------------------- pseudo-labels
+def _ref_pseudo(t, y, m):
+    return torch.where(m, y, t.argmax(1))
+
+
+def test_pseudo_labels_checker_accepts_reference():
+    assert checks.check_pseudo_labels(_ref_pseudo, verbose=False)
+
+
+def test_pseudo_labels_checker_rejects_wrong_answers(capsys):
+    cases = {
+        "teacher's labels everywhere": lambda t, y, m: t.argmax(1),
+        "wrong way round": lambda t, y, m: torch.where(m, t.argmax(1), y),
+        "argmax, not argmin": lambda t, y, m: torch.where(m, y, t.argmin(1)),
+        "int64": lambda t, y, m: torch.where(m, y, t.argmax(1)).float(),
+        "shape": lambda t, y, m: torch.where(m, y, t.argmax(1))[:-1],
+    }
+    for hint, fn in cases.items():
+        assert not checks.check_pseudo_labels(fn)
+        assert hint in capsys.readouterr().out, hint

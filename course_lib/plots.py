@@ -76,3 +76,21 @@ def pareto(records: list[dict], x: str = "size_bytes", y: str = "accuracy", logx
     ax.set(xlabel=x, ylabel=f"{y} (%)", xscale="log" if logx else "linear", title=title)
     fig.tight_layout()
     return fig
+
+
+def spectra(curves: dict, normalize: bool = True, energy_levels=(0.9, 0.99), title: str = "singular values"):
+    """Singular-value spectra {label: 1-D descending values}: left s_i / s_1 (log scale) against
+    i / len(s), right the retained energy sum_{j<=i} s_j^2 / sum s^2 with dotted ``energy_levels``."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for i, (label, s) in enumerate(curves.items()):
+        s = np.asarray(torch.as_tensor(s).double().cpu(), dtype=float)
+        x = np.arange(1, len(s) + 1) / len(s)
+        a.plot(x, s / s[0] if normalize else s, label=f"{label} ({len(s)})", color=f"C{i % 10}")
+        b.plot(x, np.cumsum(s ** 2) / np.sum(s ** 2), color=f"C{i % 10}")
+    for e in energy_levels:
+        b.axhline(e, ls=":", color="k", lw=0.8)
+    a.set(xlabel="rank / full rank", ylabel="s_i / s_1" if normalize else "s_i", yscale="log", title=title)
+    b.set(xlabel="rank / full rank", ylabel="retained energy", title="energy of the leading values")
+    a.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

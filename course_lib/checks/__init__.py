@@ -75,5 +75,9 @@ def expect_close(got, want, what: str, atol: float = 1e-6, rtol: float = 1e-5) -
 
 
 from .baseline import *  # noqa: E402,F401,F403
+from .pipeline import *  # noqa: E402,F401,F403
 from .distillation import *  # noqa: E402,F401,F403
 from .lowrank import *  # noqa: E402,F401,F403
+from .quantization import *  # noqa: E402,F401,F403
+from .pruning import *  # noqa: E402,F401,F403
+from .transformer import *  # noqa: E402,F401,F403

@@ -1,0 +1,518 @@
+"""Low-rank factorization: truncated SVD for Linear layers, Tucker-2 (and CP) for convolutions.
+
+A weight matrix W (m x n) of rank r can be written W = A B with A (m x r) and B (r x n): a Linear
+m <- n becomes two Linears n -> r -> m with r (m + n) instead of m n weights. The best rank-k
+approximation in the Frobenius norm is the truncated SVD (Eckart-Young); its error is
+sqrt(sum of the discarded squared singular values).
+
+A convolution kernel K (C_out, C_in, kh, kw) is a 4-way tensor. Tucker-2 compresses its two channel
+modes: K ~= core x_0 U_out x_1 U_in with U_out (C_out x R_out), U_in (C_in x R_in) and a core
+(R_out, R_in, kh, kw); as layers: 1x1 conv C_in -> R_in, kh x kw conv R_in -> R_out (the original
+stride, padding, dilation), 1x1 conv R_out -> C_out (the original bias). HOSVD takes U_out, U_in
+as the leading left singular vectors of the mode unfoldings; HOOI iterations refine them.
+CP writes K as a sum of R rank-one terms: 1x1 conv, two depthwise 1-D convs, 1x1 conv.
+
+Everything here is pure: factorizing returns new modules and leaves the original untouched.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+__all__ = [
+    "LowRankLinear", "Tucker2Conv", "CPConv",
+    "spectrum", "energy_curve", "choose_rank", "rank_for_budget", "truncated_svd", "svd_error",
+    "svd_linear", "unfold", "tucker2", "tucker_reconstruct", "tucker_conv", "tucker_ranks_for_energy",
+    "cp_als", "cp_conv", "factorize", "factorized_ranks", "linear_params", "compare_latency",
+    "module_times", "compare_module_times",
+]
+
+
+# ---------------------------------------------------------------- checks
+def _check_rank(name: str, rank, low: int, high: int) -> int:
+    if isinstance(rank, bool) or not isinstance(rank, int) or not low <= rank <= high:
+        raise ValueError(f"{name}={rank!r} must be an integer in [{low}, {high}]")
+    return rank
+
+
+def _check_energy(energy) -> float:
+    if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0.0 < float(energy) <= 1.0:
+        raise ValueError(f"energy={energy!r} must be a number in (0, 1]")
+    return float(energy)
+
+
+# ---------------------------------------------------------------- spectra and rank choice
+def spectrum(layer: nn.Module, mode: int = 0) -> torch.Tensor:
+    """Singular values (descending, float64, shape (min(m, n),)) of a layer's weight.
+
+    Linear: of the weight (out_features, in_features); ``mode`` is ignored.
+    Conv2d: of the mode-``mode`` unfolding of the kernel (C_out, C_in/groups, kh, kw):
+    mode 0 -> C_out x (C_in kh kw) (the output channels), mode 1 -> C_in x (C_out kh kw).
+    """
+    if isinstance(layer, nn.Linear):
+        w = layer.weight.detach()
+    elif isinstance(layer, nn.Conv2d):
+        if mode not in (0, 1):
+            raise ValueError(f"mode={mode!r} must be 0 (output channels) or 1 (input channels)")
+        w = unfold(layer.weight.detach(), mode)
+    else:
+        raise ValueError(f"layer must be nn.Linear or nn.Conv2d, not {type(layer).__name__}")
+    return torch.linalg.svdvals(w.double().cpu())
+
+
+def energy_curve(singular_values: torch.Tensor) -> torch.Tensor:
+    """Retained energy E(k) = sum_{i<k} s_i^2 / sum_i s_i^2 for k = 1..len(s): float64 in [0, 1]."""
+    s = torch.as_tensor(singular_values).double().flatten()
+    if s.numel() == 0 or (s < 0).any() or not torch.isfinite(s).all():
+        raise ValueError("singular_values must be a non-empty 1-D tensor of finite values >= 0")
+    total = (s ** 2).sum()
+    if total == 0:
+        return torch.ones_like(s)
+    return torch.cumsum(s ** 2, 0) / total
+
+
+def choose_rank(singular_values, energy: float) -> int:
+    """Smallest rank k (1 <= k <= len(s)) whose leading singular values keep >= ``energy`` of
+    sum(s^2). singular_values: 1-D, sorted descending (as returned by SVD). energy in (0, 1]."""
+    energy = _check_energy(energy)
+    s = torch.as_tensor(singular_values).double().flatten()
+    if s.numel() > 1 and (s[1:] > s[:-1] * (1 + 1e-12) + 1e-300).any():
+        raise ValueError("singular_values must be sorted in descending order")
+    e = energy_curve(s)
+    # a tiny slack so that energy=1.0 is not missed by rounding in the cumulative sum
+    k = int((e < energy - 1e-12).sum()) + 1
+    return min(k, s.numel())
+
+
+def linear_params(in_features: int, out_features: int, rank: int | None = None, bias: bool = True) -> int:
+    """Parameters of a Linear in -> out (rank=None) or of its rank-``rank`` factorization."""
+    b = out_features if bias else 0
+    if rank is None:
+        return in_features * out_features + b
+    return rank * (in_features + out_features) + b
+
+
+def rank_for_budget(in_features: int, out_features: int, max_params: int, bias: bool = True) -> int:
+    """Largest rank k with k (in + out) (+ out bias) <= max_params, capped at min(in, out).
+
+    Raises ValueError if even rank 1 does not fit the budget.
+    """
+    for nm, v in (("in_features", in_features), ("out_features", out_features)):
+        _check_rank(nm, v, 1, 2**40)
+    if not isinstance(max_params, int) or max_params < 1:
+        raise ValueError(f"max_params={max_params!r} must be a positive integer")
+    k = (max_params - (out_features if bias else 0)) // (in_features + out_features)
+    if k < 1:
+        need = linear_params(in_features, out_features, 1, bias)
+        raise ValueError(f"max_params={max_params} is below the {need} parameters of a rank-1 factorization")
+    return min(k, in_features, out_features)
+
+
+# ---------------------------------------------------------------- SVD of a Linear
+def truncated_svd(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors A (m, rank), B (rank, n) with A @ B the best rank-``rank`` approximation of
+    ``weight`` (m, n) in the Frobenius norm. sqrt(S) is split evenly between A and B so both
+    factors have the same scale (better for fine-tuning). Computed in float64, returned in
+    the weight's dtype. rank in [1, min(m, n)]."""
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (m, n), got shape {tuple(weight.shape)}")
+    m, n = weight.shape
+    _check_rank("rank", rank, 1, min(m, n))
+    u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
+    root = s[:rank].sqrt()
+    a = u[:, :rank] * root
+    b = root[:, None] * vh[:rank]
+    return a.to(weight.dtype), b.to(weight.dtype)
+
+
+def svd_error(singular_values, rank: int) -> float:
+    """Eckart-Young: the Frobenius error of the best rank-``rank`` approximation,
+    sqrt(sum_{i >= rank} s_i^2). rank in [0, len(s)]."""
+    s = torch.as_tensor(singular_values).double().flatten()
+    _check_rank("rank", rank, 0, s.numel())
+    return float((s[rank:] ** 2).sum().sqrt())
+
+
+class LowRankLinear(nn.Sequential):
+    """A Linear in -> out factorized as Linear(in, rank, bias=False) -> Linear(rank, out, bias)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
+                 device=None, dtype=None):
+        _check_rank("rank", rank, 1, min(in_features, out_features))
+        super().__init__(nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype),
+                         nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype))
+        self.rank = rank
+
+    @property
+    def ranks(self) -> int:
+        return self.rank
+
+
+def svd_linear(layer: nn.Linear, rank: int) -> LowRankLinear:
+    """A new two-layer Sequential (``LowRankLinear``) equal to the rank-``rank`` truncated SVD of
+    ``layer``: x -> B x -> A (B x) + bias, with W ~= A B. rank in [1, min(out, in)].
+    At full rank it reproduces the layer up to float rounding. Same dtype and device as ``layer``;
+    ``layer`` is not modified."""
+    if not isinstance(layer, nn.Linear):
+        raise ValueError(f"layer must be nn.Linear, not {type(layer).__name__}")
+    w = layer.weight
+    out_f, in_f = w.shape
+    _check_rank("rank", rank, 1, min(in_f, out_f))
+    a, b = truncated_svd(w, rank)
+    new = LowRankLinear(in_f, out_f, rank, bias=layer.bias is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new[0].weight.copy_(b)
+        new[1].weight.copy_(a)
+        if layer.bias is not None:
+            new[1].bias.copy_(layer.bias)
+    return new.train(layer.training)
+
+
+# ---------------------------------------------------------------- Tucker-2 of a Conv2d
+def unfold(tensor: torch.Tensor, mode: int) -> torch.Tensor:
+    """Mode-``mode`` unfolding: (shape[mode], product of the other dims), other dims in order."""
+    if not 0 <= mode < tensor.dim():
+        raise ValueError(f"mode={mode!r} must be in [0, {tensor.dim() - 1}]")
+    return torch.movedim(tensor, mode, 0).reshape(tensor.shape[mode], -1)
+
+
+def _leading_left(mat: torch.Tensor, r: int) -> torch.Tensor:
+    u, _, _ = torch.linalg.svd(mat, full_matrices=False)
+    return u[:, :r]
+
+
+def _check_ranks(ranks, c_out: int, c_in: int) -> tuple:
+    if not isinstance(ranks, (tuple, list)) or len(ranks) != 2:
+        raise ValueError(f"ranks={ranks!r} must be a pair (rank_out, rank_in); "
+                         f"rank_out in [1, {c_out}], rank_in in [1, {c_in}], or None to keep a mode whole")
+    r_out, r_in = ranks
+    if r_out is not None:
+        _check_rank("ranks[0] (rank_out)", r_out, 1, c_out)
+    if r_in is not None:
+        _check_rank("ranks[1] (rank_in)", r_in, 1, c_in)
+    return r_out, r_in
+
+
+def tucker2(kernel: torch.Tensor, ranks: tuple, n_iter: int = 0):
+    """Tucker-2 of a kernel (C_out, C_in, kh, kw) over its two channel modes.
+
+    ranks: (rank_out, rank_in), rank_out in [1, C_out], rank_in in [1, C_in]; None keeps that
+    mode whole (its factor is the identity). n_iter: HOOI refinement sweeps after the HOSVD
+    initialisation (0 = plain HOSVD). Computed in float64.
+    Returns (core (R_out, R_in, kh, kw), U_out (C_out, R_out), U_in (C_in, R_in)) with
+    kernel ~= tucker_reconstruct(core, U_out, U_in); U_out, U_in have orthonormal columns.
+    """
+    if kernel.dim() != 4:
+        raise ValueError(f"kernel must be 4-D (C_out, C_in, kh, kw), got shape {tuple(kernel.shape)}")
+    if not isinstance(n_iter, int) or n_iter < 0:
+        raise ValueError(f"n_iter={n_iter!r} must be an integer >= 0")
+    k = kernel.detach().double().cpu()
+    c_out, c_in = k.shape[:2]
+    r_out, r_in = _check_ranks(ranks, c_out, c_in)
+    eye_out, eye_in = torch.eye(c_out, dtype=k.dtype), torch.eye(c_in, dtype=k.dtype)
+    u_out = eye_out if r_out is None else _leading_left(unfold(k, 0), r_out)
+    u_in = eye_in if r_in is None else _leading_left(unfold(k, 1), r_in)
+    for _ in range(n_iter):  # HOOI: best U for one mode with the other fixed, alternately
+        if r_out is not None:
+            u_out = _leading_left(unfold(torch.einsum("oihw,ir->orhw", k, u_in), 0), r_out)
+        if r_in is not None:
+            u_in = _leading_left(unfold(torch.einsum("oihw,or->rihw", k, u_out), 1), r_in)
+    core = torch.einsum("oihw,or,is->rshw", k, u_out, u_in)
+    return core, u_out, u_in
+
+
+def tucker_reconstruct(core: torch.Tensor, u_out: torch.Tensor, u_in: torch.Tensor) -> torch.Tensor:
+    """The kernel (C_out, C_in, kh, kw) = core x_0 U_out x_1 U_in."""
+    return torch.einsum("rshw,or,is->oihw", core, u_out, u_in)
+
+
+def _check_conv(layer) -> None:
+    if not isinstance(layer, nn.Conv2d):
+        raise ValueError(f"layer must be nn.Conv2d, not {type(layer).__name__}")
+    if layer.groups != 1:
+        raise ValueError(f"layer.groups={layer.groups} is not supported: only groups=1 convolutions "
+                         "can be factorized here (a grouped conv is already a block-diagonal factorization)")
+
+
+def _core_conv(layer: nn.Conv2d, cin: int, cout: int, bias: bool, groups: int = 1,
+               kernel_size=None) -> nn.Conv2d:
+    w = layer.weight
+    return nn.Conv2d(cin, cout, kernel_size or layer.kernel_size, stride=layer.stride,
+                     padding=layer.padding, dilation=layer.dilation, groups=groups, bias=bias,
+                     padding_mode=layer.padding_mode, device=w.device, dtype=w.dtype)
+
+
+class Tucker2Conv(nn.Sequential):
+    """Conv2d factorized as [1x1 C_in -> R_in] -> [kh x kw R_in -> R_out, original stride/padding/
+    dilation] -> [1x1 R_out -> C_out, original bias]; a 1x1 stage is absent when its mode is kept
+    whole. ``ranks`` = (rank_out or None, rank_in or None)."""
+
+    ranks: tuple
+
+
+def tucker_conv(layer: nn.Conv2d, ranks: tuple, n_iter: int = 0) -> Tucker2Conv:
+    """A new ``Tucker2Conv`` (a Sequential of up to three Conv2d) from the Tucker-2 decomposition
+    of ``layer``'s kernel, HOSVD-initialised (plus ``n_iter`` HOOI sweeps).
+
+    ranks: (rank_out, rank_in) with rank_out in [1, C_out], rank_in in [1, C_in]; None keeps that
+    mode whole and drops its 1x1 conv (e.g. (8, None) for a conv with one input channel).
+    Stride, padding (any padding_mode), dilation and bias are preserved; groups != 1 is rejected
+    with a ValueError. At full ranks it reproduces the layer up to float rounding. Same dtype and
+    device as ``layer``; ``layer`` is not modified.
+    """
+    _check_conv(layer)
+    w = layer.weight
+    c_out, c_in = w.shape[:2]
+    r_out, r_in = _check_ranks(ranks, c_out, c_in)
+    if r_out is None and r_in is None:
+        raise ValueError("ranks=(None, None) leaves nothing to factorize: give rank_out and/or rank_in")
+    core, u_out, u_in = tucker2(w, (r_out, r_in), n_iter)
+    ro, ri = core.shape[:2]
+    stages = []
+    if r_in is not None:
+        first = nn.Conv2d(c_in, ri, 1, bias=False, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            first.weight.copy_(u_in.t()[:, :, None, None])
+        stages.append(first)
+    has_last = r_out is not None
+    mid = _core_conv(layer, ri, ro, bias=(layer.bias is not None and not has_last))
+    with torch.no_grad():
+        mid.weight.copy_(core)
+        if mid.bias is not None:
+            mid.bias.copy_(layer.bias)
+    stages.append(mid)
+    if has_last:
+        last = nn.Conv2d(ro, c_out, 1, bias=layer.bias is not None, device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            last.weight.copy_(u_out[:, :, None, None])
+            if layer.bias is not None:
+                last.bias.copy_(layer.bias)
+        stages.append(last)
+    new = Tucker2Conv(*stages)
+    new.ranks = (r_out, r_in)
+    return new.train(layer.training)
+
+
+def tucker_ranks_for_energy(layer: nn.Conv2d, energy: float) -> tuple:
+    """(rank_out, rank_in) keeping ``energy`` of each mode unfolding's squared singular values;
+    a mode of a single channel is kept whole (None)."""
+    _check_conv(layer)
+    c_out, c_in = layer.weight.shape[:2]
+    r_out = choose_rank(spectrum(layer, 0), energy) if c_out > 1 else None
+    r_in = choose_rank(spectrum(layer, 1), energy) if c_in > 1 else None
+    return r_out, r_in
+
+
+# ---------------------------------------------------------------- CP of a Conv2d
+def cp_als(tensor: torch.Tensor, rank: int, n_iter: int = 50, seed: int = 0) -> list[torch.Tensor]:
+    """CP decomposition by alternating least squares: factors F_d (shape[d], rank), d = 0..3, with
+    tensor ~= sum_r F_0[:, r] o F_1[:, r] o F_2[:, r] o F_3[:, r]. 4-D tensors only; float64;
+    initialised from the HOSVD (leading singular vectors, random columns where a mode is
+    shorter than ``rank``). rank >= 1, n_iter >= 1."""
+    if tensor.dim() != 4:
+        raise ValueError(f"tensor must be 4-D, got shape {tuple(tensor.shape)}")
+    _check_rank("rank", rank, 1, 2**20)
+    _check_rank("n_iter", n_iter, 1, 10**6)
+    t = tensor.detach().double().cpu()
+    g = torch.Generator().manual_seed(seed)
+    factors = []
+    for d in range(4):
+        u = _leading_left(unfold(t, d), min(rank, t.shape[d]))
+        if u.shape[1] < rank:
+            u = torch.cat([u, torch.randn(t.shape[d], rank - u.shape[1], generator=g, dtype=t.dtype)], 1)
+        factors.append(u)
+    letters = "abcd"
+    for _ in range(n_iter):
+        for d in range(4):
+            others = [i for i in range(4) if i != d]
+            # MTTKRP: tensor contracted with the other three factors
+            rhs = torch.einsum(f"abcd,{letters[others[0]]}r,{letters[others[1]]}r,{letters[others[2]]}r->"
+                               f"{letters[d]}r", t, *(factors[i] for i in others))
+            gram = torch.ones(rank, rank, dtype=t.dtype)
+            for i in others:
+                gram = gram * (factors[i].t() @ factors[i])
+            factors[d] = torch.linalg.solve(gram + 1e-12 * torch.eye(rank, dtype=t.dtype), rhs.t()).t()
+    return factors
+
+
+class CPConv(nn.Sequential):
+    """Conv2d factorized by CP of rank R: 1x1 C_in -> R, depthwise kh x 1, depthwise 1 x kw
+    (original stride/padding/dilation split per axis), 1x1 R -> C_out (original bias)."""
+
+    rank: int
+
+
+def cp_conv(layer: nn.Conv2d, rank: int, n_iter: int = 50, seed: int = 0) -> CPConv:
+    """A new ``CPConv`` from a rank-``rank`` CP decomposition (``cp_als``) of ``layer``'s kernel.
+
+    Only zero padding given as integers is supported (``padding_mode="zeros"``); groups must be 1.
+    rank >= 1 (at most C_out * C_in * kh * kw is meaningful). ``layer`` is not modified.
+    """
+    _check_conv(layer)
+    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        raise ValueError(f"cp_conv supports integer zero padding only, got padding={layer.padding!r}, "
+                         f"padding_mode={layer.padding_mode!r}")
+    w = layer.weight
+    c_out, c_in, kh, kw = w.shape
+    _check_rank("rank", rank, 1, c_out * c_in * kh * kw)
+    f_out, f_in, f_h, f_w = cp_als(w, rank, n_iter, seed)
+    opts = dict(device=w.device, dtype=w.dtype)
+    (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
+    first = nn.Conv2d(c_in, rank, 1, bias=False, **opts)
+    vert = nn.Conv2d(rank, rank, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), groups=rank,
+                     bias=False, **opts)
+    horiz = nn.Conv2d(rank, rank, (1, kw), stride=(1, sw), padding=(0, pw), dilation=(1, dw), groups=rank,
+                      bias=False, **opts)
+    last = nn.Conv2d(rank, c_out, 1, bias=layer.bias is not None, **opts)
+    with torch.no_grad():
+        first.weight.copy_(f_in.t()[:, :, None, None])
+        vert.weight.copy_(f_h.t()[:, None, :, None])
+        horiz.weight.copy_(f_w.t()[:, None, None, :])
+        last.weight.copy_(f_out[:, :, None, None])
+        if layer.bias is not None:
+            last.bias.copy_(layer.bias)
+    new = CPConv(first, vert, horiz, last)
+    new.rank = rank
+    return new.train(layer.training)
+
+
+# ---------------------------------------------------------------- whole models
+def factorize(model: nn.Module, ranks: dict | None = None, energy: float | None = None,
+              layers=None, method: str = "tucker", skip_if_larger: bool = True) -> nn.Module:
+    """A factorized deep copy of ``model`` (the original is untouched).
+
+    ranks: {layer name: rank} -- an int for an nn.Linear (truncated SVD), a pair
+    (rank_out, rank_in) for an nn.Conv2d (Tucker-2; entries may be None), or an int for an
+    nn.Conv2d with method="cp". Or energy in (0, 1]: each layer of ``layers`` (default: every
+    Linear and every Conv2d with a kernel larger than 1x1) gets the smallest rank(s) keeping that
+    energy; with ``skip_if_larger`` a layer whose factorization would not have fewer parameters
+    is left as it is. Give exactly one of ranks / energy.
+    """
+    if (ranks is None) == (energy is None):
+        raise ValueError("give exactly one of ranks= (dict of layer name -> rank) or energy= (in (0, 1])")
+    if method not in ("tucker", "cp"):
+        raise ValueError(f"method={method!r} must be 'tucker' or 'cp'")
+    modules = dict(model.named_modules())
+    if ranks is None:
+        energy = _check_energy(energy)
+        names = list(layers) if layers is not None else [
+            n for n, m in modules.items()
+            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.weight.shape[2:].numel() > 1)]
+        ranks = {}
+        for n in names:
+            m = modules.get(n)
+            if isinstance(m, nn.Linear):
+                ranks[n] = choose_rank(spectrum(m), energy)
+            elif isinstance(m, nn.Conv2d):
+                ranks[n] = tucker_ranks_for_energy(m, energy)
+                if method == "cp":
+                    raise ValueError("energy= chooses Tucker ranks; give CP ranks explicitly with ranks=")
+            else:
+                raise ValueError(f"layer {n!r} is not an nn.Linear or nn.Conv2d of the model")
+    else:
+        if not isinstance(ranks, dict) or not ranks:
+            raise ValueError(f"ranks={ranks!r} must be a non-empty dict of layer name -> rank")
+        skip_if_larger = False
+    new = copy.deepcopy(model)
+    for name, r in ranks.items():
+        old = new.get_submodule(name) if name in modules else None
+        if isinstance(old, nn.Linear):
+            rep = svd_linear(old, r)
+        elif isinstance(old, nn.Conv2d):
+            rep = cp_conv(old, r) if method == "cp" else tucker_conv(old, r)
+        else:
+            raise ValueError(f"layer name {name!r} is not an nn.Linear or nn.Conv2d of the model "
+                             f"(layers: {[n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))]})")
+        if skip_if_larger and sum(p.numel() for p in rep.parameters()) >= sum(p.numel() for p in old.parameters()):
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        setattr(new.get_submodule(parent_name) if parent_name else new, attr, rep)
+    return new
+
+
+def factorized_ranks(model: nn.Module) -> dict:
+    """{layer name: rank} of every factorized layer of ``model`` (int for SVD and CP, a
+    (rank_out, rank_in) pair for Tucker-2), in module order."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, LowRankLinear):
+            out[name] = m.rank
+        elif isinstance(m, Tucker2Conv):
+            out[name] = tuple(m.ranks)
+        elif isinstance(m, CPConv):
+            out[name] = m.rank
+    return out
+
+
+# ---------------------------------------------------------------- measuring where it pays
+def compare_latency(models: dict, input_shape: tuple, rounds: int = 3, batch_size: int = 64,
+                    threads: int = 1, repeats: int = 20) -> dict:
+    """{name: latency in ms} for several models measured in interleaved rounds.
+
+    Each round calls ``measure.latency_ms`` (median of ``repeats`` single-thread forward passes of
+    a batch of ``batch_size``) on every model in turn; the result is the median over ``rounds``, so
+    a burst of load on a shared machine hits all models alike. rounds >= 1.
+    """
+    import statistics
+
+    from .measure import latency_ms
+    _check_rank("rounds", rounds, 1, 1000)
+    times = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, m in models.items():
+            times[k].append(latency_ms(m, input_shape, batch_size=batch_size, threads=threads,
+                                       repeats=repeats))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def module_times(model: nn.Module, input_shape: tuple, batch_size: int = 64, repeats: int = 20,
+                 threads: int = 1) -> dict:
+    """Where a forward pass spends its time: {child module name: ms} for every direct child of
+    ``model`` plus "other" (the functional ops between them: ReLU, pooling, flatten), medians of
+    ``repeats`` single-thread passes of a batch of ``batch_size`` inputs of ``input_shape``."""
+    import statistics
+    import time
+
+    from .measure import num_threads
+    starts, acc = {}, {}
+    hooks = []
+    for name, child in model.named_children():
+        def pre(mod, inp, name=name):
+            starts[name] = time.perf_counter()
+
+        def post(mod, inp, out, name=name):
+            acc[name] = acc.get(name, 0.0) + (time.perf_counter() - starts[name]) * 1e3
+        hooks += [child.register_forward_pre_hook(pre), child.register_forward_hook(post)]
+    x = torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(0))
+    runs = []
+    was = model.training
+    model.eval()
+    try:
+        with num_threads(threads), torch.inference_mode():
+            for i in range(repeats + 3):
+                acc.clear()
+                t0 = time.perf_counter()
+                model(x)
+                total = (time.perf_counter() - t0) * 1e3
+                if i >= 3:  # warm-up passes are not counted
+                    runs.append({**acc, "other": total - sum(acc.values()), "total": total})
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def compare_module_times(models: dict, input_shape: tuple, rounds: int = 3, **kw) -> dict:
+    """{model name: ``module_times`` dict} for several models, measured in ``rounds`` interleaved
+    rounds (each part is the median over rounds), so a burst of load hits every model alike.
+    Keyword arguments go to ``module_times`` (batch_size, repeats, threads)."""
+    import statistics
+    _check_rank("rounds", rounds, 1, 1000)
+    runs = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, m in models.items():
+            runs[k].append(module_times(m, input_shape, **kw))
+    return {k: {part: statistics.median(r[part] for r in v) for part in v[0]} for k, v in runs.items()}

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from . import pruning
-from .distillation import kd_loss
+from .distillation import distill
 from .quantization import kmeans_quantize
 from .training import fit, seed_everything
 
@@ -79,18 +79,11 @@ def deep_compression(model: nn.Module, train, val=None, sparsity: float = 0.95, 
 
 def distill_fit(student: nn.Module, teacher: nn.Module, train, val=None, epochs: int = 10, lr: float = 2e-3,
                 temperature: float = 4.0, alpha: float = 0.7, seed: int = 0, **fit_kw):
-    """Train ``student`` IN PLACE with Hinton's loss against ``teacher`` (computed on the same augmented
-    batch). Returns the History."""
-    teacher = teacher.eval()
-
-    def loss_fn(model, x, y):
-        with torch.no_grad():
-            t = teacher(x)
-        s = model(x)
-        return kd_loss(s, t, y, temperature, alpha), s
-
+    """``distillation.distill`` with the baseline's recipe (one-cycle AdamW, shift augmentation):
+    trains ``student`` IN PLACE against ``teacher``. Returns the History."""
     kw = dict(optimizer="adamw", weight_decay=1e-4, schedule="onecycle", augment=1, desc="distill") | fit_kw
-    return fit(student, train, val, epochs=epochs, lr=lr, loss_fn=loss_fn, seed=seed, **kw)
+    return distill(teacher, student, train, val, epochs=epochs, temperature=temperature, alpha=alpha,
+                   lr=lr, seed=seed, **kw)
 
 
 def latency_optimised(teacher: nn.Module, train, val=None, ratio=None, epochs: int = 10, seed: int = 0,

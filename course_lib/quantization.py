@@ -181,6 +181,13 @@ def dequantize(q: torch.Tensor, scale, zero_point, per_channel_axis: int | None 
     return (q.float() - _bshape(zp, q.dim(), axis).float()) * _bshape(scale, q.dim(), axis)
 
 
+def _layer_forward(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Run a Conv2d or Linear ``layer`` on ``x`` with ``weight`` in place of its own (bias kept)."""
+    if isinstance(layer, nn.Conv2d):
+        return layer._conv_forward(x, weight, layer.bias)
+    return F.linear(x, weight, layer.bias)
+
+
 class _FakeQuant(torch.autograd.Function):
     """round/clamp in the forward pass; straight-through gradient (masked to the grid) backward."""
 
@@ -324,10 +331,7 @@ class QuantWrapper(nn.Module):
             self.observed.append(x.detach().cpu())
         if self.act_bits != 32 and self.act_scale is not None:
             x = _fq(x, self.act_scale, self.act_zero_point, *qrange(self.act_bits, False), None)
-        w = self.quantized_weight()
-        if isinstance(self.layer, nn.Conv2d):
-            return self.layer._conv_forward(x, w, self.layer.bias)
-        return F.linear(x, w, self.layer.bias)
+        return _layer_forward(self.layer, x, self.quantized_weight())
 
     def extra_repr(self) -> str:
         return f"W{self.weight_bits}A{self.act_bits}, per_channel={self.per_channel}"
@@ -483,10 +487,7 @@ class KMeansWrapper(nn.Module):
         return self.codebook[self.indices]
 
     def forward(self, x):
-        w = self.quantized_weight()
-        if isinstance(self.layer, nn.Conv2d):
-            return self.layer._conv_forward(x, w, self.layer.bias)
-        return F.linear(x, w, self.layer.bias)
+        return _layer_forward(self.layer, x, self.quantized_weight())
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, codebook of {self.codebook.numel()}"

@@ -228,13 +228,18 @@ def _tiny_data(n=64, seed=0):
     return x, y
 
 
+def _twin_students(seed):
+    """Two MLP students with identical initial weights."""
+    seed_everything(seed)
+    a, b = MLP(hidden=(8,)), MLP(hidden=(8,))
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
 def test_distill_alpha_zero_equals_fit():
     x, y = _tiny_data()
     teacher = LeNet5(c1=4, c2=6, fc=16)
-    seed_everything(1)
-    a = MLP(hidden=(8,))
-    b = MLP(hidden=(8,))
-    b.load_state_dict(a.state_dict())
+    a, b = _twin_students(1)
     fit(a, (x, y), epochs=2, batch_size=16, seed=3, progress=False, augment=1)
     distill(teacher, b, (x, y), epochs=2, alpha=0.0, batch_size=16, seed=3, progress=False, augment=1)
     for p, q in zip(a.parameters(), b.parameters()):
@@ -346,10 +351,7 @@ def test_teacher_cache_returns_teacher_logits_and_counts_hits():
 def test_distill_with_cache_equals_plain_teacher():
     x, y = _tiny_data()
     teacher = LeNet5(c1=4, c2=6, fc=16)
-    seed_everything(2)
-    a = MLP(hidden=(8,))
-    b = MLP(hidden=(8,))
-    b.load_state_dict(a.state_dict())
+    a, b = _twin_students(2)
     kw = dict(epochs=2, batch_size=16, seed=1, progress=False, augment=1, temperature=3.0, alpha=0.7)
     distill(teacher, a, (x, y), **kw)
     distill(TeacherCache(teacher), b, (x, y), **kw)

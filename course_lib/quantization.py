@@ -32,6 +32,7 @@ __all__ = [
     "calibrate", "CALIBRATION_METHODS", "QuantWrapper", "quantize_model", "calibrate_model", "ptq", "qat",
     "kmeans_quantize", "KMeansWrapper", "kmeans_model", "pack_bits", "unpack_bits",
     "packed_state_dict", "packed_size_bytes", "ImageCalibrationReader", "ort_quantize_static", "ort_op_times",
+    "onnx_nodes", "PoolBeforeReLU",
     "torch_ao_dynamic", "torch_ao_static_fx",
 ]
 
@@ -601,19 +602,36 @@ class ImageCalibrationReader:
         return len(self.batches)
 
 
+def onnx_nodes(path, op_type: str | None = None) -> list[str]:
+    """Names of the nodes of the ONNX graph at ``path``, in graph order (only ``op_type`` ones if given,
+    e.g. "Conv"): what ``ort_quantize_static(..., keep_float=...)`` expects."""
+    import onnx
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    return [n.name for n in nodes if op_type is None or n.op_type == op_type]
+
+
 def ort_quantize_static(fp32_path, int8_path, calib_images: torch.Tensor, per_channel: bool = True,
-                        quant_format: str = "QDQ", input_name: str = "x", batch_size: int = 64) -> Path:
+                        quant_format: str = "QDQ", input_name: str = "x", batch_size: int = 64,
+                        keep_float=()) -> Path:
     """Static int8 quantization of an ONNX model with onnxruntime (min-max calibration).
 
     Weights int8 symmetric (per output channel if ``per_channel``), activations uint8 asymmetric
     (the u8 x s8 pairing is what x86 VNNI kernels run fastest). quant_format: "QDQ" (Quantize/
     Dequantize pairs that onnxruntime fuses into integer kernels) or "QOperator" (QLinearConv,
-    QGemm nodes). The model is pre-processed (shape inference) first. Returns int8_path.
+    QGemm nodes). keep_float: names of nodes to leave in float32 (mixed precision, e.g. a first
+    convolution with one input channel, where int8 saves little; see ``onnx_nodes``); the
+    tensors between a float node and an int8 one get a Quantize (or Dequantize) step.
+    The model is pre-processed (shape inference) first. Returns int8_path.
     """
     oq = _ort_quant()
     if quant_format not in ("QDQ", "QOperator"):
         raise ValueError(f"quant_format={quant_format!r} must be 'QDQ' or 'QOperator'")
     fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    keep_float = [keep_float] if isinstance(keep_float, str) else list(keep_float)
+    unknown = sorted(set(keep_float) - set(onnx_nodes(fp32_path)))
+    if unknown:
+        raise ValueError(f"keep_float={unknown!r}: no such node in {fp32_path.name}; "
+                         f"valid names: {onnx_nodes(fp32_path)}")
     pre = int8_path.with_name(int8_path.stem + "_pre.onnx")
     oq.quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
     logger = logging.getLogger()  # quantize_static logs to the root logger; keep stored outputs clean
@@ -623,11 +641,36 @@ def ort_quantize_static(fp32_path, int8_path, calib_images: torch.Tensor, per_ch
         oq.quantize_static(str(pre), str(int8_path), ImageCalibrationReader(calib_images, input_name, batch_size),
                            quant_format=getattr(oq.QuantFormat, quant_format), per_channel=per_channel,
                            activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8,
-                           calibrate_method=oq.CalibrationMethod.MinMax)
+                           calibrate_method=oq.CalibrationMethod.MinMax, nodes_to_exclude=keep_float)
     finally:
         logger.setLevel(level)
         pre.unlink(missing_ok=True)
     return int8_path
+
+
+class PoolBeforeReLU(nn.Module):
+    """A LeNet-5 that computes its first block as relu(maxpool(conv1(x))) instead of maxpool(relu(conv1(x))).
+
+    Max-pooling and ReLU commute exactly (both are monotone: max_i relu(a_i) = relu(max_i a_i)), so
+    outputs are bit-identical to ``model``'s (the parameters are shared, not copied). Why it matters for
+    deployment: when conv1 stays in float and the rest runs in int8, the float part then ends with the
+    pooled tensor, 4x smaller than conv1's output, so the Quantize step at the float/int8 boundary
+    touches 4x fewer values, and onnxruntime pools in its fast blocked float layout right after the
+    convolution. model: a ``models.LeNet5`` (TypeError otherwise). Input (N, C, H, W) -> logits (N, classes).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        from .models import LeNet5
+        if not isinstance(model, LeNet5):
+            raise TypeError(f"model must be a course_lib.models.LeNet5, got {type(model).__name__}")
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = F.relu(F.max_pool2d(m.conv1(x), 2))
+        x = F.max_pool2d(F.relu(m.conv2(x)), 2)
+        return m.fc2(F.relu(m.fc1(torch.flatten(x, 1))))
 
 
 def ort_op_times(path, x: torch.Tensor, runs: int = 20, threads: int = 1) -> list[tuple[str, str, float]]:

@@ -423,3 +423,37 @@ def test_torch_ao_anchors_capture_deprecation(tiny):
         assert qs(x).shape == (96, 10)
     with pytest.raises(ValueError, match="empty"):
         Q.torch_ao_static_fx(model, x[:0])
+
+
+def test_pool_before_relu_is_the_same_function(tiny):
+    model, x, _ = tiny
+    pf = Q.PoolBeforeReLU(model)
+    with torch.no_grad():
+        assert torch.equal(pf(x), model(x))  # max and ReLU commute exactly: bit-identical logits
+    assert sum(p.numel() for p in pf.parameters()) == sum(p.numel() for p in model.parameters())
+    with pytest.raises(TypeError, match="LeNet5"):
+        Q.PoolBeforeReLU(nn.Linear(4, 2))
+
+
+def test_ort_keep_float_leaves_first_conv_in_float(tiny, tmp_path):
+    import onnx
+    model, x, _ = tiny
+    fp32 = deploy.export_onnx(Q.PoolBeforeReLU(model), tmp_path / "fp32.onnx")
+    names = Q.onnx_nodes(fp32)
+    convs = Q.onnx_nodes(fp32, "Conv")
+    assert len(convs) == 2 and set(convs) <= set(names)
+    # the exported order is conv1 -> pool -> relu (the point of PoolBeforeReLU)
+    ops = [n.op_type for n in onnx.load(str(fp32)).graph.node]
+    assert ops[:3] == ["Conv", "MaxPool", "Relu"]
+    mixed = Q.ort_quantize_static(fp32, tmp_path / "mixed.onnx", x[:64], keep_float=[convs[0]])
+    graph = onnx.load(str(mixed)).graph
+    inits = {i.name: i.data_type for i in graph.initializer}
+    conv1 = next(n for n in graph.node if n.name == convs[0])
+    # conv1 reads the float input and float32 weights directly; conv2's weights are int8
+    assert conv1.input[0] == "x" and inits[conv1.input[1]] == onnx.TensorProto.FLOAT
+    assert any(n.endswith("quantized") and t == onnx.TensorProto.INT8 for n, t in inits.items() if "conv2" in n)
+    fq = Q.ptq(model, x[:64], 8, 8, per_channel=True)
+    agree = (predict(deploy.OrtModule(mixed), x) == predict(fq, x)).float().mean().item()
+    assert agree >= 0.95
+    with pytest.raises(ValueError, match="keep_float"):
+        Q.ort_quantize_static(fp32, tmp_path / "bad.onnx", x[:64], keep_float=["/conv9/Conv"])

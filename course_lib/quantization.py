@@ -32,7 +32,7 @@ __all__ = [
     "calibrate", "CALIBRATION_METHODS", "QuantWrapper", "quantize_model", "calibrate_model", "ptq", "qat",
     "kmeans_quantize", "KMeansWrapper", "kmeans_model", "pack_bits", "unpack_bits",
     "packed_state_dict", "packed_size_bytes", "ImageCalibrationReader", "ort_quantize_static", "ort_op_times",
-    "onnx_nodes", "PoolBeforeReLU",
+    "onnx_nodes", "PoolBeforeReLU", "ort_int8_lenet",
     "torch_ao_dynamic", "torch_ao_static_fx",
 ]
 
@@ -671,6 +671,24 @@ class PoolBeforeReLU(nn.Module):
         x = F.relu(F.max_pool2d(m.conv1(x), 2))
         x = F.max_pool2d(F.relu(m.conv2(x)), 2)
         return m.fc2(F.relu(m.fc1(torch.flatten(x, 1))))
+
+
+def ort_int8_lenet(model: nn.Module, int8_path, calib_images: torch.Tensor, first_conv_float: bool = True) -> Path:
+    """Chapter 2's int8 deployment of a LeNet-5 in one call: returns the path of an onnxruntime int8 model.
+
+    With ``first_conv_float`` (the default) the model is exported as ``PoolBeforeReLU(model)`` and
+    conv1 stays float32 (``keep_float``), the rest is static int8 (per-channel weights, min-max
+    calibration on ``calib_images``, (N, C, H, W), N >= 1); otherwise every layer is int8. The float32
+    ONNX export is written next to ``int8_path`` (suffix ``_fp32.onnx``). model: a ``models.LeNet5``.
+    """
+    from .deploy import export_onnx
+    if len(calib_images) == 0:
+        raise ValueError("calib_images is empty: the calibration set needs at least one image")
+    int8_path = Path(int8_path)
+    fp32_path = int8_path.with_name(int8_path.stem + "_fp32.onnx")
+    export_onnx(PoolBeforeReLU(model) if first_conv_float else model, fp32_path, tuple(calib_images.shape[1:]))
+    keep = onnx_nodes(fp32_path, "Conv")[:1] if first_conv_float else []
+    return ort_quantize_static(fp32_path, int8_path, calib_images, per_channel=True, keep_float=keep)
 
 
 def ort_op_times(path, x: torch.Tensor, runs: int = 20, threads: int = 1) -> list[tuple[str, str, float]]:

@@ -457,3 +457,22 @@ def test_ort_keep_float_leaves_first_conv_in_float(tiny, tmp_path):
     assert agree >= 0.95
     with pytest.raises(ValueError, match="keep_float"):
         Q.ort_quantize_static(fp32, tmp_path / "bad.onnx", x[:64], keep_float=["/conv9/Conv"])
+
+
+@pytest.mark.parametrize("first_conv_float", [True, False])
+def test_ort_int8_lenet_one_call(tiny, tmp_path, first_conv_float):
+    import onnx
+    model, x, _ = tiny
+    path = Q.ort_int8_lenet(model, tmp_path / "m_int8.onnx", x[:64], first_conv_float=first_conv_float)
+    assert path.is_file() and (tmp_path / "m_int8_fp32.onnx").is_file()
+    graph = onnx.load(str(path)).graph
+    conv1 = next(n for n in graph.node if n.op_type == "Conv")
+    assert (conv1.input[0] == "x") == first_conv_float  # float conv1 reads the input directly
+    ort_model = deploy.OrtModule(path)
+    fq = Q.ptq(model, x[:64], 8, 8, per_channel=True)
+    assert (predict(ort_model, x) == predict(fq, x)).float().mean().item() >= 0.95
+    with pytest.raises(ValueError, match="empty"):
+        Q.ort_int8_lenet(model, tmp_path / "e.onnx", x[:0])
+    if first_conv_float:  # the pool-before-ReLU export exists only for LeNet-5
+        with pytest.raises(TypeError, match="LeNet5"):
+            Q.ort_int8_lenet(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), tmp_path / "l.onnx", x[:8])

@@ -252,7 +252,7 @@ for wb in (8, 4, 2):
         ptq_models[wb, pc] = qm
         ptq_rows.append((wb, pc, acc))
         print(f"W{wb}A8 {'per-channel' if pc else 'per-tensor ':11s}: {100 * acc:6.2f}%  "
-              f"({100 * (acc - base_acc):+.2f} points), {Q.packed_size_bytes(qm) / 1024:.1f} KiB")
+              f"({100 * (acc - base_acc):.2f} points), {Q.packed_size_bytes(qm) / 1024:.1f} KiB")
 
 # %% [markdown]
 # 8 bits is free; 4 bits nearly so with per-channel scales; at 2 bits (three levels per channel:

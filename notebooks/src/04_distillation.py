@@ -305,8 +305,8 @@ ax.legend(fontsize=8)
 fig.tight_layout()
 for e, (sc, kd_name) in budgets.items():
     g = runs[target, kd_name]["mean"] - runs[target, sc]["mean"]
-    print(f"{e:3d} epochs: distillation {100 * g:+.2f} points, "
-          f"{100 * g / (teacher_acc - runs[target, sc]['mean']):.0f}% of the teacher-student gap closed")
+    print(f"{e:3d} epochs: distillation gains {100 * g:.2f} points, "
+          f"{100 * g / (teacher_acc - runs[target, sc]['mean']):.1f}% of the teacher-student gap closed")
 
 # %% [markdown]
 # With the long budget the distilled student pulls clearly ahead: its worst seed is typically above the

@@ -266,21 +266,23 @@ def over_seeds(build, train, seeds, test) -> dict:
     build(): a new untrained model. train(model, seed): trains it in place. seeds: a non-empty
     sequence of ints (each run starts with ``seed_everything(seed)``, so it is reproducible).
     test: the evaluation data. Returns {"accs": [accuracy per seed in [0, 1]], "mean", "std"
-    (sample standard deviation, ddof=1; 0 for one seed), "seeds": list, "model": the last model}.
+    (sample standard deviation, ddof=1; 0 for one seed), "seeds": list, "models": the trained
+    model of each seed, "model": the last one}.
     """
     from .training import evaluate, seed_everything
     seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed")
-    accs, model = [], None
+    accs, models = [], []
     for s in seeds:
         seed_everything(s)
         model = build()
         train(model, s)
+        models.append(model)
         accs.append(float(evaluate(model, test)))
     mean = sum(accs) / len(accs)
     std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
-    return {"accs": accs, "mean": mean, "std": std, "seeds": seeds, "model": model}
+    return {"accs": accs, "mean": mean, "std": std, "seeds": seeds, "models": models, "model": models[-1]}
 
 
 def plot_soft_targets(images: torch.Tensor, probs: dict, classes, labels=None):

@@ -14,7 +14,7 @@ from course_lib.distillation import (FeatureHint, TeacherCache, distill, hint_lo
                                      over_seeds, plot_soft_targets,
                                      pseudo_label_dataset, soften, teacher_probabilities)
 from course_lib.models import LeNet5, MLP
-from course_lib.training import fit, seed_everything
+from course_lib.training import evaluate, fit, seed_everything
 
 
 def _np_softmax(z):
@@ -371,6 +371,9 @@ def test_over_seeds_mean_std_and_reproducible():
     assert r["std"] == pytest.approx(np.std(r["accs"], ddof=1))
     assert over_seeds(lambda: MLP(hidden=(4,)), train, [0, 1, 2], (x, y))["accs"] == r["accs"]
     assert over_seeds(lambda: MLP(hidden=(4,)), train, [5], (x, y))["std"] == 0.0
+    assert len(r["models"]) == 3 and r["model"] is r["models"][-1]
+    # each kept model is the one its seed trained: re-evaluating it gives that seed's accuracy
+    assert [float(evaluate(m, (x, y))) for m in r["models"]] == r["accs"]
     with pytest.raises(ValueError, match="seeds"):
         over_seeds(lambda: MLP(hidden=(4,)), train, [], (x, y))
 

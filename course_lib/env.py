@@ -51,3 +51,26 @@ def check_environment(require_gpu: bool = False, verbose: bool = True) -> dict:
     if verbose:
         print(f"Python {platform.python_version()}; " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     return {"python": platform.python_version(), "packages": versions, "device": str(device), "cuda": cuda}
+
+
+def start_chapter(seed: int, device=None, cpu_threads: int | None = None):
+    """The first code cell of chapters 01 to 06, in one call (chapter 00 shows its steps one by one).
+
+    Checks the environment (``check_environment``: versions, a warning without a GPU), picks the
+    device (``training.get_device(device)``: None means $COURSE_DEVICE, else CUDA if available, else
+    CPU), seeds every generator (``training.seed_everything(seed)``) and, when the device is the CPU
+    and ``cpu_threads`` (>= 1) is given, sets PyTorch's intra-op threads to it. Prints the device and
+    thread count; returns (environment dict, torch.device).
+    """
+    import torch
+
+    from .training import get_device, seed_everything
+    if cpu_threads is not None and (not isinstance(cpu_threads, int) or cpu_threads < 1):
+        raise ValueError(f"cpu_threads={cpu_threads!r} must be None or a positive integer")
+    env = check_environment()
+    dev = get_device(device)
+    seed_everything(seed)
+    if cpu_threads is not None and dev.type == "cpu":
+        torch.set_num_threads(cpu_threads)
+    print("device:", dev, "| torch threads:", torch.get_num_threads())
+    return env, dev

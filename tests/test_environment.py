@@ -54,6 +54,31 @@ def test_check_environment_require_gpu():
         check_environment(require_gpu=True, verbose=False)
 
 
+def test_start_chapter_seeds_sets_threads_and_reports(capsys, monkeypatch):
+    import warnings
+
+    import torch
+    from course_lib.env import start_chapter
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    before = torch.get_num_threads()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            env, dev = start_chapter(7, cpu_threads=1)
+            a = torch.rand(3)
+            start_chapter(7)
+            b = torch.rand(3)
+        assert dev.type == "cpu" and torch.get_num_threads() == 1
+        assert torch.equal(a, b)  # seeded the same way both times
+        assert env["packages"]["torch"].startswith("2.13.0")
+        assert "device: cpu | torch threads: 1" in capsys.readouterr().out
+        for bad in (0, 1.5):
+            with pytest.raises(ValueError, match="cpu_threads"):
+                start_chapter(7, cpu_threads=bad)
+    finally:
+        torch.set_num_threads(before)
+
+
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 

@@ -33,13 +33,10 @@ from torch.nn.utils import prune as tprune
 
 from course_lib import checks, measure, plots, pruning, results
 from course_lib.data import load_dataset
-from course_lib.env import check_environment
-from course_lib.training import evaluate, fit, get_device, load_baseline, seed_everything
+from course_lib.env import start_chapter
+from course_lib.training import evaluate, fit, load_baseline, seed_everything
 
-env = check_environment()
-device = get_device(DEVICE)
-seed_everything(SEED)
-print("device:", device, "| torch threads:", torch.get_num_threads())
+env, device = start_chapter(SEED, DEVICE)
 
 # %% [markdown]
 # ## 2. The baseline and where its weights are

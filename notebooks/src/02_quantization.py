@@ -33,13 +33,10 @@ import torch
 from course_lib import checks, deploy, measure, plots, results
 from course_lib import quantization as Q
 from course_lib.data import REPO_ROOT, load_dataset
-from course_lib.env import check_environment
-from course_lib.training import evaluate, fit, get_device, load_baseline, predict, seed_everything
+from course_lib.env import start_chapter
+from course_lib.training import evaluate, fit, load_baseline, predict, seed_everything
 
-env = check_environment()
-device = get_device(DEVICE)
-seed_everything(SEED)
-print("device:", device, "| torch threads:", torch.get_num_threads())
+env, device = start_chapter(SEED, DEVICE)
 
 # %% [markdown]
 # ## 1. The baseline and what it weighs

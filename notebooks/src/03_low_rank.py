@@ -36,13 +36,10 @@ from torch import nn
 
 from course_lib import checks, lowrank, measure, plots, results
 from course_lib.data import load_dataset
-from course_lib.env import check_environment
-from course_lib.training import evaluate, fit, get_device, load_baseline, seed_everything
+from course_lib.env import start_chapter
+from course_lib.training import evaluate, fit, load_baseline
 
-env = check_environment()
-device = get_device(DEVICE)
-seed_everything(SEED)
-print("device:", device, "| torch threads:", torch.get_num_threads())
+env, device = start_chapter(SEED, DEVICE)
 
 # %%
 splits = load_dataset(DATASET)

@@ -39,19 +39,14 @@ from course_lib.data import load_dataset
 from course_lib.distillation import (FeatureHint, TeacherCache, distill, kd_loss, labelled_subset,
                                      over_seeds, plot_soft_targets, pseudo_label_dataset, soften,
                                      teacher_probabilities)
-from course_lib.env import check_environment
+from course_lib.env import start_chapter
 from course_lib.models import LeNet5
-from course_lib.training import BASELINE_RECIPE, evaluate, fit, get_device, load_baseline, seed_everything
+from course_lib.training import BASELINE_RECIPE, evaluate, fit, load_baseline
 
-env = check_environment()
-device = get_device(DEVICE)
-seed_everything(SEED)
-if device.type == "cpu":
-    # the students are tiny: splitting their small matrix products over several threads costs more
-    # than it saves (and a busy machine makes it far worse), so this chapter trains on one thread
-    torch.set_num_threads(1)
+# the students are tiny: splitting their small matrix products over several threads costs more
+# than it saves (and a busy machine makes it far worse), so on the CPU this chapter trains on one thread
+env, device = start_chapter(SEED, DEVICE, cpu_threads=1)
 t_start, cpu_start = time.perf_counter(), time.process_time()
-print("device:", device, "| torch threads:", torch.get_num_threads())
 
 # %% [markdown]
 # ## 2. The teacher

@@ -32,12 +32,10 @@ from course_lib import codec, deploy, huffman, lowrank, measure, pipeline, plots
 from course_lib import quantization as Q
 from course_lib import robustness as rb
 from course_lib.data import DATASETS, REPO_ROOT, load_dataset
-from course_lib.env import check_environment
-from course_lib.training import evaluate, get_device, load_baseline, predict, seed_everything
+from course_lib.env import start_chapter
+from course_lib.training import evaluate, load_baseline, predict
 
-check_environment()
-device = get_device(DEVICE)
-seed_everything(SEED)
+env, device = start_chapter(SEED, DEVICE)
 ART = REPO_ROOT / "build" / "artifacts" / "05_putting_it_together"  # git-ignored; records give paths into it
 ART.mkdir(parents=True, exist_ok=True)
 

@@ -33,13 +33,10 @@ import torch
 
 from course_lib import checks, measure, results
 from course_lib import transformer as T
-from course_lib.env import check_environment
-from course_lib.training import get_device, seed_everything
+from course_lib.env import start_chapter
+from course_lib.training import seed_everything
 
-env = check_environment()
-device = get_device(DEVICE)
-seed_everything(SEED)
-print("device:", device, "(this chapter measures the CPU) | torch threads:", torch.get_num_threads())
+env, device = start_chapter(SEED, DEVICE)  # this chapter measures the CPU whatever the device
 
 # %% [markdown]
 # ## 2. The model and the sentences

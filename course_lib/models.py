@@ -8,11 +8,27 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from ._validate import positive_int
+
 
 def _check_positive(**kw):
     for k, v in kw.items():
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{k}={v!r} must be a positive integer")
+        positive_int(k, v)
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put ``new`` in place of the submodule called ``name`` (dotted path, e.g. "encoder.layer.0.fc").
+
+    Changes ``model`` in place and returns it. Raises ValueError if ``name`` names no submodule.
+    """
+    parent, _, attr = name.rpartition(".")
+    try:
+        owner = model.get_submodule(parent) if parent else model
+        getattr(owner, attr)
+    except AttributeError:
+        raise ValueError(f"name={name!r} is not a submodule of {type(model).__name__}") from None
+    setattr(owner, attr, new)
+    return model
 
 
 class LeNet5(nn.Module):
@@ -126,3 +142,41 @@ def build_model(name: str, input_shape: tuple | None = None, num_classes: int = 
         else:
             kw.setdefault("in_channels", c)
     return MODELS[name](num_classes=num_classes, **kw)
+
+
+class PoolBeforeReLU(nn.Module):
+    """A LeNet-5 that computes its first block as relu(maxpool(conv1(x))) instead of maxpool(relu(conv1(x))).
+
+    Max-pooling and ReLU commute exactly (both are monotone: max_i relu(a_i) = relu(max_i a_i)), so
+    outputs are bit-identical to ``model``'s (the parameters are shared, not copied). Why it matters for
+    deployment: when conv1 stays in float and the rest runs in int8, the float part then ends with the
+    pooled tensor, 4x smaller than conv1's output, so the Quantize step at the float/int8 boundary
+    touches 4x fewer values, and onnxruntime pools in its fast blocked float layout right after the
+    convolution. model: a ``LeNet5`` (TypeError otherwise). Input (N, C, H, W) -> logits (N, classes).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if not isinstance(model, LeNet5):
+            raise TypeError(f"model must be a course_lib.models.LeNet5, got {type(model).__name__}")
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = F.relu(F.max_pool2d(m.conv1(x), 2))
+        x = F.max_pool2d(F.relu(m.conv2(x)), 2)
+        return m.fc2(F.relu(m.fc1(torch.flatten(x, 1))))
+
+
+# ---------------------------------------------------------------- sentence encoders (BERT, chapter 6)
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``hidden`` (N, T, D) over the tokens where ``mask`` (N, T) is 1: (N, D). The pooling
+    layer of a sentence-transformers encoder (padding tokens do not count)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+
+def check_bert(model) -> None:
+    """Raise ValueError unless ``model`` is a BERT encoder (``transformers.BertModel``: ``model.encoder.layer``)."""
+    if not (hasattr(model, "encoder") and hasattr(model.encoder, "layer")):
+        raise ValueError("model must be a BERT encoder (transformers BertModel) with model.encoder.layer")

@@ -1,7 +1,15 @@
-"""Deployment helpers: ONNX export and onnxruntime sessions measured like PyTorch models."""
+"""Deployment: ONNX export, onnxruntime sessions measured like PyTorch models, and real int8 with
+onnxruntime static quantization (calibration reader, per-node mixed precision, per-operator profile).
+
+Deployment depends on the techniques and models, never the reverse.
+"""
 from __future__ import annotations
 
+import copy
+import json
+import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -9,7 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["export_onnx", "ort_session", "OrtModule"]
+from ._validate import int_in, one_of, positive_int, shape as check_shape
+from .env import u8s8_saturates
+
+__all__ = ["export_onnx", "ort_session", "OrtModule", "ImageCalibrationReader", "onnx_nodes",
+           "ort_quantize_static", "ort_op_times"]
+
+MIN_OPSET = 13
+QUANT_FORMATS = ("QDQ", "QOperator")
 
 
 def export_onnx(model: nn.Module, path, input_shape: tuple = (1, 28, 28), opset: int = 17,
@@ -18,16 +33,14 @@ def export_onnx(model: nn.Module, path, input_shape: tuple = (1, 28, 28), opset:
 
     input_shape: (C, H, W) of one input; opset >= 13. Uses PyTorch's TorchScript-based exporter
     (``dynamo=False``): the newer torch.export-based exporter needs the ``onnxscript`` package,
-    which the course does not install. Returns the path. The model is not changed.
+    which the course does not install. Returns the path. The model is not changed: a CPU copy in
+    eval mode is exported (the caller's model keeps its device and mode).
     """
-    shape = tuple(input_shape)
-    if len(shape) == 0 or any(not isinstance(s, int) or s < 1 for s in shape):
-        raise ValueError(f"input_shape={input_shape!r} must be a tuple of positive ints, e.g. (1, 28, 28)")
-    if not isinstance(opset, int) or opset < 13:
-        raise ValueError(f"opset={opset!r} must be an integer >= 13")
+    shape = check_shape("input_shape", input_shape)
+    int_in("opset", opset, MIN_OPSET, None)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.cpu().eval()
+    model = copy.deepcopy(model).cpu().eval()
     x = torch.zeros((1, *shape))
     with warnings.catch_warnings():
         # torch >= 2.9 warns that the TorchScript exporter is legacy; it is the one that works
@@ -47,8 +60,7 @@ def ort_session(path, threads: int = 1, optimize: bool = True):
     (operator fusion, integer-kernel fusion of Quantize/Dequantize pairs, layout changes) or none.
     """
     import onnxruntime as ort
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads={threads!r} must be a positive integer")
+    positive_int("threads", threads)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ort_session: no ONNX file at {path}")
@@ -81,3 +93,110 @@ class OrtModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.path.name}, {os.path.getsize(self.path):,} bytes"
+
+
+# ---------------------------------------------------------------- real int8: onnxruntime static quantization
+class ImageCalibrationReader:
+    """onnxruntime ``CalibrationDataReader`` feeding batches of calibration images to ``input_name``.
+
+    images: float32 tensor (N, C, H, W), N >= 1; batch_size >= 1. (onnxruntime's reader base class
+    accepts any object with ``get_next``, so this class does not need to import onnxruntime.)
+    """
+
+    def __init__(self, images: torch.Tensor, input_name: str = "x", batch_size: int = 64):
+        if len(images) == 0:
+            raise ValueError("images is empty: the calibration set needs at least one image")
+        positive_int("batch_size", batch_size)
+        x = images.detach().float().cpu().numpy()
+        self.batches = [{input_name: x[i:i + batch_size]} for i in range(0, len(x), batch_size)]
+        self.pos = 0
+
+    def get_next(self):
+        if self.pos >= len(self.batches):
+            return None
+        self.pos += 1
+        return self.batches[self.pos - 1]
+
+    def rewind(self):
+        self.pos = 0
+
+
+def onnx_nodes(path, op_type: str | None = None) -> list[str]:
+    """Names of the nodes of the ONNX graph at ``path``, in graph order (only ``op_type`` ones if given,
+    e.g. "Conv"): what ``ort_quantize_static(..., keep_float=...)`` expects."""
+    import onnx
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    return [n.name for n in nodes if op_type is None or n.op_type == op_type]
+
+
+def ort_quantize_static(fp32_path, int8_path, calib_images: torch.Tensor, per_channel: bool = True,
+                        quant_format: str = "QDQ", input_name: str = "x", batch_size: int = 64,
+                        keep_float=(), reduce_range: bool | None = None) -> Path:
+    """Static int8 quantization of an ONNX model with onnxruntime (min-max calibration).
+
+    Weights int8 symmetric (per output channel if ``per_channel``), activations uint8 asymmetric
+    (the u8 x s8 pairing is what x86 VNNI kernels run fastest). quant_format: "QDQ" (Quantize/
+    Dequantize pairs that onnxruntime fuses into integer kernels) or "QOperator" (QLinearConv,
+    QGemm nodes). keep_float: names of nodes to leave in float32 (mixed precision, e.g. a first
+    convolution with one input channel, where int8 saves little; see ``onnx_nodes``); the
+    tensors between a float node and an int8 one get a Quantize (or Dequantize) step.
+    reduce_range: quantize weights to 7 bits, which avoids the int16 saturation of u8 x s8 kernels on x86
+    CPUs without VNNI; None (default) decides by this CPU (``env.u8s8_saturates``). The model is
+    pre-processed (shape inference) first. Returns int8_path.
+    """
+    from onnxruntime import quantization as oq
+    one_of("quant_format", quant_format, QUANT_FORMATS)
+    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    keep_float = [keep_float] if isinstance(keep_float, str) else list(keep_float)
+    unknown = sorted(set(keep_float) - set(onnx_nodes(fp32_path)))
+    if unknown:
+        raise ValueError(f"keep_float={unknown!r}: no such node in {fp32_path.name}; "
+                         f"valid names: {onnx_nodes(fp32_path)}")
+    reader = ImageCalibrationReader(calib_images, input_name, batch_size)
+    pre = int8_path.with_name(int8_path.stem + "_pre.onnx")
+    oq.quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    logger = logging.getLogger()  # quantize_static logs to the root logger; keep stored outputs clean
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        oq.quantize_static(str(pre), str(int8_path), reader,
+                           quant_format=getattr(oq.QuantFormat, quant_format), per_channel=per_channel,
+                           activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8,
+                           calibrate_method=oq.CalibrationMethod.MinMax, nodes_to_exclude=keep_float,
+                           reduce_range=u8s8_saturates() if reduce_range is None else bool(reduce_range))
+    finally:
+        logger.setLevel(level)
+        pre.unlink(missing_ok=True)
+    return int8_path
+
+
+def ort_op_times(path, x: torch.Tensor, runs: int = 20, threads: int = 1) -> list[tuple[str, str, float]]:
+    """Where an onnxruntime model spends its time: [(node name, operator, mean ms per run)], slowest first.
+
+    Runs the model ``runs`` (>= 1) times on the batch ``x`` (N, C, H, W) with onnxruntime's profiler,
+    on ``threads`` (>= 1) intra-op threads, after the graph optimisations (so fused integer kernels
+    show as such). One untimed warm-up run comes first.
+    """
+    import onnxruntime as ort
+    positive_int("runs", runs)
+    positive_int("threads", threads)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tmp) / "ort")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        feed = {sess.get_inputs()[0].name: x.detach().float().cpu().numpy()}
+        sess.run(None, feed)  # warm-up, not counted below
+        for _ in range(runs):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    totals: dict = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            key = (e["name"][: -len("_kernel_time")], e["args"].get("op_name", "?"))
+            totals.setdefault(key, []).append(e["dur"] / 1000)
+    out = [(n, op, sum(v[-runs:]) / runs) for (n, op), v in totals.items()]
+    return sorted(out, key=lambda t: -t[2])
+

@@ -126,3 +126,18 @@ def test_kmeans_step_checker(capsys):
     for wrong, words in [(km_nan_empty, "NaN"), (km_no_move, "did not move"), (km_sq_wrong_axis, "assignments")]:
         assert not checks.check_kmeans_step(wrong)
         assert words in capsys.readouterr().out
+
+
+def test_checkers_leave_the_global_random_generator_alone():
+    from course_lib import checks as C
+
+    def scale_zp(lo, hi, bits):
+        s, z = Q.compute_qparams(lo, hi, bits, symmetric=False)
+        return float(s), int(z)
+    torch.manual_seed(7)
+    want = torch.rand(3)
+    torch.manual_seed(7)
+    assert C.check_scale_zero_point(scale_zp, verbose=False)
+    assert C.check_fake_quant_ste(lambda x, s, z, lo, hi: torch.fake_quantize_per_tensor_affine(x, s, z, lo, hi),
+                                  verbose=False)
+    assert torch.equal(torch.rand(3), want)

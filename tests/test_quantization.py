@@ -1,22 +1,22 @@
-"""Tests of course_lib.quantization and course_lib.deploy: exactness against PyTorch's fake
-quantization, property tests of the integer grid, calibration, PTQ/QAT/k-means on tiny models,
-bit packing, and the onnxruntime int8 path on a tiny LeNet."""
+"""Tests of course_lib.quantization (affine, calibration, fakequant, kmeans, packing, torch_ao):
+exactness against PyTorch's fake quantization, property tests of the integer grid, calibration,
+PTQ/QAT/k-means on tiny_lenet models, bit packing and the packed artifact's round trip. Weight-only
+RTN/GPTQ: tests/test_weight_only.py; onnxruntime int8: tests/test_deploy.py."""
 from __future__ import annotations
 
 import math
 import warnings
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from course_lib import deploy, measure
+from course_lib import measure
 from course_lib import quantization as Q
 from course_lib.models import LeNet5
-from course_lib.training import evaluate, predict
+from course_lib.training import evaluate
 
 
 def rand(*shape, seed=0, scale=1.0):
@@ -54,7 +54,7 @@ def test_compute_qparams_values():
     assert math.isclose(float(s), 3 / 127, rel_tol=1e-6) and int(z) == 0
     s, z = Q.compute_qparams(0.5, 2.0, 8, symmetric=False)  # widened to contain 0
     assert int(z) == 0 and math.isclose(float(s), 2 / 255, rel_tol=1e-6)
-    s, z = Q.compute_qparams(0.0, 0.0, 4, symmetric=False)  # all zeros: a tiny, finite scale
+    s, z = Q.compute_qparams(0.0, 0.0, 4, symmetric=False)  # all zeros: a tiny_lenet, finite scale
     assert float(s) > 0 and math.isfinite(1 / float(s))
     s, z = Q.compute_qparams(torch.tensor([-1.0, -2.0]), torch.tensor([1.0, 0.5]), 4, symmetric=True)
     assert s.shape == (2,) and z.dtype == torch.int32
@@ -258,18 +258,10 @@ def test_calibration_errors():
 
 
 # ---------------------------------------------------------------- models
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    model = LeNet5(c1=4, c2=6, fc=16).eval()
-    x = torch.randn(96, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    return model, x, y
 
 
-def test_ptq_structure_and_accuracy(tiny):
-    model, x, y = tiny
+def test_ptq_structure_and_accuracy(tiny_lenet):
+    model, x, y = tiny_lenet
     q = Q.ptq(model, x[:64], 8, 8, per_channel=True)
     wrappers = [m for m in q.modules() if isinstance(m, Q.QuantWrapper)]
     assert len(wrappers) == 4 and all(w.act_scale is not None for w in wrappers)
@@ -286,8 +278,8 @@ def test_ptq_structure_and_accuracy(tiny):
         Q.ptq(model, x, act_bits=0)
 
 
-def test_ptq_weights_on_grid(tiny):
-    model, x, _ = tiny
+def test_ptq_weights_on_grid(tiny_lenet):
+    model, x, _ = tiny_lenet
     q = Q.ptq(model, x, 4, 8, per_channel=True)
     w = q.conv2.quantized_weight().detach()
     # per output channel at most 2 * 7 + 1 = 15 distinct values
@@ -296,8 +288,8 @@ def test_ptq_weights_on_grid(tiny):
     assert len(q_pt.conv2.quantized_weight().detach().unique()) <= 15
 
 
-def test_calibrate_model_methods_differ(tiny):
-    model, x, _ = tiny
+def test_calibrate_model_methods_differ(tiny_lenet):
+    model, x, _ = tiny_lenet
     a = Q.ptq(model, x, 32, 4, method="minmax")
     b = Q.ptq(model, x, 32, 4, method="percentile", percentile=99.0)
     assert float(b.fc1.act_scale) < float(a.fc1.act_scale)
@@ -305,8 +297,8 @@ def test_calibrate_model_methods_differ(tiny):
         Q.calibrate_model(model, x)
 
 
-def test_qat_trains_and_keeps_structure(tiny):
-    model, x, y = tiny
+def test_qat_trains_and_keeps_structure(tiny_lenet):
+    model, x, y = tiny_lenet
     q, hist = Q.qat(model, (x, y), x[:32], weight_bits=4, act_bits=8, epochs=2, lr=1e-3,
                     batch_size=32, progress=False)
     assert len(hist.train_loss) == 2 and not q.training
@@ -335,9 +327,9 @@ def test_kmeans_quantize():
         Q.kmeans_quantize(torch.empty(0), 2)
 
 
-def test_kmeans_model_finetunes_centroids_only(tiny):
+def test_kmeans_model_finetunes_centroids_only(tiny_lenet):
     from course_lib.training import fit
-    model, x, y = tiny
+    model, x, y = tiny_lenet
     km = Q.kmeans_model(model, 2)
     assert len(km.conv2.quantized_weight().unique()) <= 4
     before = km.conv2.codebook.detach().clone()
@@ -349,69 +341,87 @@ def test_kmeans_model_finetunes_centroids_only(tiny):
     assert len(km.conv2.quantized_weight().unique()) <= 4
 
 
-def test_packed_size(tiny):
-    model, x, _ = tiny
-    n_w = sum(w.numel() for _, w in measure.prunable_weights(model))
+def _packed_layers(model):
+    return {n: m.weight.numel() for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+@pytest.mark.parametrize("bits", [8, 6, 4, 3, 2])
+def test_packed_sizes_are_exact(tiny_lenet, bits):
+    model, x, _ = tiny_lenet
+    layers = _packed_layers(model)
+    sd = Q.packed_state_dict(Q.ptq(model, x, bits, 8))
+    for name, n in layers.items():  # ceil(n * bits / 8) bytes per layer, no slack
+        assert sd[f"{name}.weight_packed"].numel() == math.ceil(n * bits / 8), name
+        assert sd[f"{name}.weight_packed"].dtype == torch.uint8
+        assert sd[f"{name}.weight_scale"].shape == (getattr(model, name).weight.shape[0],)
     n_b = sum(m.bias.numel() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert sum(v.numel() for k, v in sd.items() if k.endswith("bias")) == n_b
+    assert not any(k.endswith(".layer.weight") for k in sd)  # no float copy of a packed weight
+    assert Q.packed_size_bytes(Q.ptq(model, x, bits, 8)) == measure.serialized_bytes(sd)
+    km = Q.packed_state_dict(Q.kmeans_model(model, min(bits, 4)))
+    for name, n in layers.items():
+        assert km[f"{name}.codebook"].numel() == 2 ** min(bits, 4)
+        assert km[f"{name}.indices_packed"].numel() == math.ceil(n * min(bits, 4) / 8)
+
+
+def test_packed_size_ordering(tiny_lenet):
+    model, x, _ = tiny_lenet
     sizes = {b: Q.packed_size_bytes(Q.ptq(model, x, b, 8)) for b in (8, 4, 2)}
     assert sizes[8] > sizes[4] > sizes[2]
-    # the difference between 8 and 4 bits is exactly half a byte per weight (plus container rounding)
-    assert abs((sizes[8] - sizes[4]) - n_w / 2) < 0.05 * n_w + 512
-    sd = Q.packed_state_dict(Q.ptq(model, x, 4, 8))
-    assert sd["conv1.weight_packed"].numel() == math.ceil(model.conv1.weight.numel() * 4 / 8)
-    assert sum(v.numel() for k, v in sd.items() if k.endswith("bias")) == n_b
-    km = Q.packed_state_dict(Q.kmeans_model(model, 2))
-    assert km["fc1.codebook"].numel() == 4
-    assert km["fc1.indices_packed"].numel() == math.ceil(model.fc1.weight.numel() / 4)
 
 
-# ---------------------------------------------------------------- deployment: ONNX and onnxruntime
-def test_export_onnx_and_session(tiny, tmp_path):
-    model, x, _ = tiny
-    path = deploy.export_onnx(model, tmp_path / "m.onnx", (1, 28, 28))
-    assert path.is_file()
-    ort_model = deploy.OrtModule(path)
-    assert torch.allclose(ort_model(x), model(x), atol=1e-4)
-    assert torch.equal(predict(ort_model, x), predict(model, x))
-    assert measure.latency_ms(ort_model, (1, 28, 28), repeats=2, warmup=1) > 0
-    with pytest.raises(ValueError, match="input_shape"):
-        deploy.export_onnx(model, tmp_path / "bad.onnx", (1, 0, 28))
-    with pytest.raises(ValueError, match="threads"):
-        deploy.ort_session(path, threads=0)
-    with pytest.raises(FileNotFoundError):
-        deploy.ort_session(tmp_path / "missing.onnx")
+@pytest.mark.parametrize("make", ["ptq4", "ptq8_per_tensor", "ptq_w32", "kmeans"])
+def test_packed_artifact_loads_back(tiny_lenet, make):
+    """The packed size is the size of something loadable: save, load into a model of the same
+    structure (different weights), and the loaded model computes what the original did."""
+    import io
+    model, x, _ = tiny_lenet
+    other = LeNet5(c1=4, c2=6, fc=16).eval()
+    torch.nn.init.normal_(other.conv1.weight)  # different weights: everything must come from the file
+    build = {"ptq4": lambda m: Q.ptq(m, x[:64], 4, 8),
+             "ptq8_per_tensor": lambda m: Q.ptq(m, x[:64], 8, 8, per_channel=False),
+             "ptq_w32": lambda m: Q.ptq(m, x[:64], 32, 8),
+             "kmeans": lambda m: Q.kmeans_model(m, 3)}[make]
+    q = build(model)
+    buf = io.BytesIO()
+    torch.save(Q.packed_state_dict(q), buf)
+    assert len(buf.getvalue()) == Q.packed_size_bytes(q)
+    buf.seek(0)
+    loaded = Q.load_packed(build(other), torch.load(buf, weights_only=True))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), q(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="no entry"):
+        Q.load_packed(build(other), {})
+    with pytest.raises(ValueError, match="unexpected|no place"):
+        Q.load_packed(build(other), {**Q.packed_state_dict(q), "extra": torch.zeros(1)})
 
 
-@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
-def test_ort_int8_agrees_with_fake_quant(tiny, tmp_path, fmt):
-    model, x, _ = tiny
-    fp32 = deploy.export_onnx(model, tmp_path / "fp32.onnx")
-    int8 = Q.ort_quantize_static(fp32, tmp_path / "int8.onnx", x[:64], per_channel=True, quant_format=fmt)
-    import onnx
-    inits = {i.name: i.data_type for i in onnx.load(str(int8)).graph.initializer}
-    weights = [n for n in inits if "weight" in n and "scale" not in n and "zero_point" not in n]
-    assert weights and all(inits[n] == onnx.TensorProto.INT8 for n in weights)
-    fq = Q.ptq(model, x[:64], 8, 8, per_channel=True)
-    agree = (predict(deploy.OrtModule(int8), x) == predict(fq, x)).float().mean().item()
-    assert agree >= 0.95
-    with pytest.raises(ValueError, match="quant_format"):
-        Q.ort_quantize_static(fp32, tmp_path / "x.onnx", x, quant_format="int8")
-    with pytest.raises(ValueError, match="empty"):
-        Q.ImageCalibrationReader(x[:0])
+def test_share_weights_in_place_keeps_zeros_and_checks_names(tiny_lenet):
+    model, _, _ = tiny_lenet
+    m = LeNet5(c1=4, c2=6, fc=16)
+    m.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        m.fc1.weight[:, ::2] = 0
+    zeros = m.fc1.weight == 0
+    books = Q.share_weights(m, {"fc1": 2, "conv2": 3})
+    assert set(books) == {"fc1", "conv2"} and books["fc1"].numel() == 4
+    assert torch.equal(m.fc1.weight == 0, zeros)  # pruned positions stay exactly zero
+    assert len(m.fc1.weight[~zeros].unique()) <= 4 and len(m.conv2.weight.unique()) <= 8
+    assert torch.equal(m.conv1.weight, model.conv1.weight)  # not named: untouched
+    with pytest.raises(ValueError, match=r"fc3.*valid names.*conv1"):
+        Q.share_weights(m, {"fc3": 4})
 
 
-def test_calibration_reader():
-    r = Q.ImageCalibrationReader(torch.zeros(10, 1, 4, 4), "inp", batch_size=4)
-    batches = []
-    while (b := r.get_next()) is not None:
-        batches.append(b)
-    assert [len(b["inp"]) for b in batches] == [4, 4, 2] and batches[0]["inp"].dtype == np.float32
-    r.rewind()
-    assert r.get_next() is not None
+def test_macs_of_wrapped_models_equal_the_float_model(tiny_lenet):
+    """measure.macs counts the layers inside QuantWrapper / KMeansWrapper (they compute functionally)."""
+    model, x, _ = tiny_lenet
+    want = measure.macs(model, (1, 28, 28))
+    assert measure.macs(Q.ptq(model, x[:32]), (1, 28, 28)) == want
+    assert measure.macs(Q.kmeans_model(model, 2), (1, 28, 28)) == want
 
 
-def test_torch_ao_anchors_capture_deprecation(tiny):
-    model, x, _ = tiny
+def test_torch_ao_anchors_capture_deprecation(tiny_lenet):
+    model, x, _ = tiny_lenet
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing may escape to the caller
         qd, msgs = Q.torch_ao_dynamic(model)
@@ -425,54 +435,17 @@ def test_torch_ao_anchors_capture_deprecation(tiny):
         Q.torch_ao_static_fx(model, x[:0])
 
 
-def test_pool_before_relu_is_the_same_function(tiny):
-    model, x, _ = tiny
-    pf = Q.PoolBeforeReLU(model)
+
+
+def test_observing_float_inputs_records_float_activations(tiny_lenet):
+    model, x, _ = tiny_lenet
+    q = Q.ptq(model, x[:32], 4, 4)
+    with torch.no_grad(), Q.observing_float_inputs(q) as seen:
+        out = q(x[:8])
+    assert list(seen) == ["conv1", "conv2", "fc1", "fc2"]
     with torch.no_grad():
-        assert torch.equal(pf(x), model(x))  # max and ReLU commute exactly: bit-identical logits
-    assert sum(p.numel() for p in pf.parameters()) == sum(p.numel() for p in model.parameters())
-    with pytest.raises(TypeError, match="LeNet5"):
-        Q.PoolBeforeReLU(nn.Linear(4, 2))
-
-
-def test_ort_keep_float_leaves_first_conv_in_float(tiny, tmp_path):
-    import onnx
-    model, x, _ = tiny
-    fp32 = deploy.export_onnx(Q.PoolBeforeReLU(model), tmp_path / "fp32.onnx")
-    names = Q.onnx_nodes(fp32)
-    convs = Q.onnx_nodes(fp32, "Conv")
-    assert len(convs) == 2 and set(convs) <= set(names)
-    # the exported order is conv1 -> pool -> relu (the point of PoolBeforeReLU)
-    ops = [n.op_type for n in onnx.load(str(fp32)).graph.node]
-    assert ops[:3] == ["Conv", "MaxPool", "Relu"]
-    mixed = Q.ort_quantize_static(fp32, tmp_path / "mixed.onnx", x[:64], keep_float=[convs[0]])
-    graph = onnx.load(str(mixed)).graph
-    inits = {i.name: i.data_type for i in graph.initializer}
-    conv1 = next(n for n in graph.node if n.name == convs[0])
-    # conv1 reads the float input and float32 weights directly; conv2's weights are int8
-    assert conv1.input[0] == "x" and inits[conv1.input[1]] == onnx.TensorProto.FLOAT
-    assert any(n.endswith("quantized") and t == onnx.TensorProto.INT8 for n, t in inits.items() if "conv2" in n)
-    fq = Q.ptq(model, x[:64], 8, 8, per_channel=True)
-    agree = (predict(deploy.OrtModule(mixed), x) == predict(fq, x)).float().mean().item()
-    assert agree >= 0.95
-    with pytest.raises(ValueError, match="keep_float"):
-        Q.ort_quantize_static(fp32, tmp_path / "bad.onnx", x[:64], keep_float=["/conv9/Conv"])
-
-
-@pytest.mark.parametrize("first_conv_float", [True, False])
-def test_ort_int8_lenet_one_call(tiny, tmp_path, first_conv_float):
-    import onnx
-    model, x, _ = tiny
-    path = Q.ort_int8_lenet(model, tmp_path / "m_int8.onnx", x[:64], first_conv_float=first_conv_float)
-    assert path.is_file() and (tmp_path / "m_int8_fp32.onnx").is_file()
-    graph = onnx.load(str(path)).graph
-    conv1 = next(n for n in graph.node if n.op_type == "Conv")
-    assert (conv1.input[0] == "x") == first_conv_float  # float conv1 reads the input directly
-    ort_model = deploy.OrtModule(path)
-    fq = Q.ptq(model, x[:64], 8, 8, per_channel=True)
-    assert (predict(ort_model, x) == predict(fq, x)).float().mean().item() >= 0.95
-    with pytest.raises(ValueError, match="empty"):
-        Q.ort_int8_lenet(model, tmp_path / "e.onnx", x[:0])
-    if first_conv_float:  # the pool-before-ReLU export exists only for LeNet-5
-        with pytest.raises(TypeError, match="LeNet5"):
-            Q.ort_int8_lenet(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), tmp_path / "l.onnx", x[:8])
+        torch.testing.assert_close(out, model(x[:8]))  # float path inside the block
+        assert torch.equal(seen["conv1"][0], x[:8])
+        torch.testing.assert_close(seen["fc2"][0], torch.relu(model.fc1(model.features(x[:8]))))
+        assert not torch.allclose(q(x[:8]), model(x[:8]))  # quantized again afterwards
+    assert all(not w.calibrating and w.observed == [] for w in q.modules() if isinstance(w, Q.QuantWrapper))

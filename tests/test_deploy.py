@@ -1,0 +1,138 @@
+"""Tests of course_lib.deploy: ONNX export (which leaves the caller's model alone), onnxruntime
+sessions, static int8 with onnxruntime (agreement with the fake-quantized model, mixed precision,
+per-operator profile) and the pool-before-ReLU LeNet-5 variant of models."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from course_lib import deploy, measure, recipes
+from course_lib import quantization as Q
+from course_lib.models import PoolBeforeReLU
+from course_lib.training import predict
+
+
+
+
+def test_export_onnx_does_not_change_the_model(tiny_lenet, tmp_path):
+    model, x, _ = tiny_lenet
+    m = copy.deepcopy(model).train().double()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    deploy.export_onnx(m.float(), tmp_path / "a.onnx", (1, 28, 28))
+    assert m.training, "export_onnx must not switch the caller's model to eval mode"
+    assert all(torch.equal(v, before[k].float()) for k, v in m.state_dict().items())
+    assert next(m.parameters()).device.type == "cpu"
+    with pytest.raises(ValueError, match="opset"):
+        deploy.export_onnx(model, tmp_path / "b.onnx", (1, 28, 28), opset=12)
+
+
+def test_ort_op_times(tiny_lenet, tmp_path):
+    model, x, _ = tiny_lenet
+    path = deploy.export_onnx(model, tmp_path / "m.onnx", (1, 28, 28))
+    times = deploy.ort_op_times(path, x[:8], runs=2)
+    ops = {op for _, op, _ in times}
+    assert {"Conv", "Gemm"} <= ops or {"Conv", "MatMul"} <= ops or "FusedConv" in ops
+    assert all(ms >= 0 for _, _, ms in times) and [t[2] for t in times] == sorted((t[2] for t in times), reverse=True)
+    with pytest.raises(ValueError, match="runs"):
+        deploy.ort_op_times(path, x[:8], runs=0)
+
+
+def test_export_onnx_and_session(tiny_lenet, tmp_path):
+    model, x, _ = tiny_lenet
+    path = deploy.export_onnx(model, tmp_path / "m.onnx", (1, 28, 28))
+    assert path.is_file()
+    ort_model = deploy.OrtModule(path)
+    assert torch.allclose(ort_model(x), model(x), atol=1e-4)
+    assert torch.equal(predict(ort_model, x), predict(model, x))
+    assert measure.latency_ms(ort_model, (1, 28, 28), repeats=2, warmup=1) > 0
+    with pytest.raises(ValueError, match="input_shape"):
+        deploy.export_onnx(model, tmp_path / "bad.onnx", (1, 0, 28))
+    with pytest.raises(ValueError, match="threads"):
+        deploy.ort_session(path, threads=0)
+    with pytest.raises(FileNotFoundError):
+        deploy.ort_session(tmp_path / "missing.onnx")
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_ort_int8_agrees_with_fake_quant(tiny_lenet, tmp_path, fmt):
+    model, x, _ = tiny_lenet
+    fp32 = deploy.export_onnx(model, tmp_path / "fp32.onnx")
+    int8 = deploy.ort_quantize_static(fp32, tmp_path / "int8.onnx", x[:64], per_channel=True, quant_format=fmt)
+    import onnx
+    inits = {i.name: i.data_type for i in onnx.load(str(int8)).graph.initializer}
+    weights = [n for n in inits if "weight" in n and "scale" not in n and "zero_point" not in n]
+    assert weights and all(inits[n] == onnx.TensorProto.INT8 for n in weights)
+    fq = Q.ptq(model, x[:64], 8, 8, per_channel=True)
+    agree = (predict(deploy.OrtModule(int8), x) == predict(fq, x)).float().mean().item()
+    assert agree >= 0.95
+    with pytest.raises(ValueError, match="quant_format"):
+        deploy.ort_quantize_static(fp32, tmp_path / "x.onnx", x, quant_format="int8")
+    with pytest.raises(ValueError, match="empty"):
+        deploy.ImageCalibrationReader(x[:0])
+
+
+def test_calibration_reader():
+    r = deploy.ImageCalibrationReader(torch.zeros(10, 1, 4, 4), "inp", batch_size=4)
+    batches = []
+    while (b := r.get_next()) is not None:
+        batches.append(b)
+    assert [len(b["inp"]) for b in batches] == [4, 4, 2] and batches[0]["inp"].dtype == np.float32
+    r.rewind()
+    assert r.get_next() is not None
+
+
+def test_pool_before_relu_is_the_same_function(tiny_lenet):
+    model, x, _ = tiny_lenet
+    pf = PoolBeforeReLU(model)
+    with torch.no_grad():
+        assert torch.equal(pf(x), model(x))  # max and ReLU commute exactly: bit-identical logits
+    assert sum(p.numel() for p in pf.parameters()) == sum(p.numel() for p in model.parameters())
+    with pytest.raises(TypeError, match="LeNet5"):
+        PoolBeforeReLU(nn.Linear(4, 2))
+
+
+def test_ort_keep_float_leaves_first_conv_in_float(tiny_lenet, tmp_path):
+    import onnx
+    model, x, _ = tiny_lenet
+    fp32 = deploy.export_onnx(PoolBeforeReLU(model), tmp_path / "fp32.onnx")
+    names = deploy.onnx_nodes(fp32)
+    convs = deploy.onnx_nodes(fp32, "Conv")
+    assert len(convs) == 2 and set(convs) <= set(names)
+    # the exported order is conv1 -> pool -> relu (the point of PoolBeforeReLU)
+    ops = [n.op_type for n in onnx.load(str(fp32)).graph.node]
+    assert ops[:3] == ["Conv", "MaxPool", "Relu"]
+    mixed = deploy.ort_quantize_static(fp32, tmp_path / "mixed.onnx", x[:64], keep_float=[convs[0]])
+    graph = onnx.load(str(mixed)).graph
+    inits = {i.name: i.data_type for i in graph.initializer}
+    conv1 = next(n for n in graph.node if n.name == convs[0])
+    # conv1 reads the float input and float32 weights directly; conv2's weights are int8
+    assert conv1.input[0] == "x" and inits[conv1.input[1]] == onnx.TensorProto.FLOAT
+    assert any(n.endswith("quantized") and t == onnx.TensorProto.INT8 for n, t in inits.items() if "conv2" in n)
+    fq = Q.ptq(model, x[:64], 8, 8, per_channel=True)
+    agree = (predict(deploy.OrtModule(mixed), x) == predict(fq, x)).float().mean().item()
+    assert agree >= 0.95
+    with pytest.raises(ValueError, match="keep_float"):
+        deploy.ort_quantize_static(fp32, tmp_path / "bad.onnx", x[:64], keep_float=["/conv9/Conv"])
+
+
+@pytest.mark.parametrize("first_conv_float", [True, False])
+def test_ort_int8_lenet_one_call(tiny_lenet, tmp_path, first_conv_float):
+    import onnx
+    model, x, _ = tiny_lenet
+    path = recipes.int8_lenet_ort(model, tmp_path / "m_int8.onnx", x[:64], first_conv_float=first_conv_float)
+    assert path.is_file() and (tmp_path / "m_int8_fp32.onnx").is_file()
+    graph = onnx.load(str(path)).graph
+    conv1 = next(n for n in graph.node if n.op_type == "Conv")
+    assert (conv1.input[0] == "x") == first_conv_float  # float conv1 reads the input directly
+    ort_model = deploy.OrtModule(path)
+    fq = Q.ptq(model, x[:64], 8, 8, per_channel=True)
+    assert (predict(ort_model, x) == predict(fq, x)).float().mean().item() >= 0.95
+    with pytest.raises(ValueError, match="empty"):
+        recipes.int8_lenet_ort(model, tmp_path / "e.onnx", x[:0])
+    if first_conv_float:  # the pool-before-ReLU export exists only for LeNet-5
+        with pytest.raises(TypeError, match="LeNet5"):
+            recipes.int8_lenet_ort(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), tmp_path / "l.onnx", x[:8])

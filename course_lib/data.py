@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from . import _validate as V
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = REPO_ROOT / "data"
 
@@ -261,8 +263,8 @@ def load_dataset(name: str = "mnist5k", root: str | os.PathLike | None = None,
     implied). limit: keep a seeded random subset of ``limit`` images of each split (>= 1), for quick runs.
     """
     info = _check_name(name)
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise ValueError(f"limit={limit!r} must be a positive integer or None")
+    if limit is not None:
+        V.positive_int("limit", limit)
     paths = fetch_files(name, root, download)
     if info.kind == "npz":
         with np.load(paths["mnist5k.npz"], allow_pickle=False) as z:
@@ -289,8 +291,7 @@ def load_dataset(name: str = "mnist5k", root: str | os.PathLike | None = None,
 def make_loaders(splits: Splits, batch_size: int = 128, shuffle_train: bool = True,
                  seed: int = 0) -> tuple[DataLoader, DataLoader, DataLoader]:
     """(train, val, test) DataLoaders; the train loader shuffles with its own seeded generator."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    V.positive_int("batch_size", batch_size)
     g = torch.Generator().manual_seed(seed)
     return (DataLoader(splits.train, batch_size, shuffle=shuffle_train, generator=g),
             DataLoader(splits.val, batch_size),

@@ -14,29 +14,19 @@ The factor ``T**2`` keeps the soft term's gradient the same order of magnitude w
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _validate as V
 from .training import History, fit, get_device
 
 __all__ = ["soften", "kd_loss", "hint_loss", "FeatureHint", "TeacherCache", "distill", "teacher_probabilities",
-           "pseudo_label_dataset", "labelled_subset", "over_seeds", "plot_soft_targets"]
-
-
-def _check_temperature(temperature) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
-            or not math.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature={temperature!r} must be a finite number > 0")
-    return float(temperature)
-
-
-def _check_alpha(alpha) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha={alpha!r} must be a number in [0, 1]")
-    return float(alpha)
+           "pseudo_label_dataset", "labelled_subset", "over_seeds"]
+# plot_soft_targets moved to plots.soft_targets.
 
 
 def soften(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -46,7 +36,7 @@ def soften(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     spreads the mass over the classes, T -> infinity gives the uniform distribution).
     Returns a tensor of logits' shape and dtype whose last dimension sums to 1.
     """
-    t = _check_temperature(temperature)
+    t = V.number_in("temperature", temperature, 0, None, lo_open=True)
     if not torch.is_tensor(logits) or logits.dim() < 1:
         raise ValueError(f"logits must be a tensor with a class dimension, got {type(logits).__name__}")
     return torch.softmax(logits / t, dim=-1)
@@ -63,8 +53,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     KL is summed over classes and averaged over the N examples; CE is averaged over the labelled
     examples (0 if there are none). Returns a scalar tensor.
     """
-    t = _check_temperature(temperature)
-    a = _check_alpha(alpha)
+    t = V.number_in("temperature", temperature, 0, None, lo_open=True)
+    a = V.number_in("alpha", alpha, 0, 1)
     for name, v in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
         if not torch.is_tensor(v) or v.dim() != 2:
             shape = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
@@ -182,7 +172,6 @@ class TeacherCache(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import hashlib
         flat = x.detach().to("cpu", torch.float32).contiguous().reshape(len(x), -1).numpy()
         keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
         miss = [i for i, k in enumerate(keys) if k not in self._store]
@@ -217,10 +206,9 @@ def distill(teacher: nn.Module, student: nn.Module, train, val=None, epochs: int
     logits of the un-shifted images would be the wrong targets. One teacher forward per batch,
     without gradients, costs about as much as a forward of the baseline over the train set per epoch.
     """
-    _check_temperature(temperature)
-    _check_alpha(alpha)
-    if not hint_weight >= 0:
-        raise ValueError(f"hint_weight={hint_weight!r} must be >= 0")
+    V.number_in("temperature", temperature, 0, None, lo_open=True)
+    V.number_in("alpha", alpha, 0, 1)
+    V.number_in("hint_weight", hint_weight, 0, None)
     device = get_device(device) if not isinstance(device, torch.device) else device
     was_training = teacher.training
     teacher.to(device).eval()
@@ -285,45 +273,12 @@ def over_seeds(build, train, seeds, test) -> dict:
     return {"accs": accs, "mean": mean, "std": std, "seeds": seeds, "models": models, "model": models[-1]}
 
 
-def plot_soft_targets(images: torch.Tensor, probs: dict, classes, labels=None):
-    """One row per image: the image, then its class probabilities at each temperature.
-
-    images: (K, C, H, W); probs: {T: (K, num_classes)} as from ``teacher_probabilities``.
-    The probability axis is logarithmic so the small "dark knowledge" probabilities show.
-    Returns the matplotlib Figure.
-    """
-    import matplotlib.pyplot as plt
-    import numpy as np
-    k = len(images)
-    fig, axes = plt.subplots(k, 2, figsize=(8, 1.7 * k), gridspec_kw={"width_ratios": [1, 5]}, squeeze=False)
-    xs = np.arange(len(classes))
-    temps = list(probs)
-    width = 0.8 / len(temps)
-    for i in range(k):
-        img = images[i].detach().cpu()
-        axes[i, 0].imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None)
-        axes[i, 0].axis("off")
-        if labels is not None:
-            axes[i, 0].set_title(f"label {classes[int(labels[i])]}", fontsize=8)
-        ax = axes[i, 1]
-        for j, t in enumerate(temps):
-            ax.bar(xs + (j - (len(temps) - 1) / 2) * width, probs[t][i].numpy(), width, label=f"T={t}")
-        ax.set_yscale("log")
-        ax.set_ylim(1e-6, 1.5)
-        ax.set_xticks(xs, [str(c) for c in classes], fontsize=8)
-        ax.set_ylabel("p", fontsize=8)
-    axes[0, 1].legend(ncol=len(temps), fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return fig
-
-
 def labelled_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
     """Indices (sorted, int64) of ``per_class`` randomly chosen examples of every class.
 
     labels: int64 (N,). per_class >= 1 and at most the size of the smallest class.
     """
-    if not isinstance(per_class, int) or per_class < 1:
-        raise ValueError(f"per_class={per_class!r} must be a positive integer")
+    V.positive_int("per_class", per_class)
     g = torch.Generator().manual_seed(seed)
     out = []
     for c in torch.unique(labels):
@@ -353,3 +308,59 @@ def pseudo_label_dataset(x: torch.Tensor, y: torch.Tensor, labelled: torch.Tenso
         new_y = predict(teacher, x, batch_size=batch_size).to(y.dtype)
     new_y[labelled] = y[labelled]
     return torch.utils.data.TensorDataset(x, new_y)
+
+
+# ---------------------------------------------------------------- sentence encoders (chapter 6)
+def distill_embeddings(student: nn.Module, teacher: nn.Module, batch: dict, epochs: int = 10,
+                       batch_size: int = 16, lr: float = 1e-4, seed: int = 0, token_weight: float = 1.0,
+                       freeze_embeddings: bool = True) -> list[float]:
+    """Distil a sentence encoder ``teacher`` into ``student`` (in place) on the unlabelled sentences of
+    ``batch`` (a tokenized batch: "input_ids", "attention_mask" (N, T); both models are Hugging Face
+    encoders returning ``last_hidden_state``, e.g. a BERT and a copy with fewer layers).
+
+    Loss per mini-batch: (1 - cosine) between the student's and the teacher's mean-pooled sentence
+    embeddings, plus ``token_weight`` (>= 0) x the mean squared error between their last hidden states
+    on the real tokens. AdamW with learning rate ``lr`` (> 0), ``epochs`` (>= 0) passes in a random
+    order drawn from ``seed`` (>= 0), mini-batches of ``batch_size`` (>= 1) sentences; the embedding
+    layer is frozen unless ``freeze_embeddings=False``; dropout stays off.
+    Returns the mean loss of each epoch."""
+    from .models import mean_pool
+    V.int_in("epochs", epochs, 0, None)
+    V.positive_int("batch_size", batch_size)
+    V.number_in("lr", lr, 0, None, lo_open=True)
+    V.int_in("seed", seed, 0, None)
+    V.number_in("token_weight", token_weight, 0, None)
+    teacher.eval()
+    n = batch["input_ids"].shape[0]
+    with torch.no_grad():
+        t_out = teacher(**batch).last_hidden_state
+    g = torch.Generator().manual_seed(seed)
+    if freeze_embeddings:  # the token table (11.7M values in MiniLM): frozen, it needs no optimizer state
+        student.embeddings.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    history = []
+    student.eval()  # dropout off: with a few hundred sentences it only adds noise to the targets
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        total = 0.0
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            mb = {k: v[idx] for k, v in batch.items()}
+            t = int(mb["attention_mask"].sum(1).max())  # drop columns that are padding for the whole mini-batch
+            mb = {k: v[:, :t] for k, v in mb.items()}
+            th = t_out[idx, :t]
+            sh = student(**mb).last_hidden_state
+            mask = mb["attention_mask"]
+            s_emb = F.normalize(mean_pool(sh, mask), dim=-1)
+            t_emb = F.normalize(mean_pool(th, mask), dim=-1)
+            loss = (1 - (s_emb * t_emb).sum(-1)).mean()
+            if token_weight:
+                m = mask.bool()
+                loss = loss + token_weight * F.mse_loss(sh[m], th[m])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        history.append(total / n)
+    student.eval()
+    return history

@@ -1,9 +1,14 @@
-"""Environment check for the first cell of every notebook: versions, device, threads."""
+"""Environment check for the first cell of every notebook: versions, device, threads, and the CPU
+features that decide how int8 kernels behave (VNNI)."""
 from __future__ import annotations
 
+import importlib
 import platform
 import sys
 import warnings
+from pathlib import Path
+
+from . import _validate as V
 
 # (package, minimum version the course is tested with) -- pinned exactly in pyproject.toml
 REQUIRED = {"torch": "2.13.0", "numpy": "2.0", "matplotlib": "3.8", "tqdm": "4.60"}
@@ -24,8 +29,6 @@ def check_environment(require_gpu: bool = False, verbose: bool = True) -> dict:
     Without a GPU it warns (or raises only if ``require_gpu``); the course runs on the CPU.
     Returns {"python", "packages": {name: version}, "device", "cuda"}.
     """
-    import importlib
-
     if sys.version_info < (3, 10):
         raise RuntimeError(f"Python {platform.python_version()} is too old: the course needs >= 3.10")
     versions = {}
@@ -65,8 +68,8 @@ def start_chapter(seed: int, device=None, cpu_threads: int | None = None):
     import torch
 
     from .training import get_device, seed_everything
-    if cpu_threads is not None and (not isinstance(cpu_threads, int) or cpu_threads < 1):
-        raise ValueError(f"cpu_threads={cpu_threads!r} must be None or a positive integer")
+    if cpu_threads is not None:
+        V.positive_int("cpu_threads", cpu_threads)
     env = check_environment()
     dev = get_device(device)
     seed_everything(seed)
@@ -74,3 +77,42 @@ def start_chapter(seed: int, device=None, cpu_threads: int | None = None):
         torch.set_num_threads(cpu_threads)
     print("device:", dev, "| torch threads:", torch.get_num_threads())
     return env, dev
+
+
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str] | None:
+    """The instruction-set flags of this CPU as Linux reports them, or None where they cannot be read
+    (macOS, Windows, a container without /proc)."""
+    path = Path(cpuinfo)
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags |= set(value.split())
+    return flags
+
+
+def has_vnni(flags: set[str] | None = None) -> bool:
+    """True if the CPU has VNNI (x86 integer dot-product instructions, AVX512-VNNI or AVX-VNNI)."""
+    flags = cpu_flags() if flags is None else flags
+    return bool(flags) and any(f in flags for f in VNNI_FLAGS)
+
+
+def u8s8_saturates(flags: set[str] | None = None, machine: str | None = None) -> bool:
+    """True where onnxruntime's uint8 x int8 kernels can saturate: x86 CPUs without VNNI.
+
+    There (AVX2, and AVX512 without VNNI) the kernels add pairs of u8*s8 products in int16
+    (``vpmaddubsw``), which overflows for large activations and weights; onnxruntime's advice is to
+    quantize weights to 7 bits (``reduce_range``). VNNI and ARM's dot-product instructions
+    accumulate in int32 and are exact. An x86 CPU whose flags cannot be read counts as saturating
+    (7-bit weights cost a little accuracy; saturation can cost a lot)."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    return not has_vnni(cpu_flags() if flags is None else flags)

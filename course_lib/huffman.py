@@ -17,16 +17,31 @@ from collections import Counter
 import numpy as np
 
 
+def _symbols(symbols) -> np.ndarray:
+    """``symbols`` as a flat int64 array of integers in [0, 2**32); raises ValueError otherwise
+    (floats such as 1.5 are refused, not truncated; integral floats such as 2.0 are accepted)."""
+    arr = np.asarray(symbols).ravel()
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iub":
+        bad = arr[0] if arr.dtype.kind != "f" else arr[np.flatnonzero(~np.isfinite(arr) | (arr != np.round(arr)))[0]]
+        raise ValueError(f"symbols must be integers in [0, 2**32); got {bad.item()!r} (dtype {arr.dtype})")
+    if arr.min() < 0 or arr.max() >= 2**32:
+        raise ValueError(f"symbols must be non-negative integers in [0, 2**32); got min {arr.min()}, max {arr.max()}")
+    return arr.astype(np.int64)
+
+
 def code_lengths(symbols) -> dict[int, int]:
-    """Huffman code length in bits of every distinct symbol of ``symbols`` (a 1-D int sequence).
+    """Huffman code length in bits of every distinct symbol of ``symbols`` (a 1-D int sequence,
+    values in [0, 2**32)).
 
     One distinct symbol gets length 1. Ties are broken by symbol value, so the result is deterministic.
     """
-    counts = Counter(int(s) for s in np.asarray(symbols).ravel())
+    counts = Counter(int(s) for s in _symbols(symbols))
     if not counts:
         return {}
-    if any(s < 0 for s in counts):
-        raise ValueError("symbols must be non-negative integers")
     if len(counts) == 1:
         return {next(iter(counts)): 1}
     heap = [(c, s, (s,)) for s, c in sorted(counts.items())]
@@ -60,14 +75,15 @@ def entropy_bits(symbols) -> float:
 
 
 def encode(symbols) -> bytes:
-    """Huffman-encode a 1-D sequence of non-negative ints (each < 2**32).
+    """Huffman-encode a 1-D sequence of integers in [0, 2**32) (ValueError otherwise: floats with a
+    fractional part are refused, never truncated).
 
     Layout: count (u32), table size (u32), table of (symbol u32, length u8), then the bit stream
-    padded with zeros to a whole byte. ``decode(encode(x)) == x``.
+    padded with zeros to a whole byte. ``decode(encode(x)) == x``. The bit stream is built as a
+    Python string of '0'/'1' (one byte per bit) and decoded prefix by prefix: fine for teaching at
+    tens of thousands of symbols, not a production coder.
     """
-    arr = np.asarray(symbols).ravel()
-    if arr.size and (arr.min() < 0 or arr.max() >= 2**32):
-        raise ValueError(f"symbols must be non-negative integers below 2**32; got min {arr.min()}, max {arr.max()}")
+    arr = _symbols(symbols)
     lengths = code_lengths(arr)
     codes = canonical_codes(lengths)
     head = struct.pack("<II", arr.size, len(lengths))

@@ -21,28 +21,21 @@ import copy
 import torch
 from torch import nn
 
-from .measure import compare_latency  # re-exported: chapter 3 times its models with it
+from . import _validate as V
+from .models import replace_module
 
 __all__ = [
     "LowRankLinear", "Tucker2Conv", "CPConv",
     "spectrum", "energy_curve", "choose_rank", "rank_for_budget", "truncated_svd", "svd_error",
     "svd_linear", "unfold", "tucker2", "tucker_reconstruct", "tucker_conv", "tucker_ranks_for_energy",
-    "cp_als", "cp_conv", "factorize", "factorized_ranks", "linear_params", "compare_latency",
-    "module_times", "compare_module_times",
+    "cp_als", "cp_conv", "factorize", "factorized_ranks", "linear_params",
 ]
+# Timing moved to measure: compare_latency (no re-export here), module_times -> measure.time_children,
+# compare_module_times -> measure.compare_time_children.
 
 
-# ---------------------------------------------------------------- checks
-def _check_rank(name: str, rank, low: int, high: int) -> int:
-    if isinstance(rank, bool) or not isinstance(rank, int) or not low <= rank <= high:
-        raise ValueError(f"{name}={rank!r} must be an integer in [{low}, {high}]")
-    return rank
-
-
-def _check_energy(energy) -> float:
-    if isinstance(energy, bool) or not isinstance(energy, (int, float)) or not 0.0 < float(energy) <= 1.0:
-        raise ValueError(f"energy={energy!r} must be a number in (0, 1]")
-    return float(energy)
+def _energy(energy) -> float:
+    return V.number_in("energy", energy, 0, 1, lo_open=True)
 
 
 # ---------------------------------------------------------------- spectra and rank choice
@@ -78,7 +71,7 @@ def energy_curve(singular_values: torch.Tensor) -> torch.Tensor:
 def choose_rank(singular_values, energy: float) -> int:
     """Smallest rank k (1 <= k <= len(s)) whose leading singular values keep >= ``energy`` of
     sum(s^2). singular_values: 1-D, sorted descending (as returned by SVD). energy in (0, 1]."""
-    energy = _check_energy(energy)
+    energy = _energy(energy)
     s = torch.as_tensor(singular_values).double().flatten()
     if s.numel() > 1 and (s[1:] > s[:-1] * (1 + 1e-12) + 1e-300).any():
         raise ValueError("singular_values must be sorted in descending order")
@@ -101,10 +94,9 @@ def rank_for_budget(in_features: int, out_features: int, max_params: int, bias: 
 
     Raises ValueError if even rank 1 does not fit the budget.
     """
-    for nm, v in (("in_features", in_features), ("out_features", out_features)):
-        _check_rank(nm, v, 1, 2**40)
-    if not isinstance(max_params, int) or max_params < 1:
-        raise ValueError(f"max_params={max_params!r} must be a positive integer")
+    V.positive_int("in_features", in_features)
+    V.positive_int("out_features", out_features)
+    V.positive_int("max_params", max_params)
     k = (max_params - (out_features if bias else 0)) // (in_features + out_features)
     if k < 1:
         need = linear_params(in_features, out_features, 1, bias)
@@ -121,7 +113,7 @@ def truncated_svd(weight: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (m, n), got shape {tuple(weight.shape)}")
     m, n = weight.shape
-    _check_rank("rank", rank, 1, min(m, n))
+    V.int_in("rank", rank, 1, min(m, n))
     u, s, vh = torch.linalg.svd(weight.detach().double(), full_matrices=False)
     root = s[:rank].sqrt()
     a = u[:, :rank] * root
@@ -133,7 +125,7 @@ def svd_error(singular_values, rank: int) -> float:
     """Eckart-Young: the Frobenius error of the best rank-``rank`` approximation,
     sqrt(sum_{i >= rank} s_i^2). rank in [0, len(s)]."""
     s = torch.as_tensor(singular_values).double().flatten()
-    _check_rank("rank", rank, 0, s.numel())
+    V.int_in("rank", rank, 0, s.numel())
     return float((s[rank:] ** 2).sum().sqrt())
 
 
@@ -142,7 +134,7 @@ class LowRankLinear(nn.Sequential):
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
                  device=None, dtype=None):
-        _check_rank("rank", rank, 1, min(in_features, out_features))
+        V.int_in("rank", rank, 1, min(in_features, out_features))
         super().__init__(nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype),
                          nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype))
         self.rank = rank
@@ -161,7 +153,7 @@ def svd_linear(layer: nn.Linear, rank: int) -> LowRankLinear:
         raise ValueError(f"layer must be nn.Linear, not {type(layer).__name__}")
     w = layer.weight
     out_f, in_f = w.shape
-    _check_rank("rank", rank, 1, min(in_f, out_f))
+    V.int_in("rank", rank, 1, min(in_f, out_f))
     a, b = truncated_svd(w, rank)
     new = LowRankLinear(in_f, out_f, rank, bias=layer.bias is not None, device=w.device, dtype=w.dtype)
     with torch.no_grad():
@@ -191,9 +183,9 @@ def _check_ranks(ranks, c_out: int, c_in: int) -> tuple:
                          f"rank_out in [1, {c_out}], rank_in in [1, {c_in}], or None to keep a mode whole")
     r_out, r_in = ranks
     if r_out is not None:
-        _check_rank("ranks[0] (rank_out)", r_out, 1, c_out)
+        V.int_in("ranks[0] (rank_out)", r_out, 1, c_out)
     if r_in is not None:
-        _check_rank("ranks[1] (rank_in)", r_in, 1, c_in)
+        V.int_in("ranks[1] (rank_in)", r_in, 1, c_in)
     return r_out, r_in
 
 
@@ -208,8 +200,7 @@ def tucker2(kernel: torch.Tensor, ranks: tuple, n_iter: int = 0):
     """
     if kernel.dim() != 4:
         raise ValueError(f"kernel must be 4-D (C_out, C_in, kh, kw), got shape {tuple(kernel.shape)}")
-    if not isinstance(n_iter, int) or n_iter < 0:
-        raise ValueError(f"n_iter={n_iter!r} must be an integer >= 0")
+    V.int_in("n_iter", n_iter, 0, None)
     k = kernel.detach().double().cpu()
     c_out, c_in = k.shape[:2]
     r_out, r_in = _check_ranks(ranks, c_out, c_in)
@@ -315,8 +306,8 @@ def cp_als(tensor: torch.Tensor, rank: int, n_iter: int = 50, seed: int = 0) -> 
     shorter than ``rank``). rank >= 1, n_iter >= 1."""
     if tensor.dim() != 4:
         raise ValueError(f"tensor must be 4-D, got shape {tuple(tensor.shape)}")
-    _check_rank("rank", rank, 1, 2**20)
-    _check_rank("n_iter", n_iter, 1, 10**6)
+    V.positive_int("rank", rank)
+    V.positive_int("n_iter", n_iter)
     t = tensor.detach().double().cpu()
     g = torch.Generator().manual_seed(seed)
     factors = []
@@ -358,7 +349,7 @@ def cp_conv(layer: nn.Conv2d, rank: int, n_iter: int = 50, seed: int = 0) -> CPC
                          f"padding_mode={layer.padding_mode!r}")
     w = layer.weight
     c_out, c_in, kh, kw = w.shape
-    _check_rank("rank", rank, 1, c_out * c_in * kh * kw)
+    V.int_in("rank", rank, 1, c_out * c_in * kh * kw)
     f_out, f_in, f_h, f_w = cp_als(w, rank, n_iter, seed)
     opts = dict(device=w.device, dtype=w.dtype)
     (sh, sw), (ph, pw), (dh, dw) = layer.stride, layer.padding, layer.dilation
@@ -394,11 +385,10 @@ def factorize(model: nn.Module, ranks: dict | None = None, energy: float | None 
     """
     if (ranks is None) == (energy is None):
         raise ValueError("give exactly one of ranks= (dict of layer name -> rank) or energy= (in (0, 1])")
-    if method not in ("tucker", "cp"):
-        raise ValueError(f"method={method!r} must be 'tucker' or 'cp'")
+    V.one_of("method", method, ("tucker", "cp"))
     modules = dict(model.named_modules())
     if ranks is None:
-        energy = _check_energy(energy)
+        energy = _energy(energy)
         names = list(layers) if layers is not None else [
             n for n, m in modules.items()
             if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.weight.shape[2:].numel() > 1)]
@@ -429,8 +419,7 @@ def factorize(model: nn.Module, ranks: dict | None = None, energy: float | None 
                              f"(layers: {[n for n, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))]})")
         if skip_if_larger and sum(p.numel() for p in rep.parameters()) >= sum(p.numel() for p in old.parameters()):
             continue
-        parent_name, _, attr = name.rpartition(".")
-        setattr(new.get_submodule(parent_name) if parent_name else new, attr, rep)
+        replace_module(new, name, rep)
     return new
 
 
@@ -448,53 +437,37 @@ def factorized_ranks(model: nn.Module) -> dict:
     return out
 
 
-# ---------------------------------------------------------------- measuring where it pays
-def module_times(model: nn.Module, input_shape: tuple, batch_size: int = 64, repeats: int = 20,
-                 threads: int = 1) -> dict:
-    """Where a forward pass spends its time: {child module name: ms} for every direct child of
-    ``model`` plus "other" (the functional ops between them: ReLU, pooling, flatten), medians of
-    ``repeats`` single-thread passes of a batch of ``batch_size`` inputs of ``input_shape``."""
-    import statistics
-    import time
-
-    from .measure import num_threads
-    starts, acc = {}, {}
-    hooks = []
-    for name, child in model.named_children():
-        def pre(mod, inp, name=name):
-            starts[name] = time.perf_counter()
-
-        def post(mod, inp, out, name=name):
-            acc[name] = acc.get(name, 0.0) + (time.perf_counter() - starts[name]) * 1e3
-        hooks += [child.register_forward_pre_hook(pre), child.register_forward_hook(post)]
-    x = torch.randn((batch_size, *input_shape), generator=torch.Generator().manual_seed(0))
-    runs = []
-    was = model.training
-    model.eval()
-    try:
-        with num_threads(threads), torch.inference_mode():
-            for i in range(repeats + 3):
-                acc.clear()
-                t0 = time.perf_counter()
-                model(x)
-                total = (time.perf_counter() - t0) * 1e3
-                if i >= 3:  # warm-up passes are not counted
-                    runs.append({**acc, "other": total - sum(acc.values()), "total": total})
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+# (timing where a forward pass spends its time: measure.time_children / compare_time_children)
 
 
-def compare_module_times(models: dict, input_shape: tuple, rounds: int = 3, **kw) -> dict:
-    """{model name: ``module_times`` dict} for several models, measured in ``rounds`` interleaved
-    rounds (each part is the median over rounds), so a burst of load hits every model alike.
-    Keyword arguments go to ``module_times`` (batch_size, repeats, threads)."""
-    import statistics
-    _check_rank("rounds", rounds, 1, 1000)
-    runs = {k: [] for k in models}
-    for _ in range(rounds):
-        for k, m in models.items():
-            runs[k].append(module_times(m, input_shape, **kw))
-    return {k: {part: statistics.median(r[part] for r in v) for part in v[0]} for k, v in runs.items()}
+# ---------------------------------------------------------------- activation-aware SVD of a Linear
+HESSIAN_DAMPING = 1e-4  # fraction of the mean diagonal added to H before its Cholesky factorization
+
+
+def activation_aware_svd_linear(layer: nn.Linear, rank: int, hessian: torch.Tensor) -> LowRankLinear:
+    """Activation-aware truncated SVD: the rank-``rank`` factorization A B minimising the output error
+    ||X (W - A B)^T||_F on the calibration inputs X (``hessian`` H = X^T X / n, (in, in), e.g. from
+    ``quantization.collect_hessians``). With H = L L^T (Cholesky, damped by HESSIAN_DAMPING of its
+    mean diagonal), SVD(W L) = U S V^T gives A = U_r S_r^(1/2), B = S_r^(1/2) V_r^T L^-1.
+    rank in [1, min(out, in)]. Returns a float32 LowRankLinear; ``layer`` is not modified."""
+    from ._validate import int_in
+    if not isinstance(layer, nn.Linear):
+        raise ValueError(f"layer must be nn.Linear, not {type(layer).__name__}")
+    out_f, in_f = layer.weight.shape
+    if hessian.shape != (in_f, in_f):
+        raise ValueError(f"hessian has shape {tuple(hessian.shape)}, expected ({in_f}, {in_f})")
+    int_in("rank", rank, 1, min(out_f, in_f))
+    h = hessian.double()
+    h = h + HESSIAN_DAMPING * torch.diag(h).mean() * torch.eye(in_f, dtype=torch.float64)
+    chol = torch.linalg.cholesky(h)
+    u, s, vh = torch.linalg.svd(layer.weight.detach().double() @ chol, full_matrices=False)
+    root = s[:rank].sqrt()
+    a = u[:, :rank] * root
+    b = torch.linalg.solve_triangular(chol, root[:, None] * vh[:rank], upper=False, left=False)  # (S V^T) L^-1
+    new = LowRankLinear(in_f, out_f, rank, bias=layer.bias is not None)
+    with torch.no_grad():
+        new[0].weight.copy_(b.float())
+        new[1].weight.copy_(a.float())
+        if layer.bias is not None:
+            new[1].bias.copy_(layer.bias.detach())
+    return new

@@ -1,22 +1,30 @@
-"""The measurement toolkit: parameters, zeros, MACs, bytes on disk and CPU latency.
+"""The measurement toolkit: parameters, zeros, MACs, bytes and CPU latency.
 
 Models pruned with ``torch.nn.utils.prune`` (``weight_orig`` + ``weight_mask``) are measured
 by their effective weights, so both pruning styles count the same way.
+
+Files on disk and their (compressed) sizes live in ``storage``; this module keeps
+``serialized_bytes``, the one definition of "bytes torch.save writes".
+
+Timing: every latency figure of the course comes from ``time_fn`` (one timer), through
+``latency_ms``, ``compare_latency`` (interleaved rounds), ``time_children`` (where a forward pass
+spends its time) and ``matmul_latency_ms`` (one matrix product, dense or sparse).
 """
 from __future__ import annotations
 
+import copy
 import io
-import lzma
-import os
 import statistics
 import time
-import zlib
+import warnings
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import _validate as V
 
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
@@ -74,93 +82,137 @@ def sparsity(model: nn.Module) -> float:
     return zeros / total
 
 
-def _check_shape(input_shape) -> tuple:
-    shape = tuple(input_shape)
-    if len(shape) == 0 or any((not isinstance(s, int)) or s < 1 for s in shape):
-        raise ValueError(f"input_shape={input_shape!r} must be a tuple of positive ints, e.g. (1, 28, 28)")
-    return shape
+# ---------------------------------------------------------------- MACs
+def _is_ao_linear(mod: nn.Module) -> bool:
+    """torch.ao's quantized Linear (dynamic or static): its weight lives in packed params."""
+    return isinstance(mod, torch.ao.nn.quantized.Linear)
+
+
+def _mac_units(model: nn.Module) -> dict[str, tuple[nn.Module, Callable[[], torch.Tensor]]]:
+    """{report name: (module to hook, weight getter)} for every layer ``macs`` can count.
+
+    - nn.Conv2d / nn.Linear (the layers inside LowRankLinear, Tucker2Conv, CPConv included);
+    - a wrapper holding such a layer as ``.layer`` and calling it functionally (quantization's
+      QuantWrapper and KMeansWrapper): hooked on the wrapper, reported under the wrapper's name,
+      and its inner layer is not hooked (it is never called);
+    - torch.ao's quantized Linear (``torch_ao_dynamic``), whose weight() is a quantized tensor.
+    """
+    units, inner = {}, set()
+    for name, mod in model.named_modules():
+        layer = getattr(mod, "layer", None)
+        if not isinstance(mod, PRUNABLE) and isinstance(layer, PRUNABLE):
+            units[name] = (mod, lambda layer=layer: layer.weight)
+            inner.add(id(layer))
+    for name, mod in model.named_modules():
+        if isinstance(mod, PRUNABLE) and id(mod) not in inner:
+            units[name] = (mod, lambda mod=mod: mod.weight)
+        elif _is_ao_linear(mod):
+            units[name] = (mod, lambda mod=mod: mod.weight().dequantize())
+    return units
 
 
 def macs_by_layer(model: nn.Module, input_shape: tuple, sparse: bool = False) -> dict:
-    """Multiply-accumulates per Conv2d/Linear layer for ONE input of ``input_shape`` (C, H, W).
+    """Multiply-accumulates per layer for ONE input of ``input_shape`` (C, H, W), {layer name: int}.
 
-    sparse=True counts only the MACs of non-zero weights (what a sparse kernel could skip to).
-    Returns {layer name: int}.
+    Counted with forward hooks (a Conv2d weight is used once per output position, a Linear weight
+    once per row of its input): every nn.Conv2d and nn.Linear, the course's wrappers that compute
+    a wrapped ``.layer`` functionally (quantization's QuantWrapper, KMeansWrapper: reported under
+    the wrapper's name, so a quantized model has the same keys as its float original) and torch.ao
+    quantized Linear layers. sparse=True counts only the MACs of non-zero weights (what a sparse
+    kernel could skip to). The model is run once in eval mode; its mode is restored.
+
+    Raises ValueError when the count would be wrong: the model has no layer it can count (e.g. an
+    onnxruntime ``deploy.OrtModule``: count the PyTorch model it was exported from), a countable
+    layer was never called, or the forward pass does more convolution/matrix-product work
+    (measured with ``torch.utils.flop_counter.FlopCounterMode``) than the counted layers explain
+    (a layer that calls ``F.conv2d``/``F.linear`` on weights of its own).
     """
-    shape = _check_shape(input_shape)
-    counts, hooks = {}, []
+    shape = V.shape("input_shape", input_shape)
+    units = _mac_units(model)
+    if not units:
+        raise ValueError(f"model {type(model).__name__} has no layer macs can count (no Conv2d, Linear, "
+                         "wrapped layer or torch.ao quantized Linear); for an onnxruntime OrtModule, "
+                         "count the PyTorch model it was exported from")
+    counts, dense, hooks = {}, {}, []
 
-    def hook(name):
+    def hook(name, weight):
         def fn(mod, inp, out):
-            w = mod.weight
-            per_weight = out.numel() // out.shape[1] if isinstance(mod, nn.Conv2d) else out.numel() // out.shape[-1]
+            w = weight()
             # each output value of a conv uses (cin/groups * kh * kw) weights; each weight is used
             # once per output position, i.e. per_weight times.
+            per_weight = out.numel() // out.shape[1] if w.dim() == 4 else out.numel() // out.shape[-1]
             n = int((w != 0).sum()) if sparse else w.numel()
             counts[name] = counts.get(name, 0) + n * per_weight
+            dense[name] = dense.get(name, 0) + w.numel() * per_weight
         return fn
 
-    for name, mod in model.named_modules():
-        if isinstance(mod, PRUNABLE):
-            hooks.append(mod.register_forward_hook(hook(name)))
+    for name, (mod, weight) in units.items():
+        hooks.append(mod.register_forward_hook(hook(name, weight)))
+    was = model.training
+    flops = FlopCounterMode(display=False)
     try:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        was = model.training
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), flops:
             model(torch.zeros((1, *shape), device=device))
-        model.train(was)
     finally:
+        model.train(was)
         for h in hooks:
             h.remove()
-    return counts
+    missing = [n for n in units if n not in counts]
+    if missing:
+        raise ValueError(f"layers {missing} of {type(model).__name__} were never called in the forward pass "
+                         "(called functionally or unused), so macs cannot count them")
+    seen = flops.get_total_flops() // 2
+    if seen > sum(dense.values()):
+        raise ValueError(f"the forward pass of {type(model).__name__} does {seen:,} MACs of convolutions and "
+                         f"matrix products but its countable layers account for {sum(dense.values()):,}: a "
+                         "layer calls F.conv2d/F.linear on its own weights, which macs cannot count")
+    return {n: counts[n] for n in units}
 
 
 def macs(model: nn.Module, input_shape: tuple, sparse: bool = False) -> int:
-    """Total multiply-accumulates of Conv2d and Linear layers for one input of shape (C, H, W).
-
-    FLOPs are about 2x MACs. sparse=True skips zero weights.
-    """
+    """Total multiply-accumulates for one input of shape (C, H, W) (see ``macs_by_layer``, which raises
+    for a model it cannot count exactly). FLOPs are about 2x MACs. sparse=True skips zero weights."""
     return sum(macs_by_layer(model, input_shape, sparse).values())
 
 
+# ---------------------------------------------------------------- bytes
+def _has_packed_params(model: nn.Module) -> bool:
+    """True for torch.ao quantized models, whose weights live in packed (non-tensor) state."""
+    return any("_packed_params" in k for k in model.state_dict())
+
+
 def serialize(model_or_state) -> bytes:
-    """The bytes ``torch.save`` writes for the model's (effective) state dict."""
-    state = model_or_state if isinstance(model_or_state, dict) else effective_state_dict(model_or_state)
+    """The bytes ``torch.save`` writes for the model's (effective) state dict, or for a state dict.
+
+    Pruning masks are folded into the weights; a torch.ao quantized model is saved with its own state
+    dict (its packed int8 weights serialise through ``torch.save``)."""
     buf = io.BytesIO()
-    torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, buf)
+    if isinstance(model_or_state, nn.Module):
+        packed = _has_packed_params(model_or_state)
+        state = model_or_state.state_dict() if packed else effective_state_dict(model_or_state)
+    else:
+        state = model_or_state
+    if all(torch.is_tensor(v) for v in state.values()):
+        state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    torch.save(state, buf)  # a torch.ao state dict (dtypes, packed tuples) is saved as it is
     return buf.getvalue()
 
 
-COMPRESSORS = {
-    "zlib": lambda b: zlib.compress(b, 9),
-    "lzma": lambda b: lzma.compress(b, preset=9 | lzma.PRESET_EXTREME),
-}
+def serialized_bytes(model_or_state) -> int:
+    """Number of bytes ``torch.save`` writes for a model's (effective) state dict or a state dict.
 
-
-def size_bytes(model, compress: str | None = None) -> int:
-    """Bytes of the saved artifact.
-
-    model: an nn.Module (its state dict as ``torch.save`` writes it), a state dict, raw bytes,
-    or a path to a file. compress: None, "zlib" or "lzma" (entropy coding of those bytes).
+    The one definition of "size of a PyTorch file" in the course: every other size helper calls it.
     """
-    if compress is not None and compress not in COMPRESSORS:
-        raise ValueError(f"compress={compress!r} must be None, 'zlib' or 'lzma'")
-    if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        if not path.is_file():
-            raise FileNotFoundError(f"size_bytes: no file at {path}")
-        data = path.read_bytes() if compress else None
-        return os.path.getsize(path) if compress is None else len(COMPRESSORS[compress](data))
-    data = model if isinstance(model, (bytes, bytearray)) else serialize(model)
-    return len(data) if compress is None else len(COMPRESSORS[compress](bytes(data)))
+    return len(serialize(model_or_state))
 
 
+# ---------------------------------------------------------------- time
 @contextmanager
 def num_threads(n: int):
     """Temporarily set PyTorch's intra-op thread count (n >= 1)."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"threads={n!r} must be a positive integer")
+    n = V.positive_int("threads", n)
     old = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -170,11 +222,17 @@ def num_threads(n: int):
 
 
 def time_fn(fn: Callable[[], object], repeats: int = 30, warmup: int = 5) -> list[float]:
-    """Call ``fn()`` ``warmup`` times untimed, then ``repeats`` times; return each time in ms."""
-    if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats={repeats!r} must be a positive integer")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup={warmup!r} must be an integer >= 0")
+    """Call ``fn()`` ``warmup`` times untimed, then ``repeats`` times; return each call's time in ms.
+
+    The course's one timer: ``time.perf_counter`` around every single call. Why not
+    ``torch.utils.benchmark.Timer``: its ``blocked_autorange`` returns means over adaptively sized
+    blocks, while the course reports the median and spread of individual calls and interleaves
+    models call-site by call-site (``compare_latency``), which matters more on a shared laptop
+    than Timer's extras; thread control is ``num_threads`` here, and timing is on the CPU only
+    (no accelerator to synchronise). repeats >= 1, warmup >= 0.
+    """
+    repeats = V.positive_int("repeats", repeats)
+    warmup = V.int_in("warmup", warmup, 0, None)
     for _ in range(warmup):
         fn()
     times = []
@@ -185,35 +243,60 @@ def time_fn(fn: Callable[[], object], repeats: int = 30, warmup: int = 5) -> lis
     return times
 
 
-def latency_ms(model, input_shape: tuple, batch_size: int = 64, threads: int = 1,
+@contextmanager
+def _on_cpu_in_eval(model: nn.Module):
+    """``model`` in eval mode on the CPU for the duration, the caller's module left as it was: a CPU
+    model is switched to eval and its mode restored afterwards; a model elsewhere is copied."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.device.type != "cpu" for t in tensors):
+        yield copy.deepcopy(model).cpu().eval()
+        return
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+def latency_ms(model, input_shape: tuple | None, batch_size: int = 64, threads: int = 1,
                repeats: int = 30, warmup: int = 5) -> float:
     """Median wall time in ms of one forward pass on a batch of ``batch_size`` inputs.
 
-    model: an nn.Module (run on the CPU under inference_mode) or any callable taking a float32
-    tensor of shape (batch_size, *input_shape). threads: intra-op threads during the measurement
-    (1 = the course's standard single-thread figure).
+    model: an nn.Module (run on the CPU in eval mode under inference_mode; the caller's model keeps
+    its mode and device: a CPU model is put back in its mode afterwards, a model on another device
+    is timed as a CPU copy) or any callable taking a float32 tensor of shape
+    (batch_size, *input_shape). input_shape=None: ``model`` is a zero-argument callable timed as it
+    is (it brings its own input; batch_size is unused). threads: intra-op threads during the
+    measurement (1 = the course's standard single-thread figure). repeats >= 1, warmup >= 0.
     """
-    shape = _check_shape(input_shape)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    batch_size = V.positive_int("batch_size", batch_size)
+    V.positive_int("threads", threads)
+    if input_shape is None:
+        if isinstance(model, nn.Module) or not callable(model):
+            raise ValueError("input_shape=None needs a zero-argument callable as model; give an nn.Module "
+                             "its input_shape, e.g. (1, 28, 28)")
+        with num_threads(threads), torch.inference_mode():
+            return statistics.median(time_fn(model, repeats, warmup))
+    shape = V.shape("input_shape", input_shape)
     x = torch.randn((batch_size, *shape), generator=torch.Generator().manual_seed(0))
     if isinstance(model, nn.Module):
-        model = model.cpu().eval()
+        with _on_cpu_in_eval(model) as m, num_threads(threads), torch.inference_mode():
+            return statistics.median(time_fn(lambda: m(x), repeats, warmup))
     with num_threads(threads), torch.inference_mode():
-        times = time_fn(lambda: model(x), repeats, warmup)
-    return statistics.median(times)
+        return statistics.median(time_fn(lambda: model(x), repeats, warmup))
 
 
-def compare_latency(models: dict, input_shape: tuple, rounds: int = 3, batch_size: int = 64,
+def compare_latency(models: dict, input_shape: tuple | None, rounds: int = 3, batch_size: int = 64,
                     threads: int = 1, repeats: int = 20) -> dict:
     """{name: latency in ms} for several models measured in interleaved rounds.
 
-    Each round calls ``measure.latency_ms`` (median of ``repeats`` single-thread forward passes of
-    a batch of ``batch_size``) on every model in turn; the result is the median over ``rounds``, so
-    a burst of load on a shared machine hits all models alike. rounds >= 1.
+    Each round calls ``latency_ms`` (median of ``repeats`` single-thread forward passes of a batch
+    of ``batch_size``) on every model in turn; the result is the median over ``rounds``, so a burst
+    of load on a shared machine hits all models alike. rounds >= 1. input_shape=None: the values
+    of ``models`` are zero-argument callables (see ``latency_ms``).
     """
-    if not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds={rounds!r} must be a positive integer")
+    rounds = V.positive_int("rounds", rounds)
     times = {k: [] for k in models}
     for _ in range(rounds):
         for k, m in models.items():
@@ -222,18 +305,132 @@ def compare_latency(models: dict, input_shape: tuple, rounds: int = 3, batch_siz
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def summarize(model: nn.Module, name: str, test, input_shape: tuple, accuracy: float | None = None,
-              latency: bool = True, **extra) -> dict:
-    """One results record (DESIGN.md format) for ``model``: accuracy on ``test``, size_bytes,
-    params, nonzero, macs, latency_ms (single thread, batch 64), sparsity, plus ``extra`` fields."""
-    from .training import evaluate
-    rec = {"name": name,
-           "accuracy": float(evaluate(model, test)) if accuracy is None else float(accuracy),
-           "size_bytes": size_bytes(model),
-           "params": count_params(model),
-           "nonzero": count_nonzero(model),
-           "macs": macs(model, input_shape),
-           "latency_ms": latency_ms(model, input_shape) if latency else None,
-           "sparsity": sparsity(model)}
-    rec.update(extra)
-    return rec
+def _parts(model: nn.Module, names) -> dict[str, list[nn.Module]]:
+    if names is None:
+        return {n: [m] for n, m in model.named_children()}
+    groups = dict(names) if isinstance(names, dict) else {n: [n] for n in names}
+    if not groups:
+        raise ValueError("names is empty: give submodule names (or None for every direct child)")
+    out, all_names = {}, []
+    for label, members in groups.items():
+        if label in ("other", "total"):
+            raise ValueError(f"names: the label {label!r} is reserved for the result's own entries")
+        members = [members] if isinstance(members, str) else list(members)
+        mods = []
+        for n in members:
+            try:
+                mods.append(model.get_submodule(n))
+            except AttributeError:
+                raise ValueError(f"names: {n!r} is not a submodule of {type(model).__name__}") from None
+        out[label] = mods
+        all_names += members
+    for a in all_names:
+        for b in all_names:
+            if a != b and b.startswith(a + "."):
+                raise ValueError(f"names: {b!r} lies inside {a!r}; its time would be counted twice")
+    return out
+
+
+def time_children(model: nn.Module, run, names=None, repeats: int = 20, warmup: int = 3,
+                  threads: int = 1) -> dict:
+    """Where a forward pass spends its time: {label: median ms per pass} plus "other" and "total".
+
+    run: a zero-argument callable doing one forward pass of ``model`` (e.g. ``lambda: model(x)``),
+    or an input tensor x (then ``model(x)`` is run). names: None (every direct child of ``model``),
+    a list of dotted submodule names, or a dict {label: [names]} summing several modules into one
+    part (e.g. every layer's attention). Each part is timed with ``time.perf_counter`` in forward
+    pre-/post-hooks; "total" is the whole pass and "other" what runs outside the parts (functional
+    ops between them: ReLU, pooling, flatten), both per pass before taking medians. ``warmup``
+    passes are not counted; ``repeats`` >= 1 are. Runs single-threaded (``threads``) under
+    inference_mode with ``model`` in eval mode (its mode is restored). A named part that is never
+    called raises ValueError.
+    """
+    repeats = V.positive_int("repeats", repeats)
+    warmup = V.int_in("warmup", warmup, 0, None)
+    V.positive_int("threads", threads)
+    if torch.is_tensor(run):
+        x = run
+        run = lambda: model(x)  # noqa: E731
+    elif not callable(run):
+        raise ValueError(f"run must be a zero-argument callable or an input tensor, not {type(run).__name__}")
+    parts = _parts(model, names)
+    starts, acc, hooks = {}, {}, []
+    for label, mods in parts.items():
+        for mod in mods:
+            def pre(m, inp):
+                starts[id(m)] = time.perf_counter()
+
+            def post(m, inp, out, label=label):
+                acc[label] = acc.get(label, 0.0) + (time.perf_counter() - starts[id(m)]) * 1e3
+            hooks += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    runs = []
+    was = model.training
+    model.eval()
+    try:
+        with num_threads(threads), torch.inference_mode():
+            for i in range(warmup + repeats):
+                acc.clear()
+                t0 = time.perf_counter()
+                run()
+                total = (time.perf_counter() - t0) * 1e3
+                if i >= warmup:
+                    runs.append({**{k: acc.get(k, 0.0) for k in parts}, "other": total - sum(acc.values()),
+                                 "total": total})
+                if i == 0:
+                    never = [k for k in parts if k not in acc]
+                    if never:
+                        raise ValueError(f"names: {never} were never called during run()")
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def compare_time_children(models: dict, run, names=None, rounds: int = 3, **kw) -> dict:
+    """{model name: ``time_children`` dict} for several models, measured in ``rounds`` interleaved
+    rounds (each part is the median over rounds), so a burst of load hits every model alike.
+
+    models: {name: nn.Module}; run: an input tensor x (each model runs ``model(x)``) or a callable
+    ``run(model)`` doing one forward pass. Keyword arguments go to ``time_children``
+    (repeats, warmup, threads). rounds >= 1.
+    """
+    rounds = V.positive_int("rounds", rounds)
+    runs = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, m in models.items():
+            r = run if torch.is_tensor(run) else (lambda m=m: run(m))
+            runs[k].append(time_children(m, r, names, **kw))
+    return {k: {part: statistics.median(r[part] for r in v) for part in v[0]} for k, v in runs.items()}
+
+
+def _matmul_call(weight: torch.Tensor, batch_size: int = 64, sparse: bool = False):
+    """(fn, x): fn() computes the product of ``weight`` (out, in) with a fixed random x
+    (batch_size, in). Dense: ``x @ weight.T`` (batch_size, out). Sparse: ``weight`` in CSR times
+    x.T, (out, batch_size), the same product transposed (the layout the CSR kernel writes)."""
+    if not torch.is_tensor(weight) or weight.dim() != 2:
+        got = tuple(weight.shape) if torch.is_tensor(weight) else type(weight).__name__
+        raise ValueError(f"weight must be a 2-D tensor (out_features, in_features), got {got}")
+    batch_size = V.positive_int("batch_size", batch_size)
+    x = torch.randn(batch_size, weight.shape[1], generator=torch.Generator().manual_seed(0))
+    w = weight.detach().cpu().float()
+    if not sparse:
+        return (lambda: x @ w.t()), x
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta": known, not news
+        warnings.simplefilter("ignore", UserWarning)
+        w_csr = w.to_sparse_csr()
+    xt = x.t().contiguous()
+    return (lambda: torch.sparse.mm(w_csr, xt)), x
+
+
+def matmul_latency_ms(weight: torch.Tensor, batch_size: int = 64, sparse: bool = False, threads: int = 1,
+                      repeats: int = 30) -> float:
+    """Median ms of ``x @ weight.T`` for x of shape (batch_size, in), single-threaded by default.
+
+    weight: (out, in) float32. sparse=True stores ``weight`` in CSR (``torch.sparse_csr``) and
+    multiplies with the sparse kernel, which skips the zeros; False uses the dense kernel, which
+    does not. batch_size, threads, repeats >= 1.
+    """
+    fn, _ = _matmul_call(weight, batch_size, sparse)
+    with num_threads(threads), torch.inference_mode():
+        return statistics.median(time_fn(fn, repeats))

@@ -94,3 +94,61 @@ def spectra(curves: dict, normalize: bool = True, energy_levels=(0.9, 0.99), tit
     a.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def sparsity_curves(curves: dict[str, tuple], reference: float | None = None, ylim=None,
+                    reference_label: str = "dense baseline", xlabel: str = "global sparsity (%)",
+                    ylabel: str = "test accuracy (%)", title: str = "accuracy vs sparsity", figsize=(6, 3.8)):
+    """Accuracy (%) against sparsity (%) for {label: (sparsities, accuracies)}, both as fractions in
+    [0, 1]; a dashed line at ``reference`` (an accuracy fraction, labelled ``reference_label``);
+    ``ylim`` in percent."""
+    fig, ax = plt.subplots(figsize=figsize)
+    for label, (sps, accs) in curves.items():
+        ax.plot([100 * s for s in sps], [100 * a for a in accs], marker="o", label=label)
+    if reference is not None:
+        ax.axhline(100 * reference, color="k", ls="--", lw=1, label=reference_label)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sensitivity(scan: dict[str, list[float]], sparsities, reference: float | None = None):
+    """Accuracy (%) against sparsity, one line per layer pruned alone (output of
+    ``pruning.sensitivity_scan`` with the same ``sparsities``); dashed line at the unpruned
+    ``reference`` accuracy. The same figure as ``sparsity_curves``, labelled for a scan."""
+    return sparsity_curves({name: (sparsities, accs) for name, accs in scan.items()}, reference,
+                           reference_label="unpruned", xlabel="sparsity of that layer (%)", ylabel="accuracy (%)",
+                           title="sensitivity scan (no fine-tuning)", figsize=(6, 3.6))
+
+
+def soft_targets(images: torch.Tensor, probs: dict, classes, labels=None):
+    """One row per image: the image, then its class probabilities at each temperature.
+
+    images: (K, C, H, W); probs: {T: (K, num_classes)} as from ``distillation.teacher_probabilities``.
+    The probability axis is logarithmic so the small "dark knowledge" probabilities show.
+    Returns the matplotlib Figure.
+    """
+    k = len(images)
+    fig, axes = plt.subplots(k, 2, figsize=(8, 1.7 * k), gridspec_kw={"width_ratios": [1, 5]}, squeeze=False)
+    xs = np.arange(len(classes))
+    temps = list(probs)
+    width = 0.8 / len(temps)
+    for i in range(k):
+        img = images[i].detach().cpu()
+        axes[i, 0].imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None)
+        axes[i, 0].axis("off")
+        if labels is not None:
+            axes[i, 0].set_title(f"label {classes[int(labels[i])]}", fontsize=8)
+        ax = axes[i, 1]
+        for j, t in enumerate(temps):
+            ax.bar(xs + (j - (len(temps) - 1) / 2) * width, probs[t][i].numpy(), width, label=f"T={t}")
+        ax.set_yscale("log")
+        ax.set_ylim(1e-6, 1.5)
+        ax.set_xticks(xs, [str(c) for c in classes], fontsize=8)
+        ax.set_ylabel("p", fontsize=8)
+    axes[0, 1].legend(ncol=len(temps), fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

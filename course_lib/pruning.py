@@ -15,32 +15,28 @@ that are zero, the same definition as ``measure.sparsity``.
 from __future__ import annotations
 
 import copy
-import json
-import lzma
-import struct
-import warnings
-import zlib
 from typing import Iterable
 
-import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import prune as tprune
 
+from . import _validate as V
 from .measure import PRUNABLE
 
 __all__ = [
     "prunable_layers", "magnitude_mask", "magnitude_prune", "apply_masks", "remove_masks", "masks",
     "mask_sparsity", "fine_tune", "sensitivity_scan", "choose_sparsities", "gradual_schedule",
-    "GradualPruner", "filter_l1_norms", "filters_to_keep", "channel_prune", "sparse_encode",
-    "sparse_decode", "sparse_bytes", "linear_latency_ms", "plot_sensitivity", "plot_sparsity_curves",
+    "GradualPruner", "filter_l1_norms", "filters_to_keep", "channel_prune",
 ]
+# Moved out (see storage, measure, plots): sparse_encode/sparse_decode/sparse_bytes -> storage,
+# linear_latency_ms -> measure.matmul_latency_ms, plot_sensitivity/plot_sparsity_curves -> plots.
 
 
 # ---------------------------------------------------------------- helpers
-def _check_sparsity(sparsity, name: str = "sparsity") -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0.0 <= float(sparsity) < 1.0:
-        raise ValueError(f"{name}={sparsity!r} must be a number in [0, 1)")
-    return float(sparsity)
+def _fraction(name: str, value) -> float:
+    """A sparsity or ratio: a number in [0, 1)."""
+    return V.number_in(name, value, 0, 1, hi_open=True)
 
 
 def prunable_layers(model: nn.Module, layers: Iterable[str] | None = None) -> dict[str, nn.Module]:
@@ -75,7 +71,7 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     Picks exactly the entries ``torch.nn.utils.prune.l1_unstructured`` picks (same rounding,
     same ``torch.topk`` selection, so even ties are broken the same way).
     """
-    sparsity = _check_sparsity(sparsity)
+    sparsity = _fraction("sparsity", sparsity)
     if not torch.is_tensor(weight) or weight.numel() == 0:
         raise ValueError("weight must be a non-empty tensor")
     k = _n_prune(sparsity, weight.numel())
@@ -114,11 +110,10 @@ def magnitude_prune(model: nn.Module, sparsity, scope: str = "global",
     if isinstance(sparsity, dict):
         mods = prunable_layers(model, list(sparsity))
         for name, mod in mods.items():
-            _set_mask(mod, magnitude_mask(mod.weight, _check_sparsity(sparsity[name], f"sparsity[{name!r}]")))
+            _set_mask(mod, magnitude_mask(mod.weight, _fraction(f"sparsity[{name!r}]", sparsity[name])))
         return model
-    sparsity = _check_sparsity(sparsity)
-    if scope not in ("global", "layer"):
-        raise ValueError(f"scope={scope!r} must be 'global' or 'layer'")
+    sparsity = _fraction("sparsity", sparsity)
+    V.one_of("scope", scope, ("global", "layer"))
     mods = prunable_layers(model, layers)
     if scope == "layer":
         for mod in mods.values():
@@ -169,8 +164,6 @@ def remove_masks(model: nn.Module) -> nn.Module:
     Also folds ``torch.nn.utils.prune`` reparametrisations (``weight_orig`` * ``weight_mask``) into
     a plain ``weight``. Returns the model, which then has the state-dict keys of a dense model.
     """
-    from torch.nn.utils import prune as tprune
-
     for mod in model.modules():
         for hook in list(mod._forward_pre_hooks.values()):
             if isinstance(hook, tprune.BasePruningMethod):
@@ -211,7 +204,7 @@ def sensitivity_scan(model: nn.Module, data, sparsities=(0.5, 0.7, 0.8, 0.9, 0.9
     """
     from .training import evaluate
 
-    sparsities = [_check_sparsity(s, "sparsities[i]") for s in sparsities]
+    sparsities = [_fraction(f"sparsities[{i}]", s) for i, s in enumerate(sparsities)]
     if not sparsities:
         raise ValueError("sparsities is empty: give at least one value in [0, 1)")
     names = list(prunable_layers(model, layers))
@@ -231,11 +224,11 @@ def choose_sparsities(scan: dict[str, list[float]], sparsities, reference: float
     """Per layer, the highest scanned sparsity whose accuracy stays >= reference - max_drop.
 
     scan: output of ``sensitivity_scan`` with the same ``sparsities``; reference: the unpruned
-    accuracy in [0, 1]; max_drop >= 0 in accuracy units (0.01 = 1 point). A layer for which no
-    sparsity qualifies gets 0.0.
+    accuracy in [0, 1] (a fraction, not a percentage); max_drop >= 0 in accuracy units (0.01 = 1
+    point). A layer for which no sparsity qualifies gets 0.0.
     """
-    if not max_drop >= 0:
-        raise ValueError(f"max_drop={max_drop!r} must be >= 0")
+    reference = V.number_in("reference", reference, 0, 1)
+    max_drop = V.number_in("max_drop", max_drop, 0, None)
     out = {}
     for name, accs in scan.items():
         if len(accs) != len(sparsities):
@@ -256,12 +249,10 @@ def gradual_schedule(step: int, final_sparsity: float, total_steps: int, initial
     first while redundant weights abound, slower near the end. Sparsities in [0, 1),
     total_steps >= 1, power >= 1.
     """
-    final_sparsity = _check_sparsity(final_sparsity, "final_sparsity")
-    initial_sparsity = _check_sparsity(initial_sparsity, "initial_sparsity")
-    if not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps={total_steps!r} must be an integer >= 1")
-    if not isinstance(power, int) or power < 1:
-        raise ValueError(f"power={power!r} must be an integer >= 1")
+    final_sparsity = _fraction("final_sparsity", final_sparsity)
+    initial_sparsity = _fraction("initial_sparsity", initial_sparsity)
+    total_steps = V.positive_int("total_steps", total_steps)
+    power = V.positive_int("power", power)
     frac = min(max((step - begin_step) / total_steps, 0.0), 1.0)
     return final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - frac) ** power
 
@@ -279,10 +270,8 @@ class GradualPruner:
                  initial_sparsity: float = 0.0, begin_step: int = 0, scope: str = "global",
                  layers: Iterable[str] | None = None):
         gradual_schedule(0, final_sparsity, total_steps, initial_sparsity, begin_step)  # validates
-        if not isinstance(frequency, int) or frequency < 1:
-            raise ValueError(f"frequency={frequency!r} must be an integer >= 1")
-        if scope not in ("global", "layer"):
-            raise ValueError(f"scope={scope!r} must be 'global' or 'layer'")
+        V.positive_int("frequency", frequency)
+        V.one_of("scope", scope, ("global", "layer"))
         self.final_sparsity, self.total_steps, self.frequency = final_sparsity, total_steps, frequency
         self.initial_sparsity, self.begin_step, self.scope = initial_sparsity, begin_step, scope
         self.layers = None if layers is None else list(layers)
@@ -316,7 +305,7 @@ def filters_to_keep(weight: torch.Tensor, ratio: float) -> torch.Tensor:
     Removes ``round(ratio * out)`` filters; raises ValueError if that would remove all of them.
     Ties are broken by lower index first (stable sort).
     """
-    ratio = _check_sparsity(ratio, "ratio")
+    ratio = _fraction("ratio", ratio)
     norms = filter_l1_norms(weight)
     n = norms.numel()
     n_keep = n - int(round(ratio * n))
@@ -347,8 +336,8 @@ def _resolve_ratios(ratio, names: list[str]) -> dict[str, float]:
         bad = [k for k in ratio if k not in names]
         if bad:
             raise ValueError(f"ratio has layers {bad!r} that cannot be channel-pruned; valid: {names}")
-        return {k: _check_sparsity(ratio.get(k, 0.0), f"ratio[{k!r}]") for k in names}
-    r = _check_sparsity(ratio, "ratio")
+        return {k: _fraction(f"ratio[{k!r}]", ratio.get(k, 0.0)) for k in names}
+    r = _fraction("ratio", ratio)
     return {k: r for k in names}
 
 
@@ -407,155 +396,94 @@ def channel_prune(model: nn.Module, ratio) -> nn.Module:
     raise TypeError(f"channel_prune supports LeNet5 and MLP, not {type(model).__name__}")
 
 
-# ---------------------------------------------------------------- sparse storage
-_FORMATS = ("dense", "bitmask", "csr")
-_MAGIC = b"CSP1"
+# ---------------------------------------------------------------- attention heads (BERT encoders, chapter 6)
+def heads_per_layer(model: nn.Module) -> list[int]:
+    """Number of attention heads left in each layer of a BERT encoder (``transformers.BertModel``)."""
+    from .models import check_bert
+    check_bert(model)
+    return [layer.attention.self.num_attention_heads for layer in model.encoder.layer]
 
 
-def sparse_encode(model_or_state, fmt: str = "bitmask", compress: str | None = "lzma") -> bytes:
-    """Serialise a (pruned) model's weights in a sparse format; return the bytes.
+def _head_mask_hooks(model: nn.Module, mask: torch.Tensor) -> list:
+    """Hooks multiplying each head's context vectors by mask[layer, head] (the input of each layer's
+    attention.output.dense); remove them with ``h.remove()``. mask: (layers, heads), read at call time."""
+    hooks = []
+    for i, layer in enumerate(model.encoder.layer):
+        d = layer.attention.self.attention_head_size
 
-    fmt: "dense" (every float32), "bitmask" (1 bit per weight saying zero/non-zero, then the
-    non-zero float32 values) or "csr" (per row of the 2-D view (out, rest): row pointers as int32,
-    column indices as uint16/int32, non-zero float32 values). Tensors that are not 2-D or more
-    (biases) are stored dense. compress: None, "zlib" or "lzma" (entropy coding of the whole blob).
-    ``sparse_decode`` reads it back exactly.
+        def pre(mod, args, i=i, d=d):
+            x = args[0]
+            return (x * mask[i].to(x.dtype).repeat_interleave(d),)
+        hooks.append(layer.attention.output.dense.register_forward_pre_hook(pre))
+    return hooks
+
+
+def head_importance(model: nn.Module, loss) -> torch.Tensor:
+    """Importance of every attention head of a BERT encoder, (layers, heads) float64: ``loss(model)``
+    (a float, higher is worse) while that single head is switched off (its context vectors zeroed).
+
+    loss: e.g. ``bert.cosine_loss(batch, ref)``, 1 - the mean cosine similarity of the embeddings to
+    the unpruned model's. One call of ``loss`` per head; ``model`` is unchanged afterwards. Every
+    layer must have the same number of heads (score before pruning).
     """
-    from .measure import effective_state_dict
-
-    if fmt not in _FORMATS:
-        raise ValueError(f"fmt={fmt!r} must be one of {_FORMATS}")
-    if compress not in (None, "zlib", "lzma"):
-        raise ValueError(f"compress={compress!r} must be None, 'zlib' or 'lzma'")
-    state = model_or_state if isinstance(model_or_state, dict) else effective_state_dict(model_or_state)
-    header, chunks = [], []
-    for name, t in state.items():
-        a = t.detach().cpu().to(torch.float32).numpy() if t.is_floating_point() else None
-        if a is None:
-            continue  # integer buffers (e.g. BatchNorm's num_batches_tracked) are not weights
-        kind = fmt if a.ndim >= 2 else "dense"
-        if kind == "dense":
-            parts = [a.astype("<f4").tobytes()]
-        elif kind == "bitmask":
-            nz = a.ravel() != 0
-            parts = [np.packbits(nz).tobytes(), a.ravel()[nz].astype("<f4").tobytes()]
-        else:
-            m = a.reshape(a.shape[0], -1)
-            rows, cols = np.nonzero(m)
-            idx_t = "<u2" if m.shape[1] <= 65536 else "<i4"
-            ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=m.shape[0]))]).astype("<i4")
-            parts = [ptr.tobytes(), cols.astype(idx_t).tobytes(), m[rows, cols].astype("<f4").tobytes()]
-        header.append([name, list(a.shape), kind, [len(p) for p in parts]])
-        chunks.extend(parts)
-    head = json.dumps(header, separators=(",", ":")).encode()
-    blob = struct.pack("<I", len(head)) + head + b"".join(chunks)
-    tag = {None: b"N", "zlib": b"Z", "lzma": b"L"}[compress]
-    if compress == "zlib":
-        blob = zlib.compress(blob, 9)
-    elif compress == "lzma":
-        blob = lzma.compress(blob, preset=9 | lzma.PRESET_EXTREME)
-    return _MAGIC + tag + blob
+    heads = heads_per_layer(model)
+    if len(set(heads)) != 1:
+        raise ValueError("head_importance needs the same number of heads in every layer (prune after scoring)")
+    n_layers, n_heads = len(heads), heads[0]
+    mask = torch.ones(n_layers, n_heads)
+    hooks = _head_mask_hooks(model, mask)
+    scores = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    try:
+        for i in range(n_layers):
+            for h in range(n_heads):
+                mask[i, h] = 0
+                scores[i, h] = float(loss(model))
+                mask[i, h] = 1
+    finally:
+        for hk in hooks:
+            hk.remove()
+    return scores
 
 
-def sparse_decode(blob: bytes) -> dict[str, torch.Tensor]:
-    """Inverse of ``sparse_encode``: the float32 state dict {name: tensor}, bit-exact."""
-    if not isinstance(blob, (bytes, bytearray)) or bytes(blob[:4]) != _MAGIC:
-        raise ValueError("blob is not the output of sparse_encode (bad magic bytes)")
-    tag, body = bytes(blob[4:5]), bytes(blob[5:])
-    if tag == b"Z":
-        body = zlib.decompress(body)
-    elif tag == b"L":
-        body = lzma.decompress(body)
-    (hlen,) = struct.unpack("<I", body[:4])
-    header = json.loads(body[4:4 + hlen])
-    pos, out = 4 + hlen, {}
-    for name, shape, kind, lens in header:
-        parts = []
-        for n in lens:
-            parts.append(body[pos:pos + n])
-            pos += n
-        size = int(np.prod(shape)) if shape else 1
-        if kind == "dense":
-            a = np.frombuffer(parts[0], "<f4").reshape(shape)
-        elif kind == "bitmask":
-            nz = np.unpackbits(np.frombuffer(parts[0], np.uint8), count=size).astype(bool)
-            a = np.zeros(size, np.float32)
-            a[nz] = np.frombuffer(parts[1], "<f4")
-            a = a.reshape(shape)
-        else:
-            rows_n = shape[0]
-            ncols = size // rows_n
-            ptr = np.frombuffer(parts[0], "<i4")
-            idx_t = "<u2" if ncols <= 65536 else "<i4"
-            cols = np.frombuffer(parts[1], idx_t).astype(np.int64)
-            vals = np.frombuffer(parts[2], "<f4")
-            m = np.zeros((rows_n, ncols), np.float32)
-            rows = np.repeat(np.arange(rows_n), np.diff(ptr))
-            m[rows, cols] = vals
-            a = m.reshape(shape)
-        out[name] = torch.from_numpy(a.copy())
-    return out
+def heads_to_prune(importance: torch.Tensor, n: int) -> dict:
+    """{layer: [heads]}: the ``n`` least important heads overall, keeping at least one head per layer.
+    importance: (layers, heads); n in [0, layers * (heads - 1)]."""
+    n_layers, n_heads = importance.shape
+    n = V.int_in("n", n, 0, n_layers * (n_heads - 1))
+    left = [n_heads] * n_layers
+    out: dict = {}
+    for idx in importance.flatten().argsort().tolist():
+        if sum(len(v) for v in out.values()) == n:
+            break
+        layer, head = divmod(idx, n_heads)
+        if left[layer] > 1:
+            out.setdefault(layer, []).append(head)
+            left[layer] -= 1
+    return {k: sorted(v) for k, v in sorted(out.items())}
 
 
-def sparse_bytes(model_or_state, fmt: str = "bitmask", compress: str | None = "lzma") -> int:
-    """Bytes of ``sparse_encode(model_or_state, fmt, compress)``."""
-    return len(sparse_encode(model_or_state, fmt, compress))
+def prune_heads(model: nn.Module, heads: dict) -> nn.Module:
+    """A copy of a BERT encoder with the attention heads {layer: [head indices]} physically removed:
+    the query/key/value output rows and the attention-output input columns of those heads are cut,
+    so the model is smaller and faster. At least one head must stay in every layer."""
+    n_layers = len(heads_per_layer(model))
+    out = copy.deepcopy(model)
+    for layer_idx, hs in heads.items():
+        V.int_in("layer", layer_idx, 0, n_layers - 1)
+        att = out.encoder.layer[layer_idx].attention
+        n_heads, d = att.self.num_attention_heads, att.self.attention_head_size
+        hs = sorted(set(hs))
+        if any(not 0 <= h < n_heads for h in hs):
+            raise ValueError(f"layer {layer_idx}: heads {hs} must be in [0, {n_heads})")
+        if len(hs) >= n_heads:
+            raise ValueError(f"layer {layer_idx}: cannot remove all {n_heads} heads")
+        keep = torch.tensor([h for h in range(n_heads) if h not in hs])
+        idx = (keep[:, None] * d + torch.arange(d)).flatten()
+        for nm in ("query", "key", "value"):
+            setattr(att.self, nm, _slice_linear(getattr(att.self, nm), out_idx=idx))
+        att.output.dense = _slice_linear(att.output.dense, in_idx=idx)
+        att.self.num_attention_heads = len(keep)
+        att.self.all_head_size = len(keep) * d
+    return out.eval()
 
 
-# ---------------------------------------------------------------- sparse kernels and figures
-def linear_latency_ms(weight: torch.Tensor, batch_size: int = 64, sparse: bool = False, threads: int = 1,
-                      repeats: int = 30) -> float:
-    """Median ms of ``x @ weight.T`` for x of shape (batch_size, in), single-threaded by default.
-
-    weight: (out, in) float32. sparse=True stores ``weight`` in CSR (``torch.sparse_csr``) and
-    multiplies with the sparse kernel, which skips the zeros; False uses the dense kernel, which does not.
-    """
-    from .measure import num_threads, time_fn
-    import statistics
-
-    if not torch.is_tensor(weight) or weight.dim() != 2:
-        raise ValueError("weight must be a 2-D tensor (out_features, in_features)")
-    x = torch.randn(batch_size, weight.shape[1], generator=torch.Generator().manual_seed(0))
-    w = weight.detach().cpu().float()
-    with num_threads(threads), torch.inference_mode():
-        if sparse:
-            with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta": known, not news
-                warnings.simplefilter("ignore", UserWarning)
-                w_csr = w.to_sparse_csr()
-            xt = x.t().contiguous()
-            times = time_fn(lambda: torch.sparse.mm(w_csr, xt), repeats)
-        else:
-            times = time_fn(lambda: x @ w.t(), repeats)
-    return statistics.median(times)
-
-
-def plot_sensitivity(scan: dict[str, list[float]], sparsities, reference: float | None = None):
-    """Accuracy (%) against sparsity, one line per layer pruned alone (output of ``sensitivity_scan``)."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name, accs in scan.items():
-        ax.plot([100 * s for s in sparsities], [100 * a for a in accs], marker="o", label=name)
-    if reference is not None:
-        ax.axhline(100 * reference, color="k", ls="--", lw=1, label="unpruned")
-    ax.set(xlabel="sparsity of that layer (%)", ylabel="accuracy (%)", title="sensitivity scan (no fine-tuning)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_sparsity_curves(curves: dict[str, tuple], reference: float | None = None, ylim=None):
-    """Accuracy (%) against sparsity (%) for {label: (sparsities, accuracies)}; dashed line at ``reference``."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for label, (sps, accs) in curves.items():
-        ax.plot([100 * s for s in sps], [100 * a for a in accs], marker="o", label=label)
-    if reference is not None:
-        ax.axhline(100 * reference, color="k", ls="--", lw=1, label="dense baseline")
-    ax.set(xlabel="global sparsity (%)", ylabel="test accuracy (%)", title="accuracy vs sparsity")
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import _validate as V
 from .training import predict
 
 
@@ -18,8 +19,7 @@ def _to_pixels(x, mean, std):
 
 def gaussian_noise(x: torch.Tensor, sigma: float, mean, std, seed: int = 0) -> torch.Tensor:
     """Add N(0, sigma^2) noise in pixel units (sigma in [0, 1]) with a seeded generator."""
-    if not 0 <= sigma <= 1:
-        raise ValueError(f"sigma={sigma!r} must be in [0, 1] (pixel units)")
+    V.number_in("sigma", sigma, 0, 1)
     p, m, s = _to_pixels(x, mean, std)
     noise = torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)) * sigma
     return ((p + noise).clamp(0, 1) - m) / s
@@ -27,8 +27,7 @@ def gaussian_noise(x: torch.Tensor, sigma: float, mean, std, seed: int = 0) -> t
 
 def blur(x: torch.Tensor, sigma: float, mean, std) -> torch.Tensor:
     """Gaussian blur with standard deviation ``sigma`` pixels (> 0), kernel 2*ceil(2 sigma)+1, per channel."""
-    if not sigma > 0:
-        raise ValueError(f"sigma={sigma!r} must be > 0 pixels")
+    V.number_in("sigma", sigma, 0, None, lo_open=True)
     p, m, s = _to_pixels(x, mean, std)
     r = int(torch.ceil(torch.tensor(2 * sigma)).item())
     t = torch.arange(-r, r + 1, dtype=torch.float32)
@@ -44,8 +43,7 @@ def blur(x: torch.Tensor, sigma: float, mean, std) -> torch.Tensor:
 
 def contrast(x: torch.Tensor, factor: float, mean, std) -> torch.Tensor:
     """Scale each image's deviation from its own mean by ``factor`` in [0, 2] (below 1: less contrast)."""
-    if not 0 <= factor <= 2:
-        raise ValueError(f"factor={factor!r} must be in [0, 2]")
+    V.number_in("factor", factor, 0, 2)
     p, m, s = _to_pixels(x, mean, std)
     mu = p.mean(dim=(1, 2, 3), keepdim=True)
     return (((p - mu) * factor + mu).clamp(0, 1) - m) / s
@@ -54,8 +52,7 @@ def contrast(x: torch.Tensor, factor: float, mean, std) -> torch.Tensor:
 def shift(x: torch.Tensor, pixels: int, mean, std) -> torch.Tensor:
     """Translate every image right and down by ``pixels`` (0 <= pixels < H), filling with black (0)."""
     h = x.shape[-2]
-    if not isinstance(pixels, int) or not 0 <= pixels < h:
-        raise ValueError(f"pixels={pixels!r} must be an integer in [0, {h})")
+    V.int_in("pixels", pixels, 0, h - 1)
     p, m, s = _to_pixels(x, mean, std)
     out = torch.zeros_like(p)
     out[..., pixels:, pixels:] = p[..., :h - pixels, :p.shape[-1] - pixels]
@@ -67,8 +64,7 @@ CORRUPTIONS = {"noise": gaussian_noise, "blur": blur, "contrast": contrast, "shi
 
 def corrupt(x: torch.Tensor, kind: str, level, mean, std) -> torch.Tensor:
     """Apply corruption ``kind`` (one of CORRUPTIONS) at ``level`` (its strength argument)."""
-    if kind not in CORRUPTIONS:
-        raise ValueError(f"kind={kind!r} is unknown; valid: {sorted(CORRUPTIONS)}")
+    V.one_of("kind", kind, sorted(CORRUPTIONS))
     return CORRUPTIONS[kind](x, level, mean, std)
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from . import _validate as V
 from .data import REPO_ROOT, Splits, load_dataset
 from .models import build_model
 
@@ -77,8 +78,7 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
     Vacated pixels take the image's border value; ``flip`` also mirrors half the images
     horizontally (for CIFAR-10, not for digits).
     """
-    if max_shift < 0:
-        raise ValueError(f"max_shift={max_shift!r} must be >= 0")
+    V.int_in("max_shift", max_shift, 0, None)
     n, _, h, w = x.shape
     p = max_shift
     padded = F.pad(x, (p, p, p, p), mode="replicate")
@@ -127,19 +127,19 @@ def fit(model: nn.Module, train, val=None, epochs: int = 10, lr: float = 1e-3, b
 
     train / val: Dataset, DataLoader or (x, y) tensors. epochs >= 0 (0 only evaluates).
     lr > 0. optimizer: "adam", "adamw" or "sgd" (momentum 0.9, Nesterov). schedule: "cosine"
-    (per step, to 0), "onecycle" or "constant". augment: max random shift in pixels (0 = off).
+    (per step, to 0), "onecycle" or "constant". augment: max random shift in pixels, an integer
+    >= 0 (0 = off). batch_size >= 1; weight_decay >= 0. ``model`` is moved to ``device``.
     loss_fn(model, x, y) -> scalar overrides cross-entropy (distillation uses it).
     after_step(model) runs after every optimizer step (pruning uses it to re-apply masks).
     params: the parameters to optimise (default: all that require grad).
     """
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs={epochs!r} must be an integer >= 0")
-    if not lr > 0:
-        raise ValueError(f"lr={lr!r} must be > 0")
-    if optimizer not in ("adam", "adamw", "sgd"):
-        raise ValueError(f"optimizer={optimizer!r} must be 'adam', 'adamw' or 'sgd'")
-    if schedule not in ("cosine", "onecycle", "constant"):
-        raise ValueError(f"schedule={schedule!r} must be 'cosine', 'onecycle' or 'constant'")
+    V.int_in("epochs", epochs, 0, None)
+    V.number_in("lr", lr, 0, None, lo_open=True)
+    V.positive_int("batch_size", batch_size)
+    V.number_in("weight_decay", weight_decay, 0, None)
+    V.one_of("optimizer", optimizer, ("adam", "adamw", "sgd"))
+    V.one_of("schedule", schedule, ("cosine", "onecycle", "constant"))
+    V.int_in("augment", augment, 0, None)
     device = get_device(device) if not isinstance(device, torch.device) else device
     model.to(device)
     g = torch.Generator().manual_seed(seed)
@@ -199,7 +199,9 @@ def fit(model: nn.Module, train, val=None, epochs: int = 10, lr: float = 1e-3, b
 
 @torch.no_grad()
 def predict(model: nn.Module, data, batch_size: int = 512, device=None) -> torch.Tensor:
-    """Predicted class indices, int64 of shape (N,), for a Dataset/DataLoader/(x, y)/tensor x."""
+    """Predicted class indices, int64 of shape (N,), for a Dataset/DataLoader/(x, y)/tensor x.
+
+    Runs in eval mode (the model's mode is restored) on ``device``: the model is moved there in place."""
     if torch.is_tensor(data):
         data = (data, torch.zeros(len(data), dtype=torch.long))
     device = get_device(device) if not isinstance(device, torch.device) else device

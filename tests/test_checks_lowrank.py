@@ -88,3 +88,10 @@ def test_rank_for_energy_rejects_typical_mistakes(capsys):
     assert "expected" in capsys.readouterr().out
     assert not checks.check_rank_for_energy(lambda s, e: "three")
     assert "return an int" in capsys.readouterr().out
+
+
+def test_checkers_leave_the_global_random_state_alone():
+    state = torch.get_rng_state()
+    checks.check_svd_split(_split, verbose=False)
+    checks.check_rank_for_energy(reference_rank_for_energy, verbose=False)
+    assert torch.equal(torch.get_rng_state(), state)

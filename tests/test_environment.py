@@ -103,3 +103,18 @@ def test_notebook_matches_its_source_and_conventions(path):
     assert any(re.search(r"^assert ", c.source, re.MULTILINE) for c in code[-2:]), \
         "a chapter ends with its assertion cell"
     assert not any(o.get("output_type") == "error" for c in code for o in c.outputs)
+
+
+def test_cpu_flags_and_u8s8_saturation(tmp_path):
+    from course_lib import env
+    f = tmp_path / "cpuinfo"
+    f.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n\nprocessor\t: 1\nflags\t\t: fpu avx2 avx512f\n")
+    flags = env.cpu_flags(f)
+    assert {"avx2", "avx512f"} <= flags and not env.has_vnni(flags)
+    # plain AVX512 saturates like AVX2; VNNI (or ARM) accumulates in int32
+    assert env.u8s8_saturates(flags, machine="x86_64")
+    assert not env.u8s8_saturates(flags | {"avx512_vnni"}, machine="x86_64")
+    assert not env.u8s8_saturates(flags | {"avx_vnni"}, machine="AMD64")
+    assert not env.u8s8_saturates(set(), machine="aarch64")
+    assert env.cpu_flags(tmp_path / "missing") is None
+    assert env.u8s8_saturates(None, machine="x86_64") == (not env.has_vnni())

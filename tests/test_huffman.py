@@ -1,4 +1,8 @@
-"""Huffman coding: round trips (property test), optimality bounds, prefix property, corrupt streams."""
+"""Huffman coding: round trips (property test), optimality (against an independent merge-cost
+computation), prefix property, corrupt streams, refused inputs."""
+import heapq
+from collections import Counter
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -49,3 +53,34 @@ def test_errors():
     with pytest.raises(ValueError, match="non-negative"):
         huffman.encode([-1, 2])
     assert huffman.decode(huffman.encode([])).tolist() == []
+
+
+def _optimal_cost(counts):
+    """Weighted length of an optimal prefix code, computed independently: the sum of the weights of
+    all merges of the two lightest subtrees (Huffman's theorem: every optimal code has this cost)."""
+    heap = list(counts)
+    heapq.heapify(heap)
+    cost = 0
+    while len(heap) > 1:
+        a, b = heapq.heappop(heap), heapq.heappop(heap)
+        cost += a + b
+        heapq.heappush(heap, a + b)
+    return cost
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=30), min_size=2, max_size=600))
+def test_code_is_optimal(xs):
+    if len(set(xs)) < 2:
+        return
+    lengths = huffman.code_lengths(xs)
+    counts = Counter(xs)
+    assert sum(counts[s] * n for s, n in lengths.items()) == _optimal_cost(counts.values())
+
+
+def test_floats_are_refused_not_truncated():
+    with pytest.raises(ValueError, match=r"symbols must be integers in \[0, 2\*\*32\); got 1\.5"):
+        huffman.encode([1.5])
+    with pytest.raises(ValueError, match="symbols"):
+        huffman.code_lengths(np.array([0.25, 1.0]))
+    assert huffman.decode(huffman.encode(np.array([3.0, 1.0]))).tolist() == [3, 1]  # integral floats are fine

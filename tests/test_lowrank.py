@@ -124,9 +124,12 @@ def test_eckart_young_error_equals_discarded_energy(m, n, data):
     err = torch.linalg.matrix_norm(w - a @ b).item()
     assert math.isclose(err, math.sqrt(float((s[k:] ** 2).sum())), rel_tol=1e-9, abs_tol=1e-12)
     assert math.isclose(err, lr.svd_error(s, k), rel_tol=1e-9, abs_tol=1e-12)
-    # and no other rank-k matrix (here: a random one) does better
-    r = torch.randn(m, k, dtype=torch.float64) @ torch.randn(k, n, dtype=torch.float64)
-    assert torch.linalg.matrix_norm(w - r).item() >= err - 1e-12
+    # optimality: nudging either factor of the optimum (a nearby rank-k matrix) raises the error
+    g = torch.Generator().manual_seed(m + n + k)
+    da, db = 1e-3 * torch.randn(a.shape, generator=g, dtype=torch.float64), \
+        1e-3 * torch.randn(b.shape, generator=g, dtype=torch.float64)
+    for near in ((a + da) @ b, a @ (b + db)):
+        assert torch.linalg.matrix_norm(w - near).item() >= err - 1e-12
 
 
 def test_svd_error_edges():
@@ -198,12 +201,17 @@ def test_tucker2_full_ranks_reconstruct_kernel(n_iter):
     assert torch.allclose(uo.T @ uo, torch.eye(7, dtype=torch.float64), **F64)
 
 
-def test_tucker2_none_keeps_mode_and_hooi_does_not_hurt():
+def test_tucker2_none_keeps_mode_and_hooi_improves_on_hosvd():
     k = _conv(6, 8, 3).weight.detach()
     core, uo, ui = lr.tucker2(k, (3, None))
     assert core.shape == (3, 6, 3, 3) and torch.equal(ui, torch.eye(6, dtype=torch.float64))
-    err = [(lr.tucker_reconstruct(*lr.tucker2(k, (3, 2), n_iter=i)) - k).norm().item() for i in (0, 5)]
-    assert err[1] <= err[0] + 1e-12
+    # A random kernel truncated in BOTH channel modes: HOSVD picks each mode's subspace ignoring the
+    # other's truncation, so it is not optimal and HOOI sweeps must strictly lower the error (by
+    # about 1.4% here); each sweep never increases it. A no-op HOOI loop fails the strict margin.
+    k = torch.randn(6, 8, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    err = [(lr.tucker_reconstruct(*lr.tucker2(k, (3, 2), n_iter=i)) - k).norm().item() for i in (0, 1, 5)]
+    assert err[2] <= err[1] + 1e-12 <= err[0] + 2e-12
+    assert err[2] < 0.995 * err[0]
 
 
 CONV_CASES = [dict(), dict(stride=2), dict(padding=1), dict(padding=(2, 1), dilation=(2, 1)),
@@ -359,19 +367,7 @@ def test_factorize_rejects_bad_arguments():
         lr.factorize(model, energy=0.9, method="cp")
 
 
-# ---------------------------------------------------------------- measuring helpers
-def test_compare_latency_and_module_times():
-    model = _lenet().float()
-    fac = lr.factorize(model, {"fc1": 4})
-    lat = lr.compare_latency({"a": model, "b": fac}, (1, 28, 28), rounds=1, batch_size=2, repeats=2)
-    assert set(lat) == {"a", "b"} and all(v > 0 for v in lat.values())
-    parts = lr.module_times(fac, (1, 28, 28), batch_size=2, repeats=2)
-    assert set(parts) == {"conv1", "conv2", "fc1", "fc2", "other", "total"}
-    assert parts["total"] >= parts["fc1"] > 0
-    with pytest.raises(ValueError, match="rounds"):
-        lr.compare_latency({"a": model}, (1, 28, 28), rounds=0)
-
-
+# (timing: measure.compare_latency and measure.time_children are tested in test_measure.py)
 def test_plots_spectra_figure():
     import matplotlib
     matplotlib.use("Agg")
@@ -382,10 +378,4 @@ def test_plots_spectra_figure():
     assert right.lines[0].get_ydata()[-1] == pytest.approx(1.0)
 
 
-def test_compare_module_times():
-    model = _lenet().float()
-    out = lr.compare_module_times({"a": model, "b": lr.factorize(model, {"fc1": 4})}, (1, 28, 28), rounds=2,
-                                  batch_size=2, repeats=2)
-    assert set(out) == {"a", "b"} and set(out["b"]) == {"conv1", "conv2", "fc1", "fc2", "other", "total"}
-    with pytest.raises(ValueError, match="rounds"):
-        lr.compare_module_times({"a": model}, (1, 28, 28), rounds=0)
+

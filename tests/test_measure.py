@@ -1,14 +1,17 @@
-"""Measurement toolkit: counts, sparsity, MACs (checked by hand), sizes, latency, prune compatibility."""
-import lzma
-import zlib
-
+"""Measurement toolkit: counts, sparsity, MACs (by hand and against FlopCounterMode, wrapped models
+included), bytes, the one timer (latency, interleaved comparison, per-part times, matmul kernels)."""
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
+from torch.utils.flop_counter import FlopCounterMode
 
+from course_lib import lowrank as lr
 from course_lib import measure
-from course_lib.models import LeNet5, MLP
+from course_lib import pruning as P
+from course_lib import quantization as Q
+from course_lib.models import MLP, LeNet5, ResNet8
 
 
 def test_counts_and_sparsity():
@@ -45,30 +48,110 @@ def test_macs_by_hand():
         measure.macs(m, (1, 0, 28))
 
 
-def test_size_bytes(tmp_path):
-    m = LeNet5()
-    raw = measure.size_bytes(m)
-    assert 4 * 431_080 < raw < 4 * 431_080 + 10_000
-    blob = measure.serialize(m)
-    assert measure.size_bytes(m, "zlib") == len(zlib.compress(blob, 9))
-    assert measure.size_bytes(blob, "lzma") == len(lzma.compress(blob, preset=9 | lzma.PRESET_EXTREME))
+def _flop_macs(model, shape):
+    """An independent count: FLOPs of convolutions and matrix products seen by PyTorch's dispatcher, / 2."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(torch.zeros(1, *shape))
+    return counter.get_total_flops() // 2
+
+
+def _lenet(seed=0):
+    torch.manual_seed(seed)
+    return LeNet5().eval()
+
+
+def _models():
+    m = _lenet()
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    yield "lenet5", m, (1, 28, 28)
+    yield "mlp", MLP(), (1, 28, 28)
+    yield "resnet8", ResNet8(width=4), (3, 32, 32)
+    yield "svd+tucker", lr.factorize(m, {"conv1": (8, None), "conv2": (12, 6), "fc1": 16}), (1, 28, 28)
+    yield "cp", lr.factorize(m, {"conv2": 7}, method="cp"), (1, 28, 28)
+    yield "channel-pruned", P.channel_prune(m, 0.5), (1, 28, 28)
+    yield "ptq", Q.ptq(m, x, 8, 8), (1, 28, 28)
+    yield "kmeans", Q.kmeans_model(m, 3, iters=3), (1, 28, 28)
+
+
+@pytest.mark.parametrize("name,model,shape", list(_models()), ids=[n for n, *_ in _models()])
+def test_macs_agree_with_flop_counter(name, model, shape):
+    assert measure.macs(model, shape) == _flop_macs(model, shape) > 0
+
+
+def test_macs_of_quantized_models_equal_the_float_model():
+    m = _lenet()
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    want = measure.macs_by_layer(m, (1, 28, 28))
+    for q in (Q.ptq(m, x, 8, 8), Q.kmeans_model(m, 3, iters=3), Q.torch_ao_dynamic(m)[0]):
+        assert measure.macs_by_layer(q, (1, 28, 28)) == want, type(q.fc1).__name__
     with torch.no_grad():
-        m.fc1.weight.zero_()
-    assert measure.size_bytes(m, "zlib") < raw / 3
-    p = tmp_path / "m.pt"
-    p.write_bytes(blob)
-    assert measure.size_bytes(p) == len(blob)
-    with pytest.raises(ValueError, match="compress='gzip'"):
-        measure.size_bytes(m, "gzip")
-    with pytest.raises(FileNotFoundError):
-        measure.size_bytes(tmp_path / "missing.pt")
+        m.fc1.weight[:, :400].zero_()
+    q = Q.ptq(m, x, 8, 8)  # symmetric weights: zero stays zero, so a sparse count sees the same zeros
+    assert measure.macs(q, (1, 28, 28), sparse=True) == measure.macs(m, (1, 28, 28), sparse=True) \
+        == 2_293_000 - 200_000
 
 
-def test_latency_restores_threads_and_accepts_callables():
+class _NumpyRuntime(nn.Module):
+    """Like deploy.OrtModule: no PyTorch layers, the work happens outside torch."""
+
+    def forward(self, x):
+        return torch.from_numpy(x.numpy().reshape(len(x), -1)[:, :10].copy())
+
+
+class _FunctionalLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(10, 784))
+
+    def forward(self, x):
+        return F.linear(torch.flatten(x, 1), self.w)
+
+
+class _Unused(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.spare = nn.Linear(784, 10), nn.Linear(10, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_macs_raise_for_what_they_cannot_count():
+    with pytest.raises(ValueError, match="no layer macs can count"):
+        measure.macs(_NumpyRuntime(), (1, 28, 28))
+    with pytest.raises(ValueError, match=r"\['spare'\] .*never called"):
+        measure.macs(_Unused(), (1, 28, 28))
+    with pytest.raises(ValueError, match="F.conv2d/F.linear"):
+        measure.macs(nn.Sequential(nn.Flatten(), nn.Linear(784, 784), nn.Unflatten(1, (1, 28, 28)),
+                                   _FunctionalLayer()), (1, 28, 28))
+
+
+def test_macs_restore_the_mode():
+    m = LeNet5().train()
+    measure.macs(m, (1, 28, 28))
+    assert m.training
+
+
+def test_serialized_bytes():
+    m = LeNet5()
+    assert measure.serialized_bytes(m) == len(measure.serialize(m))
+    assert 4 * 431_080 < measure.serialized_bytes(m) < 4 * 431_080 + 10_000
+    assert measure.serialized_bytes(m.state_dict()) == measure.serialized_bytes(m)
+
+
+def test_latency_restores_threads_and_mode_and_accepts_callables():
     before = torch.get_num_threads()
-    t = measure.latency_ms(LeNet5(), (1, 28, 28), batch_size=2, repeats=3, warmup=1)
+    m = LeNet5().train()
+    t = measure.latency_ms(m, (1, 28, 28), batch_size=2, repeats=3, warmup=1)
     assert t > 0 and torch.get_num_threads() == before
+    assert m.training  # timed in eval mode, then put back
     assert measure.latency_ms(lambda x: x.sum(), (4,), repeats=2) > 0
+    calls = []
+    measure.latency_ms(lambda: calls.append(1), None, repeats=3, warmup=2)  # zero-argument callable
+    assert len(calls) == 5
+    with pytest.raises(ValueError, match="input_shape=None"):
+        measure.latency_ms(m, None)
     with pytest.raises(ValueError, match="batch_size"):
         measure.latency_ms(LeNet5(), (1, 28, 28), batch_size=0)
     with pytest.raises(ValueError, match="threads"):
@@ -77,12 +160,10 @@ def test_latency_restores_threads_and_accepts_callables():
         measure.time_fn(lambda: None, repeats=0)
 
 
-def test_summarize_record_fields():
-    from course_lib.data import load_dataset
-    s = load_dataset("mnist5k", limit=64)
-    rec = measure.summarize(MLP(), "baseline", s.test, (1, 28, 28), latency=False, method="fp32")
-    assert set(rec) >= {"name", "accuracy", "size_bytes", "params", "nonzero", "macs", "latency_ms", "method"}
-    assert rec["macs"] == 784 * 300 + 300 * 100 + 100 * 10
+def test_time_fn_counts_calls():
+    calls = []
+    times = measure.time_fn(lambda: calls.append(1), repeats=4, warmup=2)
+    assert len(times) == 4 and len(calls) == 6 and all(t >= 0 for t in times)
 
 
 def test_compare_latency_interleaves_and_keeps_keys():
@@ -96,3 +177,53 @@ def test_compare_latency_interleaves_and_keeps_keys():
     for bad in (0, 1.5):
         with pytest.raises(ValueError, match="rounds"):
             measure.compare_latency(models, (1, 4, 4), rounds=bad)
+    calls.clear()
+    zero_arg = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    lat = measure.compare_latency(zero_arg, None, rounds=2, repeats=3)
+    assert set(lat) == {"a", "b"} and calls == ["a"] * 8 + ["b"] * 8 + ["a"] * 8 + ["b"] * 8
+
+
+def test_time_children_parts_and_total():
+    m = LeNet5().train()
+    x = torch.randn(2, 1, 28, 28)
+    parts = measure.time_children(m, x, repeats=3, warmup=1)
+    assert list(parts) == ["conv1", "conv2", "fc1", "fc2", "other", "total"]
+    assert parts["total"] >= parts["conv2"] > 0 and m.training
+    grouped = measure.time_children(m, lambda: m(x), {"convs": ["conv1", "conv2"], "fcs": ["fc1", "fc2"]},
+                                    repeats=2)
+    assert list(grouped) == ["convs", "fcs", "other", "total"]
+    with pytest.raises(ValueError, match="repeats=0"):
+        measure.time_children(m, x, repeats=0)
+    with pytest.raises(ValueError, match="never called"):
+        measure.time_children(_Unused(), torch.randn(2, 1, 28, 28), ["fc", "spare"], repeats=1)
+    with pytest.raises(ValueError, match="not a submodule"):
+        measure.time_children(m, x, ["conv3"])
+    with pytest.raises(ValueError, match="counted twice"):
+        measure.time_children(nn.Sequential(nn.Sequential(nn.Linear(2, 2))), torch.randn(1, 2), ["0", "0.0"])
+
+
+def test_compare_time_children():
+    m = _lenet()
+    fac = lr.factorize(m, {"fc1": 4})
+    out = measure.compare_time_children({"a": m, "b": fac}, torch.randn(2, 1, 28, 28), rounds=2, repeats=2)
+    assert set(out) == {"a", "b"} and set(out["b"]) == {"conv1", "conv2", "fc1", "fc2", "other", "total"}
+    out = measure.compare_time_children({"a": m}, lambda model: model(torch.randn(2, 1, 28, 28)), ["fc1"],
+                                        rounds=1, repeats=1)
+    assert set(out["a"]) == {"fc1", "other", "total"}
+    with pytest.raises(ValueError, match="rounds"):
+        measure.compare_time_children({"a": m}, torch.randn(2, 1, 28, 28), rounds=0)
+
+
+def test_matmul_sparse_path_computes_the_dense_product():
+    w = torch.randn(16, 32) * P.magnitude_mask(torch.randn(16, 32), 0.9)
+    dense, x = measure._matmul_call(w, batch_size=4, sparse=False)
+    sparse, x2 = measure._matmul_call(w, batch_size=4, sparse=True)
+    assert torch.equal(x, x2)
+    torch.testing.assert_close(sparse().t(), dense())
+    torch.testing.assert_close(dense(), x @ w.t())
+    for sp in (False, True):
+        assert measure.matmul_latency_ms(w, batch_size=4, sparse=sp, repeats=2) > 0
+    with pytest.raises(ValueError, match=r"2-D .*\(2, 3, 4\)"):
+        measure.matmul_latency_ms(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="batch_size"):
+        measure.matmul_latency_ms(w, batch_size=0)

@@ -37,3 +37,23 @@ def test_pareto_front():
     fig = plots.pareto(recs)
     front = fig.axes[0].lines[0]
     assert list(front.get_xdata()) == [10, 100]  # c is dominated
+
+
+def test_sensitivity_and_sparsity_curves():
+    fig = plots.sensitivity({"a": [0.9, 0.8], "b": [0.95, 0.5]}, (0.5, 0.9), reference=0.97)
+    lines = fig.axes[0].lines
+    assert len(lines) == 3 and list(lines[1].get_ydata()) == [95.0, 50.0]
+    assert list(lines[0].get_xdata()) == [50.0, 90.0] and list(lines[2].get_ydata()) == [97.0, 97.0]
+    fig2 = plots.sparsity_curves({"x": ((0.5, 0.9), (0.98, 0.9))}, reference=0.99, ylim=(80, 100))
+    assert fig2.axes[0].get_ylim() == (80, 100)
+
+
+def test_soft_targets():
+    import torch
+    from course_lib.distillation import teacher_probabilities
+    torch.manual_seed(0)
+    x, y = torch.randn(3, 1, 28, 28), torch.tensor([0, 1, 2])
+    probs = teacher_probabilities(LeNet5(c1=2, c2=2, fc=4), x, (1, 4))
+    fig = plots.soft_targets(x, probs, [str(i) for i in range(10)], labels=y)
+    assert len(fig.axes) == 6
+    assert len(fig.axes[1].patches) == 2 * 10  # one bar per class per temperature

@@ -31,7 +31,7 @@ def test_corruptions_stay_in_pixel_range_and_change_images(xy):
         assert xc.min() >= lo - 1e-5 and xc.max() <= hi + 1e-5
         assert not torch.allclose(xc, x)
     assert torch.equal(rb.gaussian_noise(x, 0.3, MEAN, STD, seed=1), rb.gaussian_noise(x, 0.3, MEAN, STD, seed=1))
-    # blur keeps the total ink (away from borders) and shift moves it
+    # shift moves the ink by exactly the offset
     assert rb.shift(x, 2, MEAN, STD)[..., 2:, 2:].sub(x[..., :-2, :-2]).abs().max() < 1e-5
 
 
@@ -47,11 +47,34 @@ def test_errors(xy, call, match):
         call(xy[0])
 
 
+def test_blur_keeps_the_total_ink(xy):
+    # MNIST digits stay clear of the border by more than the kernel radius (2 for sigma=1), and a
+    # normalised kernel of non-negative weights only redistributes ink: the per-image sum is kept
+    x, _ = xy
+    p = x * STD[0] + MEAN[0]
+    band = p.clone()
+    band[..., 2:-2, 2:-2] = 0
+    clear = band.abs().flatten(1).amax(1) < 1e-5  # images with no ink within 2 pixels of the border
+    assert clear.sum() >= 10
+    blurred = rb.blur(x, 1.0, MEAN, STD)[clear] * STD[0] + MEAN[0]
+    torch.testing.assert_close(blurred.sum(dim=(1, 2, 3)), p[clear].sum(dim=(1, 2, 3)), rtol=1e-4, atol=1e-3)
+    assert not torch.allclose(blurred, p[clear], atol=1e-2)
+
+
 def test_table(xy):
     x, y = xy
     torch.manual_seed(0)
-    m = MLP(hidden=(8,))
-    rows = rb.robustness_table({"baseline": m, "same": m}, x, y, [("clean", 0), ("noise", 0.2)], MEAN, STD)
-    assert len(rows) == 4 and all(r["agreement"] == 1.0 for r in rows)
+    m, other = MLP(hidden=(8,)), MLP(hidden=(8,))
+    settings = [("clean", 0), ("noise", 0.2)]
+    rows = rb.robustness_table({"baseline": m, "other": other}, x, y, settings, MEAN, STD)
+    assert [(r["model"], r["kind"]) for r in rows] == [("baseline", "clean"), ("other", "clean"),
+                                                       ("baseline", "noise"), ("other", "noise")]
+    for r, (kind, level) in zip(rows[1::2], settings):
+        xc = x if kind == "clean" else rb.corrupt(x, kind, level, MEAN, STD)
+        p_ref, p = m(xc).argmax(1), other(xc).argmax(1)
+        assert r["agreement"] == pytest.approx((p == p_ref).float().mean().item())
+        assert r["accuracy"] == pytest.approx((p == y).float().mean().item())
+    assert all(r["agreement"] == 1.0 for r in rows[::2])  # the reference agrees with itself
+    assert any(r["agreement"] < 1.0 for r in rows[1::2])  # two different random nets disagree somewhere
     with pytest.raises(ValueError, match="reference"):
         rb.robustness_table({"a": m}, x, y, [("clean", 0)], MEAN, STD)

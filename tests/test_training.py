@@ -50,7 +50,7 @@ def test_fit_is_deterministic_and_learns(tiny):
     assert h1.train_loss == h2.train_loss
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     assert h1.train_loss[-1] < h1.train_loss[0]
-    assert len(h1.val_acc) == 3 and 0 <= h1.val_acc[-1] <= 1
+    assert len(h1.val_acc) == 3 and h1.val_acc[-1] == pytest.approx(evaluate(m1, tiny.val))
     assert evaluate(m1, tiny.test) > 0.5
 
 
@@ -64,7 +64,10 @@ def test_fit_hooks(tiny):
 
 
 @pytest.mark.parametrize("kw,match", [(dict(epochs=-1), "epochs"), (dict(lr=0), "lr"),
-                                      (dict(optimizer="rmsprop"), "optimizer"), (dict(schedule="step"), "schedule")])
+                                      (dict(optimizer="rmsprop"), "optimizer"), (dict(schedule="step"), "schedule"),
+                                      (dict(augment=-1), r"augment=-1 .*\[0, inf\)"),
+                                      (dict(augment=1.5), "augment=1.5"), (dict(batch_size=0), "batch_size=0"),
+                                      (dict(weight_decay=-1e-4), "weight_decay")])
 def test_fit_rejects_bad_arguments(tiny, kw, match):
     with pytest.raises(ValueError, match=match):
         fit(MLP(), tiny.train, **kw)

@@ -26,7 +26,7 @@ def reference_entropy_bits(symbols: torch.Tensor) -> float:
 
 @checker("positions_to_gaps")
 def check_positions_to_gaps(fn):
-    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    g = torch.Generator().manual_seed(301)  # local: the global RNG is never touched
     cases = [torch.rand(200, generator=g) < 0.1, torch.tensor([True, False, False, True, True]),
              torch.tensor([False, False, True]), torch.zeros(7, dtype=torch.bool)]
     for mask in cases:
@@ -44,7 +44,7 @@ def check_positions_to_gaps(fn):
 
 @checker("entropy_bits")
 def check_entropy_bits(fn):
-    g = torch.Generator().manual_seed(torch.seed() % 2**31)
+    g = torch.Generator().manual_seed(302)  # local: the global RNG is never touched
     cases = [torch.zeros(10, dtype=torch.long), torch.tensor([0, 1] * 8), torch.tensor([0, 5, 5, 9]),
              torch.multinomial(torch.tensor([0.7, 0.2, 0.05, 0.05]), 500, True, generator=g)]
     for s in cases:

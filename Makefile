@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml | $(PY)
 run: $(STAMP)
 	$(PY) scripts/run_notebooks.py --out build/executed $(NOTEBOOKS)
 	$(PY) scripts/make_handouts.py build/executed build/handouts
-	$(PY) -m course_lib.results
+	$(PY) -m course_lib.records
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -53,7 +53,7 @@ handouts: $(STAMP)
 	$(PY) scripts/make_handouts.py build/executed build/handouts
 
 results: $(STAMP)
-	$(PY) -m course_lib.results
+	$(PY) -m course_lib.records
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -3,28 +3,31 @@ and of the off-the-shelf recipes, side by side, measured in ONE run against the 
 
     python -m benchmarks [--dataset mnist5k] [--seed 0] [--out build/bench]
 
-Ratios ("x smaller", "x faster") are against the fp32 torch baseline measured in the same run; latency
-is the median of 30 single-thread runs of a batch of 64 (measure.latency_ms). Artifacts go to --out.
+Every model comes from the same ``course_lib.recipes`` function, with the same defaults, that its chapter
+runs, so the benchmark measures what the chapters teach. Ratios ("x smaller", "x faster") are against the
+fp32 torch baseline measured in the same run; latency is the median of 30 single-thread runs of a batch
+of 64 (measure.latency_ms). Artifacts go to --out.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from course_lib import codec, deploy, distillation, measure, pipeline, pruning, results
+from course_lib import deploy, recipes, records, storage
 from course_lib import quantization as Q
 from course_lib.data import load_dataset
 from course_lib.models import LeNet5
-from course_lib.training import fit, load_baseline, seed_everything
+from course_lib.distillation import TeacherCache
+from course_lib.training import load_baseline, seed_everything
 
 
 def channels_last(model):
     """A copy of ``model`` whose weights (and so its convolutions' outputs) are channels-last (NHWC)."""
-    import copy
     return copy.deepcopy(model).to(memory_format=torch.channels_last)
 
 
@@ -43,14 +46,15 @@ def main(argv=None) -> int:
     recs = []
 
     def add(name, model, file, method, **kw):
-        recs.append(pipeline.file_record(name, model, file, method, s.test, shape, root=out, **kw))
+        recs.append(records.record(name, model, test=s.test, input_shape=shape, file=file, method=method,
+                                   root=out, **kw))
         r = recs[-1]
         print(f"  {name:34s} {100 * r['accuracy']:6.2f}%  {r['size_bytes'] / 1024:9.1f} KiB  "
               f"{r['latency_ms']:7.2f} ms   [{time.perf_counter() - t0:5.0f} s]", flush=True)
 
     def torch_file(model, stem):
         path = out / f"{stem}.pt"
-        pipeline.save_state(model, path)
+        storage.save_state(model, path)
         return path
 
     print("measuring (accuracy, file size, single-thread latency of a batch of 64):")
@@ -58,69 +62,64 @@ def main(argv=None) -> int:
     base_onnx = deploy.export_onnx(base, out / "baseline.onnx", shape)
     add("onnxruntime fp32 (peer)", deploy.OrtModule(base_onnx), base_onnx, "onnxruntime", counts_from=base)
 
-    # chapter 1: pruning
-    seed_everything(args.seed)
-    ours = pruning.magnitude_prune(pipeline.copy_model(base), 0.9, "global")
-    pruning.fine_tune(ours, s.train, epochs=3, lr=5e-4, seed=args.seed)
-    pruning.remove_masks(ours)
+    # chapter 1: pruning (chapter 1's recipes and budgets: 3 fine-tuning epochs, channel ratio 0.5)
+    ours = recipes.global_prune_finetune(base, s.train, sparsity=0.9, epochs=3, seed=args.seed)
     sp = out / "ch1_magnitude90.sparse"
-    sp.write_bytes(pruning.sparse_encode(ours, "bitmask", "lzma"))
-    add("ch1 magnitude 90% + ft (sparse file)", ours, sp, "magnitude-global")
-    tp = pipeline.torch_prune_recipe(base, s.train, amount=0.9, epochs=3, seed=args.seed)
-    add("torch.nn.utils.prune 90% + ft (peer)", tp, torch_file(tp, "torch_prune90"), "torch.nn.utils.prune")
-    seed_everything(args.seed)
-    ch = pruning.channel_prune(base, {"conv1": 0.5, "conv2": 0.6, "fc1": 0.5})
-    fit(ch, s.train, epochs=3, lr=1e-3, seed=args.seed, augment=1)
-    add("ch1 channel pruning + ft", ch, torch_file(ch, "channel"), "channel-l1")
+    sp.write_bytes(storage.sparse_encode(ours, "bitmask", "lzma"))
+    add("ch1 magnitude 90% + ft (sparse file)", ours, sp, "magnitude-global + 3 ep")
+    tp = recipes.torch_prune_finetune(base, s.train, amount=0.9, epochs=3, seed=args.seed)
+    add("torch.nn.utils.prune 90% + ft (peer)", tp, torch_file(tp, "torch_prune90"),
+        "torch.nn.utils.prune + 3 ep (tutorial recipe)")
+    ch = recipes.channel_prune_finetune(base, s.train, ratio=0.5, epochs=3, seed=args.seed)
+    add("ch1 channel pruning + ft", ch, torch_file(ch, "channel"), "channel-l1 0.5 + 3 ep")
 
     # chapter 2: quantization
     w8 = Q.ptq(base, calib, weight_bits=8, act_bits=8, per_channel=True)
     pk = out / "ch2_w8a8.pt"
     torch.save(Q.packed_state_dict(w8), pk)
     add("ch2 PTQ W8A8 per-channel (fake-quant)", w8, pk, "ptq", counts_from=base)
-    int8 = Q.ort_quantize_static(base_onnx, out / "baseline_int8.onnx", calib)
+    int8 = deploy.ort_quantize_static(base_onnx, out / "baseline_int8.onnx", calib)
     add("onnxruntime static int8 (peer)", deploy.OrtModule(int8), int8, "onnxruntime int8", counts_from=base)
-    mixed = Q.ort_int8_lenet(base, out / "baseline_int8_conv1_float.onnx", calib)
+    mixed = recipes.int8_lenet_ort(base, out / "baseline_int8_conv1_float.onnx", calib)
     add("ch2 ort int8, conv1 float", deploy.OrtModule(mixed), mixed, "onnxruntime int8 mixed", counts_from=base)
     ao, _ = Q.torch_ao_dynamic(base)
     add("torch.ao dynamic int8 (peer)", ao, torch_file(ao, "ao_dynamic"), "torch.ao", counts_from=base)
 
-    # chapter 3: low rank
-    lr = pipeline.lowrank_recipe(base, s.train, seed=args.seed)
-    add("ch3 low-rank (SVD + Tucker-2) + ft", lr, torch_file(lr, "lowrank"), "lowrank")
+    # chapter 3: low rank (chapter 3's main model and fine-tuning recipe)
+    low = recipes.lowrank_finetune(base, s.train, seed=args.seed)
+    add("ch3 low-rank (SVD + Tucker-2) + ft", low, torch_file(low, "lowrank"), "lowrank + 2 ep")
     add("baseline, channels-last", channels_last(base), out / "baseline.pt", "fp32 channels-last")
-    add("ch3 low-rank, channels-last", channels_last(lr), out / "lowrank.pt", "lowrank channels-last")
+    add("ch3 low-rank, channels-last", channels_last(low), out / "lowrank.pt", "lowrank channels-last")
 
     # chapter 4: distillation, the same 80x smaller student trained both ways with chapter 4's patient
-    # budget (60 epochs, peak lr 1e-2); one seed here, the notebook reports three
+    # budget (recipes.PATIENT_EPOCHS); one seed here, the notebook reports three
     cfg = dict(c1=4, c2=8, fc=32, in_channels=shape[0], input_size=shape[1], num_classes=s.num_classes)
-    recipe = dict(epochs=60, lr=1e-2, optimizer="adamw", weight_decay=1e-4, schedule="onecycle", augment=1,
-                  seed=args.seed)
     seed_everything(args.seed)
     scratch = LeNet5(**cfg)
-    fit(scratch, s.train, **recipe)
-    add("ch4 student from scratch, 60 ep", scratch, torch_file(scratch, "scratch"), "scratch")
+    recipes.scratch_student(scratch, s.train, seed=args.seed)
+    ep = recipes.PATIENT_EPOCHS
+    add(f"ch4 student from scratch, {ep} ep", scratch, torch_file(scratch, "scratch"), "scratch")
     seed_everything(args.seed)
     student = LeNet5(**cfg)
-    distillation.distill(distillation.TeacherCache(base), student, s.train, temperature=4.0, alpha=0.9, **recipe)
-    add("ch4 student distilled, 60 ep", student, torch_file(student, "kd"), "kd")
+    recipes.distill_student(student, TeacherCache(base), s.train, seed=args.seed)
+    add(f"ch4 student distilled, {ep} ep", student, torch_file(student, "kd"), "kd")
 
     # chapter 5: combinations
-    dc = pipeline.deep_compression(base, s.train, seed=args.seed)
+    dc = recipes.deep_compression(base, s.train, seed=args.seed)
     dcf = out / "deep_compression.ccz"
-    codec.save_compressed(dc, dcf)
-    add("ch5 deep compression (.ccz)", codec.load_compressed(dcf), dcf, "prune+kmeans+huffman")
-    fast = pipeline.latency_optimised(base, s.train, seed=args.seed)
+    storage.save_compressed(dc, dcf)
+    add("ch5 deep compression (.ccz)", storage.load_compressed(dcf), dcf, "prune+kmeans+huffman")
+    fast = recipes.latency_model(base, s.train, seed=args.seed)
     f32 = deploy.export_onnx(fast, out / "fast.onnx", shape)
     add("ch5 latency-optimised, onnxruntime", deploy.OrtModule(f32), f32, "channel+kd+ort", counts_from=fast)
-    f8 = Q.ort_int8_lenet(fast, out / "fast_int8.onnx", calib)
+    f8 = recipes.int8_lenet_ort(fast, out / "fast_int8.onnx", calib)
     add("ch5 latency-optimised, onnxruntime int8", deploy.OrtModule(f8), f8, "channel+kd+ort-int8", counts_from=fast)
-    tp8 = Q.ort_quantize_static(deploy.export_onnx(tp, out / "tp.onnx", shape), out / "tp_int8.onnx", calib)
-    add("torch prune 90% + ort int8 + zlib (peer)", deploy.OrtModule(tp8), pipeline.zlib_file(tp8, out / "tp_int8.zlib"),
+    tp8 = deploy.ort_quantize_static(deploy.export_onnx(tp, out / "tp.onnx", shape), out / "tp_int8.onnx", calib)
+    add("torch prune 90% + ort int8 + zlib (peer)", deploy.OrtModule(tp8), storage.zlib_file(tp8, out / "tp_int8.zlib"),
         "torch.nn.utils.prune+ort+zlib", counts_from=tp)
 
     print()
-    print(results.format_table(recs, columns=("name", "accuracy", "size_bytes", "macs", "latency_ms")))
+    print(records.format_table(recs, columns=("name", "accuracy", "size_bytes", "macs", "latency_ms")))
     by = {r["name"]: r for r in recs}
 
     def ratio(a, b):
@@ -131,7 +130,7 @@ def main(argv=None) -> int:
     best_base = min(by["baseline"]["latency_ms"], by["baseline, channels-last"]["latency_ms"])
     best_lr = min(by["ch3 low-rank (SVD + Tucker-2) + ft"]["latency_ms"], by["ch3 low-rank, channels-last"]["latency_ms"])
     print(f"  ch3 low rank vs baseline, each in its faster layout: {best_base / best_lr:.2f}x faster (target 1.5x)")
-    gain = by["ch4 student distilled, 60 ep"]["accuracy"] - by["ch4 student from scratch, 60 ep"]["accuracy"]
+    gain = by[f"ch4 student distilled, {ep} ep"]["accuracy"] - by[f"ch4 student from scratch, {ep} ep"]["accuracy"]
     print(f"  ch4 distillation vs scratch (one seed): {100 * gain:+.2f} points (target +0.5, mean of 3 seeds in the notebook)")
     (out / "bench.json").write_text(json.dumps(recs, indent=1))
     print(f"\n{len(recs)} models in {time.perf_counter() - t0:.0f} s; records in {out / 'bench.json'}")

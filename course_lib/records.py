@@ -1,4 +1,5 @@
-"""Results records: the JSON every chapter writes and the tables the notebooks print.
+"""Results records: the one builder (:func:`record`), the JSON every chapter writes, the tables the
+notebooks print and the results page (``build/results.md``).
 
 A record is a dict with at least ``name``, ``accuracy`` (test, in [0, 1]), ``size_bytes``,
 ``params``, ``nonzero``, ``macs``, ``latency_ms``; one record per chapter is named ``baseline``.
@@ -10,7 +11,62 @@ import math
 import os
 from pathlib import Path
 
+from torch import nn
+
+from . import measure
 from .data import REPO_ROOT
+from .training import evaluate
+
+_MEASURE = object()  # sentinel: "measure this field" (None means "not measured", e.g. latency)
+
+
+def record(name: str, model=None, *, test=None, input_shape: tuple | None = None, accuracy: float | None = None,
+           file=None, counts_from: nn.Module | None = None, size_bytes: int | None = None,
+           params: int | None = None, nonzero: int | None = None, macs: int | None = None,
+           latency_ms=_MEASURE, metric: str = "accuracy", root=None, **extra) -> dict:
+    """The one results record of the course (DESIGN.md format); every chapter and the benchmark use it.
+
+    Fields given are taken as they are; the others are measured:
+
+    - ``accuracy``: ``training.evaluate(model, test)`` (``metric`` says what it is; default top-1 accuracy).
+    - ``size_bytes``: the size of ``file`` if given (recorded relative to ``root``, default the
+      repository), else ``measure.serialized_bytes`` of the counted model.
+    - ``params``, ``nonzero``, ``sparsity``, ``macs`` (for one input of ``input_shape``): counted on
+      ``counts_from`` if given (the PyTorch model an ONNX file came from), else on ``model``.
+    - ``latency_ms``: ``measure.latency_ms(model, input_shape)`` (single thread, batch 64) unless given;
+      pass ``latency_ms=None`` for "not measured" (e.g. a table that times its models together).
+
+    ``extra`` fields (``method``, ``weight_bits``, ...) are added as they are. Nothing is changed in ``model``.
+    """
+    src = counts_from if counts_from is not None else model
+    if src is None and None in (params, nonzero, macs):
+        raise ValueError(f"record {name!r}: give model= (or counts_from=) or all of params, nonzero, macs")
+    if accuracy is None:
+        if model is None or test is None:
+            raise ValueError(f"record {name!r}: give accuracy= or both model= and test=")
+        accuracy = evaluate(model, test)
+    rec = {"name": name, "metric": metric, "accuracy": float(accuracy)}
+    if file is not None:
+        path = Path(file).resolve()
+        base = Path(root).resolve() if root is not None else REPO_ROOT
+        rec["size_bytes"] = os.path.getsize(path) if size_bytes is None else int(size_bytes)
+        rec["file"] = str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+    else:
+        rec["size_bytes"] = int(size_bytes) if size_bytes is not None else measure.serialized_bytes(src)
+    rec["params"] = int(params) if params is not None else measure.count_params(src)
+    rec["nonzero"] = int(nonzero) if nonzero is not None else measure.count_nonzero(src)
+    if macs is None and input_shape is None:
+        raise ValueError(f"record {name!r}: give macs= or input_shape= to count them")
+    rec["macs"] = int(macs) if macs is not None else measure.macs(src, input_shape)
+    if latency_ms is _MEASURE:
+        if model is None or input_shape is None:
+            raise ValueError(f"record {name!r}: give latency_ms= (or None) or model= and input_shape=")
+        latency_ms = measure.latency_ms(model, input_shape)
+    rec["latency_ms"] = None if latency_ms is None else float(latency_ms)
+    if isinstance(src, nn.Module) and "sparsity" not in extra:
+        rec["sparsity"] = measure.sparsity(src)
+    rec.update(extra)
+    return rec
 
 REQUIRED = ("name", "accuracy", "size_bytes", "params", "nonzero", "macs", "latency_ms")
 
@@ -108,5 +164,5 @@ def assemble(root: str | os.PathLike | None = None, out: str | os.PathLike | Non
     return out
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # make run / make results
     print(assemble())

@@ -1,0 +1,225 @@
+"""Every named recipe a chapter or the benchmark runs, with its training budget as arguments.
+
+A recipe is a technique plus the training that goes with it (epochs, optimizer, schedule, seed).
+The notebooks and ``benchmarks/`` call these same functions with the same defaults, so ``make bench``
+measures what the chapters teach. Every recipe leaves its input model unchanged and returns a new one.
+
+| recipe | chapter | what it does |
+|---|---|---|
+| ``global_prune_finetune`` | 1 | one-shot global magnitude pruning, then fine-tuning with the masks kept |
+| ``torch_prune_finetune`` | 1, 5 | the off-the-shelf anchor: ``torch.nn.utils.prune`` + the tutorials' fine-tuning |
+| ``gradual_prune`` | 1, 5 | pruning on the Zhu & Gupta cubic schedule during training |
+| ``channel_prune_finetune`` | 1 | L1 filter pruning (a physically smaller model), then fine-tuning |
+| ``qat`` | 2 | quantization-aware training from the trained float weights |
+| ``kmeans_finetune`` | 2 | k-means weight sharing, then fine-tuning of the centroids only |
+| ``int8_lenet_ort`` | 2, 5 | onnxruntime static int8 of a LeNet-5 with conv1 in float |
+| ``lowrank_finetune`` | 3, 5 | SVD / Tucker-2 / CP factorization, then fine-tuning |
+| ``scratch_student``, ``distill_student`` | 4 | a small model trained from scratch or by distillation |
+| ``deep_compression_prune``, ``deep_compression`` | 5 | gradual pruning, then k-means sharing of the non-zeros (Han et al., 2016) |
+| ``latency_model`` | 5 | channel pruning, then fine-tuning by distillation from the baseline |
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from . import deploy, pruning
+from . import quantization as Q
+from ._validate import number_in, positive_int
+from .distillation import distill
+from .lowrank import factorize, linear_params, rank_for_budget
+from .models import PoolBeforeReLU
+from .training import BASELINE_RECIPE, fit, seed_everything
+
+# The course's fine-tuning recipe: the baseline's own optimizer and augmentation, cosine decay to zero.
+FINETUNE = dict(lr=1e-3, optimizer="adamw", schedule="cosine", augment=1, weight_decay=1e-4)
+# What most tutorials do after torch.nn.utils.prune: Adam at a constant 1e-3, no augmentation.
+TUTORIAL_FINETUNE = dict(lr=1e-3, optimizer="adam", schedule="constant", augment=0)
+# Chapter 3's fine-tune of a factorized model: a smaller rate, the factors start close to the optimum.
+LOWRANK_FINETUNE = dict(lr=3e-4, optimizer="adamw", weight_decay=1e-4, augment=1)
+# Chapter 4's students: the baseline's recipe (one-cycle AdamW, shifts) at a higher peak rate.
+STUDENT_FIT = {k: v for k, v in BASELINE_RECIPE.items() if k not in ("model", "epochs")} | {"lr": 1e-2}
+KD = dict(temperature=4.0, alpha=0.9)
+PATIENT_EPOCHS = 60  # chapter 4's long budget, for scratch and distilled students alike
+LATENCY_RATIO = {"conv1": 0.6, "conv2": 0.7, "fc1": 0.8}  # chapter 5: fraction of channels removed
+
+
+def _steps_per_epoch(train, batch_size: int) -> int:
+    return -(-len(train) // batch_size)
+
+
+# ---------------------------------------------------------------- chapter 1: pruning
+def global_prune_finetune(model: nn.Module, train, val=None, sparsity: float = 0.9, epochs: int = 3,
+                          seed: int = 0, **fit_kw) -> nn.Module:
+    """A copy of ``model`` pruned one-shot to global ``sparsity`` (in [0, 1)), then fine-tuned ``epochs``
+    with the masks re-applied after every step (``FINETUNE`` unless overridden by ``fit_kw``).
+    The masks stay on the returned model (``pruning.remove_masks`` makes them permanent)."""
+    m = pruning.magnitude_prune(copy.deepcopy(model), sparsity, scope="global")
+    seed_everything(seed)
+    pruning.fine_tune(m, train, val, epochs=epochs, seed=seed,
+                      **(FINETUNE | {"desc": f"one-shot {sparsity}"} | fit_kw))
+    return m.eval()
+
+
+def torch_prune_finetune(model: nn.Module, train, val=None, amount: float = 0.9, epochs: int = 3,
+                         seed: int = 0, **fit_kw) -> nn.Module:
+    """The off-the-shelf anchor: ``torch.nn.utils.prune.global_unstructured`` (L1) on every Conv2d/Linear
+    weight of a copy of ``model`` at ``amount``, fine-tuned ``epochs`` with the tutorials' recipe
+    (``TUTORIAL_FINETUNE`` unless overridden), then made permanent with ``prune.remove``."""
+    number_in("amount", amount, 0, 1, hi_open=True)
+    m = copy.deepcopy(model)
+    params = [(mod, "weight") for mod in m.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))]
+    torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured, amount=amount)
+    seed_everything(seed)
+    fit(m, train, val, epochs=epochs, seed=seed, **(TUTORIAL_FINETUNE | {"desc": "torch-prune"} | fit_kw))
+    for mod, name in params:
+        torch_prune.remove(mod, name)
+    return m.eval()
+
+
+def gradual_prune(model: nn.Module, train, val=None, sparsity: float = 0.95, epochs: int = 8,
+                  ramp: float = 5 / 8, frequency: int = 10, seed: int = 0, remove: bool = False,
+                  **fit_kw) -> tuple[nn.Module, pruning.GradualPruner]:
+    """Prune a copy of ``model`` to global ``sparsity`` on the cubic schedule while training ``epochs``.
+
+    The sparsity ramps over the first ``ramp`` fraction (in (0, 1]) of the optimizer steps, pruning every
+    ``frequency`` steps; the remaining steps recover at the final sparsity. Training uses ``FINETUNE``
+    unless ``fit_kw`` overrides it (chapter 5: ``schedule="onecycle"``, 12 epochs, ramp 0.7).
+    remove=True makes the masks permanent. Returns (model, pruner); ``pruner.history`` holds the
+    (step, sparsity) of every pruning event.
+    """
+    number_in("ramp", ramp, 0, 1, lo_open=True)
+    epochs = positive_int("epochs", epochs)
+    steps = epochs * _steps_per_epoch(train, fit_kw.get("batch_size", 64))
+    m = copy.deepcopy(model)
+    pruner = pruning.GradualPruner(sparsity, max(1, int(ramp * steps)), frequency=frequency)
+    seed_everything(seed)
+    pruning.fine_tune(m, train, val, epochs=epochs, seed=seed, after_step=pruner,
+                      **(FINETUNE | {"desc": f"gradual {sparsity}"} | fit_kw))
+    if remove:
+        pruning.remove_masks(m)
+    return m.eval(), pruner
+
+
+def channel_prune_finetune(model: nn.Module, train, val=None, ratio=0.5, epochs: int = 3, seed: int = 0,
+                           **fit_kw) -> nn.Module:
+    """``pruning.channel_prune(model, ratio)`` (a new, physically smaller model; ratio = fraction of channels
+    removed, a float or {layer: fraction}), then fine-tuned ``epochs`` with ``FINETUNE``."""
+    slim = pruning.channel_prune(model, ratio)
+    seed_everything(seed)
+    fit(slim, train, val, epochs=epochs, seed=seed, **(FINETUNE | {"desc": "channel"} | fit_kw))
+    return slim.eval()
+
+
+# ---------------------------------------------------------------- chapter 2: quantization
+def qat(model: nn.Module, train, calib, weight_bits: int = 4, act_bits: int = 8, epochs: int = 3,
+        lr: float | None = None, seed: int = 0, **fit_kw):
+    """Quantization-aware training of a copy of ``model`` (``Q.qat``) with shift augmentation.
+
+    lr defaults to 1e-4, or 3e-4 below 4 bits (2-bit weights have further to move). Returns
+    (model, History)."""
+    lr = lr if lr is not None else (1e-4 if weight_bits >= 4 else 3e-4)
+    seed_everything(seed)
+    return Q.qat(model, train, calib, weight_bits=weight_bits, act_bits=act_bits, epochs=epochs, lr=lr,
+                 seed=seed, **({"augment": 1} | fit_kw))
+
+
+def kmeans_finetune(model: nn.Module, train, bits: int, epochs: int = 3, lr: float = 1e-3, seed: int = 0,
+                    **fit_kw) -> nn.Module:
+    """``Q.kmeans_model(model, bits)`` (a copy), then ``epochs`` of training of the codebooks only
+    (the indices stay fixed; autograd sums the gradients of the weights that share a value)."""
+    km = Q.kmeans_model(model, bits)
+    codebooks = [p for n, p in km.named_parameters() if n.endswith("codebook")]
+    fit(km, train, epochs=epochs, lr=lr, params=codebooks, seed=seed,
+        **({"augment": 1, "desc": f"centroids {bits}b"} | fit_kw))
+    return km.cpu().eval()
+
+
+def int8_lenet_ort(model: nn.Module, int8_path, calib_images: torch.Tensor, first_conv_float: bool = True) -> Path:
+    """Chapter 2's int8 deployment of a LeNet-5 in one call: returns the path of an onnxruntime int8 model.
+
+    With ``first_conv_float`` (the default) the model is exported as ``models.PoolBeforeReLU(model)`` and
+    conv1 stays float32 (``keep_float``), the rest is static int8 (per-channel weights, min-max
+    calibration on ``calib_images``, (N, C, H, W), N >= 1); otherwise every layer is int8. The float32
+    ONNX export is written next to ``int8_path`` (suffix ``_fp32.onnx``). model: a ``models.LeNet5``.
+    """
+    if len(calib_images) == 0:
+        raise ValueError("calib_images is empty: the calibration set needs at least one image")
+    int8_path = Path(int8_path)
+    fp32_path = int8_path.with_name(int8_path.stem + "_fp32.onnx")
+    deploy.export_onnx(PoolBeforeReLU(model) if first_conv_float else model, fp32_path,
+                       tuple(calib_images.shape[1:]))
+    keep = deploy.onnx_nodes(fp32_path, "Conv")[:1] if first_conv_float else []
+    return deploy.ort_quantize_static(fp32_path, int8_path, calib_images, per_channel=True, keep_float=keep)
+
+
+# ---------------------------------------------------------------- chapter 3: low rank
+def chapter3_ranks(model: nn.Module) -> dict:
+    """Chapter 3's main LeNet-5 model: fc1 by truncated SVD at the rank that keeps 10% of its parameters,
+    conv2 by Tucker-2 with ranks (16, 12). Fixed ranks keep the counts identical on every machine."""
+    fc1 = model.fc1
+    return {"fc1": rank_for_budget(fc1.in_features, fc1.out_features,
+                                   linear_params(fc1.in_features, fc1.out_features) // 10),
+            "conv2": (16, 12)}
+
+
+def lowrank_finetune(model: nn.Module, train, val=None, ranks: dict | None = None, method: str = "tucker",
+                     epochs: int = 2, seed: int = 0, **fit_kw) -> nn.Module:
+    """``lowrank.factorize`` a copy of ``model`` with ``ranks`` (default ``chapter3_ranks``) and
+    ``method`` ("tucker" or "cp" for convolutions), then fine-tune it ``epochs`` with ``LOWRANK_FINETUNE``."""
+    ranks = chapter3_ranks(model) if ranks is None else ranks
+    seed_everything(seed)
+    m = factorize(model, ranks, method=method)
+    fit(m, train, val, epochs=epochs, seed=seed, **(LOWRANK_FINETUNE | {"desc": "low-rank"} | fit_kw))
+    return m.cpu().eval()
+
+
+# ---------------------------------------------------------------- chapter 4: distillation
+def scratch_student(student: nn.Module, train, val=None, epochs: int = PATIENT_EPOCHS, seed: int = 0,
+                    **fit_kw):
+    """Train ``student`` IN PLACE from scratch with ``STUDENT_FIT`` for ``epochs``; returns the History."""
+    return fit(student, train, val, epochs=epochs, seed=seed, **(STUDENT_FIT | {"desc": "scratch"} | fit_kw))
+
+
+def distill_student(student: nn.Module, teacher: nn.Module, train, val=None, epochs: int = PATIENT_EPOCHS,
+                    seed: int = 0, **kw):
+    """Train ``student`` IN PLACE by distillation from ``teacher`` with the same recipe as
+    ``scratch_student`` plus ``KD`` (temperature 4, alpha 0.9); returns the History."""
+    return distill(teacher, student, train, val, epochs=epochs, seed=seed,
+                   **(STUDENT_FIT | KD | {"desc": "distill"} | kw))
+
+
+# ---------------------------------------------------------------- chapter 5: combinations
+def deep_compression_prune(model: nn.Module, train, val=None, sparsity: float = 0.95, epochs: int = 12,
+                           seed: int = 0, **fit_kw) -> nn.Module:
+    """Stage 1 of Deep Compression: a copy of ``model`` pruned gradually to ``sparsity`` during ``epochs``
+    (one-cycle schedule, the sparsity ramps over the first 70% of the steps), masks made permanent."""
+    m, _ = gradual_prune(model, train, val, sparsity, epochs=epochs, ramp=0.7, seed=seed, remove=True,
+                         **({"schedule": "onecycle", "desc": "prune"} | fit_kw))
+    return m
+
+
+def deep_compression(model: nn.Module, train, val=None, sparsity: float = 0.95, bits=4, epochs: int = 12,
+                     seed: int = 0, **fit_kw) -> nn.Module:
+    """Han et al. (2016), rebuilt: ``deep_compression_prune``, then share each layer's non-zero weights
+    with 2**bits values (int or {layer: bits}, ``quantization.share_weights``). Returns a new model holding
+    only zeros and codebook values, ready for ``storage.save_compressed``."""
+    m = deep_compression_prune(model, train, val, sparsity, epochs, seed, **fit_kw)
+    Q.share_weights(m, bits)
+    return m
+
+
+def latency_model(teacher: nn.Module, train, val=None, ratio=None, epochs: int = 10, seed: int = 0,
+                  lr: float = 2e-3, temperature: float = 4.0, alpha: float = 0.7, **fit_kw) -> nn.Module:
+    """Channel-prune a copy of ``teacher`` (``ratio``, default ``LATENCY_RATIO``), then fine-tune it
+    by distillation from ``teacher`` (one-cycle AdamW with shifts). Returns the small model."""
+    ratio = LATENCY_RATIO if ratio is None else ratio
+    seed_everything(seed)
+    small = pruning.channel_prune(copy.deepcopy(teacher), ratio)
+    kw = dict(optimizer="adamw", weight_decay=1e-4, schedule="onecycle", augment=1, desc="distill") | fit_kw
+    distill(teacher, small, train, val, epochs=epochs, temperature=temperature, alpha=alpha, lr=lr, seed=seed, **kw)
+    return small.eval()

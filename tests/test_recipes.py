@@ -1,0 +1,141 @@
+"""The named recipes on tiny data: they reach their targets by construction (sparsity, ranks, widths),
+leave their input unchanged, equal the hand-written sequence of steps they replace, and the benchmark
+runs them instead of re-typing the chapters' training settings."""
+import ast
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from course_lib import measure, pruning, recipes, storage
+from course_lib import quantization as Q
+from course_lib.data import load_dataset
+from course_lib.lowrank import factorized_ranks
+from course_lib.models import LeNet5
+from course_lib.training import fit, seed_everything
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_dataset("mnist5k", limit=128)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return LeNet5().eval()
+
+
+def _same_weights(a, b) -> bool:
+    sa, sb = measure.effective_state_dict(a), measure.effective_state_dict(b)
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_share_weights_keeps_zeros_and_k_values(model):
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.fc1.weight[:, ::2] = 0
+    zeros = m.fc1.weight == 0
+    books = Q.share_weights(m, {"fc1": 3, "conv2": 2})
+    assert set(books) == {"fc1", "conv2"}
+    assert torch.equal(m.fc1.weight == 0, zeros)
+    assert len(torch.unique(m.fc1.weight[~zeros])) <= 8
+    assert len(torch.unique(m.conv2.weight)) <= 4
+    assert torch.equal(m.conv1.weight, model.conv1.weight)  # not listed: untouched
+
+
+def test_global_prune_finetune_is_prune_then_masked_fine_tune(tiny, model):
+    got = recipes.global_prune_finetune(model, tiny.train, sparsity=0.8, epochs=1, seed=3)
+    want = pruning.magnitude_prune(copy.deepcopy(model), 0.8, scope="global")
+    seed_everything(3)
+    pruning.fine_tune(want, tiny.train, epochs=1, seed=3, **recipes.FINETUNE)
+    assert _same_weights(got, want)
+    assert measure.sparsity(got) == pytest.approx(0.8, abs=1e-3)
+    assert not any(k.endswith("_mask") for k in model.state_dict())  # the input is unchanged
+
+
+def test_gradual_prune_and_deep_compression(tiny, model, tmp_path):
+    before = copy.deepcopy(model)
+    m = recipes.deep_compression(model, tiny.train, sparsity=0.9, bits=3, epochs=1)
+    assert _same_weights(model, before)
+    assert measure.sparsity(m) == pytest.approx(0.9, abs=1e-3)
+    assert not any(k.endswith("_mask") for k in m.state_dict())
+    for _, w in measure.prunable_weights(m):
+        assert len(torch.unique(w[w != 0])) <= 8  # 3-bit codebooks
+    n = storage.save_compressed(m, tmp_path / "m.ccz")
+    assert n < measure.serialized_bytes(model) / 20
+    assert torch.equal(storage.load_compressed(tmp_path / "m.ccz").fc1.weight, m.fc1.weight)
+    g, pruner = recipes.gradual_prune(model, tiny.train, sparsity=0.5, epochs=2, ramp=0.5)
+    steps = 2 * -(-len(tiny.train) // 64)
+    assert pruner.total_steps == int(0.5 * steps) and pruner.history[-1] == (pruner.total_steps, 0.5)
+    assert measure.sparsity(g) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_recipes_shapes(tiny, model):
+    fast = recipes.latency_model(model, tiny.train, epochs=1)
+    assert (fast.config["c1"], fast.config["c2"], fast.config["fc"]) == (8, 15, 100)
+    slim = recipes.channel_prune_finetune(model, tiny.train, ratio=0.5, epochs=1)
+    assert (slim.config["c1"], slim.config["c2"], slim.config["fc"]) == (10, 25, 250)
+    tp = recipes.torch_prune_finetune(model, tiny.train, amount=0.9, epochs=1)
+    assert measure.sparsity(tp) == pytest.approx(0.9, abs=1e-3)
+    assert not any(k.endswith(("_orig", "_mask")) for k in tp.state_dict())
+    low = recipes.lowrank_finetune(model, tiny.train, epochs=1)
+    assert factorized_ranks(low) == {"conv2": (16, 12), "fc1": 30}
+    assert measure.count_params(low) < measure.count_params(model) / 3
+
+
+def test_students_scratch_and_distilled_share_the_budget(tiny, model):
+    a, b = LeNet5(c1=2, c2=3, fc=8), LeNet5(c1=2, c2=3, fc=8)
+    b.load_state_dict(a.state_dict())
+    ha = recipes.scratch_student(a, tiny.train, epochs=1)
+    hb = recipes.distill_student(b, model, tiny.train, epochs=1, alpha=0.0)
+    # alpha=0 is pure cross-entropy: the distilled student equals the scratch one step for step
+    assert _same_weights(a, b) and ha.lr == hb.lr
+
+
+def test_kmeans_finetune_trains_only_codebooks(tiny, model):
+    km = recipes.kmeans_finetune(model, tiny.train, bits=2, epochs=1)
+    idx = [b for n, b in km.named_buffers() if n.endswith("indices")]
+    ref = Q.kmeans_model(model, 2)
+    assert all(torch.equal(x, y) for x, y in zip(idx, [b for n, b in ref.named_buffers() if n.endswith("indices")]))
+    cb = [p for n, p in km.named_parameters() if n.endswith("codebook")]
+    assert any(not torch.equal(x, y) for x, y in zip(cb, [p for n, p in ref.named_parameters() if n.endswith("codebook")]))
+
+
+def test_int8_lenet_ort_keeps_conv1_float(model, tmp_path):
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    path = recipes.int8_lenet_ort(model, tmp_path / "m_int8.onnx", x)
+    import onnx
+    graph = onnx.load(str(path)).graph
+    made_by = {out: n.op_type for n in graph.node for out in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    # QDQ format: an int8 convolution reads its input and weight through DequantizeLinear, a float one does not
+    from_dq = [[made_by.get(i) == "DequantizeLinear" for i in n.input[:2]] for n in convs]
+    assert from_dq[0] == [False, False] and all(f == [True, True] for f in from_dq[1:]), from_dq
+    with pytest.raises(ValueError, match="calib_images"):
+        recipes.int8_lenet_ort(model, tmp_path / "x.onnx", x[:0])
+
+
+def test_bad_budgets_are_refused(tiny, model):
+    with pytest.raises(ValueError, match="ramp"):
+        recipes.gradual_prune(model, tiny.train, ramp=0)
+    with pytest.raises(ValueError, match="epochs"):
+        recipes.gradual_prune(model, tiny.train, epochs=0)
+    with pytest.raises(ValueError, match="amount"):
+        recipes.torch_prune_finetune(model, tiny.train, amount=1.0)
+
+
+def test_benchmark_runs_the_recipes_and_types_no_training_settings():
+    """A benchmark that re-types the chapters' recipes measures something else (review 1.3)."""
+    tree = ast.parse((ROOT / "benchmarks" / "__main__.py").read_text())
+    called = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", None)
+              for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    assert not called & {"fit", "distill", "fine_tune", "magnitude_prune", "channel_prune", "factorize",
+                         "gradual_prune_fit", "share_weights"}
+    kwargs = {k.arg for n in ast.walk(tree) if isinstance(n, ast.Call) for k in n.keywords}
+    assert not kwargs & {"lr", "optimizer", "schedule", "augment", "weight_decay", "temperature", "alpha"}
+    assert {"global_prune_finetune", "channel_prune_finetune", "lowrank_finetune", "scratch_student",
+            "distill_student", "deep_compression", "latency_model", "int8_lenet_ort"} <= called

@@ -1,0 +1,79 @@
+"""Results records: the one builder, validation, the table, the assembled page."""
+import json
+
+import pytest
+
+from course_lib import records as results
+
+REC = {"name": "baseline", "accuracy": 0.98, "size_bytes": 1000, "params": 10, "nonzero": 10,
+       "macs": 100, "latency_ms": 2.0}
+
+
+def test_write_and_assemble(tmp_path):
+    recs = [REC, {**REC, "name": "half", "size_bytes": 500, "latency_ms": 1.0, "method": "x"}]
+    p = results.write_results("01_demo", recs, root=tmp_path / "results")
+    assert json.loads(p.read_text()) == recs
+    page = results.assemble(tmp_path / "results", tmp_path / "results.md").read_text()
+    assert "## 01_demo" in page and "| half | 98.00% |" in page and "| 2.0 | 2.00 |" in page
+
+
+@pytest.mark.parametrize("bad,match", [
+    ([], "empty"),
+    ([{**REC, "name": "x"}], "baseline"),
+    ([REC, REC], "unique"),
+    ([{k: v for k, v in REC.items() if k != "macs"}], "misses field 'macs'"),
+    ([{**REC, "accuracy": 98.0}], "accuracy=98.0"),
+    ([{**REC, "size_bytes": 1.5}], "size_bytes"),
+    ([{**REC, "latency_ms": -1}], "latency_ms"),
+])
+def test_validation_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        results.validate_records(bad)
+
+
+def test_format_table_ratios():
+    t = results.format_table([REC, {**REC, "name": "small", "size_bytes": 250, "latency_ms": 0.5}])
+    assert t.splitlines()[0].endswith("| x smaller | x faster |")
+    assert t.splitlines()[-1].endswith("| 4.0 | 4.00 |")
+
+
+def _tiny():
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from course_lib.models import LeNet5
+    torch.manual_seed(0)
+    m = LeNet5(c1=2, c2=3, fc=8).eval()
+    x = torch.randn(32, 1, 28, 28)
+    with torch.no_grad():
+        y = m(x).argmax(1)
+    return m, TensorDataset(x, y)
+
+
+def test_record_measures_every_field_of_a_model():
+    from course_lib import measure
+    m, test = _tiny()
+    r = results.record("baseline", m, test=test, input_shape=(1, 28, 28), method="dense")
+    # labels are the model's own predictions: accuracy is exactly 1
+    assert r["accuracy"] == 1.0 and r["metric"] == "accuracy" and r["method"] == "dense"
+    assert r["params"] == measure.count_params(m) and r["macs"] == measure.macs(m, (1, 28, 28))
+    assert r["size_bytes"] == measure.serialized_bytes(m) and r["latency_ms"] > 0
+    results.validate_records([r])
+
+
+def test_record_takes_sizes_from_the_file_and_counts_from_the_source(tmp_path):
+    m, test = _tiny()
+    f = tmp_path / "model.bin"
+    f.write_bytes(b"x" * 123)
+    r = results.record("baseline", m, test=test, input_shape=(1, 28, 28), file=f, root=tmp_path,
+                       latency_ms=None, accuracy=0.5)
+    assert r["size_bytes"] == 123 and r["file"] == "model.bin" and r["latency_ms"] is None
+    assert r["accuracy"] == 0.5
+
+
+def test_record_without_model_needs_every_count():
+    with pytest.raises(ValueError, match="params, nonzero, macs"):
+        results.record("x", accuracy=0.5, size_bytes=1, latency_ms=None)
+    r = results.record("x", accuracy=0.5, size_bytes=1, params=2, nonzero=2, macs=3, latency_ms=1.5,
+                       metric="retrieval top-1")
+    assert r["metric"] == "retrieval top-1" and "sparsity" not in r

@@ -23,7 +23,7 @@ from course_lib import quantization as Q
 from course_lib.data import load_dataset
 from course_lib.models import LeNet5
 from course_lib.distillation import TeacherCache
-from course_lib.training import load_baseline, seed_everything
+from course_lib.training import load_baseline, seed_everything, train_baseline
 
 
 def channels_last(model):
@@ -36,13 +36,16 @@ def main(argv=None) -> int:
     ap.add_argument("--dataset", default="mnist5k")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("build/bench"))
+    ap.add_argument("--limit", type=int, default=None,
+                    help="images per split, for a quick smoke run of the whole benchmark (the baseline is then "
+                         "trained afresh, not cached, and the numbers mean nothing)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    s = load_dataset(args.dataset)
+    s = load_dataset(args.dataset, limit=args.limit)
     shape, calib = s.input_shape, s.train.tensors[0][:512]
-    base, _ = load_baseline(args.dataset, args.seed, splits=s)
+    base = load_baseline(args.dataset, args.seed, splits=s)[0] if args.limit is None else train_baseline(s, args.seed)[0]
     recs = []
 
     def add(name, model, file, method, **kw):

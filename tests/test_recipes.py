@@ -139,3 +139,22 @@ def test_benchmark_runs_the_recipes_and_types_no_training_settings():
     assert not kwargs & {"lr", "optimizer", "schedule", "augment", "weight_decay", "temperature", "alpha"}
     assert {"global_prune_finetune", "channel_prune_finetune", "lowrank_finetune", "scratch_student",
             "distill_student", "deep_compression", "latency_model", "int8_lenet_ort"} <= called
+
+
+def test_benchmark_runs_end_to_end_on_a_small_sample(tmp_path):
+    """`make bench` on 96 images per split: every recipe, file, record and ratio line runs (the numbers
+    of such a run mean nothing; the real run is `make bench`)."""
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, "-m", "benchmarks", "--limit", "96", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = json.loads((out / "bench.json").read_text())
+    from course_lib import records
+    records.validate_records(recs)
+    names = [x["name"] for x in recs]
+    assert len(names) == len(set(names)) == 18 and "ch4 student distilled, 60 ep" in names
+    assert all((out / x["file"]).is_file() for x in recs)
+    assert "chapter targets measured in this run" in r.stdout

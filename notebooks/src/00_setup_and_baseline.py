@@ -28,7 +28,7 @@ import warnings
 
 import torch
 
-from course_lib import measure, plots, results
+from course_lib import measure, plots, records, storage
 from course_lib.data import DATASETS, load_dataset
 from course_lib.env import check_environment
 from course_lib.models import LeNet5, build_model
@@ -182,11 +182,11 @@ for r in comparison:
 #   the baseline measured in the same run are what the chapters compare, never absolute times.
 
 # %%
-record = measure.summarize(baseline, "baseline", splits.test, splits.input_shape, accuracy=base_acc,
-                           method="fp32", weight_bits=32, activation_bits=32)
+record = records.record("baseline", baseline, test=splits.test, input_shape=splits.input_shape, accuracy=base_acc,
+                        method="fp32", weight_bits=32, activation_bits=32)
 print(f"raw {record['size_bytes']:,d} bytes on disk (exactly: {measure.count_params(baseline)} float32 "
       f"values = {4 * measure.count_params(baseline):,} bytes, plus the container)")
-zlib_b, lzma_b = measure.size_bytes(baseline, "zlib"), measure.size_bytes(baseline, "lzma")
+zlib_b, lzma_b = storage.size_bytes(baseline, "zlib"), storage.size_bytes(baseline, "lzma")
 print(f"zlib {zlib_b / 1024:.1f} KiB, lzma {lzma_b / 1024:.1f} KiB: float32 weights barely compress")
 print(f"single-thread latency, batch 64: {record['latency_ms']:.2f} ms")
 
@@ -196,11 +196,11 @@ print(f"single-thread latency, batch 64: {record['latency_ms']:.2f} ms")
 # `make run` gathers into `build/results.md`.
 
 # %%
-records = [record,
-           measure.summarize(small, "small-lenet", splits.test, splits.input_shape, method="scratch",
-                             weight_bits=32, activation_bits=32)]
-print(results.format_table(records))
-path = results.write_results("00_setup_and_baseline", records)
+recs = [record,
+        records.record("small-lenet", small, test=splits.test, input_shape=splits.input_shape, method="scratch",
+                       weight_bits=32, activation_bits=32)]
+print(records.format_table(recs))
+path = records.write_results("00_setup_and_baseline", recs)
 
 # %% [markdown]
 # ## 8. Checks

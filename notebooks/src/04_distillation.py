@@ -34,14 +34,14 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from course_lib import checks, measure, results
+from course_lib import checks, measure, plots, recipes, records
 from course_lib.data import load_dataset
-from course_lib.distillation import (FeatureHint, TeacherCache, distill, kd_loss, labelled_subset,
-                                     over_seeds, plot_soft_targets, pseudo_label_dataset, soften,
+from course_lib.distillation import (FeatureHint, TeacherCache, kd_loss, labelled_subset,
+                                     over_seeds, pseudo_label_dataset, soften,
                                      teacher_probabilities)
 from course_lib.env import start_chapter
 from course_lib.models import LeNet5
-from course_lib.training import BASELINE_RECIPE, evaluate, fit, load_baseline
+from course_lib.training import evaluate, load_baseline
 
 # the students are tiny: splitting their small matrix products over several threads costs more
 # than it saves (and a busy machine makes it far worse), so on the CPU this chapter trains on one thread
@@ -79,7 +79,7 @@ print(f"teacher: {teacher_params:,} parameters, test accuracy {100 * teacher_acc
 x_test, y_test = splits.test.tensors
 show = torch.stack([torch.nonzero(y_test == c)[0, 0] for c in (2, 4, 7, 9)])  # first test 2, 4, 7 and 9
 probs = teacher_probabilities(teacher, x_test[show], temperatures=(1, 2, 4, 8))
-fig = plot_soft_targets(x_test[show], probs, splits.classes, labels=y_test[show])
+fig = plots.soft_targets(x_test[show], probs, splits.classes, labels=y_test[show])
 
 # %%
 for i, idx in enumerate(show.tolist()):
@@ -201,8 +201,6 @@ print("ratio of gradient norms, T=32 vs T=4: with T^2 "
 # %%
 STUDENTS = {"lenet-4-8-32": dict(c1=4, c2=8, fc=32),
             "lenet-5-12-100": dict(c1=5, c2=12, fc=100)}
-RECIPE = {k: v for k, v in BASELINE_RECIPE.items() if k != "model"} | {"epochs": EPOCHS, "lr": 1e-2}
-KD = dict(temperature=4.0, alpha=0.9)
 cached_teacher = TeacherCache(teacher)
 
 
@@ -210,12 +208,12 @@ def make(cfg):
     return lambda: LeNet5(splits.input_shape[0], splits.num_classes, input_size=splits.input_shape[1], **cfg)
 
 
-def scratch(model, seed, data=splits.train):
-    fit(model, data, seed=seed, device=device, **RECIPE)
+def scratch(model, seed, data=splits.train, epochs=EPOCHS):
+    recipes.scratch_student(model, data, epochs=epochs, seed=seed, device=device)
 
 
-def kd(model, seed, data=splits.train, **kw):
-    distill(cached_teacher, model, data, seed=seed, device=device, **(RECIPE | KD | kw))
+def kd(model, seed, data=splits.train, epochs=EPOCHS, **kw):
+    recipes.distill_student(model, cached_teacher, data, epochs=epochs, seed=seed, device=device, **kw)
 
 
 for name, cfg in STUDENTS.items():
@@ -278,10 +276,8 @@ print(f"teacher's mean probability of the true class on the training images: "
 
 # %%
 target = "lenet-4-8-32"
-LONG_RECIPE = RECIPE | {"epochs": LONG_EPOCHS}
-for method, train in (("scratch", lambda m, s: fit(m, splits.train, seed=s, device=device, **LONG_RECIPE)),
-                      ("kd", lambda m, s: distill(cached_teacher, m, splits.train, seed=s, device=device,
-                                                  **(LONG_RECIPE | KD)))):
+for method, train in (("scratch", lambda m, s: scratch(m, s, epochs=LONG_EPOCHS)),
+                      ("kd", lambda m, s: kd(m, s, epochs=LONG_EPOCHS))):
     runs[target, f"{method}-{LONG_EPOCHS}ep"] = r = over_seeds(make(STUDENTS[target]), train, SEEDS, splits.test)
     print(f"{target} {method:8s} {LONG_EPOCHS} epochs: test accuracy {100 * r['mean']:.2f} ± {100 * r['std']:.2f}%  "
           f"(seeds: {', '.join(f'{100 * a:.1f}' for a in r['accs'])})")
@@ -372,8 +368,8 @@ HINT_WEIGHT = 0.1
 
 def feature_kd(model, seed):
     hint = FeatureHint(model, teacher, "conv2", "conv2", splits.input_shape)
-    distill(teacher, model, splits.train, hint=hint, hint_weight=HINT_WEIGHT, seed=seed, device=device,
-            **(RECIPE | KD))
+    recipes.distill_student(model, teacher, splits.train, epochs=EPOCHS, seed=seed, device=device,
+                            hint=hint, hint_weight=HINT_WEIGHT)
     hint.remove()
 
 
@@ -462,18 +458,18 @@ for method, rs in few.items():
 # deviation, `seeds` the seeds. Size, MACs and latency are the student's (they depend only on its shape).
 
 # %%
-base_rec = measure.summarize(teacher, "baseline", splits.test, splits.input_shape, accuracy=teacher_acc,
-                             method="teacher", seeds=[SEED], accuracy_std=0.0)
-records = [base_rec]
+base_rec = records.record("baseline", teacher, test=splits.test, input_shape=splits.input_shape, accuracy=teacher_acc,
+                          method="teacher", seeds=[SEED], accuracy_std=0.0)
+recs = [base_rec]
 for (name, method), r in runs.items():
     long = method.endswith(f"-{LONG_EPOCHS}ep")
-    records.append(measure.summarize(r["model"], f"{name} {method}", splits.test, splits.input_shape,
-                                     accuracy=r["mean"], method=method.removesuffix(f"-{LONG_EPOCHS}ep"),
-                                     accuracy_std=r["std"], seeds=r["seeds"],
-                                     epochs=LONG_EPOCHS if long else EPOCHS))
-print(results.format_table(records, columns=("name", "method", "epochs", "accuracy", "accuracy_std",
-                                             "size_bytes", "params", "macs", "latency_ms")))
-path = results.write_results("04_distillation", records)
+    recs.append(records.record(f"{name} {method}", r["model"], test=splits.test, input_shape=splits.input_shape,
+                               accuracy=r["mean"], method=method.removesuffix(f"-{LONG_EPOCHS}ep"),
+                               accuracy_std=r["std"], seeds=r["seeds"],
+                               epochs=LONG_EPOCHS if long else EPOCHS))
+print(records.format_table(recs, columns=("name", "method", "epochs", "accuracy", "accuracy_std",
+                                          "size_bytes", "params", "macs", "latency_ms")))
+path = records.write_results("04_distillation", recs)
 
 # %% [markdown]
 # ## 11. Checks

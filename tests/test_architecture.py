@@ -85,7 +85,7 @@ def test_nothing_uses_a_removed_module(path):
     for old in REMOVED:
         pattern = rf"(from course_lib(\.| import ){old}\b|from \.{old} import|from \. import .*\b{old}\b|\bcourse_lib\.{old}\b)"
         if old == "pipeline":  # the chapter-5 checkers keep their name: checks.pipeline
-            pattern = rf"(from course_lib import [^\n]*\bpipeline\b|from \.pipeline import (?!\*)|\bcourse_lib\.pipeline\b)"
+            pattern = r"(from course_lib import [^\n]*\bpipeline\b|from \.pipeline import (?!\*)|\bcourse_lib\.pipeline\b)"
         if path.parent.name == "checks":  # the checkers are named by chapter: checks.transformer is chapter 6's
             pattern = rf"(from course_lib(\.| import ){old}\b|\bcourse_lib\.{old}\b|from \.\.{old} import|from \.\. import .*\b{old}\b)"
         assert not re.search(pattern, text), f"{path.name} still uses course_lib.{old}"

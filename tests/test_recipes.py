@@ -13,7 +13,7 @@ from course_lib import quantization as Q
 from course_lib.data import load_dataset
 from course_lib.lowrank import factorized_ranks
 from course_lib.models import LeNet5
-from course_lib.training import fit, seed_everything
+from course_lib.training import seed_everything
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,4 @@
 """Training: seeding, device choice, fit/evaluate/predict, augmentation, the cached baseline."""
-import json
-import warnings
 
 import pytest
 import torch

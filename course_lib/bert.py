@@ -380,7 +380,7 @@ def record(name: str, model: nn.Module, eval_batch: dict, groups: torch.Tensor, 
     given (None: not measured). emb: the model's embeddings of ``eval_batch`` if already computed."""
     emb = encode(model, eval_batch) if emb is None else emb
     params, nonzero = count_weights(model)
-    return records.record(name, accuracy=retrieval_score(emb, groups), metric=METRIC, size_bytes=size_bytes,
+    return records.record(name, accuracy=retrieval_score(emb, groups), n_test=emb.shape[0], metric=METRIC, size_bytes=size_bytes,
                           params=params, nonzero=nonzero, macs=linear_macs_per_token(model),
                           latency_ms=latency_ms, cosine=mean_cosine(emb, ref), weight_bits=weight_bits,
                           activation_bits=activation_bits, method=method, **extra)

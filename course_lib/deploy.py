@@ -21,7 +21,8 @@ from ._validate import int_in, one_of, positive_int, shape as check_shape
 from .env import u8s8_saturates
 
 __all__ = ["export_onnx", "ort_session", "OrtModule", "ImageCalibrationReader", "onnx_nodes",
-           "ort_quantize_static", "ort_op_times"]
+           "ort_quantize_static", "ort_op_times", "FP32_CONFIGS", "fp32_runners", "latency_table",
+           "format_latency_table"]
 
 MIN_OPSET = 13
 QUANT_FORMATS = ("QDQ", "QOperator")
@@ -200,3 +201,108 @@ def ort_op_times(path, x: torch.Tensor, runs: int = 20, threads: int = 1) -> lis
     out = [(n, op, sum(v[-runs:]) / runs) for (n, op), v in totals.items()]
     return sorted(out, key=lambda t: -t[2])
 
+
+
+# ---------------------------------------------------------------- the course's one latency protocol
+FP32_CONFIGS = ("torch", "torch-channels-last", "onnxruntime")
+
+
+def fp32_runners(model: nn.Module, input_shape: tuple, batch_size: int = 64, configs=FP32_CONFIGS,
+                 workdir=None) -> dict:
+    """Zero-argument callables running ``model`` (fp32) on one fixed random batch, one per configuration:
+
+    - ``torch``: eager PyTorch, NCHW (the default memory layout);
+    - ``torch-channels-last``: eager PyTorch with model and input in channels-last (NHWC) layout,
+      which lets oneDNN pick its fastest convolution kernels (only for 4-D inputs);
+    - ``onnxruntime``: the model exported to ONNX (in ``workdir``, default a temporary folder) and run
+      by a single-threaded onnxruntime session with all graph optimisations.
+
+    input_shape: (C, H, W) or (features,) of one input; batch_size >= 1; configs: a subset of
+    FP32_CONFIGS. The caller's model is not changed (CPU copies in eval mode are used).
+    """
+    shape = check_shape("input_shape", input_shape)
+    positive_int("batch_size", batch_size)
+    for c in configs:
+        one_of("configs", c, FP32_CONFIGS)
+    x = torch.randn((batch_size, *shape), generator=torch.Generator().manual_seed(0))
+    base = copy.deepcopy(model).cpu().eval()
+    runners = {}
+    if "torch" in configs:
+        runners["torch"] = lambda m=base: m(x)
+    if "torch-channels-last" in configs and x.dim() == 4:
+        m_cl = copy.deepcopy(base).to(memory_format=torch.channels_last)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        runners["torch-channels-last"] = lambda: m_cl(x_cl)
+    if "onnxruntime" in configs:
+        folder = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="course_fp32_"))
+        path = export_onnx(base, folder / f"fp32_{id(base)}.onnx", input_shape=shape)
+        sess = ort_session(path, threads=1)
+        name = sess.get_inputs()[0].name
+        arr = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+        runners["onnxruntime"] = lambda: sess.run(None, {name: arr})
+    return runners
+
+
+def latency_table(models: dict, input_shape: tuple, reference: str = "baseline", batch_size: int = 64,
+                  rounds: int = 5, repeats: int = 20, configs=FP32_CONFIGS, workdir=None) -> dict:
+    """Time every model of a table together, the course's one latency protocol; return per-model rows.
+
+    models: {name: value} where value is an fp32 ``nn.Module`` (timed in every configuration of
+    ``configs``, see :func:`fp32_runners`; its fastest counts), a ``{config: zero-arg callable}`` dict
+    (e.g. an int8 onnxruntime session), or one zero-arg callable (config ``"as given"``). Callables
+    must run one batch of ``batch_size`` inputs of ``input_shape`` themselves.
+
+    Every callable of every model is timed in each of ``rounds`` >= 1 interleaved rounds (median of
+    ``repeats`` single-thread calls per round), so a burst of load on the machine hits all alike.
+    Returns {name: {"latency_ms": fastest configuration's median over rounds, "config": its name,
+    "spread_ms": (min, max) of that configuration's round medians, "by_config": {config: ms},
+    "x_faster": reference's fastest / this, "x_faster_torch": reference's eager NCHW / this (None
+    if the reference has no "torch" configuration)}. ``reference`` must be a key of ``models``.
+    """
+    import statistics
+
+    from .measure import latency_ms
+    if reference not in models:
+        raise ValueError(f"reference={reference!r} must be one of the models: {list(models)}")
+    positive_int("rounds", rounds)
+    runners = {}
+    for name, value in models.items():
+        if isinstance(value, nn.Module):
+            runners[name] = fp32_runners(value, input_shape, batch_size, configs, workdir)
+        elif isinstance(value, dict):
+            runners[name] = dict(value)
+        elif callable(value):
+            runners[name] = {"as given": value}
+        else:
+            raise ValueError(f"models[{name!r}] must be an nn.Module, a dict of callables or a callable, "
+                             f"got {type(value).__name__}")
+    times = {(n, c): [] for n, rs in runners.items() for c in rs}
+    for _ in range(rounds):
+        for (n, c) in times:
+            times[n, c].append(latency_ms(runners[n][c], None, repeats=repeats))
+    rows = {}
+    for n, rs in runners.items():
+        by = {c: statistics.median(times[n, c]) for c in rs}
+        best = min(by, key=by.get)
+        rows[n] = {"latency_ms": by[best], "config": best, "by_config": by,
+                   "spread_ms": (min(times[n, best]), max(times[n, best]))}
+    ref = rows[reference]
+    for row in rows.values():
+        row["x_faster"] = ref["latency_ms"] / row["latency_ms"]
+        torch_ref = ref["by_config"].get("torch")
+        row["x_faster_torch"] = torch_ref / row["latency_ms"] if torch_ref else None
+    return rows
+
+
+def format_latency_table(rows: dict) -> str:
+    """A Markdown table of :func:`latency_table` rows: every configuration's median, the fastest, its
+    spread over rounds, and the speed-ups against the reference's fastest fp32 and eager NCHW."""
+    configs = list(dict.fromkeys(c for r in rows.values() for c in r["by_config"]))
+    head = ["model", *configs, "fastest", "ms (min-max over rounds)", "x faster", "x vs torch NCHW"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n, r in rows.items():
+        cells = [n, *[f"{r['by_config'][c]:.3f}" if c in r["by_config"] else "-" for c in configs], r["config"],
+                 f"{r['latency_ms']:.3f} ({r['spread_ms'][0]:.3f}-{r['spread_ms'][1]:.3f})", f"{r['x_faster']:.2f}",
+                 f"{r['x_faster_torch']:.2f}" if r["x_faster_torch"] else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

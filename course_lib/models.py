@@ -8,7 +8,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ._validate import positive_int
+from ._validate import one_of, positive_int, shape as check_shape
 
 
 def _check_positive(**kw):
@@ -121,6 +121,39 @@ class ResNet8(nn.Module):
 
 
 MODELS = {"lenet5": LeNet5, "mlp": MLP, "resnet8": ResNet8}
+
+
+def lenet_widths_matching(target: int, by: str = "params", input_shape: tuple = (1, 28, 28),
+                          num_classes: int = 10, base: tuple = (20, 50, 500)) -> dict:
+    """LeNet-5 widths {c1, c2, fc} in the baseline's proportions ``base`` whose count is closest to
+    ``target``: ``by="params"`` (parameters, e.g. the non-zeros of a pruned model) or ``by="macs"``
+    (multiply-accumulates per input). The course's from-scratch dense controls are built from these.
+
+    target >= 1; input_shape (C, H, W) with H = W >= 12. Widths are at least 1; the scale factor is
+    searched on a fine grid, so the match is as close as integer widths allow.
+    """
+    positive_int("target", target)
+    one_of("by", by, ("params", "macs"))
+    c, h, w = check_shape("input_shape", input_shape, ndim=3)
+    if h != w or h < 12:
+        raise ValueError(f"input_shape={input_shape!r} must be square with H = W >= 12")
+    h1 = h - 4                      # conv1 output side
+    h2 = h1 // 2 - 4                # conv2 output side
+    side = h2 // 2                  # after the second pool
+
+    def count(c1, c2, fc):          # the closed forms; tests check them against measure.*
+        if by == "params":
+            return c1 * (c * 25 + 1) + c2 * (c1 * 25 + 1) + fc * (c2 * side * side + 1) + num_classes * (fc + 1)
+        return c1 * c * 25 * h1 * h1 + c2 * c1 * 25 * h2 * h2 + c2 * side * side * fc + fc * num_classes
+
+    best = None
+    for i in range(1, 4001):
+        a = i / 2000                               # scale 0.0005 .. 2.0 of the base widths
+        widths = (max(1, round(base[0] * a)), max(1, round(base[1] * a)), max(1, round(base[2] * a)))
+        gap = abs(count(*widths) - target)
+        if best is None or gap < best[0]:
+            best = (gap, widths)
+    return dict(zip(("c1", "c2", "fc"), best[1]))
 
 
 def build_model(name: str, input_shape: tuple | None = None, num_classes: int = 10, **kw) -> nn.Module:

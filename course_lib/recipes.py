@@ -46,6 +46,9 @@ STUDENT_FIT = {k: v for k, v in BASELINE_RECIPE.items() if k not in ("model", "e
 KD = dict(temperature=4.0, alpha=0.9)
 PATIENT_EPOCHS = 60  # chapter 4's long budget, for scratch and distilled students alike
 LATENCY_RATIO = {"conv1": 0.6, "conv2": 0.7, "fc1": 0.8}  # chapter 5: fraction of channels removed
+# Seeds of the randomness a method adds (fine-tuning order, initialisation): every headline result
+# is a mean over these (DESIGN.md, measurement protocol).
+SEEDS = (0, 1, 2)
 
 
 def _steps_per_epoch(train, batch_size: int) -> int:
@@ -193,7 +196,7 @@ def distill_student(student: nn.Module, teacher: nn.Module, train, val=None, epo
                    **(STUDENT_FIT | KD | {"desc": "distill"} | kw))
 
 
-# ---------------------------------------------------------------- chapter 5: combinations
+# ---------------------------------------------------------------- chapter 5: putting it together
 def deep_compression_prune(model: nn.Module, train, val=None, sparsity: float = 0.95, epochs: int = 12,
                            seed: int = 0, **fit_kw) -> nn.Module:
     """Stage 1 of Deep Compression: a copy of ``model`` pruned gradually to ``sparsity`` during ``epochs``

@@ -1,8 +1,11 @@
 """Results records: the one builder (:func:`record`), the JSON every chapter writes, the tables the
 notebooks print and the results page (``build/results.md``).
 
-A record is a dict with at least ``name``, ``accuracy`` (test, in [0, 1]), ``size_bytes``,
-``params``, ``nonzero``, ``macs``, ``latency_ms``; one record per chapter is named ``baseline``.
+A record is a dict with at least ``name``, ``metric``, ``accuracy`` (test, in [0, 1]; the mean over
+its seeds), ``accuracy_std`` (standard deviation over seeds, 0.0 for one run), ``accuracy_ci`` (95%
+Wilson interval of that accuracy on ``n_test`` images), ``seeds`` (how many runs), ``n_test``,
+``size_bytes``, ``params``, ``nonzero``, ``macs``, ``latency_ms``; one record per chapter is named
+``baseline``.
 """
 from __future__ import annotations
 
@@ -13,15 +16,15 @@ from pathlib import Path
 
 from torch import nn
 
-from . import measure
+from . import measure, stats
 from .data import REPO_ROOT
 from .training import evaluate
 
 _MEASURE = object()  # sentinel: "measure this field" (None means "not measured", e.g. latency)
 
 
-def record(name: str, model=None, *, test=None, input_shape: tuple | None = None, accuracy: float | None = None,
-           file=None, counts_from: nn.Module | None = None, size_bytes: int | None = None,
+def record(name: str, model=None, *, test=None, input_shape: tuple | None = None, accuracy=None,
+           n_test: int | None = None, file=None, counts_from: nn.Module | None = None, size_bytes: int | None = None,
            params: int | None = None, nonzero: int | None = None, macs: int | None = None,
            latency_ms=_MEASURE, metric: str = "accuracy", root=None, **extra) -> dict:
     """The one results record of the course (DESIGN.md format); every chapter and the benchmark use it.
@@ -29,6 +32,11 @@ def record(name: str, model=None, *, test=None, input_shape: tuple | None = None
     Fields given are taken as they are; the others are measured:
 
     - ``accuracy``: ``training.evaluate(model, test)`` (``metric`` says what it is; default top-1 accuracy).
+      Give a list of per-seed accuracies to record their mean, ``accuracy_std`` over seeds, ``seeds``
+      and ``accuracies`` (the list); one number or a measured one is one run (``accuracy_std`` 0.0).
+    - ``n_test``: ``len(test)`` unless given (required when accuracy is given without ``test``);
+      ``accuracy_ci`` is the 95% Wilson interval of the accuracy on ``n_test`` images
+      (``stats.accuracy_interval``), the test-sampling noise every comparison must beat.
     - ``size_bytes``: the size of ``file`` if given (recorded relative to ``root``, default the
       repository), else ``measure.serialized_bytes`` of the counted model.
     - ``params``, ``nonzero``, ``sparsity``, ``macs`` (for one input of ``input_shape``): counted on
@@ -45,7 +53,22 @@ def record(name: str, model=None, *, test=None, input_shape: tuple | None = None
         if model is None or test is None:
             raise ValueError(f"record {name!r}: give accuracy= or both model= and test=")
         accuracy = evaluate(model, test)
-    rec = {"name": name, "metric": metric, "accuracy": float(accuracy)}
+    per_seed = [float(a) for a in accuracy] if isinstance(accuracy, (list, tuple)) else [float(accuracy)]
+    if n_test is None:
+        if test is None:
+            raise ValueError(f"record {name!r}: give n_test= (the number of test items) or test=")
+        n_test = len(test)
+    n_test = int(n_test)
+    if n_test < 1:
+        raise ValueError(f"record {name!r}: n_test={n_test} must be >= 1")
+    summary = stats.seed_summary(per_seed)
+    mean = summary["mean"]
+    if not 0.0 <= mean <= 1.0:
+        raise ValueError(f"record {name!r}: accuracy={mean!r} must be in [0, 1]")
+    rec = {"name": name, "metric": metric, "accuracy": mean, "accuracy_std": summary["std"],
+           "accuracy_ci": list(stats.accuracy_interval(mean, n_test)), "seeds": len(per_seed), "n_test": n_test}
+    if len(per_seed) > 1:
+        rec["accuracies"] = per_seed
     if file is not None:
         path = Path(file).resolve()
         base = Path(root).resolve() if root is not None else REPO_ROOT
@@ -68,7 +91,8 @@ def record(name: str, model=None, *, test=None, input_shape: tuple | None = None
     rec.update(extra)
     return rec
 
-REQUIRED = ("name", "accuracy", "size_bytes", "params", "nonzero", "macs", "latency_ms")
+REQUIRED = ("name", "metric", "accuracy", "accuracy_std", "accuracy_ci", "seeds", "n_test", "size_bytes",
+            "params", "nonzero", "macs", "latency_ms")
 
 
 def results_dir() -> Path:
@@ -91,6 +115,14 @@ def validate_records(records: list[dict]) -> None:
                 raise ValueError(f"record {r.get('name')!r} misses field {k!r} (required: {REQUIRED})")
         if not 0.0 <= float(r["accuracy"]) <= 1.0:
             raise ValueError(f"record {r['name']!r}: accuracy={r['accuracy']!r} must be in [0, 1]")
+        lo, hi = r["accuracy_ci"]
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"record {r['name']!r}: accuracy_ci={r['accuracy_ci']!r} must be [low, high] in [0, 1]")
+        if not (isinstance(r["accuracy_std"], (int, float)) and r["accuracy_std"] >= 0):
+            raise ValueError(f"record {r['name']!r}: accuracy_std={r['accuracy_std']!r} must be a number >= 0")
+        for k in ("seeds", "n_test"):
+            if not isinstance(r[k], int) or r[k] < 1:
+                raise ValueError(f"record {r['name']!r}: {k}={r[k]!r} must be an integer >= 1")
         for k in ("size_bytes", "params", "nonzero", "macs"):
             if not isinstance(r[k], int) or r[k] < 0:
                 raise ValueError(f"record {r['name']!r}: {k}={r[k]!r} must be an integer >= 0")
@@ -125,19 +157,39 @@ def _fmt(k: str, v) -> str:
     return str(v)
 
 
+def format_accuracy(r: dict) -> str:
+    """'98.90% ±0.15 [98.06, 99.38] (3 seeds)': mean, sd over seeds, 95% interval on n_test images."""
+    acc = f"{100 * r['accuracy']:.2f}%"
+    if r.get("seeds", 1) > 1:
+        acc += f" ±{100 * r.get('accuracy_std', 0.0):.2f}"
+    if r.get("accuracy_ci"):
+        lo, hi = r["accuracy_ci"]
+        acc += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+    if r.get("seeds", 1) > 1:
+        acc += f" ({r['seeds']} seeds)"
+    return acc
+
+
 def format_table(records: list[dict], columns=("name", "accuracy", "size_bytes", "params", "nonzero",
-                                                "macs", "latency_ms"), baseline: str | None = "baseline") -> str:
-    """A Markdown table of ``records``; with ``baseline`` set, adds size and speed ratios against it."""
+                                                "macs", "latency_ms"), baseline: str | None = "baseline",
+                 reference_ms: float | None = None) -> str:
+    """A Markdown table of ``records``; with ``baseline`` set, adds size and speed ratios against it.
+
+    The accuracy column shows the mean, ``±`` the standard deviation over seeds (when there are
+    several), the 95% interval on the test images and the number of seeds. ``x faster`` divides
+    ``reference_ms`` (default: the baseline record's ``latency_ms``, which the course records in the
+    baseline's fastest fp32 configuration) by each record's latency.
+    """
     base = next((r for r in records if r["name"] == baseline), None) if baseline else None
+    ref = reference_ms if reference_ms is not None else (base.get("latency_ms") if base else None)
     cols = list(columns)
     head = cols + (["x smaller", "x faster"] if base else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
-        cells = [_fmt(k, r.get(k)) for k in cols]
+        cells = [format_accuracy(r) if k == "accuracy" and "accuracy_ci" in r else _fmt(k, r.get(k)) for k in cols]
         if base:
             cells.append(f"{base['size_bytes'] / r['size_bytes']:.1f}" if r.get("size_bytes") else "-")
-            cells.append(f"{base['latency_ms'] / r['latency_ms']:.2f}"
-                         if r.get("latency_ms") and base.get("latency_ms") else "-")
+            cells.append(f"{ref / r['latency_ms']:.2f}" if r.get("latency_ms") and ref else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -147,14 +199,18 @@ def assemble(root: str | os.PathLike | None = None, out: str | os.PathLike | Non
     root = Path(root) if root is not None else results_dir()
     out = Path(out) if out is not None else root.parent / "results.md"
     parts = ["# Results of every chapter", "",
-             "Generated by `make run` from build/results/*.json. Accuracy on the test split; size is bytes "
-             "of the saved artifact; latency is the median single-thread time of a batch of 64.", ""]
+             "Generated by `make run` from build/results/*.json. Accuracy on the test split: the mean over "
+             "seeds, ± the standard deviation over seeds when there are several, and the 95% Wilson interval "
+             "on the test images. Size is bytes of the saved artifact; latency is the median single-thread "
+             "time of a batch of 64, and `x faster` is against the baseline's fastest fp32 configuration "
+             "measured in the same table.", ""]
     files = sorted(root.glob("*.json"))
     if not files:
         parts.append("No results yet: run the notebooks (`make run`).")
     for f in files:
         records = json.loads(f.read_text())
-        extra = [k for k in ("sparsity", "weight_bits", "activation_bits", "method", "accuracy_std", "file")
+        extra = [k for k in ("sparsity", "weight_bits", "activation_bits", "method", "latency_config", "control_of",
+                            "file")
                  if any(k in r for r in records)]
         parts += [f"## {f.stem}", "",
                   format_table(records, columns=("name", "accuracy", "size_bytes", "params", "nonzero",

@@ -214,6 +214,17 @@ def predict(model: nn.Module, data, batch_size: int = 512, device=None) -> torch
 
 
 @torch.no_grad()
+def correct(model: nn.Module, data, batch_size: int = 512, device=None) -> torch.Tensor:
+    """Per-image correctness, bool of shape (N,), of ``model`` on ``data`` (Dataset, DataLoader or
+    (x, y) tensors): what ``stats.paired_compare`` compares; ``evaluate`` is its mean."""
+    loader = _as_loader(data, batch_size)
+    labels = torch.cat([y for _, y in loader])
+    if len(labels) == 0:
+        raise ValueError("data is empty: cannot compute an accuracy")
+    return predict(model, loader, batch_size, device) == labels
+
+
+@torch.no_grad()
 def evaluate(model: nn.Module, data, batch_size: int = 512, device=None) -> float:
     """Top-1 accuracy in [0, 1] of ``model`` on ``data`` (Dataset, DataLoader or (x, y) tensors)."""
     loader = _as_loader(data, batch_size)
@@ -243,8 +254,8 @@ def train_baseline(splits: Splits, seed: int = 0, recipe: dict | None = None, de
     """Train the course baseline (``BASELINE_RECIPE`` unless ``recipe`` overrides keys) from ``seed``."""
     r = {**BASELINE_RECIPE, **(recipe or {})}
     seed_everything(seed)
-    model = build_model(r["model"], splits.input_shape, splits.num_classes)
-    kw = {k: v for k, v in r.items() if k != "model"}
+    model = build_model(r["model"], splits.input_shape, splits.num_classes, **r.get("model_kw", {}))
+    kw = {k: v for k, v in r.items() if k not in ("model", "model_kw")}
     hist = fit(model, splits.train, splits.val, seed=seed, device=device, progress=progress,
                flip=splits.input_shape[0] == 3, desc="baseline", **kw)
     return model.cpu().eval(), hist
@@ -252,21 +263,26 @@ def train_baseline(splits: Splits, seed: int = 0, recipe: dict | None = None, de
 
 def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False, device=None,
                   splits: Splits | None = None, progress: bool | None = None,
-                  epochs: int | None = None) -> tuple[nn.Module, dict]:
+                  epochs: int | None = None, model_kw: dict | None = None) -> tuple[nn.Module, dict]:
     """The trained baseline for ``dataset``: loaded from the cache, or trained and cached.
 
     Returns (model on the CPU in eval mode, info) where info has "history" (per-epoch),
     "train_seconds", "cached" (True if loaded) and "path". The cache is
     $COURSE_CACHE (default build/cache); files are state dicts read with weights_only=True.
     epochs: override the recipe's epoch count (a different recipe is cached under its own key).
+    model_kw: constructor arguments of the model (e.g. ``dict(c1=10, c2=25, fc=250)`` for a narrower
+    LeNet-5): the course's from-scratch *controls* are trained with the baseline recipe this way and
+    cached under their own key.
     """
     recipe = dict(BASELINE_RECIPE) if epochs is None else {**BASELINE_RECIPE, "epochs": epochs}
+    if model_kw:
+        recipe["model_kw"] = dict(sorted(model_kw.items()))
     key = _recipe_key(dataset, seed, recipe)
     path = cache_dir() / f"{key}.pt"
     meta_path = path.with_suffix(".json")
     if splits is None:
         splits = load_dataset(dataset)
-    model = build_model(recipe["model"], splits.input_shape, splits.num_classes)
+    model = build_model(recipe["model"], splits.input_shape, splits.num_classes, **recipe.get("model_kw", {}))
     if path.exists() and meta_path.exists() and not retrain:
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         info = json.loads(meta_path.read_text())

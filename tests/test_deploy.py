@@ -136,3 +136,37 @@ def test_ort_int8_lenet_one_call(tiny_lenet, tmp_path, first_conv_float):
     if first_conv_float:  # the pool-before-ReLU export exists only for LeNet-5
         with pytest.raises(TypeError, match="LeNet5"):
             recipes.int8_lenet_ort(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), tmp_path / "l.onnx", x[:8])
+
+
+def test_latency_table_times_every_configuration_and_picks_the_fastest(tmp_path):
+    from course_lib import deploy
+    from course_lib.models import LeNet5
+    torch.manual_seed(0)
+    big, small = LeNet5(c1=4, c2=8, fc=32).eval(), LeNet5(c1=2, c2=3, fc=8).eval()
+    calls = []
+    rows = deploy.latency_table({"baseline": big, "small": small, "given": lambda: calls.append(1)},
+                                (1, 28, 28), batch_size=4, rounds=2, repeats=3, workdir=tmp_path)
+    assert set(rows["baseline"]["by_config"]) == set(deploy.FP32_CONFIGS)
+    assert rows["given"]["config"] == "as given" and len(calls) == 2 * (3 + 5)   # rounds x (repeats + warmup)
+    for r in rows.values():
+        assert r["latency_ms"] == min(r["by_config"].values())
+        assert r["spread_ms"][0] <= r["latency_ms"] <= r["spread_ms"][1]
+    assert rows["baseline"]["x_faster"] == 1.0
+    assert rows["small"]["x_faster"] == pytest.approx(rows["baseline"]["latency_ms"] / rows["small"]["latency_ms"])
+    table = deploy.format_latency_table(rows)
+    assert table.count("\n") == 4 and "torch-channels-last" in table
+    # the runners compute what the model computes
+    x_model = deploy.fp32_runners(small, (1, 28, 28), batch_size=2, workdir=tmp_path)
+    outs = {k: torch.as_tensor(f()[0] if k == "onnxruntime" else f()) for k, f in x_model.items()}
+    assert torch.allclose(outs["torch"], outs["torch-channels-last"], atol=1e-5)
+    assert torch.allclose(outs["torch"], outs["onnxruntime"], atol=1e-4)
+
+
+def test_latency_table_rejects_unknown_reference_and_values():
+    from course_lib import deploy
+    with pytest.raises(ValueError, match="reference"):
+        deploy.latency_table({"a": lambda: None}, (1, 28, 28))
+    with pytest.raises(ValueError, match="models\\['baseline'\\]"):
+        deploy.latency_table({"baseline": 3}, (1, 28, 28))
+    with pytest.raises(ValueError, match="configs"):
+        deploy.fp32_runners(torch.nn.Linear(2, 2), (2,), configs=("tensorrt",))

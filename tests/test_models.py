@@ -45,3 +45,24 @@ def test_build_model_errors():
         build_model("lenet5", (28, 28))
     with pytest.raises(ValueError, match=r"hidden\[1\]"):
         MLP(hidden=(10, 0))
+
+
+@pytest.mark.parametrize("target, by", [(21_952, "params"), (43_108, "params"), (725_000, "macs"), (188_200, "macs")])
+def test_lenet_widths_matching_closed_forms_agree_with_measure(target, by):
+    from course_lib import measure
+    from course_lib.models import LeNet5, lenet_widths_matching
+    w = lenet_widths_matching(target, by)
+    m = LeNet5(**w)
+    got = measure.count_params(m) if by == "params" else measure.macs(m, (1, 28, 28))
+    assert abs(got - target) / target < 0.03       # integer widths: within 3%
+    assert w == lenet_widths_matching(target, by)
+
+
+def test_lenet_widths_matching_rejects_bad_arguments():
+    from course_lib.models import lenet_widths_matching
+    with pytest.raises(ValueError, match="by="):
+        lenet_widths_matching(1000, by="flops")
+    with pytest.raises(ValueError, match="target"):
+        lenet_widths_matching(0)
+    with pytest.raises(ValueError, match="input_shape"):
+        lenet_widths_matching(1000, input_shape=(1, 28, 20))

@@ -5,7 +5,8 @@ import pytest
 
 from course_lib import records as results
 
-REC = {"name": "baseline", "accuracy": 0.98, "size_bytes": 1000, "params": 10, "nonzero": 10,
+REC = {"name": "baseline", "metric": "accuracy", "accuracy": 0.98, "accuracy_std": 0.0,
+       "accuracy_ci": [0.9693, 0.9872], "seeds": 1, "n_test": 1000, "size_bytes": 1000, "params": 10, "nonzero": 10,
        "macs": 100, "latency_ms": 2.0}
 
 
@@ -14,7 +15,7 @@ def test_write_and_assemble(tmp_path):
     p = results.write_results("01_demo", recs, root=tmp_path / "results")
     assert json.loads(p.read_text()) == recs
     page = results.assemble(tmp_path / "results", tmp_path / "results.md").read_text()
-    assert "## 01_demo" in page and "| half | 98.00% |" in page and "| 2.0 | 2.00 |" in page
+    assert "## 01_demo" in page and "| half | 98.00% [96.9, 98.7] |" in page and "| 2.0 | 2.00 |" in page
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -25,6 +26,10 @@ def test_write_and_assemble(tmp_path):
     ([{**REC, "accuracy": 98.0}], "accuracy=98.0"),
     ([{**REC, "size_bytes": 1.5}], "size_bytes"),
     ([{**REC, "latency_ms": -1}], "latency_ms"),
+    ([{**REC, "accuracy_ci": [0.99, 0.98]}], "accuracy_ci"),
+    ([{**REC, "seeds": 0}], "seeds=0"),
+    ([{**REC, "n_test": None}], "n_test"),
+    ([{**REC, "accuracy_std": -0.1}], "accuracy_std"),
 ])
 def test_validation_errors(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -74,6 +79,23 @@ def test_record_takes_sizes_from_the_file_and_counts_from_the_source(tmp_path):
 def test_record_without_model_needs_every_count():
     with pytest.raises(ValueError, match="params, nonzero, macs"):
         results.record("x", accuracy=0.5, size_bytes=1, latency_ms=None)
-    r = results.record("x", accuracy=0.5, size_bytes=1, params=2, nonzero=2, macs=3, latency_ms=1.5,
+    with pytest.raises(ValueError, match="n_test"):
+        results.record("x", accuracy=0.5, size_bytes=1, params=2, nonzero=2, macs=3, latency_ms=1.5)
+    r = results.record("x", accuracy=0.5, n_test=40, size_bytes=1, params=2, nonzero=2, macs=3, latency_ms=1.5,
                        metric="retrieval top-1")
     assert r["metric"] == "retrieval top-1" and "sparsity" not in r
+
+
+def test_record_over_seeds_keeps_mean_spread_interval_and_runs():
+    from course_lib import stats
+    r = results.record("pruned", accuracy=[0.98, 0.99, 1.0], n_test=1000, size_bytes=1, params=2, nonzero=1,
+                       macs=3, latency_ms=None)
+    assert r["accuracy"] == pytest.approx(0.99) and r["accuracy_std"] == pytest.approx(0.01)
+    assert r["seeds"] == 3 and r["accuracies"] == [0.98, 0.99, 1.0] and r["n_test"] == 1000
+    assert r["accuracy_ci"] == pytest.approx(list(stats.accuracy_interval(0.99, 1000)))
+    one = results.record("one", accuracy=0.5, n_test=10, size_bytes=1, params=2, nonzero=1, macs=3, latency_ms=None)
+    assert one["seeds"] == 1 and one["accuracy_std"] == 0.0 and "accuracies" not in one
+    line = results.format_table([{**r, "name": "baseline"}]).splitlines()[-1]
+    assert "99.00% ±1.00 [" in line and "(3 seeds)" in line
+    with pytest.raises(ValueError, match="accuracy"):
+        results.record("x", accuracy=[1.2, 1.3], n_test=10, size_bytes=1, params=2, nonzero=1, macs=3, latency_ms=None)

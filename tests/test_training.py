@@ -104,3 +104,21 @@ def test_load_baseline_caches(tmp_path, monkeypatch, tiny):
     assert info2["cached"] is True
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     assert len(info2["history"]["train_loss"]) == 1
+
+
+def test_load_baseline_trains_and_caches_a_narrower_control(tmp_path, monkeypatch, tiny):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    monkeypatch.setitem(training.BASELINE_RECIPE, "epochs", 1)
+    m, info = load_baseline("mnist5k", seed=1, splits=tiny, progress=False, model_kw=dict(c1=3, c2=4, fc=8))
+    assert info["cached"] is False and (m.conv1.out_channels, m.conv2.out_channels, m.fc1.out_features) == (3, 4, 8)
+    m2, info2 = load_baseline("mnist5k", seed=1, splits=tiny, model_kw=dict(fc=8, c2=4, c1=3))
+    assert info2["cached"] is True and torch.equal(m.fc1.weight, m2.fc1.weight)
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+
+
+def test_correct_is_per_image_and_its_mean_is_evaluate(tiny):
+    torch.manual_seed(0)
+    m = LeNet5(c1=2, c2=3, fc=8)
+    c = training.correct(m, tiny.test)
+    assert c.dtype == torch.bool and c.shape == (len(tiny.test),)
+    assert c.float().mean().item() == pytest.approx(evaluate(m, tiny.test))

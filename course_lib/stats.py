@@ -1,0 +1,192 @@
+"""Is this difference real? Intervals, paired comparisons and summaries over seeds.
+
+The course's test split has 1,000 images, so one accuracy is a binomial estimate: at 98.9% its
+standard error is sqrt(p(1-p)/n) = 0.33 points and a 95% interval is about +-0.65 points. Two
+models evaluated on the *same* images are compared image by image (paired), which is much more
+sensitive than comparing two intervals: only the images on which they disagree carry information.
+
+- :func:`accuracy_interval`: Wilson score interval of an accuracy measured on n images;
+- :func:`paired_compare`: difference of two models on the same images, a paired-bootstrap
+  interval, the exact McNemar test and a verdict (``better`` / ``worse`` / ``indistinguishable``);
+- :func:`seed_summary`: mean, standard deviation and Student-t interval over seeds.
+
+Everything is deterministic (the bootstrap uses its own seeded generator, never the global one).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import _validate as V
+
+VERDICTS = ("better", "worse", "indistinguishable")
+
+# two-sided 97.5% Student-t quantiles for df = 1..30 (standard table values); beyond 30 the
+# Cornish-Fisher expansion below is accurate to 1e-3.
+_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+         2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+         2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
+
+
+def normal_quantile(p: float) -> float:
+    """The standard normal quantile z with P(Z <= z) = p, for p in (0, 1) (Acklam's rational
+    approximation refined by one Newton step; error below 1e-9)."""
+    p = V.number_in("p", p, 0.0, 1.0, lo_open=True, hi_open=True)
+    a = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02, 1.383577518672690e+02,
+         -3.066479806614716e+01, 2.506628277459239e+00)
+    b = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02, 6.680131188771972e+01,
+         -1.328068155288572e+01)
+    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00, -2.549732539343734e+00,
+         4.374664141464968e+00, 2.938163982698783e+00)
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00, 3.754408661907416e+00)
+    if p < 0.02425:
+        q = math.sqrt(-2 * math.log(p))
+        z = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / \
+            ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
+    elif p > 1 - 0.02425:
+        return -normal_quantile(1 - p)
+    else:
+        q = p - 0.5
+        r = q * q
+        z = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / \
+            (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
+    e = 0.5 * math.erfc(-z / math.sqrt(2)) - p           # one Newton step on the normal CDF
+    return z - e * math.sqrt(2 * math.pi) * math.exp(z * z / 2)
+
+
+def t_quantile_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` >= 1 degrees of freedom (for 95% intervals)."""
+    df = V.positive_int("df", df)
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = normal_quantile(0.975)
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
+def _z(level: float) -> float:
+    level = V.number_in("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
+    return normal_quantile(0.5 + level / 2)
+
+
+def accuracy_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for an accuracy measured on ``n`` >= 1 independent images.
+
+    accuracy in [0, 1] (k/n for k correct images); level in (0, 1). Returns (low, high) in [0, 1].
+    Unlike the textbook p +- z sqrt(p(1-p)/n), Wilson's interval stays inside [0, 1] and keeps its
+    coverage near 100% accuracy, where compressed models live.
+    """
+    p = V.number_in("accuracy", accuracy, 0.0, 1.0)
+    n = V.positive_int("n", n)
+    z = _z(level)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value for b images only model A gets right and c only B gets right:
+    P(a split at least as lopsided as min(b, c) : max(b, c)) under Binomial(b + c, 1/2). b, c >= 0."""
+    b = V.int_in("b", b, 0, None)
+    c = V.int_in("c", c, 0, None)
+    n, k = b + c, min(b, c)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Model A against model B on the same n images. ``diff`` = acc(A) - acc(B) in [−1, 1];
+    ``ci`` its paired-bootstrap interval; ``a_only`` / ``b_only``: images only A / only B gets right
+    (fractional when averaged over seeds); ``p_value``: exact McNemar (single runs only, else None)."""
+    diff: float
+    ci: tuple[float, float]
+    a_only: float
+    b_only: float
+    n: int
+    p_value: float | None
+    verdict: str
+
+    def __str__(self) -> str:
+        lo, hi = self.ci
+        return (f"{100 * self.diff:+.2f} points [{100 * lo:+.2f}, {100 * hi:+.2f}], {self.verdict}")
+
+
+def _correct_matrix(name: str, correct) -> torch.Tensor:
+    t = torch.as_tensor(correct)
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    if t.dim() != 2 or t.numel() == 0:
+        raise ValueError(f"{name} must be per-image correctness of shape (n,) or (seeds, n), got shape "
+                         f"{tuple(t.shape)}")
+    t = t.to(torch.float64)
+    if ((t != 0) & (t != 1)).any():
+        raise ValueError(f"{name} must hold 0/1 (or bool) per image, got values outside {{0, 1}}")
+    return t
+
+
+def paired_compare(correct_a, correct_b, level: float = 0.95, resamples: int = 4000,
+                   seed: int = 0) -> Comparison:
+    """Compare two models on the same images: is A better than B, worse, or indistinguishable?
+
+    correct_a, correct_b: per-image correctness (bool or 0/1) of shape (n,) for one run or (seeds, n)
+    for several runs of the same method; the two may have different numbers of seeds but must
+    cover the same n images in the same order. Each image's score is its mean over seeds; the
+    interval of the mean difference comes from resampling images (paired bootstrap, ``resamples`` >=
+    100, percentile method, a private generator seeded with ``seed``). Verdict: ``better`` if the
+    whole interval is above 0, ``worse`` if below, else ``indistinguishable``. level in (0, 1).
+    """
+    a = _correct_matrix("correct_a", correct_a)
+    b = _correct_matrix("correct_b", correct_b)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"correct_a and correct_b must cover the same images: n={a.shape[1]} vs n={b.shape[1]}")
+    resamples = V.int_in("resamples", resamples, 100, None)
+    level = V.number_in("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
+    n = a.shape[1]
+    d = a.mean(0) - b.mean(0)                       # per-image difference in [-1, 1]
+    g = torch.Generator().manual_seed(int(seed))
+    idx = torch.randint(0, n, (resamples, n), generator=g)
+    boot = d[idx].mean(1)
+    lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
+    lo = float(torch.quantile(boot, lo_q))
+    hi = float(torch.quantile(boot, hi_q))
+    diff = float(d.mean())
+    a_only = float(d.clamp(min=0).sum())
+    b_only = float((-d).clamp(min=0).sum())
+    p = None
+    if a.shape[0] == 1 and b.shape[0] == 1:
+        p = mcnemar_p(int(round(a_only)), int(round(b_only)))
+    verdict = "better" if lo > 0 else "worse" if hi < 0 else "indistinguishable"
+    return Comparison(diff, (lo, hi), a_only, b_only, n, p, verdict)
+
+
+def seed_summary(values, level: float = 0.95) -> dict:
+    """Mean, sample standard deviation and Student-t interval of the mean over seeds.
+
+    values: one number per seed (at least 1). Returns {"mean", "std", "ci", "n"}; with one value
+    std is 0.0 and ci is (mean, mean) (nothing to estimate the spread from). Only level 0.95 uses
+    the exact t table; other levels use the normal quantile.
+    """
+    vals = [float(v) for v in values]
+    if not vals or not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"values must be a non-empty sequence of finite numbers, got {values!r}")
+    k = len(vals)
+    mean = sum(vals) / k
+    if k == 1:
+        return {"mean": mean, "std": 0.0, "ci": (mean, mean), "n": 1}
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (k - 1))
+    q = t_quantile_975(k - 1) if abs(level - 0.95) < 1e-12 else _z(level)
+    half = q * std / math.sqrt(k)
+    return {"mean": mean, "std": std, "ci": (mean - half, mean + half), "n": k}
+
+
+def format_accuracy(accuracy: float, n: int, std: float | None = None, seeds: int = 1) -> str:
+    """'98.90% [98.06, 99.38]' (Wilson 95% on n images), with '± sd over k seeds' when seeds > 1."""
+    lo, hi = accuracy_interval(accuracy, n)
+    s = f"{100 * accuracy:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}]"
+    if seeds > 1 and std is not None:
+        s += f" ± {100 * std:.2f} sd over {seeds} seeds"
+    return s

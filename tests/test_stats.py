@@ -1,0 +1,136 @@
+"""stats: intervals, paired comparisons and seed summaries against hand-computed values and
+synthetic predictions with a known answer."""
+import math
+
+import pytest
+import torch
+
+from course_lib import stats
+
+
+def _wilson_by_bisection(p_hat, n, z=1.959963984540054):
+    """Independent check: the Wilson bounds are the p with |p_hat - p| = z sqrt(p(1-p)/n)."""
+    def f(p):
+        return (p_hat - p) ** 2 - z * z * p * (1 - p) / n
+    def root(lo, hi):
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            if (f(lo) > 0) == (f(mid) > 0):
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+    return (root(0.0, p_hat) if p_hat > 0 else 0.0, root(p_hat, 1.0) if p_hat < 1 else 1.0)
+
+
+@pytest.mark.parametrize("k, n", [(989, 1000), (500, 1000), (1000, 1000), (0, 50), (7, 9)])
+def test_wilson_interval_matches_its_definition(k, n):
+    lo, hi = stats.accuracy_interval(k / n, n)
+    ref_lo, ref_hi = _wilson_by_bisection(k / n, n)
+    assert lo == pytest.approx(ref_lo, abs=1e-9) and hi == pytest.approx(ref_hi, abs=1e-9)
+    assert 0.0 <= lo <= k / n <= hi <= 1.0
+
+
+def test_interval_on_the_course_test_split_is_about_0_65_points():
+    lo, hi = stats.accuracy_interval(0.989, 1000)
+    assert 1.1 < 100 * (hi - lo) < 1.5      # roughly ±0.65 points, asymmetric near 100%
+
+
+@pytest.mark.parametrize("p, z", [(0.975, 1.959963984540054), (0.5, 0.0), (0.001, -3.090232306167813),
+                                  (0.9, 1.2815515655446004), (1e-6, -4.753424308822899)])
+def test_normal_quantile_reference_values(p, z):
+    assert stats.normal_quantile(p) == pytest.approx(z, abs=1e-8)
+
+
+@pytest.mark.parametrize("df, t", [(1, 12.7062), (2, 4.3027), (10, 2.2281), (30, 2.0423), (40, 2.0211),
+                                   (60, 2.0003), (120, 1.9799)])
+def test_t_quantile_reference_values(df, t):
+    assert stats.t_quantile_975(df) == pytest.approx(t, abs=5e-4)
+
+
+@pytest.mark.parametrize("b, c, p", [(0, 5, 2 / 32), (1, 9, 2 * 11 / 1024), (5, 5, 1.0), (0, 0, 1.0),
+                                     (3, 0, 2 / 8)])
+def test_mcnemar_exact_hand_computed(b, c, p):
+    assert stats.mcnemar_p(b, c) == pytest.approx(p)
+    assert stats.mcnemar_p(c, b) == pytest.approx(p)
+
+
+def test_paired_compare_identical_models_are_indistinguishable():
+    correct = torch.rand(1000, generator=torch.Generator().manual_seed(1)) < 0.98
+    cmp = stats.paired_compare(correct, correct)
+    assert cmp.diff == 0 and cmp.ci == (0.0, 0.0) and cmp.verdict == "indistinguishable" and cmp.p_value == 1.0
+
+
+def test_paired_compare_detects_a_real_gap_and_its_sign():
+    b = torch.ones(1000, dtype=torch.bool)
+    b[:30] = False                         # B misses 30 images A gets right
+    cmp = stats.paired_compare(torch.ones(1000, dtype=torch.bool), b)
+    assert cmp.verdict == "better" and cmp.diff == pytest.approx(0.03)
+    assert cmp.a_only == 30 and cmp.b_only == 0 and cmp.p_value < 1e-8
+    assert 0.015 < cmp.ci[0] < 0.03 < cmp.ci[1] < 0.045
+    assert stats.paired_compare(b, torch.ones(1000, dtype=torch.bool)).verdict == "worse"
+
+
+def test_paired_compare_swapped_errors_are_noise():
+    a = torch.ones(1000, dtype=torch.bool)
+    b = torch.ones(1000, dtype=torch.bool)
+    a[:3] = False
+    b[3:6] = False                          # each model misses 3 different images
+    cmp = stats.paired_compare(a, b)
+    assert cmp.diff == 0 and cmp.verdict == "indistinguishable" and cmp.ci[0] < 0 < cmp.ci[1]
+    a[6:9] = False                          # now A misses 6, B 3: still inside the noise
+    assert stats.paired_compare(a, b).verdict == "indistinguishable"
+
+
+def test_paired_compare_over_seeds_averages_per_image():
+    base = torch.ones(1000, dtype=torch.bool)
+    base[:10] = False
+    seeds = torch.ones(3, 1000, dtype=torch.bool)
+    seeds[0, :40] = False
+    seeds[1, 20:60] = False
+    seeds[2, 40:80] = False                 # 40 errors per seed, 4% mean
+    cmp = stats.paired_compare(seeds, base)
+    assert cmp.diff == pytest.approx(-0.03) and cmp.verdict == "worse" and cmp.p_value is None
+
+
+def test_paired_compare_is_deterministic():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(500, generator=g) < 0.9, torch.rand(500, generator=g) < 0.9
+    assert stats.paired_compare(a, b) == stats.paired_compare(a, b)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(correct_a=torch.ones(10), correct_b=torch.ones(11)), "same images"),
+    (dict(correct_a=torch.full((10,), 0.5), correct_b=torch.ones(10)), "0/1"),
+    (dict(correct_a=torch.ones(2, 2, 2), correct_b=torch.ones(2)), "shape"),
+    (dict(correct_a=torch.ones(10), correct_b=torch.ones(10), resamples=5), "resamples"),
+    (dict(correct_a=torch.ones(10), correct_b=torch.ones(10), level=1.0), "level"),
+])
+def test_paired_compare_rejects_bad_input(kw, match):
+    with pytest.raises(ValueError, match=match):
+        stats.paired_compare(**kw)
+
+
+def test_seed_summary_hand_computed():
+    s = stats.seed_summary([0.98, 0.99, 1.0])
+    assert s["mean"] == pytest.approx(0.99) and s["std"] == pytest.approx(0.01) and s["n"] == 3
+    half = 4.3027 * 0.01 / math.sqrt(3)
+    assert s["ci"][0] == pytest.approx(0.99 - half, abs=1e-6) and s["ci"][1] == pytest.approx(0.99 + half, abs=1e-6)
+    one = stats.seed_summary([0.5])
+    assert one == {"mean": 0.5, "std": 0.0, "ci": (0.5, 0.5), "n": 1}
+    with pytest.raises(ValueError, match="values"):
+        stats.seed_summary([])
+    with pytest.raises(ValueError, match="values"):
+        stats.seed_summary([float("nan")])
+
+
+@pytest.mark.parametrize("fn, args, match", [
+    (stats.accuracy_interval, (1.2, 100), "accuracy"),
+    (stats.accuracy_interval, (0.5, 0), "n"),
+    (stats.mcnemar_p, (-1, 2), "b"),
+    (stats.normal_quantile, (0.0,), "p"),
+    (stats.t_quantile_975, (0,), "df"),
+])
+def test_argument_errors_name_the_argument(fn, args, match):
+    with pytest.raises(ValueError, match=match):
+        fn(*args)

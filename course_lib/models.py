@@ -123,6 +123,11 @@ class ResNet8(nn.Module):
 MODELS = {"lenet5": LeNet5, "mlp": MLP, "resnet8": ResNet8}
 
 
+# The course's standing control (chapter 0): a LeNet-5 with 4x fewer channels and a 5x smaller hidden layer,
+# trained from scratch with the baseline recipe (training.load_baseline(..., model_kw=SMALL_LENET), cached).
+SMALL_LENET = dict(c1=5, c2=12, fc=100)
+
+
 def lenet_widths_matching(target: int, by: str = "params", input_shape: tuple = (1, 28, 28),
                           num_classes: int = 10, base: tuple = (20, 50, 500)) -> dict:
     """LeNet-5 widths {c1, c2, fc} in the baseline's proportions ``base`` whose count is closest to

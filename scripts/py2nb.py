@@ -1,7 +1,8 @@
 """Build notebooks/NN_*.ipynb from their percent-format sources in notebooks/src/NN_*.py.
 
 Cells start with ``# %%`` (code) or ``# %% [markdown]`` (markdown; every line starts with ``# ``).
-A code cell whose first line is ``# %% tags=["parameters"]`` gets that tag (papermill).
+A cell whose first line carries ``tags=[...]`` gets those tags: ``# %% tags=["parameters"]`` (papermill),
+``# %% [markdown] tags=["theory"]`` (its numbers hold whatever the run; see tests/test_prose.py).
 Existing outputs are dropped; run ``make notebooks`` afterwards to execute them.
 
     python scripts/py2nb.py notebooks/src/00_setup_and_baseline.py
@@ -27,13 +28,13 @@ def parse(text: str) -> list:
         body = body.strip("\n")
         if "[markdown]" in header:
             lines = [ln[2:] if ln.startswith("# ") else ln.lstrip("#") for ln in body.splitlines()]
-            cells.append(nbformat.v4.new_markdown_cell("\n".join(lines)))
+            cell = nbformat.v4.new_markdown_cell("\n".join(lines))
         else:
             cell = nbformat.v4.new_code_cell(body)
-            m = re.search(r"tags=(\[.*\])", header)
-            if m:
-                cell.metadata["tags"] = json.loads(m.group(1))
-            cells.append(cell)
+        m = re.search(r"tags=(\[.*\])", header)
+        if m:
+            cell.metadata["tags"] = json.loads(m.group(1))
+        cells.append(cell)
     return cells
 
 

@@ -72,3 +72,9 @@ def test_handouts_embed_figures_and_toc(executed, tmp_path):
     assert "Traceback" not in page
     index = (tmp_path / "handouts" / "index.html").read_text()
     assert '<a href="99_demo.html">99 · Demo chapter</a>' in index
+
+
+def test_py2nb_tags_markdown_cells_too():
+    cells = py2nb.parse('# %% [markdown] tags=["theory"]\n# Int8 is 4x smaller than fp32.\n\n# %%\nx = 1\n')
+    assert cells[0].cell_type == "markdown" and cells[0].metadata["tags"] == ["theory"]
+    assert cells[0].source == "Int8 is 4x smaller than fp32." and "tags" not in cells[1].metadata

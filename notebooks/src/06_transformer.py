@@ -417,7 +417,7 @@ print(f"FFN rank {RANK}: {measure.count_params(svd_aware):,} parameters; mean co
 
 # %% [markdown]
 # The feed-forward weights of a trained transformer are **not** low-rank: even the activation-aware
-# factorization at rank 192 (1.6x fewer FFN weights) costs far more than int8 or 4-bit GPTQ. SVD needs
+# factorization at rank 192 costs far more than int8 or 4-bit GPTQ. SVD needs
 # fine-tuning after it (chapter 3) or must be kept to the attention projections; here it is the
 # technique that loses.
 #
@@ -487,7 +487,8 @@ path = records.write_results("06_transformer", recs)
 # limited by its 129 training sentences: distillation in the literature uses millions, and more
 # unlabelled text (it needs no labels) is the lever. The file stays large because the fp32 embedding
 # table is half the model: quantizing it (int8 per row) would be the next step.
-#
+
+# %% [markdown] tags=["theory"]
 # ## 11. Checks
 # The targets of the chapter, with tolerances: int8 within 0.99 mean cosine, at least 1.5x faster, about
 # 4x fewer bytes in the quantized layers; the naive int8 visibly worse; GPTQ better than round-to-nearest

@@ -306,3 +306,131 @@ def format_latency_table(rows: dict) -> str:
                  f"{r['x_faster_torch']:.2f}" if r["x_faster_torch"] else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ---- integer-only reference: onnxruntime QLinear ops
+QLINEAR_OPS = ("conv", "matmul")
+
+
+def _np(t, dtype):
+    return np.ascontiguousarray(torch.as_tensor(t).detach().cpu().numpy().astype(dtype))
+
+
+def qlinear_model(op: str, q_w: torch.Tensor, s_x, z_x, s_w, z_w, s_y, z_y, bias_q=None, stride=1, padding=0):
+    """A one-node ONNX model (opset 13) of onnxruntime's integer kernels with the given scales and zero-points.
+
+    op: "conv" (``QLinearConv``: input uint8 (N, C, H, W), q_w int8 (M, C, kh, kw), optional int32
+    ``bias_q`` (M,) at scale s_x * s_w, stride/padding ints) or "matmul" (``QLinearMatMul``: input
+    uint8 (N, K), q_w int8 (M, K) as a Linear stores it, transposed into the (K, M) right operand;
+    no bias). s_x, s_y > 0 and z_x, z_y in [0, 255] are per tensor; s_w > 0 is a number or (M,) per
+    output channel, z_w in [-128, 127] one number (the same for every channel, as QLinearConv
+    requires). Weights, scales and zero-points are initializers (constants), as in a quantized
+    model file. Returns an ``onnx.ModelProto`` with input "x" and output "y" (uint8).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    one_of("op", op, QLINEAR_OPS)
+    q_w = torch.as_tensor(q_w)
+    m = q_w.shape[0]
+    s_w = np.atleast_1d(_np(s_w, np.float32))
+    if s_w.size not in (1, m) or not np.all(s_w > 0):
+        raise ValueError(f"s_w must be > 0, one number or ({m},) per output channel; got shape {s_w.shape}")
+    for name, v in (("s_x", s_x), ("s_y", s_y)):
+        if not float(v) > 0:
+            raise ValueError(f"{name}={v!r} must be > 0")
+    z_w = int_in("z_w", int(z_w), -128, 127)
+    inits = [numpy_helper.from_array(np.array(float(s_x), np.float32), "x_scale"),
+             numpy_helper.from_array(np.array(int_in("z_x", int(z_x), 0, 255), np.uint8), "x_zero_point"),
+             numpy_helper.from_array(np.array(float(s_y), np.float32), "y_scale"),
+             numpy_helper.from_array(np.array(int_in("z_y", int(z_y), 0, 255), np.uint8), "y_zero_point")]
+    if op == "conv":
+        if q_w.dim() != 4:
+            raise ValueError(f"q_w must be (M, C, kh, kw) for op='conv', got shape {tuple(q_w.shape)}")
+        inits += [numpy_helper.from_array(_np(q_w, np.int8), "w"),
+                  numpy_helper.from_array(s_w if s_w.size > 1 else s_w.reshape(()), "w_scale"),
+                  numpy_helper.from_array(np.full(s_w.shape, z_w, np.int8) if s_w.size > 1
+                                          else np.array(z_w, np.int8), "w_zero_point")]
+        inputs = ["x", "x_scale", "x_zero_point", "w", "w_scale", "w_zero_point", "y_scale", "y_zero_point"]
+        if bias_q is not None:
+            inits.append(numpy_helper.from_array(_np(bias_q, np.int32).reshape(m), "bias"))
+            inputs.append("bias")
+        sh, sw = (stride, stride) if isinstance(stride, int) else stride
+        ph, pw = (padding, padding) if isinstance(padding, int) else padding
+        node = helper.make_node("QLinearConv", inputs, ["y"], kernel_shape=list(q_w.shape[2:]),
+                                strides=[sh, sw], pads=[ph, pw, ph, pw])
+        x_info = helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", q_w.shape[1], "H", "W"])
+        y_info = helper.make_tensor_value_info("y", TensorProto.UINT8, ["N", m, "OH", "OW"])
+    else:
+        if q_w.dim() != 2:
+            raise ValueError(f"q_w must be (M, K) for op='matmul', got shape {tuple(q_w.shape)}")
+        if bias_q is not None:
+            raise ValueError("QLinearMatMul has no bias input: use op='conv' (a 1x1 convolution) for a Linear with bias")
+        inits += [numpy_helper.from_array(_np(q_w.T, np.int8), "w"),
+                  numpy_helper.from_array(s_w.reshape(1, -1) if s_w.size > 1 else s_w.reshape(()), "w_scale"),
+                  numpy_helper.from_array(np.full((1, s_w.size), z_w, np.int8) if s_w.size > 1
+                                          else np.array(z_w, np.int8), "w_zero_point")]
+        inputs = ["x", "x_scale", "x_zero_point", "w", "w_scale", "w_zero_point", "y_scale", "y_zero_point"]
+        node = helper.make_node("QLinearMatMul", inputs, ["y"])
+        x_info = helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", q_w.shape[1]])
+        y_info = helper.make_tensor_value_info("y", TensorProto.UINT8, ["N", m])
+    graph = helper.make_graph([node], f"qlinear_{op}", [x_info], [y_info], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 8)
+    onnx.checker.check_model(model)
+    return model
+
+
+def ort_qlinear(op: str, q_x: torch.Tensor, s_x, z_x, q_w: torch.Tensor, s_w, z_w, s_y, z_y, bias_q=None,
+                stride=1, padding=0) -> torch.Tensor:
+    """Run one quantized layer in onnxruntime's integer kernels: the bit-exact reference for integer code.
+
+    op "conv": q_x uint8 values (N, C, H, W), q_w int8 values (M, C, kh, kw) -> uint8 (N, M, OH, OW);
+    op "matmul": q_x (N, K), q_w (M, K) -> uint8 (N, M) (no bias); op "linear": a Linear with an
+    optional bias, run as a 1x1 ``QLinearConv`` on (N, K, 1, 1) -> uint8 (N, M). Scales, zero-points
+    and bias_q (int32 (M,), at scale s_x * s_w) as in :func:`qlinear_model`. The model is built with
+    ``onnx.helper`` and run by a single-threaded session with all graph optimisations (as
+    :func:`ort_session`). On x86 CPUs without VNNI, onnxruntime's uint8 x int8 kernels add pairs of
+    products in saturating int16 arithmetic: there results can differ from exact integer arithmetic
+    unless the weights stay within 7 bits (|q_w| <= 63, ``env.u8s8_saturates``).
+    """
+    one_of("op", op, QLINEAR_OPS + ("linear",))
+    x = torch.as_tensor(q_x)
+    if x.is_floating_point() or int(x.min()) < 0 or int(x.max()) > 255:
+        raise ValueError("q_x must be an integer tensor with values in [0, 255] (uint8)")
+    w = torch.as_tensor(q_w)
+    if w.is_floating_point() or int(w.min()) < -128 or int(w.max()) > 127:
+        raise ValueError("q_w must be an integer tensor with values in [-128, 127] (int8)")
+    if op == "linear":
+        if x.dim() != 2 or w.dim() != 2:
+            raise ValueError(f"op='linear' takes q_x (N, K) and q_w (M, K), got {tuple(x.shape)} and {tuple(w.shape)}")
+        y = ort_qlinear("conv", x[:, :, None, None], s_x, z_x, w[:, :, None, None], s_w, z_w, s_y, z_y, bias_q)
+        return y[:, :, 0, 0]
+    model = qlinear_model(op, w, s_x, z_x, s_w, z_w, s_y, z_y, bias_q, stride, padding)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"qlinear_{op}.onnx"
+        path.write_bytes(model.SerializeToString())
+        sess = ort_session(path, threads=1)
+        y = sess.run(None, {"x": _np(x, np.uint8)})[0]
+    return torch.from_numpy(y)
+
+
+def onnx_quant_params(path) -> dict:
+    """The activation grids of a QDQ-quantized ONNX model: {tensor name: (scale, zero_point)}, one per
+    ``QuantizeLinear`` node (per-tensor float scale, integer zero-point), in graph order. Shows, e.g.,
+    that onnxruntime's quantizer gives every ReLU output the zero-point 0: the ReLU is then the clamp
+    at 0 of the integer kernel before it."""
+    import onnx
+    from onnx import numpy_helper
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[1] in inits and len(node.input) > 2 \
+                and node.input[2] in inits:
+            scale, zp = inits[node.input[1]], inits[node.input[2]]
+            if scale.size == 1:
+                out[node.input[0]] = (float(scale.reshape(())), int(zp.reshape(())))
+    return out
+
+
+__all__ += ["QLINEAR_OPS", "qlinear_model", "ort_qlinear", "onnx_quant_params"]

@@ -29,6 +29,8 @@ __all__ = [
     "spectrum", "energy_curve", "choose_rank", "rank_for_budget", "truncated_svd", "svd_error",
     "svd_linear", "unfold", "tucker2", "tucker_reconstruct", "tucker_conv", "tucker_ranks_for_energy",
     "cp_als", "cp_conv", "factorize", "factorized_ranks", "linear_params",
+    "tucker2_macs", "cp_macs", "dense_weight", "relative_weight_error", "layer_inputs", "input_hessian",
+    "relative_output_error", "activation_aware_svd_linear",
 ]
 # Timing moved to measure: compare_latency (no re-export here), module_times -> measure.time_children,
 # compare_module_times -> measure.compare_time_children.
@@ -440,34 +442,204 @@ def factorized_ranks(model: nn.Module) -> dict:
 # (timing where a forward pass spends its time: measure.time_children / compare_time_children)
 
 
+# ---------------------------------------------------------------- cost formulas
+def _pair(name: str, value) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name}={value!r} must be an int or a pair (height, width) of ints >= 1")
+        return V.positive_int(f"{name}[0]", value[0]), V.positive_int(f"{name}[1]", value[1])
+    v = V.positive_int(name, value)
+    return v, v
+
+
+def tucker2_macs(c_in: int, c_out: int, kernel_size, ranks: tuple, in_size, out_size) -> int:
+    """Multiply-accumulates of a Tucker-2 convolution (``Tucker2Conv``) for one input image.
+
+    c_in, c_out >= 1: channels of the original conv; kernel_size: k or (kh, kw); ranks:
+    (rank_out, rank_in) with None for a mode kept whole (that 1x1 stage is absent); in_size,
+    out_size: the feature-map side H or (H, W) at the conv's input and output. The three stages:
+
+        R_in C_in H_in W_in  +  R_out R_in kh kw H_out W_out  +  C_out R_out H_out W_out
+
+    The first 1x1 conv runs on the *input* map, so per output pixel it costs R_in C_in
+    H_in W_in / (H_out W_out), more than R_in C_in when the conv shrinks the map. Biases are not
+    counted (as ``measure.macs``)."""
+    c_in, c_out = V.positive_int("c_in", c_in), V.positive_int("c_out", c_out)
+    kh, kw = _pair("kernel_size", kernel_size)
+    (hi, wi), (ho, wo) = _pair("in_size", in_size), _pair("out_size", out_size)
+    r_out, r_in = _check_ranks(ranks, c_out, c_in)
+    first = 0 if r_in is None else r_in * c_in * hi * wi
+    ri = c_in if r_in is None else r_in
+    ro = c_out if r_out is None else r_out
+    last = 0 if r_out is None else c_out * r_out * ho * wo
+    return first + ro * ri * kh * kw * ho * wo + last
+
+
+def cp_macs(c_in: int, c_out: int, kernel_size, rank: int, in_size, out_size) -> int:
+    """Multiply-accumulates of a rank-``rank`` CP convolution (``CPConv``) for one input image:
+    1x1 C_in -> R on the input map, depthwise kh x 1 (output H_out x W_in), depthwise 1 x kw
+    (output H_out x W_out), 1x1 R -> C_out:
+
+        R (C_in H_in W_in + kh H_out W_in + kw H_out W_out + C_out H_out W_out)
+
+    Linear in the rank, so a CP rank matching a MAC budget is budget / cp_macs(..., rank=1, ...).
+    Arguments as :func:`tucker2_macs`; rank >= 1. Biases are not counted."""
+    c_in, c_out = V.positive_int("c_in", c_in), V.positive_int("c_out", c_out)
+    kh, kw = _pair("kernel_size", kernel_size)
+    (hi, wi), (ho, wo) = _pair("in_size", in_size), _pair("out_size", out_size)
+    rank = V.positive_int("rank", rank)
+    return rank * (c_in * hi * wi + kh * ho * wi + kw * ho * wo + c_out * ho * wo)
+
+
+# ---------------------------------------------------------------- weight error vs output error
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """The weight a layer applies, as one dense float64 CPU tensor: (out, in) for an nn.Linear or a
+    ``LowRankLinear`` (A @ B), (C_out, C_in, kh, kw) for an nn.Conv2d, a ``Tucker2Conv``
+    (core x_0 U_out x_1 U_in) or a ``CPConv`` (sum of rank-one terms). Works on fine-tuned factors
+    too (it multiplies whatever the factors hold). Biases are not included."""
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        return module.weight.detach().double().cpu()
+    if isinstance(module, LowRankLinear):
+        return (module[1].weight.detach().double() @ module[0].weight.detach().double()).cpu()
+    if isinstance(module, Tucker2Conv):
+        r_out, r_in = module.ranks
+        stages = list(module)
+        first = stages.pop(0).weight.detach().double()[:, :, 0, 0] if r_in is not None else None  # (R_in, C_in)
+        core = stages.pop(0).weight.detach().double()                                               # (R_out, R_in, kh, kw)
+        last = stages.pop(0).weight.detach().double()[:, :, 0, 0] if r_out is not None else None   # (C_out, R_out)
+        if first is not None:
+            core = torch.einsum("rshw,si->rihw", core, first)
+        if last is not None:
+            core = torch.einsum("rihw,or->oihw", core, last)
+        return core.cpu()
+    if isinstance(module, CPConv):
+        first, vert, horiz, last = (m.weight.detach().double() for m in module)
+        return torch.einsum("ri,rh,rw,or->oihw", first[:, :, 0, 0], vert[:, 0, :, 0], horiz[:, 0, 0, :],
+                            last[:, :, 0, 0]).cpu()
+    raise ValueError(f"module must be nn.Linear, nn.Conv2d, LowRankLinear, Tucker2Conv or CPConv, "
+                     f"not {type(module).__name__}")
+
+
+def relative_weight_error(layer: nn.Module, approx: nn.Module) -> float:
+    """||W - W_approx||_F / ||W||_F (>= 0) between the dense weights (:func:`dense_weight`) of two
+    layers of the same shape, e.g. a Conv2d and its ``Tucker2Conv``."""
+    w, w_hat = dense_weight(layer), dense_weight(approx)
+    if w.shape != w_hat.shape:
+        raise ValueError(f"layer and approx apply weights of different shapes: {tuple(w.shape)} vs "
+                         f"{tuple(w_hat.shape)}")
+    return float((w - w_hat).norm() / w.norm())
+
+
+@torch.no_grad()
+def layer_inputs(model: nn.Module, name: str, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """What the submodule ``name`` of ``model`` receives when ``model`` runs on the images ``x``
+    (N, C, H, W): a tensor (N, ...) on the CPU (e.g. (N, 800) for a LeNet-5's fc1, (N, 20, 12, 12)
+    for its conv2), collected by a forward hook in eval mode (the model's mode is restored).
+    batch_size >= 1."""
+    V.positive_int("batch_size", batch_size)
+    try:
+        mod = model.get_submodule(name)
+    except AttributeError:
+        raise ValueError(f"name={name!r} is not a submodule of {type(model).__name__}") from None
+    got = []
+    h = mod.register_forward_pre_hook(lambda m, inp: got.append(inp[0].detach().cpu()))
+    was = model.training
+    model.eval()
+    try:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        for i in range(0, len(x), batch_size):
+            model(x[i:i + batch_size].to(device))
+    finally:
+        h.remove()
+        model.train(was)
+    if not got:
+        raise ValueError(f"submodule {name!r} was never called in the forward pass")
+    return torch.cat(got)
+
+
+def input_hessian(inputs: torch.Tensor) -> torch.Tensor:
+    """H = X^T X / n (in, in), float64, of the n rows of ``inputs`` (n, in), n >= 1: the second
+    moment of a Linear layer's inputs. The output error of a weight change dW on these inputs is
+    ||X dW^T||_F^2 / n = tr(dW H dW^T)."""
+    if not torch.is_tensor(inputs) or inputs.dim() != 2 or inputs.shape[0] < 1:
+        raise ValueError(f"inputs must be a 2-D tensor (n, in) with n >= 1, got "
+                         f"{tuple(inputs.shape) if torch.is_tensor(inputs) else type(inputs).__name__}")
+    x = inputs.detach().double().cpu()
+    return x.T @ x / x.shape[0]
+
+
+@torch.no_grad()
+def relative_output_error(layer: nn.Module, approx: nn.Module, inputs: torch.Tensor, batch_size: int = 500) -> float:
+    """Relative output error of ``approx`` against ``layer`` on ``inputs`` (what the layer receives,
+    e.g. from :func:`layer_inputs`): ||approx(x) - layer(x)||_F / ||layer(x) - bias||_F over all
+    of them, computed in float64 on the CPU.
+
+    The bias is left out of the denominator so the number is comparable with
+    :func:`relative_weight_error`: for inputs whose second moment is a multiple of the identity
+    (white noise) the two agree in expectation; inputs concentrated in a few directions make the
+    output error smaller when the discarded directions are the ones the inputs do not excite.
+    Neither layer is changed. batch_size >= 1."""
+    V.positive_int("batch_size", batch_size)
+    a, b = copy.deepcopy(layer).double().cpu().eval(), copy.deepcopy(approx).double().cpu().eval()
+    bias = getattr(layer, "bias", None)
+    num = den = 0.0
+    for i in range(0, len(inputs), batch_size):
+        x = inputs[i:i + batch_size].double().cpu()
+        y = a(x)
+        num += float(((b(x) - y) ** 2).sum())
+        if bias is not None:
+            shape = (1, -1) + (1,) * (y.dim() - 2)
+            y = y - bias.detach().double().cpu().view(shape)
+        den += float((y ** 2).sum())
+    if den == 0:
+        raise ValueError("the layer's outputs (bias removed) are all zero on these inputs: no relative error")
+    return (num / den) ** 0.5
+
+
 # ---------------------------------------------------------------- activation-aware SVD of a Linear
 HESSIAN_DAMPING = 1e-4  # fraction of the mean diagonal added to H before its Cholesky factorization
 
 
-def activation_aware_svd_linear(layer: nn.Linear, rank: int, hessian: torch.Tensor) -> LowRankLinear:
-    """Activation-aware truncated SVD: the rank-``rank`` factorization A B minimising the output error
-    ||X (W - A B)^T||_F on the calibration inputs X (``hessian`` H = X^T X / n, (in, in), e.g. from
-    ``quantization.collect_hessians``). With H = L L^T (Cholesky, damped by HESSIAN_DAMPING of its
-    mean diagonal), SVD(W L) = U S V^T gives A = U_r S_r^(1/2), B = S_r^(1/2) V_r^T L^-1.
-    rank in [1, min(out, in)]. Returns a float32 LowRankLinear; ``layer`` is not modified."""
-    from ._validate import int_in
+def activation_aware_svd_linear(layer: nn.Linear, rank: int, hessian: torch.Tensor,
+                                damping: float = HESSIAN_DAMPING) -> LowRankLinear:
+    """Activation-aware (whitened) truncated SVD of a Linear: the rank-``rank`` factorization A B
+    that minimises the *output* error ||X (W - A B)^T||_F on calibration inputs X instead of the
+    weight error ||W - A B||_F (Eckart-Young's objective).
+
+    hessian: H = X^T X / n, shape (in, in), symmetric positive semi-definite (e.g. from
+    :func:`input_hessian` of :func:`layer_inputs`, or ``quantization.collect_hessians``). It is
+    damped, H + damping * mean(diag H) * I with damping >= 0 (a dead input feature makes H
+    singular), and factorised H = L L^T (Cholesky); then ||X dW^T||_F^2 / n = ||dW L||_F^2, so the
+    best A B is the truncated SVD of W L mapped back: SVD(W L) = U S V^T gives
+    A = U_r S_r^(1/2), B = S_r^(1/2) V_r^T L^-1 (exactly optimal for the damped H).
+    rank in [1, min(out, in)]. The bias is kept as it is. Returns a ``LowRankLinear`` with the
+    layer's dtype and device; ``layer`` is not modified. With H = I it equals :func:`svd_linear`.
+    """
     if not isinstance(layer, nn.Linear):
         raise ValueError(f"layer must be nn.Linear, not {type(layer).__name__}")
     out_f, in_f = layer.weight.shape
-    if hessian.shape != (in_f, in_f):
-        raise ValueError(f"hessian has shape {tuple(hessian.shape)}, expected ({in_f}, {in_f})")
-    int_in("rank", rank, 1, min(out_f, in_f))
-    h = hessian.double()
-    h = h + HESSIAN_DAMPING * torch.diag(h).mean() * torch.eye(in_f, dtype=torch.float64)
-    chol = torch.linalg.cholesky(h)
-    u, s, vh = torch.linalg.svd(layer.weight.detach().double() @ chol, full_matrices=False)
+    if not torch.is_tensor(hessian) or hessian.shape != (in_f, in_f):
+        got = tuple(hessian.shape) if torch.is_tensor(hessian) else type(hessian).__name__
+        raise ValueError(f"hessian has shape {got}, expected ({in_f}, {in_f})")
+    V.int_in("rank", rank, 1, min(out_f, in_f))
+    damping = V.number_in("damping", damping, 0, None)
+    h = hessian.detach().double().cpu()
+    if not torch.isfinite(h).all() or not torch.allclose(h, h.T, rtol=1e-4, atol=1e-6 * float(h.abs().max()) + 1e-300):
+        raise ValueError("hessian must be a finite symmetric matrix (X^T X / n)")
+    h = h + damping * torch.diag(h).mean() * torch.eye(in_f, dtype=torch.float64)
+    chol, info = torch.linalg.cholesky_ex(h)
+    if int(info) != 0:
+        raise ValueError("hessian (+ damping) is not positive definite: give X^T X / n of real inputs, "
+                         f"or a damping > {damping}")
+    u, s, vh = torch.linalg.svd(layer.weight.detach().double().cpu() @ chol, full_matrices=False)
     root = s[:rank].sqrt()
     a = u[:, :rank] * root
     b = torch.linalg.solve_triangular(chol, root[:, None] * vh[:rank], upper=False, left=False)  # (S V^T) L^-1
-    new = LowRankLinear(in_f, out_f, rank, bias=layer.bias is not None)
+    w = layer.weight
+    new = LowRankLinear(in_f, out_f, rank, bias=layer.bias is not None, device=w.device, dtype=w.dtype)
     with torch.no_grad():
-        new[0].weight.copy_(b.float())
-        new[1].weight.copy_(a.float())
+        new[0].weight.copy_(b.to(w.dtype))
+        new[1].weight.copy_(a.to(w.dtype))
         if layer.bias is not None:
             new[1].bias.copy_(layer.bias.detach())
-    return new
+    return new.train(layer.training)

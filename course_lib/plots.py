@@ -152,3 +152,339 @@ def soft_targets(images: torch.Tensor, probs: dict, classes, labels=None):
     axes[0, 1].legend(ncol=len(temps), fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def layer_shares(model, input_shape: tuple) -> dict:
+    """Each counted layer's share of the model's parameters and of its MACs, as fractions in [0, 1].
+
+    model: an ``nn.Module`` whose Conv2d/Linear layers ``measure.macs_by_layer`` can count;
+    input_shape: (C, H, W) of ONE input (e.g. (1, 28, 28)). Returns {layer name: {"params": share,
+    "macs": share, "param_count": int, "mac_count": int}} in module order; parameter shares are of
+    ``measure.count_params(model)`` (weights and biases), MAC shares of ``measure.macs``. Parameters
+    outside the counted layers (e.g. BatchNorm) appear under "other" (MAC share 0) when there are any.
+    Raises ValueError for a bad ``input_shape`` or a model with no countable layer.
+    """
+    from torch import nn
+
+    from .measure import count_params, macs_by_layer
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+    per_macs = macs_by_layer(model, input_shape)
+    total_params, total_macs = count_params(model), sum(per_macs.values())
+    if total_params == 0 or total_macs == 0:
+        raise ValueError(f"model has {total_params} parameters and {total_macs} MACs: shares are undefined")
+    out = {}
+    for name, m in per_macs.items():
+        p = sum(t.numel() for t in model.get_submodule(name).parameters())
+        out[name] = {"params": p / total_params, "macs": m / total_macs, "param_count": p, "mac_count": m}
+    rest = total_params - sum(v["param_count"] for v in out.values())
+    if rest > 0:
+        out["other"] = {"params": rest / total_params, "macs": 0.0, "param_count": rest, "mac_count": 0}
+    return out
+
+
+def params_vs_macs(model, input_shape: tuple, title: str = "where the parameters and the arithmetic are"):
+    """Grouped bar chart: each layer's share (%) of the parameters next to its share (%) of the MACs.
+
+    model and input_shape (C, H, W) as in :func:`layer_shares`. Bars are labelled with their share;
+    the two series each sum to 100%. Returns the Figure (one Axes, two bar containers:
+    parameters first, MACs second)."""
+    shares = layer_shares(model, input_shape)
+    names = list(shares)
+    xs = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2.5, 3.4))
+    for j, (key, label) in enumerate((("params", "share of parameters"), ("macs", "share of MACs"))):
+        vals = [100 * shares[n][key] for n in names]
+        bars = ax.bar(xs + (j - 0.5) * 0.4, vals, 0.4, label=label, color=f"C{j}")
+        ax.bar_label(bars, [f"{v:.0f}%" if v >= 0.5 else f"{v:.1f}%" for v in vals], fontsize=8, padding=1)
+    ax.set_xticks(xs, names)
+    ax.set(ylabel="share of the model (%)", ylim=(0, 110), title=title)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def pareto_seeds(records: list[dict], x: str = "macs", y: str = "accuracy", logx: bool = True, min_span: float = 2.0,
+                 baseline: str | None = "baseline", title: str | None = None, ax=None):
+    """Accuracy against cost for results records, with the noise drawn so it cannot pass for a frontier.
+
+    records: course records (``records.record``); ``x`` a numeric field (e.g. "macs", "params",
+    "latency_ms"), ``y`` a fraction in [0, 1] (plotted in %). Each record is one point at its mean with
+    an error bar of +- ``accuracy_std`` over its seeds (records with ``seeds`` > 1); controls (records
+    with ``control_of``) are hollow squares, the others filled circles. The ``baseline`` record's 95%
+    interval on the test images (``accuracy_ci``) is a grey band: points inside it are within the test
+    split's noise of the baseline. Names go to a legend beside the axes (labels never overlap). The y
+    range spans at least ``min_span`` > 0 points. The dotted step line is the Pareto front of the means.
+    Returns the Figure."""
+    if min_span <= 0:
+        raise ValueError(f"min_span={min_span!r} must be a number of points > 0")
+    pts = [r for r in records if r.get(x) is not None and r.get(y) is not None]
+    if not pts:
+        raise ValueError(f"no record has both {x!r} and {y!r}")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(8, 4))
+    else:
+        fig = ax.figure
+    ys = []
+    for i, r in enumerate(pts):
+        mean = 100 * r[y]
+        err = 100 * r.get("accuracy_std", 0.0) if r.get("seeds", 1) > 1 and y == "accuracy" else 0.0
+        control = r.get("control_of") is not None
+        label = r["name"] + (f" ({r['seeds']} seeds)" if r.get("seeds", 1) > 1 else "")
+        ax.errorbar(r[x], mean, yerr=err if err else None, fmt="s" if control else "o", ms=7, capsize=3,
+                    color=f"C{i % 10}", mfc="white" if control else f"C{i % 10}", label=label)
+        ys += [mean - err, mean + err]
+    base = next((r for r in pts if r["name"] == baseline), None) if baseline else None
+    if base is not None and base.get("accuracy_ci") and y == "accuracy":
+        lo, hi = (100 * v for v in base["accuracy_ci"])
+        ax.axhspan(lo, hi, color="0.85", zorder=0, label=f"{baseline}: 95% interval on {base.get('n_test', '?')} images")
+        ys += [lo, hi]
+    front, best = [], -1.0
+    for r in sorted(pts, key=lambda r: r[x]):
+        if r[y] > best:
+            front.append((r[x], 100 * r[y]))
+            best = r[y]
+    if len(front) > 1:
+        ax.step(*zip(*front), where="post", color="k", alpha=0.4, lw=1, ls=":")
+    low, high = min(ys), max(ys)
+    pad = max(0.0, min_span - (high - low)) / 2 + 0.1 * (high - low)
+    top = min(100.5, high + pad)
+    ax.set_ylim(min(low - pad, top - min_span), top)
+    ax.set(xlabel=x, ylabel=f"{y} (%)", xscale="log" if logx else "linear", title=title)
+    if logx:
+        from matplotlib.ticker import NullFormatter
+        ax.xaxis.set_minor_formatter(NullFormatter())   # minor labels like "3x10^5" would collide
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    return fig
+
+
+def rank_curves(errors: dict, accuracy: dict, reference: float | None = None, xlabel: str = "rank",
+                title: str = "error and accuracy against the rank"):
+    """Two panels sharing the x axis (log scale): left the relative errors {label: (xs, errors)} (fractions,
+    plotted as they are), right the accuracies {label: (xs, accuracies)} (fractions in [0, 1], plotted
+    in %) with a dashed ``reference`` accuracy. Every xs > 0. Returns the Figure."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for i, (label, (xs, vals)) in enumerate(errors.items()):
+        a.plot(xs, vals, marker="o", color=f"C{i % 10}", label=label)
+    for i, (label, (xs, accs)) in enumerate(accuracy.items()):
+        b.plot(xs, [100 * v for v in accs], marker="s", color=f"C{(i + len(errors)) % 10}", label=label)
+    if reference is not None:
+        b.axhline(100 * reference, color="k", ls="--", lw=1, label="unfactorized")
+    a.set(xscale="log", xlabel=xlabel, ylabel="relative error", title=title, ylim=(0, None))
+    b.set(xscale="log", xlabel=xlabel, ylabel="accuracy (%)", title="accuracy")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    ticks = sorted({v for xs, _ in [*errors.values(), *accuracy.values()] for v in xs})
+    for ax in (a, b):                                  # label the ranks themselves, not powers of ten
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    a.legend(fontsize=8)
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- chapter 1: pruning
+def _mean_and_seeds(acc) -> tuple[float, list[float]]:
+    vals = [float(a) for a in acc] if isinstance(acc, (list, tuple)) else [float(acc)]
+    if not vals:
+        raise ValueError("an accuracy entry is empty: give a number or a list of per-seed numbers")
+    return sum(vals) / len(vals), vals
+
+
+def accuracy_vs_sparsity(series: dict, n_test: int, reference: float | None = None, ylim=None,
+                         reference_label: str = "dense baseline",
+                         xlabel: str = "parameters removed, % of the baseline's (1 - non-zeros / baseline params)",
+                         ylabel: str = "test accuracy (%)", title: str = "accuracy vs sparsity", figsize=(7, 4.2)):
+    """Accuracy (%) against sparsity (%) with seeds and intervals: one series per method or control.
+
+    series: {label: (xs, accs)}: xs fractions in [0, 1]; each acc is a number (one run) or a list of
+    per-seed numbers in [0, 1]. A series with several points is drawn as a line through the means;
+    one point (a control) as a large marker. Error bars: the 95% Wilson interval of the mean on
+    ``n_test`` (>= 1) test images (``stats.accuracy_interval``, the test-sampling noise); small dots:
+    the individual seeds. reference: an accuracy fraction drawn as a dashed line with its Wilson band
+    (shaded). ylim in percent. Returns the Figure.
+    """
+    from .stats import accuracy_interval
+    if not isinstance(n_test, int) or n_test < 1:
+        raise ValueError(f"n_test={n_test!r} must be an integer >= 1")
+    fig, ax = plt.subplots(figsize=figsize)
+    markers = "osD^vP*Xh<>"
+    for i, (label, (xs, accs)) in enumerate(series.items()):
+        if len(xs) != len(accs) or not len(xs):
+            raise ValueError(f"series[{label!r}]: xs and accs must be non-empty and of equal length")
+        means, lo, hi = [], [], []
+        color = f"C{i % 10}"
+        for x, acc in zip(xs, accs):
+            m, vals = _mean_and_seeds(acc)
+            a, b = accuracy_interval(min(max(m, 0.0), 1.0), n_test)
+            means.append(100 * m)
+            lo.append(100 * (m - a))
+            hi.append(100 * (b - m))
+            if len(vals) > 1:
+                ax.plot([100 * x] * len(vals), [100 * v for v in vals], ".", color=color, ms=3, alpha=0.6)
+        px = [100 * x for x in xs]
+        single = len(xs) == 1
+        ax.errorbar(px, means, yerr=[lo, hi], color=color, marker=markers[i % len(markers)],
+                    ms=8 if single else 5, ls="none" if single else "-", capsize=3, lw=1.2, label=label)
+    if reference is not None:
+        a, b = accuracy_interval(reference, n_test)
+        ax.axhline(100 * reference, color="k", ls="--", lw=1, label=reference_label)
+        ax.axhspan(100 * a, 100 * b, color="k", alpha=0.08, lw=0)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def filter_norms(norms, n_keep: int, title: str = "L1 norm of each filter, sorted"):
+    """Bar chart of a layer's filter norms (a 1-D tensor or sequence, e.g. ``pruning.filter_l1_norms``)
+    sorted from largest to smallest; the ``n_keep`` (in [0, len]) largest in blue (kept), the rest in
+    red (removed), with the cut line between them. Returns the Figure."""
+    vals = sorted((float(v) for v in (norms.tolist() if torch.is_tensor(norms) else norms)), reverse=True)
+    if not isinstance(n_keep, int) or not 0 <= n_keep <= len(vals):
+        raise ValueError(f"n_keep={n_keep!r} must be an integer in [0, {len(vals)}]")
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    xs = np.arange(len(vals))
+    ax.bar(xs[:n_keep], vals[:n_keep], color="C0", label=f"kept ({n_keep})")
+    ax.bar(xs[n_keep:], vals[n_keep:], color="C3", label=f"removed ({len(vals) - n_keep})")
+    ax.axvline(n_keep - 0.5, color="k", ls="--", lw=1)
+    ax.set(xlabel="filter rank (by L1 norm)", ylabel="L1 norm", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def pruning_schedule(history, total_steps: int, title: str = "cubic schedule, as applied"):
+    """Sparsity against optimizer step for a ``pruning.GradualPruner``'s ``history`` [(step, sparsity)],
+    drawn over the whole run of ``total_steps`` (>= 1) steps: the ramp, then the recovery phase at the
+    final sparsity (shaded). Returns the Figure."""
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps={total_steps!r} must be an integer >= 1")
+    steps = [0] + [int(t) for t, _ in history]
+    sps = [0.0] + [100 * float(s) for _, s in history]
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    ax.step(steps + [total_steps], sps + [sps[-1]], where="post", marker=".", ms=4)
+    if history:
+        ax.axvspan(steps[-1], total_steps, color="C2", alpha=0.15, lw=0, label="recovery at the final sparsity")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set(xlabel="optimizer step", ylabel="sparsity (%)", xlim=(0, total_steps), title=title)
+    fig.tight_layout()
+    return fig
+
+
+def time_breakdown(parts: dict, order=None, title: str = "where a forward pass spends its time"):
+    """Stacked horizontal bars: for each model (key), its time per part in ms, as returned by
+    ``measure.time_children`` / ``compare_time_children`` ({part: ms} with "other" and "total"; "total"
+    is not drawn, it is the bar's length). order: the parts to stack, in order (default: every part
+    but "total"). Returns the Figure."""
+    if not parts:
+        raise ValueError("parts is empty: give {model label: {part: ms}}")
+    first = next(iter(parts.values()))
+    order = list(order) if order is not None else [k for k in first if k != "total"]
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(parts) + 1.4))
+    labels = list(parts)
+    left = np.zeros(len(labels))
+    for j, part in enumerate(order):
+        vals = np.array([max(float(parts[m].get(part, 0.0)), 0.0) for m in labels])
+        ax.barh(labels, vals, left=left, color=f"C{j % 10}", label=part)
+        left += vals
+    ax.invert_yaxis()
+    ax.set(xlabel="ms per batch of 64 (single thread)", title=title)
+    ax.legend(fontsize=7, ncol=len(order), loc="upper center", bbox_to_anchor=(0.5, -0.3 if len(parts) < 4 else -0.18))
+    fig.tight_layout()
+    return fig
+
+
+def quantizer_staircase(scale: float, zero_point: int, qmin: int, qmax: int, lo: float | None = None,
+                        hi: float | None = None, title: str = "the quantizer and its straight-through gradient"):
+    """Left: x -> x_hat of an affine quantizer (``scale`` > 0, integer grid [qmin, qmax] with
+    ``zero_point``) against the identity; right: the clipped straight-through gradient d x_hat / d x
+    (1 inside the grid's range, 0 where x is clamped) used by QAT. lo, hi: the x range drawn
+    (default: the grid's range widened by 30%). Returns the Figure."""
+    if not scale > 0 or qmin >= qmax:
+        raise ValueError(f"scale={scale!r} must be > 0 and qmin={qmin} < qmax={qmax}")
+    rlo, rhi = (qmin - zero_point) * scale, (qmax - zero_point) * scale
+    pad = 0.3 * (rhi - rlo)
+    lo = rlo - pad if lo is None else lo
+    hi = rhi + pad if hi is None else hi
+    x = torch.linspace(lo, hi, 2001)
+    q = torch.round(x / scale) + zero_point
+    x_hat = (torch.clamp(q, qmin, qmax) - zero_point) * scale
+    grad = ((q >= qmin) & (q <= qmax)).float()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    axes[0].plot(x, x, "k:", lw=1, label="identity")
+    axes[0].plot(x, x_hat, color="C0", label=r"$\hat x$ (forward)")
+    axes[0].set(xlabel="x", ylabel=r"$\hat x$", title=f"{qmax - qmin + 1} levels, step s = {scale:.3g}")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(x, grad, color="C3", label="straight-through (backward)")
+    axes[1].plot(x, torch.zeros_like(x), color="C7", ls="--", label="true derivative (0 almost everywhere)")
+    axes[1].set(xlabel="x", ylabel=r"$\partial \hat x / \partial x$", ylim=(-0.1, 1.2), title="gradient used by QAT")
+    axes[1].legend(fontsize=8, loc="center right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def accuracy_by_levels(rows: dict, reference: tuple | None = None, title: str = "accuracy at equal numbers of levels"):
+    """Accuracy (%) against the number of weight levels, one line per method.
+
+    rows: {method: {levels: (accuracy, low, high)}} with accuracies in [0, 1] and (low, high) the
+    interval drawn as an error bar (e.g. the spread over seeds or a 95% interval); reference:
+    (accuracy, low, high) of the float baseline, drawn as a band. Returns the Figure."""
+    if not rows:
+        raise ValueError("rows is empty: give {method: {levels: (accuracy, low, high)}}")
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    all_levels = sorted({lv for r in rows.values() for lv in r})
+    for i, (method, pts) in enumerate(rows.items()):
+        lv = sorted(pts)
+        acc = np.array([100 * pts[k][0] for k in lv])
+        err = np.array([[100 * (pts[k][0] - pts[k][1]) for k in lv], [100 * (pts[k][2] - pts[k][0]) for k in lv]])
+        off = (i - (len(rows) - 1) / 2) * 0.06
+        ax.errorbar(np.array(lv, float) * (1 + off), acc, yerr=np.clip(err, 0, None), marker="o", capsize=3,
+                    label=method, color=f"C{i % 10}")
+    if reference is not None:
+        ax.axhspan(100 * reference[1], 100 * reference[2], color="k", alpha=0.1, label="float baseline (95% interval)")
+        ax.axhline(100 * reference[0], color="k", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(all_levels, [str(v) for v in all_levels])
+    ax.set(xlabel="weight levels per layer or channel", ylabel="test accuracy (%)", title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- chapter 1: pruning (continued)
+def accuracy_vs_speed(records: list[dict], reference: str = "baseline", title: str = "accuracy vs speed",
+                      figsize=(7, 4.2)):
+    """Accuracy (%) against speed-up for results records (``records.record`` dicts with ``latency_ms``,
+    ``accuracy``, ``accuracy_ci`` and, for several seeds, ``accuracies``): x is the ``reference`` record's
+    latency divided by each record's (log scale; 1 = as fast as the reference), error bars the 95%
+    interval of each accuracy on the test images, small dots the seeds, the grey band the reference's
+    interval. No Pareto front is drawn: a front through means that differ by less than their intervals
+    would present noise as a frontier. Records without a latency are skipped. Returns the Figure."""
+    ref = next((r for r in records if r["name"] == reference), None)
+    if ref is None or not ref.get("latency_ms"):
+        raise ValueError(f"reference={reference!r} must name a record with a latency_ms")
+    fig, ax = plt.subplots(figsize=figsize)
+    lo, hi = ref["accuracy_ci"]
+    ax.axhspan(100 * lo, 100 * hi, color="k", alpha=0.08, lw=0)
+    ax.axhline(100 * ref["accuracy"], color="k", ls="--", lw=1)
+    for i, r in enumerate(r for r in records if r.get("latency_ms")):
+        x = ref["latency_ms"] / r["latency_ms"]
+        y = 100 * r["accuracy"]
+        a, b = r["accuracy_ci"]
+        color = f"C{i % 10}"
+        ax.errorbar([x], [y], yerr=[[y - 100 * a], [100 * b - y]], color=color, marker="o", capsize=3, ms=5)
+        for v in r.get("accuracies", []):
+            ax.plot([x], [100 * v], ".", color=color, ms=3, alpha=0.6)
+        ax.annotate(r["name"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.set(xlabel=f"speed-up against {reference} (its latency / the model's, log scale)",
+           ylabel="test accuracy (%)", title=title)
+    fig.tight_layout()
+    return fig

@@ -1,5 +1,6 @@
-"""Pruning: magnitude masks (unstructured), sensitivity scans, gradual schedules, and channel
-pruning that returns a physically smaller model.
+"""Pruning: magnitude masks (unstructured), the random-pruning control, sensitivity scans and the
+allocation of a total sparsity budget from them, gradual schedules, and channel pruning that returns a
+physically smaller model.
 
 Masks. ``magnitude_prune`` stores a 0/1 buffer ``<param>_mask`` (same shape as the weight) on each
 pruned Conv2d/Linear layer and multiplies the weight by it in place. The weight stays a plain
@@ -25,8 +26,9 @@ from . import _validate as V
 from .measure import PRUNABLE
 
 __all__ = [
-    "prunable_layers", "magnitude_mask", "magnitude_prune", "apply_masks", "remove_masks", "masks",
-    "mask_sparsity", "fine_tune", "sensitivity_scan", "choose_sparsities", "gradual_schedule",
+    "prunable_layers", "magnitude_mask", "magnitude_prune", "random_mask", "random_prune", "layer_sparsity",
+    "apply_masks", "remove_masks", "masks", "mask_sparsity", "fine_tune", "sensitivity_scan",
+    "choose_sparsities", "allocate_sparsities", "gradual_schedule",
     "GradualPruner", "filter_l1_norms", "filters_to_keep", "channel_prune",
 ]
 # Moved out (see storage, measure, plots): sparse_encode/sparse_decode/sparse_bytes -> storage,
@@ -68,8 +70,11 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """0/1 mask (same shape and dtype as ``weight``) that zeroes the ``round(sparsity * n)``
     entries of smallest absolute value. sparsity in [0, 1). Pure function.
 
-    Picks exactly the entries ``torch.nn.utils.prune.l1_unstructured`` picks (same rounding,
-    same ``torch.topk`` selection, so even ties are broken the same way).
+    Exactly k = round(sparsity * n) zeros, even when several weights tie at the threshold: ties are
+    broken by index (a stable sort of |w|: among equal magnitudes the lower flat index goes first).
+    The threshold form ``|w| > tau`` would zero every tied weight, i.e. more than k. Without ties
+    the mask equals ``torch.nn.utils.prune.l1_unstructured``'s (same rounding, same k smallest);
+    torch selects with ``torch.topk``, whose order among ties is unspecified.
     """
     sparsity = _fraction("sparsity", sparsity)
     if not torch.is_tensor(weight) or weight.numel() == 0:
@@ -77,7 +82,25 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     k = _n_prune(sparsity, weight.numel())
     mask = torch.ones_like(weight)
     if k > 0:
-        idx = torch.topk(weight.detach().abs().flatten(), k, largest=False).indices
+        idx = torch.argsort(weight.detach().abs().flatten(), stable=True)[:k]
+        mask.view(-1)[idx] = 0
+    return mask
+
+
+def random_mask(weight: torch.Tensor, sparsity: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """0/1 mask (same shape and dtype as ``weight``) zeroing ``round(sparsity * n)`` entries chosen
+    uniformly at random, whatever their magnitude: the control that shows what the magnitude
+    criterion is worth. sparsity in [0, 1); generator: a ``torch.Generator`` (the global random
+    state is never touched: None means a generator seeded with 0). Pure function.
+    """
+    sparsity = _fraction("sparsity", sparsity)
+    if not torch.is_tensor(weight) or weight.numel() == 0:
+        raise ValueError("weight must be a non-empty tensor")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    k = _n_prune(sparsity, weight.numel())
+    mask = torch.ones_like(weight)
+    if k > 0:
+        idx = torch.randperm(weight.numel(), generator=g)[:k].to(weight.device)
         mask.view(-1)[idx] = 0
     return mask
 
@@ -127,6 +150,49 @@ def magnitude_prune(model: nn.Module, sparsity, scope: str = "global",
         _set_mask(mod, mask[start:start + n].view_as(mod.weight))
         start += n
     return model
+
+
+def random_prune(model: nn.Module, sparsity, scope: str = "global", layers: Iterable[str] | None = None,
+                 seed: int = 0) -> nn.Module:
+    """Prune randomly chosen weights of ``model`` IN PLACE (the random-pruning control); return the model.
+
+    sparsity: fraction in [0, 1) of the selected layers' weights set to zero, or a dict {layer name:
+    sparsity} (then ``scope`` is ignored), e.g. ``layer_sparsity(magnitude_pruned_model)`` to copy a
+    magnitude-pruned model's per-layer allocation so that only the choice of weights differs.
+    scope: "global" draws the zeros uniformly among all selected weights (every layer ends near
+    ``sparsity``); "layer" draws exactly ``round(sparsity * n)`` in each layer. seed: integer >= 0 of a
+    private generator (the global random state is untouched). Existing masks are replaced. Masks
+    are stored as ``weight_mask`` buffers, exactly like ``magnitude_prune``'s.
+    """
+    seed = V.int_in("seed", seed, 0, None)
+    g = torch.Generator().manual_seed(seed)
+    if isinstance(sparsity, dict):
+        mods = prunable_layers(model, list(sparsity))
+        for name, mod in mods.items():
+            _set_mask(mod, random_mask(mod.weight, _fraction(f"sparsity[{name!r}]", sparsity[name]), g))
+        return model
+    sparsity = _fraction("sparsity", sparsity)
+    V.one_of("scope", scope, ("global", "layer"))
+    mods = prunable_layers(model, layers)
+    if scope == "layer":
+        for mod in mods.values():
+            _set_mask(mod, random_mask(mod.weight, sparsity, g))
+        return model
+    n_all = sum(m.weight.numel() for m in mods.values())
+    mask = random_mask(torch.empty(n_all), sparsity, g)
+    start = 0
+    for mod in mods.values():
+        n = mod.weight.numel()
+        _set_mask(mod, mask[start:start + n].view_as(mod.weight))
+        start += n
+    return model
+
+
+def layer_sparsity(model: nn.Module, layers: Iterable[str] | None = None) -> dict[str, float]:
+    """{layer name: fraction in [0, 1] of its weight entries that are exactly zero} for every
+    Conv2d/Linear layer (or the named ``layers``), in module order. Biases are not counted; masked
+    weights are zero, so a pruned model's allocation reads back from its weights."""
+    return {name: float((mod.weight == 0).float().mean()) for name, mod in prunable_layers(model, layers).items()}
 
 
 def masks(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -236,6 +302,75 @@ def choose_sparsities(scan: dict[str, list[float]], sparsities, reference: float
         ok = [s for s, a in zip(sparsities, accs) if a >= reference - max_drop]
         out[name] = float(max(ok)) if ok else 0.0
     return out
+
+
+def _sparsity_at_drop(points: list[tuple[float, float]], floor: float) -> float:
+    """The largest sparsity on the piecewise-linear curve (sparsity, accuracy), starting at (0, ref),
+    before the accuracy first falls below ``floor`` (linear interpolation of the crossing)."""
+    s_prev, a_prev = points[0]
+    for s, a in points[1:]:
+        if a < floor:
+            if a_prev <= floor:
+                return s_prev
+            return s_prev + (s - s_prev) * (a_prev - floor) / (a_prev - a)
+        s_prev, a_prev = s, a
+    return s_prev
+
+
+def allocate_sparsities(scan: dict[str, list[float]], sparsities, reference: float, sizes: dict[str, int],
+                        target: float, tol: float = 1e-6) -> dict[str, float]:
+    """Per-layer sparsities from a sensitivity scan that reach a TOTAL sparsity ``target``.
+
+    Every layer may lose the same accuracy d when pruned alone: its sparsity is where its scanned
+    curve (linear between the points (0, reference), (s_i, acc_i)) first drops below reference - d,
+    capped at the largest scanned sparsity. d is found by bisection so that
+    sum_l sizes[l] * s_l / sum_l sizes[l] = target (within ``tol``). This allocates a fixed budget
+    the way a sensitivity scan is meant to be used, so it can be compared fairly with a global
+    threshold at the same total sparsity.
+
+    scan, sparsities, reference: as in ``choose_sparsities`` (reference in [0, 1]); sizes: {layer:
+    number of weights} for every layer of ``scan`` (e.g. ``{n: m.weight.numel() for n, m in
+    prunable_layers(model).items()}``); target in [0, 1). Returns {layer: sparsity in [0, 1)}.
+    Raises ValueError if the scanned sparsities cannot reach ``target``.
+    """
+    reference = V.number_in("reference", reference, 0, 1)
+    target = _fraction("target", target)
+    sparsities = [_fraction(f"sparsities[{i}]", s) for i, s in enumerate(sparsities)]
+    missing = [k for k in scan if k not in sizes]
+    if missing:
+        raise ValueError(f"sizes has no entry for layers {missing}; give the weight count of every scanned layer")
+    curves = {}
+    for name, accs in scan.items():
+        if len(accs) != len(sparsities):
+            raise ValueError(f"scan[{name!r}] has {len(accs)} values but sparsities has {len(sparsities)}")
+        V.positive_int(f"sizes[{name!r}]", sizes[name])
+        curves[name] = [(0.0, reference)] + sorted(zip(sparsities, accs))
+    total = sum(sizes[k] for k in curves)
+
+    def alloc(d):
+        return {k: _sparsity_at_drop(pts, reference - d) for k, pts in curves.items()}
+
+    def total_sparsity(a):
+        return sum(sizes[k] * s for k, s in a.items()) / total
+
+    reachable = total_sparsity(alloc(1.0 + reference))
+    if reachable < target - tol:
+        raise ValueError(f"target={target!r} is not reachable: the scanned sparsities allow at most "
+                         f"{reachable:.4f} in total; scan higher sparsities")
+    lo, hi = 0.0, 1.0 + reference
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if total_sparsity(alloc(mid)) < target:
+            lo = mid
+        else:
+            hi = mid
+    a = alloc(hi)
+    # the curve is continuous in d except where a scanned accuracy is flat; close any residual
+    # gap by scaling the allocation (tiny in practice) so the total is exact
+    got = total_sparsity(a)
+    if got > 0 and abs(got - target) > tol:
+        a = {k: min(s * target / got, max(sparsities)) for k, s in a.items()}
+    return {k: float(s) for k, s in a.items()}
 
 
 # ---------------------------------------------------------------- gradual pruning

@@ -52,6 +52,25 @@ def test_magnitude_mask_checker(capsys):
     assert not checks.check_magnitude_mask(in_place)
     assert "in place" in capsys.readouterr().out
 
+    def threshold(w, s):  # |w| > tau with tau the k-th smallest |w|: right without ties, too many zeros with them
+        k = round(s * w.numel())
+        if k == 0:
+            return torch.ones_like(w)
+        tau = w.abs().flatten().kthvalue(k).values
+        return (w.abs() > tau).to(w.dtype)
+    assert not checks.check_magnitude_mask(threshold)
+    assert "tied" in capsys.readouterr().out
+
+    def ties_to_largest(w, s):  # exactly k zeros with ties, but one of them at a larger |w|
+        m = P.magnitude_mask(w, s)
+        if w.numel() == 10 and abs(w[1].item() + 0.1) < 1e-6:   # the tie case: swap a tied zero for the largest weight
+            m = m.clone()
+            m[torch.nonzero(m == 0)[0]] = 1
+            m[w.abs().argmax()] = 0
+        return m
+    assert not checks.check_magnitude_mask(ties_to_largest)
+    assert "smallest |w|" in capsys.readouterr().out
+
 
 def test_filters_to_keep_checker(capsys):
     def learner(w, r):

@@ -141,3 +141,96 @@ def test_checkers_leave_the_global_random_generator_alone():
     assert C.check_fake_quant_ste(lambda x, s, z, lo, hi: torch.fake_quantize_per_tensor_affine(x, s, z, lo, hi),
                                   verbose=False)
     assert torch.equal(torch.rand(3), want)
+
+
+# ---------------------------------------------------------------- quantized linear layer in integers
+def _acc_bias(q_x, z_x, s_x, q_w, z_w, s_w, bias, dtype=torch.int32):
+    s_acc = torch.tensor(s_x, dtype=torch.float32) * s_w
+    acc = (q_x.to(dtype) - z_x) @ (q_w.to(dtype) - z_w).T + torch.round(bias / s_acc).to(dtype)
+    return acc, s_acc
+
+
+def ql_ref(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    acc, s_acc = _acc_bias(q_x, z_x, s_x, q_w, z_w, s_w, bias)
+    return (torch.round(acc.to(torch.float32) * (s_acc / s_y)) + z_y).clamp(0, 255).to(torch.uint8)
+
+
+def ql_library(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    return Q.quantized_linear(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y)
+
+
+def ql_no_zx(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    return ql_ref(q_x, 0, s_x, q_w, z_w, s_w, bias, s_y, z_y)
+
+
+def ql_no_zw(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    return ql_ref(q_x, z_x, s_x, q_w, 0, s_w, bias, s_y, z_y)
+
+
+def ql_no_bias(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    return ql_ref(q_x, z_x, s_x, q_w, z_w, s_w, bias * 0, s_y, z_y)
+
+
+def ql_bias_at_s_y(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    acc = (q_x.to(torch.int32) - z_x) @ (q_w.to(torch.int32) - z_w).T + torch.round(bias / s_y).to(torch.int32)
+    m = torch.tensor(s_x, dtype=torch.float32) * s_w / s_y
+    return (torch.round(acc.float() * m) + z_y).clamp(0, 255).to(torch.uint8)
+
+
+def ql_float_bias(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    acc = (q_x.to(torch.int32) - z_x) @ (q_w.to(torch.int32) - z_w).T
+    s_acc = torch.tensor(s_x, dtype=torch.float32) * s_w
+    return (torch.round((acc.float() * s_acc + bias) / s_y) + z_y).clamp(0, 255).to(torch.uint8)
+
+
+def ql_half_up(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    acc, s_acc = _acc_bias(q_x, z_x, s_x, q_w, z_w, s_w, bias)
+    return (torch.floor(acc.float() * (s_acc / s_y) + 0.5) + z_y).clamp(0, 255).to(torch.uint8)
+
+
+def ql_float64(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    acc, _ = _acc_bias(q_x, z_x, s_x, q_w, z_w, s_w, bias, torch.int64)
+    return (torch.round(acc.double() * s_x * s_w.double() / s_y) + z_y).clamp(0, 255).to(torch.uint8)
+
+
+def ql_no_clamp(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    acc, s_acc = _acc_bias(q_x, z_x, s_x, q_w, z_w, s_w, bias)
+    return (torch.round(acc.float() * (s_acc / s_y)) + z_y).to(torch.uint8)
+
+
+def ql_int32(*args):
+    return ql_ref(*args).to(torch.int32)
+
+
+def ql_wraps(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    return ql_ref((q_x - z_x).to(torch.int32) + z_x * 0, 0, s_x, (q_w - z_w).to(torch.int32), 0, s_w, bias, s_y, z_y)
+
+
+def test_quantized_linear_checker(capsys):
+    assert checks.check_quantized_linear(ql_ref)
+    assert checks.check_quantized_linear(ql_library)
+    capsys.readouterr()
+    for wrong, words in [(ql_no_zx, "zero-point terms are missing"), (ql_no_zw, "weight zero-point term"),
+                         (ql_no_bias, "bias is missing"), (ql_bias_at_s_y, "wrong scale"),
+                         (ql_float_bias, "added in float"), (ql_half_up, "half to even"),
+                         (ql_float64, "float32"), (ql_no_clamp, "clamp"), (ql_int32, "dtype"),
+                         (ql_wraps, "wraps around")]:
+        assert not checks.check_quantized_linear(wrong), wrong.__name__
+        assert words in capsys.readouterr().out, wrong.__name__
+
+
+def test_quantized_linear_checker_stub(capsys):
+    def stub(*args):
+        raise NotImplementedError
+    assert not checks.check_quantized_linear(stub)
+    assert "not implemented" in capsys.readouterr().out
+
+
+def ql_order(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    acc, s_acc = _acc_bias(q_x, z_x, s_x, q_w, z_w, s_w, bias)
+    return (torch.round(acc.float() * s_x * s_w / s_y) + z_y).clamp(0, 255).to(torch.uint8)
+
+
+def test_quantized_linear_checker_names_the_multiplication_order(capsys):
+    assert not checks.check_quantized_linear(ql_order)
+    assert "order" in capsys.readouterr().out

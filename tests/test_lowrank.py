@@ -379,3 +379,169 @@ def test_plots_spectra_figure():
 
 
 
+
+
+# ---------------------------------------------------------------- cost formulas
+@pytest.mark.parametrize("ranks", [(16, 12), (8, None), (None, 4), (50, 20)])
+def test_tucker2_macs_matches_measure(ranks):
+    model = LeNet5().eval()
+    m = lr.factorize(model, {"conv2": ranks}) if ranks != (50, 20) else model
+    got = lr.tucker2_macs(20, 50, 5, ranks, 12, 8) if ranks != (50, 20) else None
+    if got is not None:
+        conv2 = sum(v for k, v in measure.macs_by_layer(m, (1, 28, 28)).items() if k.startswith("conv2"))
+        assert got == conv2
+    assert lr.tucker2_macs(20, 50, 5, (16, 12), 12, 8) == 392_960  # the chapter's conv2 (review, appendix A)
+    assert lr.tucker2_macs(20, 50, (5, 5), (16, 12), (12, 12), (8, 8)) == 392_960
+
+
+def test_cp_macs_matches_measure_and_is_linear_in_rank():
+    model = LeNet5().eval()
+    m = lr.factorize(model, {"conv2": 7}, method="cp")
+    conv2 = sum(v for k, v in measure.macs_by_layer(m, (1, 28, 28)).items() if k.startswith("conv2"))
+    assert lr.cp_macs(20, 50, 5, 7, 12, 8) == conv2 == 7 * lr.cp_macs(20, 50, 5, 1, 12, 8)
+    with pytest.raises(ValueError, match="rank=0"):
+        lr.cp_macs(20, 50, 5, 0, 12, 8)
+    with pytest.raises(ValueError, match="in_size"):
+        lr.tucker2_macs(20, 50, 5, (4, 4), (12, 12, 3), 8)
+    with pytest.raises(ValueError, match="rank_in"):
+        lr.tucker2_macs(20, 50, 5, (4, 40), 12, 8)
+
+
+# ---------------------------------------------------------------- weight error vs output error
+def test_dense_weight_of_every_factorized_layer():
+    lin, conv = _linear(12, 9), _conv(6, 8, 3, padding=1)
+    assert torch.equal(lr.dense_weight(lin), lin.weight.detach())
+    torch.testing.assert_close(lr.dense_weight(lr.svd_linear(lin, 9)), lin.weight.detach(), **F64)
+    for ranks in ((8, 6), (3, None), (None, 2), (4, 5)):
+        t = lr.tucker_conv(conv, ranks)
+        x = torch.randn(2, 6, 7, 7, dtype=torch.float64)
+        want = t(x) - (conv.bias.view(1, -1, 1, 1))
+        torch.testing.assert_close(torch.nn.functional.conv2d(x, lr.dense_weight(t), padding=1), want, **F64)
+    cp = lr.cp_conv(conv, 5, n_iter=5)
+    x = torch.randn(2, 6, 7, 7, dtype=torch.float64)
+    torch.testing.assert_close(torch.nn.functional.conv2d(x, lr.dense_weight(cp), padding=1),
+                               cp(x) - conv.bias.view(1, -1, 1, 1), **F64)
+    with pytest.raises(ValueError, match="module must be"):
+        lr.dense_weight(nn.ReLU())
+
+
+def test_relative_weight_error_is_the_eckart_young_error():
+    lin = _linear(30, 20)
+    s = lr.spectrum(lin)
+    err = lr.relative_weight_error(lin, lr.svd_linear(lin, 5))
+    assert err == pytest.approx(lr.svd_error(s, 5) / float(s.norm()), rel=1e-9)
+    assert lr.relative_weight_error(lin, lin) == 0.0
+    with pytest.raises(ValueError, match="different shapes"):
+        lr.relative_weight_error(lin, _linear(20, 30))
+
+
+def test_layer_inputs_and_hessian():
+    model = LeNet5().eval()
+    x = torch.randn(5, 1, 28, 28)
+    feats = lr.layer_inputs(model, "fc1", x, batch_size=2)
+    torch.testing.assert_close(feats, model.features(x))
+    assert lr.layer_inputs(model, "conv2", x).shape == (5, 20, 12, 12)
+    assert not model.training
+    h = lr.input_hessian(feats)
+    assert h.shape == (800, 800) and h.dtype == torch.float64
+    torch.testing.assert_close(h, feats.double().T @ feats.double() / 5)
+    with pytest.raises(ValueError, match="not a submodule"):
+        lr.layer_inputs(model, "fc9", x)
+    with pytest.raises(ValueError, match="2-D"):
+        lr.input_hessian(torch.zeros(3))
+
+
+def test_relative_output_error_white_noise_matches_weight_error_and_skewed_inputs_do_not():
+    lin = _linear(40, 30)
+    approx = lr.svd_linear(lin, 8)
+    g = torch.Generator().manual_seed(0)
+    white = torch.randn(20000, 40, generator=g, dtype=torch.float64)
+    w_err = lr.relative_weight_error(lin, approx)
+    assert lr.relative_output_error(lin, approx, white) == pytest.approx(w_err, rel=0.03)
+    assert lr.relative_output_error(lin, lin, white) == 0.0
+    # inputs living in the span of the kept right singular vectors: no output error at all
+    _, _, vh = torch.linalg.svd(lin.weight.detach(), full_matrices=False)
+    inside = torch.randn(100, 8, generator=g, dtype=torch.float64) @ vh[:8]
+    assert lr.relative_output_error(lin, approx, inside) < 1e-10 < w_err
+    conv = _conv(4, 6, 3)
+    t = lr.tucker_conv(conv, (6, 4))
+    assert lr.relative_output_error(conv, t, torch.randn(3, 4, 6, 6, dtype=torch.float64)) < 1e-10
+
+
+def test_activation_aware_svd_is_optimal_on_its_inputs_and_plain_for_white_inputs():
+    lin = _linear(30, 20)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(500, 30, generator=g, dtype=torch.float64) @ torch.diag(torch.logspace(-2, 1, 30, dtype=torch.float64))
+    h = lr.input_hessian(x)
+    aware = lr.activation_aware_svd_linear(lin, 5, h, damping=0.0)
+    plain = lr.svd_linear(lin, 5)
+    assert isinstance(aware, lr.LowRankLinear) and aware[0].weight.dtype == torch.float64
+    e_aware, e_plain = lr.relative_output_error(lin, aware, x), lr.relative_output_error(lin, plain, x)
+    assert e_aware < e_plain
+    # optimal: no rank-5 matrix does better, e.g. small random perturbations of the factors
+    for seed in range(3):
+        p = lr.activation_aware_svd_linear(lin, 5, h, damping=0.0)
+        with torch.no_grad():
+            p[0].weight.add_(1e-3 * torch.randn(p[0].weight.shape, generator=torch.Generator().manual_seed(seed),
+                                                dtype=torch.float64))
+        assert lr.relative_output_error(lin, p, x) >= e_aware - 1e-12
+    # with H = I it is the plain truncated SVD
+    torch.testing.assert_close(lr.dense_weight(lr.activation_aware_svd_linear(lin, 5, torch.eye(30, dtype=torch.float64), 0.0)),
+                               lr.dense_weight(plain), **F64)
+    assert lr.relative_weight_error(lin, aware) > lr.relative_weight_error(lin, plain)
+
+
+def test_activation_aware_svd_rejects_bad_hessians():
+    lin = _linear(6, 4)
+    with pytest.raises(ValueError, match="symmetric"):
+        lr.activation_aware_svd_linear(lin, 2, torch.triu(torch.ones(6, 6)))
+    with pytest.raises(ValueError, match="damping=-1"):
+        lr.activation_aware_svd_linear(lin, 2, torch.eye(6), damping=-1)
+    with pytest.raises(ValueError, match="positive definite"):
+        lr.activation_aware_svd_linear(lin, 2, -torch.eye(6, dtype=torch.float64), damping=0.0)
+    with pytest.raises(ValueError, match="hessian has shape"):
+        lr.activation_aware_svd_linear(lin, 2, [[1.0]])
+
+
+# ---------------------------------------------------------------- chapter 3 recipes and figures
+def test_chapter3_cp_ranks_match_the_tucker_macs():
+    from course_lib import recipes
+    model = LeNet5().eval()
+    r = recipes.chapter3_cp_ranks(model)
+    assert r == {"fc1": 30, "conv2": 57}
+    tucker = measure.macs(lr.factorize(model, recipes.chapter3_ranks(model)), (1, 28, 28))
+    cp = lr.tucker2_macs(20, 50, 5, (16, 12), 12, 8) - lr.cp_macs(20, 50, 5, 57, 12, 8)
+    assert abs(cp) < lr.cp_macs(20, 50, 5, 1, 12, 8) and tucker == 724_960
+
+
+def test_unfactorized_finetune_keeps_the_architecture_and_the_original():
+    from course_lib import recipes
+    torch.manual_seed(0)
+    model = LeNet5(c1=2, c2=3, fc=8).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    data = (torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
+    out = recipes.unfactorized_finetune(model, data, epochs=1, progress=False)
+    assert type(out) is LeNet5 and out.config == model.config and not out.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert any(not torch.equal(v, out.state_dict()[k]) for k, v in before.items())
+
+
+def test_plots_pareto_seeds_and_rank_curves():
+    import matplotlib
+    matplotlib.use("Agg")
+    from course_lib import plots
+    recs = [dict(name="baseline", macs=100, accuracy=0.99, accuracy_std=0.0, accuracy_ci=[0.982, 0.995], seeds=1,
+                 n_test=1000),
+            dict(name="a", macs=30, accuracy=0.988, accuracy_std=0.001, seeds=3),
+            dict(name="ctl", macs=30, accuracy=0.987, accuracy_std=0.002, seeds=3, control_of="a")]
+    fig = plots.pareto_seeds(recs, x="macs")
+    ax = fig.axes[0]
+    lo, hi = ax.get_ylim()
+    assert hi - lo >= 2.0 - 1e-9
+    labels = ax.get_legend_handles_labels()[1]
+    assert "a (3 seeds)" in labels and any("95% interval" in t for t in labels)
+    with pytest.raises(ValueError, match="min_span"):
+        plots.pareto_seeds(recs, min_span=0)
+    fig = plots.rank_curves({"weight": ([1, 2, 4], [0.9, 0.5, 0.1])}, {"val": ([1, 2, 4], [0.5, 0.9, 0.99])},
+                            reference=0.99)
+    assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 2

@@ -57,3 +57,24 @@ def test_soft_targets():
     fig = plots.soft_targets(x, probs, [str(i) for i in range(10)], labels=y)
     assert len(fig.axes) == 6
     assert len(fig.axes[1].patches) == 2 * 10  # one bar per class per temperature
+
+
+def test_layer_shares_and_params_vs_macs():
+    from torch import nn
+    shares = plots.layer_shares(LeNet5(), (1, 28, 28))
+    assert list(shares) == ["conv1", "conv2", "fc1", "fc2"]
+    assert shares["fc1"]["param_count"] == 400_500 and shares["conv2"]["mac_count"] == 1_600_000
+    assert shares["fc1"]["params"] == pytest.approx(400_500 / 431_080)
+    assert shares["conv2"]["macs"] == pytest.approx(1_600_000 / 2_293_000)
+    assert sum(v["params"] for v in shares.values()) == pytest.approx(1.0)
+    fig = plots.params_vs_macs(LeNet5(), (1, 28, 28))
+    params_bars, macs_bars = fig.axes[0].containers
+    assert [b.get_height() for b in macs_bars] == pytest.approx([100 * v["macs"] for v in shares.values()])
+    assert sum(b.get_height() for b in params_bars) == pytest.approx(100.0)
+    bn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2 * 6 * 6, 3))
+    s = plots.layer_shares(bn, (1, 8, 8))
+    assert s["other"] == {"params": 4 / 243, "macs": 0.0, "param_count": 4, "mac_count": 0}
+    with pytest.raises(ValueError, match="input_shape"):
+        plots.layer_shares(LeNet5(), (1, 0, 28))
+    with pytest.raises(ValueError, match="model"):
+        plots.params_vs_macs("lenet", (1, 28, 28))

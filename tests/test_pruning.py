@@ -49,6 +49,17 @@ def test_magnitude_mask_zeroes_smallest():
     assert P.magnitude_mask(w, 0.0).eq(1).all()
 
 
+def test_magnitude_mask_breaks_ties_by_index_with_exactly_k_zeros():
+    w = torch.tensor([0.3, -0.1, 0.1, 0.2, -0.1, 0.5, 0.1, 0.9])  # four weights tie at |w| = 0.1
+    m = P.magnitude_mask(w, 0.25)                                # k = 2: the two lowest indices of the tie
+    assert m.tolist() == [1, 0, 0, 1, 1, 1, 1, 1]
+    tau = 0.1
+    assert int((w.abs() > tau).logical_not().sum()) == 4         # the threshold form would zero four
+    # existing zeros tie at 0 and are pruned first, so re-pruning at the same sparsity is a no-op
+    z = torch.tensor([0.0, 0.5, 0.0, -0.2, 0.0, 0.7])
+    assert P.magnitude_mask(z, 0.5).tolist() == [0, 1, 0, 1, 0, 1]
+
+
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("amount", [0.0, 0.3, 0.5, 0.9, 0.97])
 def test_layer_scope_matches_torch_l1_unstructured(seed, amount):
@@ -376,3 +387,141 @@ def test_prunable_layers_order():
 
 
 # (matmul_latency_ms is tested in test_measure.py, the pruning figures in test_plots.py)
+
+
+# ---------------------------------------------------------------- random pruning (the control)
+def test_random_mask_exact_count_private_generator_and_ignores_magnitude():
+    w = torch.arange(1.0, 1001.0)                      # magnitude grows with the index
+    state = torch.random.get_rng_state()
+    m1 = P.random_mask(w, 0.9, torch.Generator().manual_seed(3))
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is untouched
+    assert int((m1 == 0).sum()) == 900 and m1.shape == w.shape and m1.dtype == w.dtype
+    assert torch.equal(m1, P.random_mask(w, 0.9, torch.Generator().manual_seed(3)))  # reproducible
+    assert not torch.equal(m1, P.random_mask(w, 0.9, torch.Generator().manual_seed(4)))
+    kept = w[m1 == 1]
+    assert kept.min() < 500 < kept.max()               # not the largest weights: random, not magnitude
+    assert P.random_mask(w, 0.0).eq(1).all()
+    with pytest.raises(ValueError, match="sparsity"):
+        P.random_mask(w, 1.0)
+
+
+def test_random_prune_scopes_dict_and_masks_survive_fine_tuning():
+    model = small_lenet(2)
+    g = P.random_prune(copy.deepcopy(model), 0.8, seed=1)
+    assert measure.sparsity(g) == pytest.approx(0.8, abs=1e-3)
+    assert set(P.masks(g)) == {"conv1", "conv2", "fc1", "fc2"}
+    lay = P.random_prune(copy.deepcopy(model), 0.5, scope="layer", seed=1)
+    for name, mod in P.prunable_layers(lay).items():
+        assert int((mod.weight == 0).sum()) == round(0.5 * mod.weight.numel()), name
+    # copying a magnitude-pruned model's allocation: same per-layer sparsities, different weights
+    mag = P.magnitude_prune(copy.deepcopy(model), 0.7, scope="global")
+    alloc = P.layer_sparsity(mag)
+    rnd = P.random_prune(copy.deepcopy(model), alloc, seed=5)
+    for name in alloc:
+        assert P.layer_sparsity(rnd)[name] == pytest.approx(alloc[name], abs=1e-6)
+    assert not torch.equal(P.masks(rnd)["fc1"], P.masks(mag)["fc1"])
+    x, y = toy_data(32)
+    P.fine_tune(rnd, (x, y), epochs=1, batch_size=8, progress=False)
+    assert P.layer_sparsity(rnd)["fc1"] == pytest.approx(alloc["fc1"], abs=1e-6)
+    with pytest.raises(ValueError, match="seed"):
+        P.random_prune(copy.deepcopy(model), 0.5, seed=-1)
+    with pytest.raises(ValueError, match="scope"):
+        P.random_prune(copy.deepcopy(model), 0.5, scope="net")
+
+
+def test_layer_sparsity_reads_zeros_per_layer():
+    model = small_lenet(3)
+    assert set(P.layer_sparsity(model).values()) == {0.0}
+    with torch.no_grad():
+        model.fc2.weight[:, :8] = 0
+    assert P.layer_sparsity(model, ["fc2"]) == {"fc2": pytest.approx(0.5)}
+
+
+# ---------------------------------------------------------------- allocating a total budget from a scan
+def test_allocate_sparsities_hits_the_total_with_equal_drops():
+    sps = [0.5, 0.9, 0.98]
+    scan = {"a": [0.99, 0.95, 0.50], "b": [0.99, 0.98, 0.90], "c": [0.99, 0.99, 0.98]}
+    sizes = {"a": 100, "b": 1000, "c": 10000}
+    got = P.allocate_sparsities(scan, sps, 0.99, sizes, target=0.9)
+    total = sum(sizes[k] * v for k, v in got.items()) / sum(sizes.values())
+    assert total == pytest.approx(0.9, abs=1e-6)
+    assert got["c"] > got["b"] > got["a"]                  # the robust layer gives up the most
+    # every layer sits where its curve crosses the same floor (linear interpolation), unless capped
+    floor_a = 0.99 + (0.95 - 0.99) * (got["a"] - 0.5) / (0.9 - 0.5)
+    floor_b = 0.99 + (0.98 - 0.99) * (got["b"] - 0.5) / (0.9 - 0.5) if got["b"] <= 0.9 else \
+        0.98 + (0.90 - 0.98) * (got["b"] - 0.9) / (0.98 - 0.9)
+    assert floor_a == pytest.approx(floor_b, abs=1e-6)
+    # a low target is met exactly too
+    low = P.allocate_sparsities(scan, sps, 0.99, sizes, target=0.3)
+    assert sum(sizes[k] * v for k, v in low.items()) / sum(sizes.values()) == pytest.approx(0.3, abs=1e-6)
+    with pytest.raises(ValueError, match="not reachable"):
+        P.allocate_sparsities(scan, sps, 0.99, sizes, target=0.99)
+    with pytest.raises(ValueError, match="sizes"):
+        P.allocate_sparsities(scan, sps, 0.99, {"a": 1}, target=0.5)
+    with pytest.raises(ValueError, match="target"):
+        P.allocate_sparsities(scan, sps, 0.99, sizes, target=1.0)
+    with pytest.raises(ValueError, match="reference"):
+        P.allocate_sparsities(scan, sps, 99.0, sizes, target=0.5)
+    # the result prunes a real model to the total
+    model = small_lenet(4)
+    lsizes = {n: m.weight.numel() for n, m in P.prunable_layers(model).items()}
+    lscan = {n: [0.99, 0.97, 0.9] for n in lsizes}
+    alloc = P.allocate_sparsities(lscan, sps, 0.99, lsizes, target=0.6)
+    assert measure.sparsity(P.magnitude_prune(model, alloc)) == pytest.approx(0.6, abs=5e-3)
+
+
+# ---------------------------------------------------------------- chapter 1's figures (plots.py additions)
+def test_chapter1_figures_draw_and_validate():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from course_lib import plots
+    fig = plots.accuracy_vs_sparsity({"method": ([0.9, 0.95], [[0.98, 0.99, 0.985], [0.97, 0.975, 0.96]]),
+                                      "control": ([0.9], [0.97])}, n_test=1000, reference=0.989, ylim=(95, 100))
+    ax = fig.axes[0]
+    assert ax.get_ylim() == (95, 100) and len(ax.get_legend().get_texts()) == 3
+    plt.close(fig)
+    with pytest.raises(ValueError, match="n_test"):
+        plots.accuracy_vs_sparsity({"a": ([0.5], [0.9])}, n_test=0)
+    with pytest.raises(ValueError, match="equal length"):
+        plots.accuracy_vs_sparsity({"a": ([0.5, 0.6], [0.9])}, n_test=10)
+    fig = plots.filter_norms(torch.tensor([3.0, 1.0, 2.0, 0.5]), 2)
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert heights == [3.0, 2.0, 1.0, 0.5]                       # sorted, largest first
+    plt.close(fig)
+    with pytest.raises(ValueError, match="n_keep"):
+        plots.filter_norms([1.0, 2.0], 3)
+    fig = plots.pruning_schedule([(10, 0.3), (20, 0.6), (30, 0.9)], total_steps=50)
+    assert fig.axes[0].get_xlim() == (0, 50)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="total_steps"):
+        plots.pruning_schedule([], 0)
+    parts = {"a": {"conv1": 1.0, "fc1": 2.0, "other": 0.5, "total": 3.5}, "b": {"conv1": 0.5, "fc1": 1.0, "other": 0.4,
+                                                                               "total": 1.9}}
+    fig = plots.time_breakdown(parts)
+    widths = [p.get_width() for p in fig.axes[0].patches]
+    assert widths == pytest.approx([1.0, 0.5, 2.0, 1.0, 0.5, 0.4])  # conv1, fc1, other stacked; no total
+    plt.close(fig)
+    with pytest.raises(ValueError, match="parts"):
+        plots.time_breakdown({})
+
+
+def test_accuracy_vs_speed_plots_every_timed_record():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from course_lib import plots
+    recs = [{"name": "baseline", "accuracy": 0.989, "accuracy_ci": [0.98, 0.994], "latency_ms": 6.0},
+            {"name": "small", "accuracy": 0.982, "accuracy_ci": [0.973, 0.989], "latency_ms": 0.75,
+             "accuracies": [0.98, 0.985, 0.981]},
+            {"name": "untimed", "accuracy": 0.97, "accuracy_ci": [0.96, 0.98], "latency_ms": None}]
+    fig = plots.accuracy_vs_speed(recs)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.texts] == ["baseline", "small"]          # the untimed record is skipped
+    assert ax.texts[1].xy == pytest.approx((8.0, 98.2))                       # 6.0 / 0.75 faster
+    plt.close(fig)
+    with pytest.raises(ValueError, match="reference"):
+        plots.accuracy_vs_speed(recs, reference="nope")

@@ -4,6 +4,7 @@ PTQ/QAT/k-means on tiny_lenet models, bit packing and the packed artifact's roun
 RTN/GPTQ: tests/test_weight_only.py; onnxruntime int8: tests/test_deploy.py."""
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -449,3 +450,102 @@ def test_observing_float_inputs_records_float_activations(tiny_lenet):
         torch.testing.assert_close(seen["fc2"][0], torch.relu(model.fc1(model.features(x[:8]))))
         assert not torch.allclose(q(x[:8]), model(x[:8]))  # quantized again afterwards
     assert all(not w.calibrating and w.observed == [] for w in q.modules() if isinstance(w, Q.QuantWrapper))
+
+
+# ---------------------------------------------------------------- weight calibration, level counts
+def test_calibrate_weight_methods():
+    w = rand(20, 200, seed=8)
+    w[:, 0] = 8.0  # one large weight per channel: min-max stretches the step
+    s_mm, z_mm = Q.calibrate_weight(w, 2, "minmax")
+    assert s_mm.shape == (20,) and z_mm.dtype == torch.int32 and torch.allclose(s_mm, torch.full((20,), 8.0))
+    err = {}
+    for m in Q.WEIGHT_CALIBRATION_METHODS:
+        s, z = Q.calibrate_weight(w, 2, m)
+        err[m] = float(((Q.fake_quantize(w, 2, True, 0, scale=s, zero_point=z) - w) ** 2).mean())
+    assert err["mse"] < err["minmax"] and err["twn"] < err["minmax"]
+    # with min-max on the 3-level grid almost every weight rounds to 0; MSE keeps many
+    zeros = lambda s: float((Q.fake_quantize(w, 2, True, 0, scale=s) == 0).float().mean())  # noqa: E731
+    assert zeros(s_mm) > 0.9 and zeros(Q.calibrate_weight(w, 2, "mse")[0]) < 0.7
+    # TWN: threshold 0.7 E|w| = s / 2
+    s_twn, _ = Q.calibrate_weight(w, 2, "twn")
+    assert torch.allclose(s_twn, 1.4 * w.abs().mean(1), rtol=1e-5)
+    # per tensor and asymmetric
+    s, z = Q.calibrate_weight(w, 4, "mse", per_channel_axis=None)
+    assert s.dim() == 0 and int(z) == 0
+    s, z = Q.calibrate_weight(w, 2, "percentile", symmetric=False, percentile=99.0)
+    assert s.shape == (20,) and (z >= 0).all() and (z <= 3).all()
+    with pytest.raises(ValueError, match="twn"):
+        Q.calibrate_weight(w, 3, "twn")
+    with pytest.raises(ValueError, match="method"):
+        Q.calibrate_weight(w, 2, "kl")
+
+
+def test_mse_curve_has_the_mse_minimum():
+    x = rand(5000, seed=9)
+    ratios, mse = Q.mse_curve(x, 3, symmetric=True, grid=50)
+    assert ratios.shape == mse.shape == (50,) and float(ratios[0]) == 1.0
+    best = int(mse.argmin())
+    assert 0 < best < 49  # clipping some of the tails beats both extremes
+
+
+def test_ptq_with_calibrated_and_asymmetric_weights(tiny_lenet):
+    model, x, _ = tiny_lenet
+    q3 = Q.ptq(model, x, 2, 8, weight_method="mse")
+    assert q3.fc1.levels == 3 and q3.fc1.weight_scale is not None
+    assert set(q3.fc1.quantized_weight().detach().div(q3.fc1.weight_scale[:, None]).round().unique().tolist()) <= \
+        {-1.0, 0.0, 1.0}
+    q4 = Q.ptq(model, x, 2, 8, weight_symmetric=False)
+    assert q4.fc1.levels == 4 and q4.fc1.weight_scale is None
+    w_hat = q4.fc1.quantized_weight().detach()
+    assert max(len(row.unique()) for row in w_hat) <= 4
+    assert q4(x).shape == (96, 10)
+    # the calibrated grid stays fixed during QAT, min-max follows the weights
+    q, _ = Q.qat(model, (x, x.new_zeros(96).long()), x[:32], weight_bits=2, weight_method="mse", epochs=1,
+                 lr=1e-2, batch_size=32, progress=False)
+    assert torch.equal(q.fc1.weight_scale, Q.ptq(model, x, 2, 8, weight_method="mse").fc1.weight_scale)
+
+
+@pytest.mark.parametrize("make", ["mse3", "asym4"])
+def test_calibrated_artifact_loads_back(tiny_lenet, make):
+    model, x, _ = tiny_lenet
+    build = {"mse3": lambda m: Q.ptq(m, x, 2, 8, weight_method="mse"),
+             "asym4": lambda m: Q.ptq(m, x, 2, 8, weight_symmetric=False)}[make]
+    q = build(model)
+    sd = Q.packed_state_dict(q)
+    if make == "asym4":
+        assert sd["fc1.weight_zero_point"].dtype == torch.int16
+    other = copy.deepcopy(model)
+    for p in other.parameters():
+        p.data.normal_()
+    loaded = Q.load_packed(Q.quantize_model(other, 2, 8, weight_symmetric=make == "mse3"), sd)
+    assert torch.equal(loaded(x), q(x))
+
+
+def test_kmeans_levels():
+    w = rand(300, seed=10)
+    c, idx = Q.kmeans_quantize(w, 2, levels=3)
+    assert c.shape == (3,) and int(idx.max()) <= 2
+    with pytest.raises(ValueError, match="levels"):
+        Q.kmeans_quantize(w, 2, levels=5)
+    # Lloyd iterations pull the outer centroids into the bulk: the largest weight is not kept
+    c0, _ = Q.kmeans_quantize(w, 2, iters=0, levels=3)
+    c30, _ = Q.kmeans_quantize(w, 2, iters=30, levels=3)
+    assert float(c0.max()) == float(w.max()) and float(c30.max()) < 0.8 * float(w.max())
+
+
+def test_quantization_figures():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from course_lib import plots
+    fig = plots.quantizer_staircase(0.5, 0, -3, 3)
+    assert len(fig.axes) == 2
+    plt.close(fig)
+    fig = plots.accuracy_by_levels({"a": {3: (0.9, 0.88, 0.92), 4: (0.95, 0.94, 0.96)}, "b": {3: (0.5, 0.45, 0.55)}},
+                                   reference=(0.99, 0.98, 0.995))
+    assert len(fig.axes[0].lines) >= 2
+    plt.close(fig)
+    with pytest.raises(ValueError, match="scale"):
+        plots.quantizer_staircase(0.0, 0, -1, 1)
+    with pytest.raises(ValueError, match="rows"):
+        plots.accuracy_by_levels({})

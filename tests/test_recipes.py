@@ -57,6 +57,28 @@ def test_global_prune_finetune_is_prune_then_masked_fine_tune(tiny, model):
     assert not any(k.endswith("_mask") for k in model.state_dict())  # the input is unchanged
 
 
+def test_random_prune_finetune_is_the_same_fine_tuning_on_random_masks(tiny, model):
+    alloc = pruning.layer_sparsity(pruning.magnitude_prune(copy.deepcopy(model), 0.8, scope="global"))
+    got = recipes.random_prune_finetune(model, tiny.train, sparsity=alloc, epochs=1, seed=2)
+    want = pruning.random_prune(copy.deepcopy(model), alloc, seed=2)
+    seed_everything(2)
+    pruning.fine_tune(want, tiny.train, epochs=1, seed=2, **recipes.FINETUNE)
+    assert _same_weights(got, want)
+    for name, s in alloc.items():
+        assert pruning.layer_sparsity(got)[name] == pytest.approx(s, abs=1e-6)
+    assert not any(k.endswith("_mask") for k in model.state_dict())  # the input is unchanged
+    other = recipes.random_prune_finetune(model, tiny.train, sparsity=0.5, epochs=1, seed=3)
+    assert measure.sparsity(other) == pytest.approx(0.5, abs=1e-3)
+    assert not torch.equal(pruning.masks(other)["fc1"], pruning.masks(got)["fc1"])
+
+
+def test_chapter1_recipes_share_one_budget():
+    import inspect
+    for fn in (recipes.global_prune_finetune, recipes.random_prune_finetune, recipes.torch_prune_finetune,
+               recipes.gradual_prune, recipes.channel_prune_finetune):
+        assert inspect.signature(fn).parameters["epochs"].default == recipes.PRUNE_EPOCHS, fn.__name__
+
+
 def test_gradual_prune_and_deep_compression(tiny, model, tmp_path):
     before = copy.deepcopy(model)
     m = recipes.deep_compression(model, tiny.train, sparsity=0.9, bits=3, epochs=1)
@@ -151,10 +173,17 @@ def test_benchmark_runs_end_to_end_on_a_small_sample(tmp_path):
     r = subprocess.run([sys.executable, "-m", "benchmarks", "--limit", "96", "--out", str(out)], cwd=ROOT,
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    recs = json.loads((out / "bench.json").read_text())
+    recs = json.loads((out / "table.json").read_text())
     from course_lib import records
     records.validate_records(recs)
     names = [x["name"] for x in recs]
-    assert len(names) == len(set(names)) == 18 and "ch4 student distilled, 60 ep" in names
+    assert len(names) == len(set(names)) == 16 and "ch4 student distilled, 60 ep" in names
     assert all((out / x["file"]).is_file() for x in recs)
-    assert "chapter targets measured in this run" in r.stdout
+    assert all(x["latency_ms"] > 0 and x["latency_config"] for x in recs)
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    targets = {(t["chapter"], t["name"]) for t in bench["targets"]}
+    assert {("01", "90% global sparsity"), ("01", "channel pruning latency"), ("02", "int8 vs the fastest fp32 baseline"),
+            ("03", "low rank latency")} <= targets
+    assert all(t["verdict"] in ("met", "MISSED") for t in bench["targets"])
+    assert set(bench["latency"]["baseline"]["by_config"]) == {"torch", "torch-channels-last", "onnxruntime"}
+    assert "| ch. | target |" in (tmp_path / "bench.md").read_text() and "targets met" in r.stdout

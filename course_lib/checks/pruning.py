@@ -11,7 +11,8 @@ __all__ = ["check_magnitude_mask", "check_filters_to_keep", "check_gradual_sched
 
 @checker("magnitude mask")
 def check_magnitude_mask(fn):
-    """fn(weight, sparsity) -> 0/1 mask of weight's shape zeroing the round(sparsity * n) smallest |w|."""
+    """fn(weight, sparsity) -> 0/1 mask of weight's shape zeroing the round(sparsity * n) smallest |w|
+    (exactly that many, even when weights tie at the threshold)."""
     g = torch.Generator().manual_seed(1234)
     cases = [(torch.randn(20, 30, generator=g), 0.5), (torch.randn(8, 3, 5, 5, generator=g), 0.9),
              (torch.randn(7, generator=g), 0.3), (torch.randn(7, generator=g), 0.5), (torch.randn(10, 10, generator=g), 0.0),
@@ -42,6 +43,25 @@ def check_magnitude_mask(fn):
                 raise Wrong("the mask keeps some weights that are smaller in magnitude than weights it "
                             "removes: rank by |w| (torch.abs), not by the signed value.")
             raise Wrong("the mask does not zero the smallest-magnitude weights.")
+    # ties at the threshold: exactly k zeros still, whichever of the tied weights go (the reference
+    # breaks ties by index; any choice among the tied weights is accepted)
+    w = torch.tensor([0.3, -0.1, 0.1, 0.2, -0.1, 0.5, 0.1, 0.9, -0.4, 0.1])
+    s = 0.3
+    k = int(round(s * w.numel()))
+    got = fn(w.clone(), s)
+    expect_shape(got, w.shape, "the mask for a weight with tied magnitudes")
+    got = got.detach().float()
+    zeros = int((got == 0).sum())
+    tau = float(w.abs().sort().values[k - 1])
+    if zeros > k and bool(((got == 0) == (w.abs() <= tau)).all()):
+        raise Wrong(f"with several weights tied at the threshold |w| = {tau:.2g} your mask zeroes all of them ({zeros} "
+                    f"zeros, {k} wanted): a threshold test |w| > tau cannot split ties; pick exactly k positions "
+                    "(e.g. the first k of a stable torch.argsort of |w|).")
+    if zeros != k:
+        raise Wrong(f"with tied magnitudes a tensor of {w.numel()} weights at sparsity {s} still needs exactly {k} "
+                    f"zeros, yours has {zeros}.")
+    if bool((w.abs()[got == 0] > tau).any()) or bool((w.abs()[got != 0] < tau).any()):
+        raise Wrong("with tied magnitudes the mask must still zero only the smallest |w|.")
 
 
 @checker("filters to keep")

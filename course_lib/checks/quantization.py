@@ -1,11 +1,14 @@
-"""Checkers for chapter 2 (quantization) exercises."""
+"""Checkers for chapter 2 (quantization) exercises. ``check_quantized_linear`` compares the learner's
+integer layer bit for bit with onnxruntime's integer kernels (``deploy.ort_qlinear``)."""
 from __future__ import annotations
+
+import math
 
 import torch
 
 from . import Wrong, checker, expect_close, expect_shape, expect_tensor
 
-__all__ = ["check_scale_zero_point", "check_fake_quant_ste", "check_kmeans_step"]
+__all__ = ["check_scale_zero_point", "check_fake_quant_ste", "check_kmeans_step", "check_quantized_linear"]
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -132,3 +135,174 @@ def check_kmeans_step(fn):
         raise Wrong("an empty cluster produced NaN (mean of nothing): keep its old centroid.")
     expect_close(torch.as_tensor(new).float(), torch.tensor([0.1, 2.5, 5.0]), "the centroids with an empty cluster",
                  atol=1e-6)
+
+
+# ---------------------------------------------------------------- quantized linear layer, in integers
+def _qlinear_case(g: torch.Generator, n: int, k: int, m: int, z_x: int, z_w: int, wmax: int, out_frac: float = 0.5,
+                  dyadic: bool = False):
+    """Random inputs of a quantized linear layer: uint8 q_x (n, k), int8 q_w (m, k) in [-wmax, wmax],
+    float32-exact scales (per-channel s_w), a float bias, and an output grid covering a fraction
+    ``out_frac`` of the real outputs' range (small out_frac: many outputs clamp)."""
+    q_x = torch.randint(0, 256, (n, k), generator=g).to(torch.uint8)
+    q_w = torch.randint(-wmax, wmax + 1, (m, k), generator=g).to(torch.int8)
+    if dyadic:  # powers of two: many products land exactly on .5, where the rounding rule matters
+        s_x = 2.0 ** -4
+        s_w = 2.0 ** -torch.randint(5, 8, (m,), generator=g).float()
+    else:
+        s_x = float(torch.empty(()).uniform_(0.005, 0.05, generator=g))
+        s_w = torch.empty(m).uniform_(0.001, 0.02, generator=g)
+    s_acc = (torch.tensor(s_x) * s_w).double()
+    acc = ((q_x.double() - z_x) @ (q_w.double() - z_w).T)
+    bias = (torch.randn(m, generator=g) * acc.std() * s_acc * 0.5).float()
+    if dyadic:
+        bias = torch.round(bias.double() / s_acc).float() * s_acc.float()  # exactly k * s_x * s_w
+    real = acc * s_acc + bias.double()
+    lo, hi = float(real.min()), float(real.max())
+    span = max(hi - lo, 1e-6) * out_frac
+    s_y = float(torch.tensor(span / 255, dtype=torch.float32))
+    if dyadic:
+        s_y = 2.0 ** round(math.log2(span / 255))
+    z_y = int(min(max(round(-(lo + hi) / 2 / s_y) + 128, 0), 255))
+    return q_x, z_x, s_x, q_w, z_w, s_w.float(), bias, s_y, z_y
+
+
+def _float32_case(g: torch.Generator):
+    """A case where the float32 multiplier matters: s_x * s_w is not exact in float32 (it rounds to
+    (1 + 2**-11) / 16), so M = (s_x * s_w) / s_y is exactly 2**-7 in float32 and the accumulators,
+    multiples of 64, land exactly on .5 half of the time; in float64 they sit just above .5."""
+    n, m = 64, 8
+    q_x = (torch.randint(0, 16, (n, 1), generator=g) * 16).to(torch.uint8)
+    q_w = (torch.randint(-15, 16, (m, 1), generator=g) * 4).to(torch.int8)
+    s_x = 1.0 + 2.0 ** -12
+    s_w = torch.full((m,), (1.0 + 2.0 ** -12) / 16)
+    s_y = 8.0 + 2.0 ** -8
+    s_acc = torch.tensor(s_x, dtype=torch.float32) * s_w
+    bias = torch.randint(-20, 20, (m,), generator=g).float() * 128 * s_acc                # exactly 128 k s_x s_w
+    return q_x, 0, s_x, q_w, 0, s_w, bias, s_y, 128
+
+
+def _requant_variants(acc, s_x, s_w, s_y, z_y):
+    """uint8-valued results (int64) of typical requantization mistakes, by name."""
+    s_acc = torch.tensor(s_x, dtype=torch.float32) * s_w
+    m32 = s_acc / torch.tensor(s_y, dtype=torch.float32)
+    v32 = acc.to(torch.float32) * m32
+    v64 = acc.double() * (float(s_x) * s_w.double() / float(s_y))
+    s_x32, s_y32 = torch.tensor(s_x, dtype=torch.float32), torch.tensor(s_y, dtype=torch.float32)
+    a32 = acc.to(torch.float32)
+    orders = [a32 * ((s_x32 / s_y32) * s_w), a32 * (s_x32 * (s_w / s_y32)), a32 * s_acc / s_y32,
+              a32 * s_x32 * s_w / s_y32]
+    out = {"float64": torch.round(v64) + z_y, "half-up": torch.floor(v32 + 0.5) + z_y,
+           "truncate": torch.trunc(v32) + z_y}
+    out.update({f"order{i}": torch.round(v) + z_y for i, v in enumerate(orders)})
+    return out
+
+
+@checker("quantized linear layer in integers")
+def check_quantized_linear(fn):
+    """fn(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y) -> uint8 (N, M), bit for bit onnxruntime's result.
+
+    q_x uint8 (N, K), z_x int; s_x float; q_w int8 (M, K), z_w int; s_w float32 (M,) per output
+    channel; bias float32 (M,); s_y float; z_y int. The reference is onnxruntime's QLinearConv
+    (1x1, with the int32 bias round(bias / (s_x * s_w))) run on the same numbers. On x86 CPUs
+    without VNNI the weights stay within 7 bits so that onnxruntime's kernels cannot saturate.
+    """
+    from .. import deploy
+    from ..env import u8s8_saturates
+    from ..quantization import integer as I
+    wmax = 63 if u8s8_saturates() else 127
+    g = _gen(4)
+    cases = [("zero-points 0", _qlinear_case(g, 16, 40, 8, 0, 0, wmax)),
+             ("asymmetric activations (z_x != 0)", _qlinear_case(g, 32, 100, 12, 97, 0, wmax)),
+             ("a weight zero-point (z_w != 0)", _qlinear_case(g, 32, 100, 12, 30, 5, wmax)),
+             ("scales that are powers of two (ties)", _qlinear_case(g, 64, 30, 16, 11, 0, wmax, dyadic=True)),
+             ("outputs beyond [0, 255]", _qlinear_case(g, 32, 64, 10, 60, 0, wmax, out_frac=0.15)),
+             ("a float32 multiplier", _float32_case(_gen(5))),
+             ("many outputs", _qlinear_case(_gen(16), 512, 48, 256, 41, 0, 63))]
+    for what, (q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y) in cases:
+        bias_q = I.quantize_bias(bias, s_x, s_w)
+        ref = deploy.ort_qlinear("linear", q_x, s_x, z_x, q_w, s_w, z_w, s_y, z_y, bias_q).to(torch.int64)
+        out = fn(q_x.clone(), z_x, s_x, q_w.clone(), z_w, s_w.clone(), bias.clone(), s_y, z_y)
+        expect_shape(out, ref.shape, "the result")
+        got = out.detach().cpu()
+        if got.is_floating_point() and bool(torch.isfinite(got).all()) and torch.equal(got, torch.round(got)):
+            got = got.to(torch.int64)
+        elif not got.is_floating_point():
+            got = got.to(torch.int64)
+        where = f"case '{what}'"
+        if torch.equal(got, ref):
+            if out.dtype != torch.uint8:
+                raise Wrong(f"{where}: the values are right but the dtype is {out.dtype}: the next layer reads "
+                            "uint8, so return q_y.to(torch.uint8) (after the clamp).")
+            continue
+        if got.is_floating_point():
+            raise Wrong(f"{where}: the result holds non-integer values: round, clamp and return uint8 integers.")
+        _diagnose_qlinear(got, ref, where, q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y)
+    if not torch.is_tensor(out) or out.dtype != torch.uint8:
+        raise Wrong(f"return a torch.uint8 tensor, got {out.dtype}.")
+
+
+def _diagnose_qlinear(got, ref, where, q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    """Name the typical mistake that reproduces ``got``, else describe the difference; always raises Wrong."""
+    from ..quantization import integer as I
+    x, w = q_x.to(torch.int64), q_w.to(torch.int64)
+    bias_q = I.quantize_bias(bias, s_x, s_w).to(torch.int64)
+
+    def finish(acc, clamp=True):
+        s_acc = torch.tensor(s_x, dtype=torch.float32) * s_w
+        v = torch.round(acc.to(torch.float32) * (s_acc / torch.tensor(s_y, dtype=torch.float32))) + z_y
+        return torch.clamp(v, 0, 255).to(torch.int64) if clamp else v.to(torch.int64)
+
+    exact = (x - z_x) @ (w - z_w).T
+    candidates = []
+    if z_x:
+        candidates.append((x @ (w - z_w).T + bias_q,
+                           "the zero-point terms are missing: subtract z_x from q_x (the real value is "
+                           "s_x * (q_x - z_x)), i.e. acc = sum (q_w - z_w)(q_x - z_x); in the expansion "
+                           "sum q_w q_x - z_x sum q_w - z_w sum q_x + K z_w z_x, the z_x sum q_w term is missing"))
+    if z_w:
+        candidates.append(((x - z_x) @ w.T + bias_q,
+                           "the weight zero-point term is missing: subtract z_w from q_w too (the term "
+                           "-z_w sum q_x of the expansion)"))
+    if z_x and z_w:
+        candidates.append((x @ w.T + bias_q, "the zero-point terms are missing: acc = sum (q_w - z_w)(q_x - z_x)"))
+        candidates.append((x @ w.T - z_x * w.sum(1) - z_w * x.sum(1, keepdim=True) + bias_q,
+                           "the constant term K * z_w * z_x of the expansion is missing"))
+    wrap = (((x - z_x) % 256) @ (((w - z_w + 128) % 256) - 128).T) + bias_q
+    candidates.append((wrap, "subtracting a zero-point in uint8/int8 wraps around (10 - 97 becomes 169): "
+                             "cast q_x and q_w to torch.int32 before any arithmetic"))
+    acc16 = ((exact + 32768) % 65536) - 32768 + bias_q
+    candidates.append((acc16, "the sums overflow: accumulate in torch.int32, not in an 8- or 16-bit type"))
+    s_acc32 = torch.tensor(s_x, dtype=torch.float32) * s_w
+    for b, msg in ((0, "the bias is missing"),
+                   (torch.round(bias / torch.tensor(s_y, dtype=torch.float32)).to(torch.int64), "the bias is at the wrong scale"),
+                   (torch.round(bias / torch.tensor(s_x, dtype=torch.float32)).to(torch.int64), "the bias is at the wrong scale"),
+                   (torch.round(bias / s_w).to(torch.int64), "the bias is at the wrong scale")):
+        candidates.append((exact + b, msg + ": quantize it to int32 at the accumulator's scale, "
+                                            "round(bias / (s_x * s_w)), and add it to acc before requantizing"))
+    for acc, msg in candidates:
+        if torch.equal(got, finish(acc)):
+            raise Wrong(f"{where}: {msg}.")
+    acc = exact + bias_q
+    if torch.equal(got, finish(acc, clamp=False)) or torch.equal(got, finish(acc, clamp=False) % 256):
+        raise Wrong(f"{where}: clamp q_y to [0, 255] before converting to uint8 (values outside the grid "
+                    "wrap around or escape it).")
+    s_y32 = torch.tensor(s_y, dtype=torch.float32)
+    float_bias = [torch.round(exact.to(torch.float32) * (s_acc32 / s_y32) + bias / s_y32) + z_y,
+                  torch.round((exact.to(torch.float32) * s_acc32 + bias) / s_y32) + z_y]
+    if any(torch.equal(got, torch.clamp(v, 0, 255).to(torch.int64)) for v in float_bias):
+        raise Wrong(f"{where}: the bias is added in float: quantize it to int32, round(bias / (s_x * s_w)), and "
+                    "add it to the int32 accumulator (integer-only inference has no float add).")
+    for name, v in _requant_variants(acc, s_x, s_w, s_y, z_y).items():
+        if torch.equal(got, torch.clamp(v, 0, 255).to(torch.int64)):
+            msg = {"half-up": "rounds halves up (floor(v + 0.5)); onnxruntime rounds half to even (torch.round)",
+                   **{f"order{i}": "multiplies in another order: float32 rounding depends on it; onnxruntime "
+                                   "computes M = (s_x * s_w) / s_y once, then float32(acc) * M"
+                      for i in range(4)},
+                   "truncate": "truncates (int() or .to(int) drops the fraction); round to the nearest, half to "
+                               "even (torch.round), before converting",
+                   "float64": "computes the multiplier in float64; onnxruntime computes M = (s_x * s_w) / s_y "
+                              "in float32 and multiplies float32(acc) * M in float32"}[name]
+            raise Wrong(f"{where}: the requantization {msg}.")
+    diff = (got - ref).abs()
+    raise Wrong(f"{where}: {int((diff > 0).sum())} of {diff.numel()} outputs differ from onnxruntime "
+                f"(largest difference {int(diff.max())}).")

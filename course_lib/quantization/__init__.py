@@ -2,19 +2,26 @@
 
 - ``affine``: integer grids, ``compute_qparams``, ``quantize``, ``dequantize``, ``fake_quantize``
   (straight-through gradient), ``sqnr_db``;
-- ``calibration``: ``calibrate`` activation ranges (min-max, percentile, MSE);
+- ``calibration``: ``calibrate`` activation ranges (min-max, percentile, MSE), ``calibrate_weight``
+  weight ranges per channel (also TWN's ternary rule), ``mse_curve``;
 - ``fakequant``: ``QuantWrapper``, ``quantize_model``, ``calibrate_model``, ``ptq``, ``qat``;
 - ``kmeans``: k-means weight sharing (``kmeans_quantize``, ``kmeans_model``, ``share_weights``);
 - ``packing``: bit packing and the saved artifact (``packed_state_dict``, ``packed_size_bytes``,
   ``load_packed``);
 - ``weight_only``: group-wise RTN and GPTQ for linear layers, calibration Hessians, int4 artifact;
+- ``integer``: integer-only inference (zero-point expansion, int32 accumulation, int32 bias,
+  requantization in float32 as onnxruntime does or with a fixed-point multiplier and shift,
+  ReLU folded into the clamp): ``quantized_linear``, ``quantized_conv2d`` and their parts;
 - ``torch_ao``: torch.ao dynamic/static int8 (the deprecated PyTorch anchors).
 
 The real int8 deployment with onnxruntime lives in ``course_lib.deploy``. Everything public is
 re-exported here, so ``from course_lib import quantization as Q; Q.ptq(...)`` works.
 """
 from .affine import EPS, MAX_BITS, compute_qparams, dequantize, fake_quantize, qrange, quantize, sqnr_db
-from .calibration import CALIBRATION_METHODS, MSE_SEARCH_MAX_SAMPLES, calibrate
+from .calibration import (CALIBRATION_METHODS, MSE_SEARCH_MAX_SAMPLES, TWN_THRESHOLD, WEIGHT_CALIBRATION_METHODS,
+                          calibrate, calibrate_weight, mse_curve)
+from .integer import (ACC_MAX_TERMS, fixed_point_multiplier, integer_conv2d, integer_linear, output_multiplier,
+                      quantize_bias, quantized_conv2d, quantized_linear, requantize, requantize_fixed_point)
 from .fakequant import FLOAT_BITS, QuantWrapper, calibrate_model, observing_float_inputs, ptq, qat, quantize_model
 from .kmeans import KMeansWrapper, kmeans_model, kmeans_quantize, share_weights
 from .packing import (load_packed, pack_bits, pack_int4, packed_size_bytes, packed_state_dict, unpack_bits,
@@ -27,6 +34,9 @@ from .weight_only import (WEIGHT_ONLY_BITS, WEIGHT_ONLY_METHODS, collect_hessian
 __all__ = [
     "EPS", "MAX_BITS", "qrange", "compute_qparams", "quantize", "dequantize", "fake_quantize", "sqnr_db",
     "CALIBRATION_METHODS", "MSE_SEARCH_MAX_SAMPLES", "calibrate",
+    "WEIGHT_CALIBRATION_METHODS", "TWN_THRESHOLD", "calibrate_weight", "mse_curve",
+    "ACC_MAX_TERMS", "integer_linear", "integer_conv2d", "quantize_bias", "output_multiplier", "requantize",
+    "fixed_point_multiplier", "requantize_fixed_point", "quantized_linear", "quantized_conv2d",
     "FLOAT_BITS", "QuantWrapper", "quantize_model", "observing_float_inputs", "calibrate_model", "ptq", "qat",
     "kmeans_quantize", "KMeansWrapper", "kmeans_model", "share_weights",
     "pack_bits", "unpack_bits", "pack_int4", "unpack_int4", "packed_state_dict", "packed_size_bytes", "load_packed",

@@ -14,23 +14,34 @@ from .fakequant import layer_forward, replace_layers
 __all__ = ["kmeans_quantize", "KMeansWrapper", "kmeans_model", "share_weights"]
 
 
-@torch.no_grad()
-def kmeans_quantize(weight: torch.Tensor, bits: int, iters: int = 30) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cluster the values of ``weight`` into ``2**bits`` shared values (Deep Compression, 1-D k-means).
+def _levels(bits: int, levels) -> int:
+    """The number of shared values: ``levels`` (2..2**bits) if given, else 2**bits."""
+    return 2 ** bits if levels is None else int_in("levels", levels, 2, 2 ** bits)
 
-    Centroids start linearly spaced between min and max (Han et al.'s best initialisation: it keeps
-    the rare large weights), then ``iters`` (>= 0) Lloyd steps (assign to the nearest centroid, move
-    each centroid to its cluster's mean; an empty cluster keeps its centroid). bits 1..16.
-    Returns (codebook float32 of shape (2**bits,), sorted; indices int64 of weight's shape) with
-    ``codebook[indices]`` the shared-value weight.
+
+@torch.no_grad()
+def kmeans_quantize(weight: torch.Tensor, bits: int, iters: int = 30,
+                    levels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster the values of ``weight`` into ``2**bits`` (or ``levels``) shared values (Deep Compression, 1-D k-means).
+
+    Centroids start linearly spaced between min and max (Han et al. 2016 compared random, density
+    and linear initialisation and found linear best: it is the only one that starts centroids in the
+    sparse tails, where the few large weights are), then ``iters`` (>= 0) Lloyd steps (assign to
+    the nearest centroid, move each centroid to its cluster's mean; an empty cluster keeps its
+    centroid). The Lloyd steps minimise the squared error, so they pull the outer centroids towards
+    the bulk: after many iterations the largest weights are no longer represented by a centroid of
+    their size (chapter 2 measures it); fine-tuning the centroids then decides where they go.
+    bits 1..16 (the index width); levels: 2..2**bits shared values (default 2**bits; e.g. 3 levels
+    stored in 2 bits). Returns (codebook float32 of shape (levels,), sorted; indices int64 of
+    weight's shape) with ``codebook[indices]`` the shared-value weight.
     """
     bits = check_bits(bits)
+    k = _levels(bits, levels)
     finite_tensor("weight", weight)
     if weight.numel() == 0:
         raise ValueError("weight is empty: nothing to cluster")
     int_in("iters", iters, 0, None)
     w = weight.detach().float().reshape(-1).cpu()
-    k = 2 ** bits
     c = torch.linspace(float(w.min()), float(w.max()), k)
 
     def nearest(c):  # c sorted: the nearest centroid is found by the midpoints between neighbours
@@ -49,18 +60,19 @@ def kmeans_quantize(weight: torch.Tensor, bits: int, iters: int = 30) -> tuple[t
 
 
 class KMeansWrapper(nn.Module):
-    """A Conv2d or Linear whose weight is ``codebook[indices]``: 2**bits shared values per layer.
+    """A Conv2d or Linear whose weight is ``codebook[indices]``: 2**bits (or ``levels``) shared values per layer.
 
     The codebook is an ``nn.Parameter`` (fine-tuning it sums, per centroid, the gradients of all the
     weights that share it, as in Deep Compression); indices are a fixed buffer; the bias stays float.
     """
 
-    def __init__(self, layer: nn.Module, bits: int, iters: int = 30):
+    def __init__(self, layer: nn.Module, bits: int, iters: int = 30, levels: int | None = None):
         super().__init__()
         if not isinstance(layer, (nn.Conv2d, nn.Linear)):
             raise TypeError(f"KMeansWrapper wraps nn.Conv2d or nn.Linear, not {type(layer).__name__}")
         self.layer, self.bits = layer, check_bits(bits)
-        codebook, indices = kmeans_quantize(layer.weight, bits, iters)
+        self.levels = _levels(self.bits, levels)
+        codebook, indices = kmeans_quantize(layer.weight, bits, iters, self.levels)
         self.codebook = nn.Parameter(codebook)
         self.register_buffer("indices", indices)
         layer.weight.requires_grad_(False)
@@ -75,13 +87,14 @@ class KMeansWrapper(nn.Module):
         return f"bits={self.bits}, codebook of {self.codebook.numel()}"
 
 
-def kmeans_model(model: nn.Module, bits: int, iters: int = 30) -> nn.Module:
-    """A deep copy of ``model`` with every Conv2d/Linear's weights shared through a per-layer codebook.
+def kmeans_model(model: nn.Module, bits: int, iters: int = 30, levels: int | None = None) -> nn.Module:
+    """A deep copy of ``model`` with every Conv2d/Linear's weights shared through a per-layer codebook
+    of 2**bits (or ``levels``, 2..2**bits) values, indices stored in ``bits`` bits.
 
     Fine-tune the centroids with ``training.fit(q, ..., params=[m.codebook for m in ...])``.
     """
     q = copy.deepcopy(model).cpu().eval()
-    return replace_layers(q, lambda m: KMeansWrapper(m, bits, iters))
+    return replace_layers(q, lambda m: KMeansWrapper(m, bits, iters, levels))
 
 
 @torch.no_grad()

@@ -61,15 +61,19 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- the artifact of a quantized model
-_WRAPPER_KEYS = ("codebook", "indices", "act_scale", "act_zero_point")  # stored by their wrapper, not as is
+_WRAPPER_KEYS = ("codebook", "indices", "act_scale", "act_zero_point", "weight_scale", "weight_zero_point")  # stored by their wrapper, not as is
 
 
 def _quant_wrapper_state(m: QuantWrapper, p: str) -> dict:
     out = {}
     if m.weight_bits != FLOAT_BITS:
-        q, s, _ = quantize(m.layer.weight.detach(), m.weight_bits, True, m.weight_axis)
-        out[p + "weight_packed"] = pack_bits(q, m.weight_bits, qrange(m.weight_bits, True)[0])
-        out[p + "weight_scale"] = s
+        s, z = m.weight_qparams()
+        q, _, _ = quantize(m.layer.weight.detach().cpu(), m.weight_bits, m.weight_symmetric, m.weight_axis,
+                           scale=s.cpu(), zero_point=z.cpu())
+        out[p + "weight_packed"] = pack_bits(q, m.weight_bits, qrange(m.weight_bits, m.weight_symmetric)[0])
+        out[p + "weight_scale"] = s.detach().cpu()
+        if not m.weight_symmetric:
+            out[p + "weight_zero_point"] = z.detach().cpu().to(torch.int16)
     if m.act_scale is not None:
         out[p + "act_scale"], out[p + "act_zero_point"] = m.act_scale, m.act_zero_point.to(torch.int16)
     return out
@@ -101,7 +105,8 @@ def packed_state_dict(qmodel: nn.Module) -> dict:
     """The artifact a quantized model is saved as: bit-packed integer weights plus their parameters.
 
     QuantWrapper: packed weights (weight_bits each, unless 32) and their float32 scales (per channel
-    or per tensor), activation scale (float32) / zero-point (int16) once calibrated; KMeansWrapper:
+    or per tensor; int16 zero-points too for an asymmetric grid), activation scale (float32) /
+    zero-point (int16) once calibrated; KMeansWrapper:
     packed indices (bits each) and the float32 codebook. Biases and any other layer stay float32.
     Returns {name: tensor} ready for ``torch.save``; read it back into a model of the same structure
     with :func:`load_packed`.
@@ -133,9 +138,9 @@ def load_packed(qmodel: nn.Module, state: dict) -> nn.Module:
     """Load a :func:`packed_state_dict` (e.g. read back with ``torch.load``) into ``qmodel``, IN PLACE.
 
     qmodel: a model of the same structure and bit widths (``quantize_model`` / ``kmeans_model`` of the
-    same architecture, any weights). Quantized weights are unpacked and dequantized (they are on the
-    grid, so re-quantizing them gives the same integers), codebooks and indices are restored,
-    activation ranges set. Raises ValueError for a missing or unexpected entry. Returns qmodel.
+    same architecture, any weights). Quantized weights are unpacked and dequantized, and their stored
+    grid (scale, zero-point) is fixed on the wrapper, so re-quantizing them gives the same integers;
+    codebooks and indices are restored, activation ranges set. Raises ValueError for a missing or unexpected entry. Returns qmodel.
     """
     used, packed_ids = set(), set()
     for p, m in _wrappers(qmodel):
@@ -148,9 +153,13 @@ def load_packed(qmodel: nn.Module, state: dict) -> nn.Module:
             continue
         if m.weight_bits != FLOAT_BITS:
             packed_ids.add(id(w))
-            qmin = qrange(m.weight_bits, True)[0]
+            qmin = qrange(m.weight_bits, m.weight_symmetric)[0]
             q = unpack_bits(_take(state, p + "weight_packed", used), m.weight_bits, w.numel(), qmin).reshape(w.shape)
-            w.copy_(dequantize(q, _take(state, p + "weight_scale", used), 0, m.weight_axis))
+            scale = _take(state, p + "weight_scale", used).float().clone()
+            zp = (_take(state, p + "weight_zero_point", used).to(torch.int32) if not m.weight_symmetric
+                  else torch.zeros_like(scale, dtype=torch.int32))
+            w.copy_(dequantize(q, scale, zp, m.weight_axis))
+            m.weight_scale, m.weight_zero_point = scale.to(w.device), zp.to(w.device)  # the stored grid, exactly
         if p + "act_scale" in state:
             m.act_scale = _take(state, p + "act_scale", used).float().clone()
             m.act_zero_point = _take(state, p + "act_zero_point", used).to(torch.int32)

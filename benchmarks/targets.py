@@ -1,0 +1,168 @@
+"""The chapters' targets, measured the way the course measures (DESIGN.md, measurement protocol).
+
+For every target: the chapter's own recipe (``course_lib.recipes``, the chapter's budget) over the
+chapter's seeds (``recipes.SEEDS``), accuracy as the mean over seeds with the paired interval against
+the baseline on the same test images (``stats.paired_compare``), and latency from ONE interleaved
+``deploy.latency_table`` per chapter against the baseline's fastest fp32 configuration. Each target
+gets the measured value, its interval, the target and a verdict: ``met`` or ``MISSED`` (a missed
+target is reported, never hidden).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from course_lib import deploy, measure, recipes, stats
+from course_lib.models import lenet_widths_matching
+from course_lib.training import correct, load_baseline, train_baseline
+
+
+@dataclass
+class Target:
+    chapter: str
+    name: str
+    target: str
+    value: str
+    interval: str
+    met: bool
+    detail: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return "met" if self.met else "MISSED"
+
+
+def _acc(c: torch.Tensor) -> float:
+    return float(c.float().mean())
+
+
+def _accuracy_over_seeds(make, test) -> tuple[list, torch.Tensor]:
+    """(models, per-image correctness (seeds, n)) of ``make(seed)`` for every seed of recipes.SEEDS."""
+    models = [make(seed) for seed in recipes.SEEDS]
+    return models, torch.stack([correct(m, test) for m in models])
+
+
+def _loss_target(chapter, name, max_loss, cs, base_c, must_include_zero=False) -> Target:
+    """Mean loss over seeds at most ``max_loss`` (a fraction); with must_include_zero the paired interval
+    must also include zero or lie above it."""
+    cmp = stats.paired_compare(cs, base_c)
+    accs = [_acc(c) for c in cs]
+    summ = stats.seed_summary(accs)
+    loss = _acc(base_c) - summ["mean"]
+    ok = loss <= max_loss + 1e-12 and (not must_include_zero or cmp.ci[1] >= 0)
+    goal = f"mean loss <= {100 * max_loss:.1f} pt" + (", paired interval includes 0 or above" if must_include_zero else "")
+    return Target(chapter, name, goal, f"{100 * -loss:+.2f} pt (mean of {len(accs)} seeds, {100 * summ['mean']:.2f}%)",
+                  f"paired [{100 * cmp.ci[0]:+.2f}, {100 * cmp.ci[1]:+.2f}] pt", ok,
+                  f"per seed {', '.join(f'{100 * a:.2f}' for a in accs)}; verdict vs baseline: {cmp.verdict}")
+
+
+def _speed_target(chapter, name, rows, model, minimum, reference="baseline", label="fastest fp32 baseline") -> Target:
+    r, ref = rows[model], rows[reference]
+    x = ref["latency_ms"] / r["latency_ms"]
+    lo = ref["spread_ms"][0] / r["spread_ms"][1]
+    hi = ref["spread_ms"][1] / r["spread_ms"][0]
+    return Target(chapter, name, f">= {minimum:.1f}x faster than {label}", f"{x:.2f}x",
+                  f"[{lo:.2f}, {hi:.2f}] over rounds", x >= minimum,
+                  f"{model}: {r['latency_ms']:.3f} ms ({r['config']}); {reference}: {ref['latency_ms']:.3f} ms "
+                  f"({ref['config']})")
+
+
+def _control_verdict(chapter, name, cs, control_cs) -> Target:
+    """Not a pass/fail target: the verdict against the matched control, whatever it is."""
+    cmp = stats.paired_compare(cs, control_cs)
+    return Target(chapter, name, "reported whatever the verdict", f"{100 * cmp.diff:+.2f} pt",
+                  f"paired [{100 * cmp.ci[0]:+.2f}, {100 * cmp.ci[1]:+.2f}] pt", True, f"verdict: {cmp.verdict}")
+
+
+def measure_targets(s, base, out, quick: bool = False) -> tuple[list[Target], dict]:
+    """Every chapter-1-to-3 target of the course on splits ``s`` against the trained ``base``; returns
+    (targets, the latency table's rows).
+
+    quick=True (the ``--limit`` smoke run): the controls are trained for one epoch instead of the
+    baseline recipe's 20, so the whole path runs in seconds (its numbers mean nothing).
+    """
+    shape, test = s.input_shape, s.test
+    base_c = correct(base, test)
+    found: list[Target] = []
+
+    def control(widths, seed):
+        if quick:
+            return train_baseline(s, seed, {"model_kw": widths, "epochs": 1}, progress=False)[0]
+        return load_baseline(s.name, seed, splits=s, model_kw=widths, progress=False)[0]
+
+    # ---- chapter 1: pruning
+    b = recipes.CH1_BUDGET
+    p90, c90 = _accuracy_over_seeds(
+        lambda seed: recipes.global_prune_finetune(base, s.train, sparsity=0.9, epochs=b["epochs"], seed=seed), test)
+    found.append(_loss_target("01", "90% global sparsity", 0.003, c90, base_c, must_include_zero=True))
+    p95, c95 = _accuracy_over_seeds(
+        lambda seed: recipes.gradual_prune(base, s.train, sparsity=0.95, epochs=b["epochs"], seed=seed)[0], test)
+    found.append(_loss_target("01", "95% global sparsity (gradual)", 0.01, c95, base_c))
+    nz95 = measure.count_nonzero(p95[0])
+    w_nz = lenet_widths_matching(nz95, "params", shape, s.num_classes)
+    _, ctrl95 = _accuracy_over_seeds(lambda seed: control(w_nz, seed), test)
+    found.append(_control_verdict("01", f"95% sparse vs dense control with the same non-zeros {w_nz}", c95, ctrl95))
+    ch, cch = _accuracy_over_seeds(
+        lambda seed: recipes.channel_prune_finetune(base, s.train, ratio=b["channel_ratio"], epochs=b["epochs"],
+                                                    seed=seed), test)
+    found.append(_loss_target("01", "channel pruning accuracy", 0.01, cch, base_c))
+    mac_x = measure.macs(base, shape) / measure.macs(ch[0], shape)
+    found.append(Target("01", "channel pruning MACs", ">= 2.0x fewer MACs", f"{mac_x:.2f}x", "exact", mac_x >= 2.0))
+    widths = {k: getattr(ch[0], n).out_channels if n.startswith("conv") else ch[0].fc1.out_features
+              for k, n in (("c1", "conv1"), ("c2", "conv2"), ("fc", "fc1"))}
+    _, cscr = _accuracy_over_seeds(lambda seed: control(widths, seed), test)
+    found.append(_control_verdict("01", f"channel-pruned vs the same widths {widths} from scratch", cch, cscr))
+
+    # ---- chapter 3: low rank
+    lr_models, clr = _accuracy_over_seeds(
+        lambda seed: recipes.lowrank_finetune(base, s.train, seed=seed), test)
+    found.append(_loss_target("03", "low rank accuracy", 0.005, clr, base_c))
+    lr_macs = measure.macs(lr_models[0], shape)
+    mac_lr = measure.macs(base, shape) / lr_macs
+    found.append(Target("03", "low rank MACs", ">= 2.0x fewer MACs", f"{mac_lr:.2f}x", "exact", mac_lr >= 2.0))
+    w_lr = lenet_widths_matching(lr_macs, "macs", shape, s.num_classes)
+    _, clr_ctrl = _accuracy_over_seeds(lambda seed: control(w_lr, seed), test)
+    found.append(_control_verdict("03", f"low rank vs dense control with the same MACs {w_lr}", clr, clr_ctrl))
+
+    # ---- chapter 2: int8 (deterministic: calibration on fixed images, no seed to vary)
+    calib = s.train.tensors[0][:512]
+    int8_path = recipes.int8_lenet_ort(base, out / "targets_int8.onnx", calib)
+    int8 = deploy.OrtModule(int8_path)
+    c8 = correct(int8, test)
+    lo, hi = stats.accuracy_interval(_acc(base_c), len(test))
+    found.append(Target("02", "int8 accuracy", "within the baseline's 95% interval", f"{100 * _acc(c8):.2f}%",
+                        f"baseline [{100 * lo:.2f}, {100 * hi:.2f}]", lo <= _acc(c8),
+                        f"paired vs baseline: {stats.paired_compare(c8, base_c)}"))
+
+    # ---- one interleaved latency table for every speed target
+    x = torch.randn((64, *shape), generator=torch.Generator().manual_seed(0)).numpy()
+    fp32_ort = deploy.ort_session(deploy.export_onnx(base, out / "targets_fp32.onnx", shape))
+    int8_sess = int8.session
+    rows = deploy.latency_table({
+        "baseline": base,
+        "channel-pruned": ch[0],
+        "low rank": lr_models[0],
+        "int8 onnxruntime": {"onnxruntime int8": lambda: int8_sess.run(None, {int8.input_name: x})},
+        "onnxruntime fp32": {"onnxruntime": lambda: fp32_ort.run(None, {"x": x})},
+    }, shape, rounds=2 if quick else 5, repeats=5 if quick else 20, workdir=out)
+    found.append(_speed_target("01", "channel pruning latency", rows, "channel-pruned", 1.6))
+    found.append(_speed_target("02", "int8 vs the same runtime's fp32", rows, "int8 onnxruntime", 2.5,
+                               reference="onnxruntime fp32", label="onnxruntime fp32"))
+    found.append(_speed_target("02", "int8 vs the fastest fp32 baseline", rows, "int8 onnxruntime", 2.2))
+    found.append(_speed_target("03", "low rank latency", rows, "low rank", 1.5))
+    found.sort(key=lambda t: t.chapter)
+    return found, rows
+
+
+def format_targets(found: list[Target]) -> str:
+    """The Markdown table of targets: chapter, target, measured value, interval, verdict, detail."""
+    lines = ["| ch. | target | goal | measured | interval | verdict | detail |", "|---|---|---|---|---|---|---|"]
+    for t in found:
+        lines.append(f"| {t.chapter} | {t.name} | {t.target} | {t.value} | {t.interval} | {t.verdict} | {t.detail} |")
+    return "\n".join(lines)
+
+
+def as_json(found: list[Target]) -> list[dict]:
+    return [asdict(t) | {"verdict": t.verdict} for t in found]
+

@@ -130,20 +130,26 @@ def magnitude_prune(model: nn.Module, sparsity, scope: str = "global",
     Existing masks are respected: masked weights are zero, so they are ranked first.
     Stores each mask as a buffer ``weight_mask``; see ``apply_masks`` and ``remove_masks``.
     """
+    return _prune(model, sparsity, scope, layers, magnitude_mask)
+
+
+def _prune(model: nn.Module, sparsity, scope: str, layers, mask_fn) -> nn.Module:
+    """Set ``weight_mask`` buffers from ``mask_fn(weights, fraction)``: per layer for a dict or
+    scope="layer", or once over all selected weights concatenated for scope="global"."""
     if isinstance(sparsity, dict):
         mods = prunable_layers(model, list(sparsity))
         for name, mod in mods.items():
-            _set_mask(mod, magnitude_mask(mod.weight, _fraction(f"sparsity[{name!r}]", sparsity[name])))
+            _set_mask(mod, mask_fn(mod.weight, _fraction(f"sparsity[{name!r}]", sparsity[name])))
         return model
     sparsity = _fraction("sparsity", sparsity)
     V.one_of("scope", scope, ("global", "layer"))
     mods = prunable_layers(model, layers)
     if scope == "layer":
         for mod in mods.values():
-            _set_mask(mod, magnitude_mask(mod.weight, sparsity))
+            _set_mask(mod, mask_fn(mod.weight, sparsity))
         return model
     flat = torch.cat([m.weight.detach().flatten() for m in mods.values()])
-    mask = magnitude_mask(flat, sparsity)
+    mask = mask_fn(flat, sparsity)
     start = 0
     for mod in mods.values():
         n = mod.weight.numel()
@@ -166,26 +172,7 @@ def random_prune(model: nn.Module, sparsity, scope: str = "global", layers: Iter
     """
     seed = V.int_in("seed", seed, 0, None)
     g = torch.Generator().manual_seed(seed)
-    if isinstance(sparsity, dict):
-        mods = prunable_layers(model, list(sparsity))
-        for name, mod in mods.items():
-            _set_mask(mod, random_mask(mod.weight, _fraction(f"sparsity[{name!r}]", sparsity[name]), g))
-        return model
-    sparsity = _fraction("sparsity", sparsity)
-    V.one_of("scope", scope, ("global", "layer"))
-    mods = prunable_layers(model, layers)
-    if scope == "layer":
-        for mod in mods.values():
-            _set_mask(mod, random_mask(mod.weight, sparsity, g))
-        return model
-    n_all = sum(m.weight.numel() for m in mods.values())
-    mask = random_mask(torch.empty(n_all), sparsity, g)
-    start = 0
-    for mod in mods.values():
-        n = mod.weight.numel()
-        _set_mask(mod, mask[start:start + n].view_as(mod.weight))
-        start += n
-    return model
+    return _prune(model, sparsity, scope, layers, lambda w, f: random_mask(w, f, g))
 
 
 def layer_sparsity(model: nn.Module, layers: Iterable[str] | None = None) -> dict[str, float]:

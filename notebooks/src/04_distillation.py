@@ -459,15 +459,14 @@ for method, rs in few.items():
 
 # %%
 base_rec = records.record("baseline", teacher, test=splits.test, input_shape=splits.input_shape, accuracy=teacher_acc,
-                          method="teacher", seeds=[SEED], accuracy_std=0.0)
+                          method="teacher")
 recs = [base_rec]
 for (name, method), r in runs.items():
     long = method.endswith(f"-{LONG_EPOCHS}ep")
     recs.append(records.record(f"{name} {method}", r["model"], test=splits.test, input_shape=splits.input_shape,
-                               accuracy=r["mean"], method=method.removesuffix(f"-{LONG_EPOCHS}ep"),
-                               accuracy_std=r["std"], seeds=r["seeds"],
+                               accuracy=list(r["accs"]), method=method.removesuffix(f"-{LONG_EPOCHS}ep"),
                                epochs=LONG_EPOCHS if long else EPOCHS))
-print(records.format_table(recs, columns=("name", "method", "epochs", "accuracy", "accuracy_std",
+print(records.format_table(recs, columns=("name", "method", "epochs", "accuracy",
                                           "size_bytes", "params", "macs", "latency_ms")))
 path = records.write_results("04_distillation", recs)
 

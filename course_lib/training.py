@@ -8,6 +8,7 @@ import random
 import re
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -283,16 +284,68 @@ def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False
     if splits is None:
         splits = load_dataset(dataset)
     model = build_model(recipe["model"], splits.input_shape, splits.num_classes, **recipe.get("model_kw", {}))
-    if path.exists() and meta_path.exists() and not retrain:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        info = json.loads(meta_path.read_text())
-        info["cached"] = True
-        return model.eval(), info
-    model, hist = train_baseline(splits, seed, recipe, device=device, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
-    info = {"history": hist.to_dict(), "train_seconds": hist.seconds, "recipe": recipe,
-            "dataset": dataset, "seed": seed, "path": str(path)}
-    meta_path.write_text(json.dumps(info, indent=1))
+    if not retrain and (cached := _read_cached(model, path, meta_path)) is not None:
+        return cached
+    # Two notebooks run side by side (``make test`` runs two at a time) may ask for the same model:
+    # the first trains it under a lock, the second waits and then loads what the first cached.
+    with _file_lock(path.with_suffix(".lock")):
+        if not retrain and (cached := _read_cached(model, path, meta_path)) is not None:
+            return cached
+        model, hist = train_baseline(splits, seed, recipe, device=device, progress=progress)
+        info = {"history": hist.to_dict(), "train_seconds": hist.seconds, "recipe": recipe,
+                "dataset": dataset, "seed": seed, "path": str(path)}
+        _atomic_write(path, lambda f: torch.save(model.state_dict(), f))
+        _atomic_write(meta_path, lambda f: f.write(json.dumps(info, indent=1).encode()))
     info["cached"] = False
     return model, info
+
+
+def _read_cached(model: nn.Module, path: Path, meta_path: Path):
+    """(model with the cached weights, info) if both cache files exist, else None."""
+    if not (path.exists() and meta_path.exists()):
+        return None
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    info = json.loads(meta_path.read_text())
+    info["cached"] = True
+    return model.eval(), info
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    """Write a file through a temporary name and rename it, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock between processes on ``path`` (created if missing), held for the block.
+
+    fcntl.flock on Linux and macOS, msvcrt.locking on Windows; the operating system releases it if
+    the process dies, so a crashed run never leaves the cache locked.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        if os.name == "nt":  # pragma: no cover - Windows only
+            import msvcrt
+            while True:
+                try:
+                    f.seek(0)
+                    msvcrt.locking(f.fileno(), msvcrt.LK_LOCK, 1)
+                    break
+                except OSError:  # LK_LOCK gives up after about 10 s; keep waiting
+                    continue
+            try:
+                yield
+            finally:
+                f.seek(0)
+                msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)

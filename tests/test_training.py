@@ -99,11 +99,48 @@ def test_load_baseline_caches(tmp_path, monkeypatch, tiny):
     m1, info1 = load_baseline("mnist5k", seed=0, splits=tiny, progress=False)
     assert info1["cached"] is False and isinstance(m1, LeNet5)
     files = sorted(p.suffix for p in tmp_path.iterdir())
-    assert files == [".json", ".pt"]
+    assert files == [".json", ".lock", ".pt"]
     m2, info2 = load_baseline("mnist5k", seed=0, splits=tiny)
     assert info2["cached"] is True
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     assert len(info2["history"]["train_loss"]) == 1
+
+
+_WAITER = """
+import json, sys
+from course_lib import training
+from course_lib.data import load_dataset
+training.BASELINE_RECIPE["epochs"] = 1
+m, info = training.load_baseline("mnist5k", seed=0, splits=load_dataset("mnist5k", limit=256), progress=False)
+print(json.dumps({"cached": info["cached"]}))
+"""
+
+
+def test_load_baseline_waits_for_a_concurrent_training_and_loads_its_result(tmp_path, monkeypatch, tiny):
+    """While one process trains a model (it holds the lock), a second process asking for the same model
+    waits, then loads the cached files instead of training the model a second time."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import time
+    first, shared = tmp_path / "first", tmp_path / "shared"
+    monkeypatch.setenv("COURSE_CACHE", str(first))
+    monkeypatch.setitem(training.BASELINE_RECIPE, "epochs", 1)
+    m1, _ = load_baseline("mnist5k", seed=0, splits=tiny, progress=False)
+    pt = next(first.glob("*.pt"))
+    lock = shared / pt.with_suffix(".lock").name
+    with training._file_lock(lock):  # "training" in progress: the lock is held, no cache file yet
+        child = subprocess.Popen([sys.executable, "-c", _WAITER], stdout=subprocess.PIPE, text=True,
+                                 env={**__import__("os").environ, "COURSE_CACHE": str(shared)})
+        time.sleep(3)
+        assert child.poll() is None, "the second process did not wait for the lock"
+        for f in (pt, pt.with_suffix(".json")):
+            shutil.copy(f, shared / f.name)
+    out, _ = child.communicate(timeout=120)
+    assert child.returncode == 0
+    assert json.loads(out.strip().splitlines()[-1]) == {"cached": True}
+    assert not list(shared.glob(".*.tmp"))
 
 
 def test_load_baseline_trains_and_caches_a_narrower_control(tmp_path, monkeypatch, tiny):

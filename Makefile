@@ -16,13 +16,14 @@ export OMP_WAIT_POLICY ?= PASSIVE
 JOBS ?= 2
 XDIST := $(if $(filter 0,$(JOBS)),,-n $(JOBS))
 
-.PHONY: run test unit nbval lab notebooks handouts results student bench clean help
+.PHONY: run test unit nbval lab notebooks sync handouts results student bench clean help
 
 help:
 	@echo "make run       set up .venv, execute every notebook, write build/handouts/ and build/results.md"
 	@echo "make test      set up .venv with dev extras, run unit tests and nbval over notebooks/"
 	@echo "make lab       open JupyterLab on notebooks/"
 	@echo "make notebooks re-execute notebooks/ in place (maintainers: refreshes committed outputs)"
+	@echo "make sync      update notebooks/*.ipynb from their sources notebooks/src/*.py, keeping outputs"
 	@echo "make handouts  HTML handouts from the last run"
 	@echo "make bench     benchmark table (ratios vs baseline, single thread)"
 	@echo "make clean     remove build/ (and the baseline cache in it)"
@@ -54,8 +55,20 @@ nbval: $(STAMP)
 lab: $(STAMP)
 	COURSE_PROGRESS=1 $(VENV)/bin/jupyter lab notebooks/
 
-notebooks: $(STAMP)
+notebooks: sync
 	$(PY) scripts/run_notebooks.py --inplace $(NOTEBOOKS)
+
+# The sources notebooks/src/NN_x.py (jupytext percent format, cell tags and nbgrader metadata included) are
+# what maintainers edit; notebooks/jupytext.toml pairs them with notebooks/NN_x.ipynb, so JupyterLab saves
+# both. This brings the .ipynb up to date with its source after an edit outside JupyterLab: inputs and tags
+# come from the .py, outputs and execution metadata stay as committed (run `make notebooks` if code changed).
+# A new chapter's source gets a new notebook.
+sync: $(STAMP)
+	@for src in notebooks/src/[0-9][0-9]_*.py; do \
+	  nb=notebooks/$$(basename $$src .py).ipynb; \
+	  if [ -f $$nb ]; then $(VENV)/bin/jupytext --update --to ipynb -o $$nb $$src || exit 1; \
+	  else $(VENV)/bin/jupytext --set-kernel python3 --to ipynb -o $$nb $$src || exit 1; fi; \
+	done
 
 handouts: $(STAMP)
 	$(PY) scripts/make_handouts.py build/executed build/handouts

@@ -1,5 +1,5 @@
 """The environment: pyproject.toml and environment.yml agree; the notebook environment check works;
-committed notebooks are built from their sources and carry the conventions."""
+committed notebooks are executed and carry the conventions."""
 import re
 import tomllib
 from pathlib import Path
@@ -83,16 +83,9 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_matches_its_source_and_conventions(path):
-    import sys
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from py2nb import parse
-    src = ROOT / "notebooks" / "src" / (path.stem + ".py")
-    assert src.exists(), f"{path.name} has no source {src}"
+def test_notebook_is_executed_and_carries_the_conventions(path):
+    # that it agrees with its source notebooks/src/NN_x.py is tests/test_sources.py's job
     nb = nbformat.read(path, as_version=4)
-    want = parse(src.read_text())
-    assert [(c.cell_type, c.source) for c in nb.cells] == [(c.cell_type, c.source) for c in want], \
-        f"{path.name} is stale: rebuild with scripts/py2nb.py and re-run `make notebooks`"
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.get("outputs") is not None for c in code)
     assert all(c.execution_count is not None for c in code), f"{path.name} is not fully executed"

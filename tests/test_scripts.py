@@ -1,7 +1,9 @@
-"""The course scripts: executing notebooks headless, HTML handouts, building notebooks from sources."""
+"""The course scripts: executing notebooks headless, HTML handouts (notebooks are built from their sources by
+jupytext: tests/test_sources.py)."""
 import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 
@@ -9,7 +11,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import make_handouts  # noqa: E402
-import py2nb  # noqa: E402
 import run_notebooks  # noqa: E402
 
 SRC = '''# %% [markdown]
@@ -33,20 +34,12 @@ print("sum", sum(range(N)))
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     d = tmp_path_factory.mktemp("nb")
-    cells = py2nb.parse(SRC)
-    nb = nbformat.v4.new_notebook(cells=cells)
+    nb = jupytext.reads(SRC, fmt="py:percent")
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     src = d / "99_demo.ipynb"
     nbformat.write(nb, src)
     assert run_notebooks.main(["--out", str(d / "executed"), str(src)]) == 0
     return d / "executed" / "99_demo.ipynb"
-
-
-def test_py2nb_parses_cells_and_tags():
-    cells = py2nb.parse(SRC)
-    assert [c.cell_type for c in cells] == ["markdown", "code", "markdown", "code"]
-    assert cells[0].source.startswith("# 99 · Demo chapter")
-    assert cells[1].metadata["tags"] == ["parameters"] and cells[1].source == "N = 3"
 
 
 def test_run_notebooks_executes(executed):
@@ -72,9 +65,3 @@ def test_handouts_embed_figures_and_toc(executed, tmp_path):
     assert "Traceback" not in page
     index = (tmp_path / "handouts" / "index.html").read_text()
     assert '<a href="99_demo.html">99 · Demo chapter</a>' in index
-
-
-def test_py2nb_tags_markdown_cells_too():
-    cells = py2nb.parse('# %% [markdown] tags=["theory"]\n# Int8 is 4x smaller than fp32.\n\n# %%\nx = 1\n')
-    assert cells[0].cell_type == "markdown" and cells[0].metadata["tags"] == ["theory"]
-    assert cells[0].source == "Int8 is 4x smaller than fp32." and "tags" not in cells[1].metadata

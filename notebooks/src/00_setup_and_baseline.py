@@ -71,6 +71,7 @@ for part in ("train", "val", "test"):
 info = DATASETS[DATASET]
 fig = plots.show_samples(splits.train, splits.classes, n=20, mean=info.mean, std=info.std)
 
+
 # %% [markdown]
 # ### Exercise 1: normalise a batch of raw images
 # The archive stores pixels as `uint8` in $[0, 255]$. Write `normalize(images, mean, std)` that takes a
@@ -83,6 +84,7 @@ def normalize(images, mean, std):
     # Hint: scale to [0, 1] first, then subtract the mean, then divide by std; add the channel axis.
     return ((images.float() / 255.0 - mean) / std).unsqueeze(1)
     ### END SOLUTION
+
 
 # %%
 from course_lib import checks
@@ -119,6 +121,7 @@ print(f"total parameters {measure.count_params(model):,}, MACs per image {measur
 # %%
 fig = plots.params_vs_macs(model, splits.input_shape, title="LeNet-5: share of parameters vs share of MACs")
 
+
 # %% [markdown]
 # ### Exercise 2: count the MACs of a convolution
 # Write `conv_macs(layer, input_hw)` for an `nn.Conv2d` and an input of spatial size $(H, W)$. The output
@@ -137,6 +140,7 @@ def conv_macs(layer, input_hw):
     wo = (input_hw[1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     return layer.out_channels * (layer.in_channels // layer.groups) * kh * kw * ho * wo
     ### END SOLUTION
+
 
 # %%
 checks.check_conv_macs(conv_macs)
@@ -231,6 +235,7 @@ display(Markdown(
        if plateau < len(va) - 3 else
        "The validation accuracy was still moving in the last epochs: this run may not have converged.")))
 
+
 # %% [markdown] tags=["theory"]
 # ## 5. Is this difference real?
 # Every result of the course is an accuracy on the same $n = 1{,}000$ test images, and every claim is a
@@ -266,8 +271,10 @@ def wilson_interval(accuracy, n, z=1.96):
     return centre - half, centre + half
     ### END SOLUTION
 
+
 # %%
 checks.check_wilson_interval(wilson_interval)
+
 
 # %% [markdown]
 # The library version, `stats.accuracy_interval(accuracy, n)`, is what every chapter and the results table use.

@@ -121,6 +121,7 @@ for name, w in measure.prunable_weights(baseline):
     print(f"{name:6s} {w.numel():8,d} {100 * small:11.1f}% {fan_in:7d} {mean_abs:9.4f} "
           f"{mean_abs * fan_in ** 0.5:21.3f} {100 * global90[name]:22.1f}%")
 
+
 # %% [markdown] tags=["theory"]
 # **Two layers, two shapes.** `fc1` (400,000 weights) is sharply peaked at zero: most of its weights are
 # tiny and can go. `conv1` is different: its 500 weights are 20 stroke and edge detectors of 5×5 pixels,
@@ -293,6 +294,7 @@ for sp in SPARSITIES:
 for name in runs:
     print(summary(name), f"sparsity after fine-tuning {100 * measure.sparsity(runs[name]['models'][0]):.2f}% (seed 0)")
 
+
 # %% [markdown]
 # The sparsity is still exactly the target after fine-tuning: the masks survived every optimizer step.
 #
@@ -407,6 +409,7 @@ means = [sum(a) / len(a) for label, (_, accs) in series.items() if "no fine-tuni
 fig = plots.accuracy_vs_sparsity(series, n_test, reference=base_acc, ylim=(100 * min(means) - 1.5, 100))
 print("one-shot, no fine-tuning (test):", "  ".join(f"{100 * sp:.0f}%: {100 * a:.2f}" for sp, (_, a) in oneshot.items()))
 
+
 # %% [markdown]
 # ### Which differences are real?
 # Each line compares two methods on the same 1,000 test images, each image's score averaged over the
@@ -444,6 +447,7 @@ chosen = {round(100 * sp): (f"global-{round(100 * sp)}-ft" if how == "one-shot" 
 for p in pct:
     print(f"{p}%: target row {chosen[p]}; validation means: "
           + ", ".join(f"{n} {100 * sum(runs[n]['val']) / len(SEEDS):.2f}%" for n in (f"global-{p}-ft", f"gradual-{p}")))
+
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -563,6 +567,7 @@ fig = plots.filter_norms(norms2, len(pruning.filters_to_keep(baseline.conv2.weig
                          title="conv2: L1 norm of each filter, sorted")
 print(f"conv2 filter L1 norms: from {norms2.min():.1f} to {norms2.max():.1f}; the weakest filter has "
       f"{norms2.min() / norms2.max():.2f} of the strongest one's norm")
+
 
 # %% [markdown]
 # When the norms are close to one another, the criterion says little about which filters matter: the

@@ -103,6 +103,7 @@ for symmetric in (False, True):
     print(f"{'symmetric ' if symmetric else 'asymmetric'} 4-bit: scale {float(s):.4f}, zero-point {int(z)}, "
           f"q = {q.tolist()}, x_hat = {[round(v, 3) for v in Q.dequantize(q, s, z).tolist()]}")
 
+
 # %% [markdown]
 # ### Exercise 1: scale and zero-point
 # Write the asymmetric parameters for a range $[lo, hi]$ and $b$ bits: widen the range to contain 0,
@@ -212,6 +213,7 @@ print("per-tensor, identical to torch: ",
 
 # %%
 fig = plots.quantizer_staircase(0.5, 0, -3, 3)
+
 
 # %% [markdown]
 # ### Exercise 2: fake quantization with a straight-through gradient
@@ -422,6 +424,7 @@ for L in (3, 4):
           " ".join(f"{100 * v:.2f}%" for v in curve) + f"; test {100 * acc_of(qat_correct[L]):.2f}% "
           f"(mean of {len(SEEDS)} seeds), vs baseline {vs_base(qat_correct[L])}")
 
+
 # %% [markdown]
 # ## 9. K-means weight sharing (Deep Compression)
 # Han et al. (2016) replace each layer's weights by $K$ **shared values** (a codebook) found by 1-D
@@ -502,6 +505,7 @@ for L in (3, 4):
     print(f"k-means {L} levels + {EPOCHS} epochs of centroid fine-tuning: test {100 * acc_of(km_ft_correct[L]):.2f}% "
           f"(mean of {len(SEEDS)} seeds), vs no fine-tuning {stats.paired_compare(km_ft_correct[L], km_plain[L, 'correct'])}")
 
+
 # %% [markdown]
 # ## 10. Equal levels, equal bits, equal budgets
 # A fair comparison of quantizers fixes what they are allowed: the number of **levels** a weight can
@@ -537,6 +541,7 @@ for L in (3, 4):
     print(f"          calibrated vs min-max PTQ:              {cmp_levels[L, 'ptq-vs-minmax']}")
 cmp_bits = stats.paired_compare(qat_correct[3], km_ft_correct[4])
 print(f"2 bits per weight: QAT (3 levels) vs k-means+centroids (4 levels): {cmp_bits}")
+
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -627,6 +632,7 @@ err_steps = ((Q.dequantize(q_y, s_y, z_y) - y_float).abs() / s_y).max().item()
 print(f"output {tuple(q_y.shape)} {q_y.dtype}; identical to onnxruntime's QLinearConv: {exact_conv1}")
 print(f"largest error against the float layer: {err_steps:.2f} output steps (rounding the output alone costs 0.5)")
 
+
 # %% [markdown]
 # ### Exercise 4: a quantized linear layer, in integers, bit for bit
 # Write `quantized_linear(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y)`: `q_x` uint8 (N, K), `q_w` int8
@@ -656,6 +662,7 @@ def quantized_linear(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
 
 # %%
 checks.check_quantized_linear(quantized_linear)
+
 
 # %% [markdown]
 # The same layer on real data: fc1 of the baseline on the calibration images (its input follows a
@@ -915,6 +922,7 @@ print(f"keeping conv1 float took the int8 model from {all_ms:.3f} to {mix_ms:.3f
       f"{ceiling:.3f} ms: {100 * fraction:.0f}% of the remaining distance" +
       ("" if 0 <= fraction <= 1 else " (outside [0, 100%]: in this run the ceiling, a quarter of onnxruntime's "
                                      "float32 time, is not a bound; timings on a busy machine)"))
+
 
 # %% [markdown]
 # ## 15. Results

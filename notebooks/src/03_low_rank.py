@@ -167,6 +167,7 @@ for k in (4, 16, 64, 256):
     print(f"{k:5d} {err:18.6f} {lowrank.svd_error(s_fc1, k):21.6f} {randomized_error(W, k, 0):10.6f} "
           f"{randomized_error(W, k, 10):13.6f} {err_proj:13.6f}")
 
+
 # %% [markdown]
 # The first two columns agree to every printed digit, and every other rank-$k$ approximation is worse:
 # the randomized SVD with oversampling comes close to the optimum, without it less so; random directions are
@@ -220,6 +221,7 @@ with torch.no_grad():
     print(f"parameters: fc1 {measure.count_params(baseline.fc1):,}, full-rank split {measure.count_params(full):,}, "
           f"rank 30 {measure.count_params(lowrank.svd_linear(baseline.fc1, 30)):,}")
 
+
 # %% [markdown]
 # ## 5. Choosing the rank of fc1
 # Two common rules:
@@ -244,6 +246,7 @@ def rank_for_energy(s: torch.Tensor, energy: float) -> int:
 
 # %%
 checks.check_rank_for_energy(rank_for_energy)
+
 
 # %% [markdown]
 # The energy rule adapts to each layer but says nothing about size; the ranks it picks depend on the trained
@@ -291,6 +294,7 @@ for k in (4, 8):
     print(f"fc1 rank {k:3d}: val accuracy {100 * acc_svd[k]:.2f}% -> {100 * acc_svd_ft[k]:.2f}% "
           f"[{100 * lo:.1f}, {100 * hi:.1f}] after {EPOCHS} epochs (one seed)")
 
+
 # %%
 # NBVAL_IGNORE_OUTPUT
 def recovered(k):
@@ -315,6 +319,7 @@ display(Markdown(
 FC1_RANK = lowrank.rank_for_budget(800, 500, max_params=lowrank.linear_params(800, 500) // 10)
 print(f"fc1 rank for a budget of 10% of its parameters: {FC1_RANK} "
       f"(val accuracy before fine-tuning {100 * evaluate(lowrank.factorize(baseline, {'fc1': FC1_RANK}), splits.val):.2f}%)")
+
 
 # %% [markdown] tags=["theory"]
 # ## 6. Tucker-2 for convolutions
@@ -378,6 +383,7 @@ for stage in tucker_conv2:
     h = stage(h)
     kh, kw = stage.kernel_size
     print(f"{kh}x{kw} conv {stage.in_channels:2d} -> {stage.out_channels:2d} channels     -> {tuple(h.shape)}")
+
 
 # %% [markdown] tags=["theory"]
 # **MACs.** The original conv2 costs $C_{out}C_{in}k^2 H_{out}W_{out}$. The three stages cost
@@ -715,6 +721,7 @@ to_time = {"baseline": baseline, **{name: ms[0] for name, ms in trained.items()}
 lat = deploy.latency_table(to_time, SHAPE, reference="baseline")
 print(deploy.format_latency_table(lat))
 
+
 # %% [markdown]
 # The records of the results table: accuracy is the mean over the seeds with its spread, the 95% interval on
 # the 1,000 test images, sizes and MACs counted on the seed-0 model, latency from the table above.
@@ -878,6 +885,7 @@ display(Markdown(
     f"{op_ms['max_pool2d NCHW'] / op_ms['max_pool2d channels-last']:.1f}x faster in channels-last here: the layout, "
     "not the rank, decides much of 'other', which is why every model is timed in its fastest configuration."))
 
+
 # %% [markdown]
 # ## 12. Combining with pruning and quantization
 # Low rank removes *redundant directions*; pruning removes *individual weights*; quantization shortens
@@ -907,7 +915,6 @@ for name, ok in ok_val.items():
     blob = measure.serialize(m)  # what torch.save writes for the state dict (quantized modules included)
     print(f"{name:44s} {100 * ok.float().mean().item():7.2f}% {len(blob) / 1024:7.1f} "
           f"{storage.size_bytes(blob, 'lzma') / 1024:11.1f}")
-
 
 # %%
 # NBVAL_IGNORE_OUTPUT

@@ -87,6 +87,7 @@ for i, idx in enumerate(show.tolist()):
     row = "  ".join(f"T={t}: p(1st)={probs[t][i, top[0]]:.3f}, p(2nd)={probs[t][i, top[1]]:.2e}" for t in (1, 4))
     print(f"test image {idx:4d} (label {int(y_test[idx])}): {row}")
 
+
 # %% [markdown]
 # ### Exercise 1: the softened softmax
 # Write `softened_softmax(logits, T)`: logits of shape (N, C), return $\text{softmax}(z/T)$ over the classes,
@@ -104,6 +105,7 @@ def softened_softmax(logits, T):
 
 # %%
 checks.check_softened_softmax(softened_softmax)
+
 
 # %% [markdown]
 # ## 4. Hinton's distillation loss, and why $T^2$
@@ -378,6 +380,7 @@ for method in ("scratch", "kd", "feature-kd"):
     r = runs["lenet-4-8-32", method]
     print(f"lenet-4-8-32 {method:10s} test accuracy {100 * r['mean']:.2f} ± {100 * r['std']:.2f}%")
 
+
 # %% [markdown]
 # Compare the means with their standard deviations before drawing a conclusion. In the run stored here the
 # hint adds a little over logit distillation alone, a few tenths of a point over scratch: suggestive,
@@ -469,6 +472,7 @@ for (name, method), r in runs.items():
 print(records.format_table(recs, columns=("name", "method", "epochs", "accuracy",
                                           "size_bytes", "params", "macs", "latency_ms")))
 path = records.write_results("04_distillation", recs)
+
 
 # %% [markdown]
 # ## 11. Checks

@@ -81,6 +81,7 @@ shared_acc = evaluate(shared, splits.test)
 print(f"shared: {', '.join(f'{k}: {len(v)} values' for k, v in books.items())}; "
       f"test accuracy {100 * shared_acc:.2f}%")
 
+
 # %% [markdown]
 # ## 4. Stage 3: what to store, and how many bits it takes
 # A pruned, shared layer is three streams: the **gaps** (how many zeros to skip before each non-zero),
@@ -98,9 +99,11 @@ def positions_to_gaps(mask):
     return torch.diff(nz, prepend=torch.tensor([-1])) - 1
     ### END SOLUTION
 
+
 # %%
 from course_lib import checks
 checks.check_positions_to_gaps(positions_to_gaps)
+
 
 # %% [markdown]
 # How many bits does a stream need? If symbol $i$ occurs with probability $p_i$, no code can use fewer
@@ -118,6 +121,7 @@ def entropy_bits(symbols):
     p = counts[counts > 0] / counts.sum()
     return float(-(p * torch.log2(p)).sum())
     ### END SOLUTION
+
 
 # %%
 checks.check_entropy_bits(entropy_bits)
@@ -224,6 +228,7 @@ lr_model = recipes.lowrank_finetune(baseline, splits.train, splits.val, seed=SEE
 lr_file = ART / "low_rank.pt"
 lr_bytes = storage.save_state(lr_model, lr_file)
 print("ranks of the factorized layers:", lowrank.factorized_ranks(lr_model))
+
 
 # %% [markdown]
 # ## 8. Every model, measured the same way

@@ -64,6 +64,7 @@ print(f"parameters: {measure.count_params(model):,} in {len(model.encoder.layer)
       f"heads per layer {pruning.heads_per_layer(model)}")
 print("example group:", sent.eval_texts[:3])
 
+
 # %% [markdown]
 # ### Exercise 1: masked mean pooling
 # Write the pooling step: `hidden` is (N, T, D), `mask` is (N, T) with 1 for real tokens and 0 for
@@ -100,6 +101,7 @@ with warnings.catch_warnings():  # sentence-transformers may warn about optional
 print(f"mean cosine ours vs sentence-transformers: {bert.mean_cosine(ref, st_emb):.6f}")
 print(f"fp32 paraphrase retrieval (top-1): {bert.retrieval_score(ref, sent.eval_groups):.3f}")
 del st_model
+
 
 # %% [markdown]
 # ### The two scores
@@ -285,6 +287,7 @@ print(f"int8 (per-channel, full range): {base_lat / int8_lat:.2f}x faster than f
 print(f"whole model on disk {bert.model_bytes(model) / 2**20:.1f} MiB -> {bert.model_bytes(int8) / 2**20:.1f} MiB "
       "(the fp32 embedding table is untouched)")
 
+
 # %% [markdown]
 # ## 6. 4-bit weights: round-to-nearest vs GPTQ
 # At 4 bits one scale per row is far too coarse, so the weights get one asymmetric (scale, zero) per
@@ -334,7 +337,6 @@ gptq4, gptq_packed = Q.quantize_weights(model, "gptq", bits=4, group_size=GROUP,
 rtn_emb, gptq_emb = bert.encode(rtn4, eval_batch), bert.encode(gptq4, eval_batch)
 print(f"4-bit, group {GROUP}: RTN mean cosine {bert.mean_cosine(rtn_emb, ref):.4f}, "
       f"GPTQ {bert.mean_cosine(gptq_emb, ref):.4f}")
-
 
 # %% [markdown]
 # Per layer, the output error on the calibration inputs, $\mathrm{tr}\,(\Delta W\, H\, \Delta W^\top) /

@@ -7,14 +7,6 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 export COURSE_PROGRESS ?= 0
 export PYTHONHASHSEED = 0
-# OpenMP threads sleep instead of spinning while they wait: with the default (spinning), a notebook
-# trains about 5x slower while another process keeps the cores busy (two notebooks side by side,
-# or a learner's browser). It changes no number, only how idle threads wait.
-export OMP_WAIT_POLICY ?= PASSIVE
-# make test runs this many test processes side by side (two notebooks at a time on a 2-core laptop);
-# JOBS=0 runs everything in one process.
-JOBS ?= 2
-XDIST := $(if $(filter 0,$(JOBS)),,-n $(JOBS))
 
 .PHONY: run test unit nbval lab notebooks sync handouts results student bench clean help
 
@@ -43,14 +35,14 @@ run: $(STAMP)
 	$(PY) -m course_lib.records
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(XDIST) tests
-	$(PY) -m pytest -q $(XDIST) --dist loadscope --nbval notebooks
+	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --nbval notebooks
 
 unit: $(STAMP)
-	$(PY) -m pytest -q $(XDIST) tests
+	$(PY) -m pytest -q tests
 
 nbval: $(STAMP)
-	$(PY) -m pytest -q $(XDIST) --dist loadscope --nbval notebooks
+	$(PY) -m pytest -q --nbval notebooks
 
 lab: $(STAMP)
 	COURSE_PROGRESS=1 $(VENV)/bin/jupyter lab notebooks/

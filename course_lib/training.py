@@ -123,7 +123,8 @@ def fit(model: nn.Module, train, val=None, epochs: int = 10, lr: float = 1e-3, b
         weight_decay: float = 0.0, optimizer: str = "adam", schedule: str = "cosine",
         augment: int = 0, flip: bool = False, seed: int = 0, device=None,
         loss_fn: Callable | None = None, after_step: Callable | None = None,
-        params=None, progress: bool | None = None, desc: str = "train") -> History:
+        params=None, progress: bool | None = None, desc: str = "train",
+        memory_format: str = "channels_last") -> History:
     """Train ``model`` in place and return its ``History``.
 
     train / val: Dataset, DataLoader or (x, y) tensors. epochs >= 0 (0 only evaluates).
@@ -133,6 +134,10 @@ def fit(model: nn.Module, train, val=None, epochs: int = 10, lr: float = 1e-3, b
     loss_fn(model, x, y) -> scalar overrides cross-entropy (distillation uses it).
     after_step(model) runs after every optimizer step (pruning uses it to re-apply masks).
     params: the parameters to optimise (default: all that require grad).
+    memory_format: "channels_last" (default) trains a convolutional model on the CPU in the NHWC layout,
+    where PyTorch's CPU convolutions (forward and backward) run about 1.3x faster for the course's
+    LeNets, then returns it in the usual layout; "contiguous" trains in NCHW. The two give the same
+    model up to floating-point rounding (sums are taken in another order).
     """
     V.int_in("epochs", epochs, 0, None)
     V.number_in("lr", lr, 0, None, lo_open=True)
@@ -141,8 +146,13 @@ def fit(model: nn.Module, train, val=None, epochs: int = 10, lr: float = 1e-3, b
     V.one_of("optimizer", optimizer, ("adam", "adamw", "sgd"))
     V.one_of("schedule", schedule, ("cosine", "onecycle", "constant"))
     V.int_in("augment", augment, 0, None)
+    V.one_of("memory_format", memory_format, ("channels_last", "contiguous"))
     device = get_device(device) if not isinstance(device, torch.device) else device
     model.to(device)
+    nhwc = (memory_format == "channels_last" and device.type == "cpu"
+            and any(p.dim() == 4 for p in model.parameters()))
+    if nhwc:  # swaps each parameter's storage in place: Parameter objects (and `params`) stay the same
+        model.to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(seed)
     loader = _as_loader(train, batch_size, shuffle=True, generator=g)
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
@@ -170,6 +180,8 @@ def fit(model: nn.Module, train, val=None, epochs: int = 10, lr: float = 1e-3, b
             x, y = x.to(device), y.to(device)
             if augment:
                 x = random_shift(x, augment, g, flip)
+            if nhwc and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             if loss_fn is None:
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
@@ -194,6 +206,8 @@ def fit(model: nn.Module, train, val=None, epochs: int = 10, lr: float = 1e-3, b
             hist.val_acc.append(evaluate(model, val, device=device))
             bar.set_postfix(loss=f"{hist.train_loss[-1]:.3f}", val=f"{hist.val_acc[-1]:.4f}")
     hist.seconds = time.perf_counter() - t0
+    if nhwc:
+        model.to(memory_format=torch.contiguous_format)
     model.eval()
     return hist
 
@@ -237,7 +251,7 @@ def evaluate(model: nn.Module, data, batch_size: int = 512, device=None) -> floa
 
 # ---------------------------------------------------------------- the cached baseline
 BASELINE_RECIPE = dict(model="lenet5", epochs=20, lr=2e-3, batch_size=64, weight_decay=1e-4,
-                       optimizer="adamw", schedule="onecycle", augment=1)
+                       optimizer="adamw", schedule="onecycle", augment=1, memory_format="channels_last")
 
 
 def cache_dir() -> Path:

@@ -159,3 +159,21 @@ def test_correct_is_per_image_and_its_mean_is_evaluate(tiny):
     c = training.correct(m, tiny.test)
     assert c.dtype == torch.bool and c.shape == (len(tiny.test),)
     assert c.float().mean().item() == pytest.approx(evaluate(m, tiny.test))
+
+
+def test_fit_trains_in_channels_last_and_returns_the_usual_layout(tiny):
+    """The NHWC training path gives the NCHW path's model up to rounding, keeps the Parameter objects
+    (an optimiser or a caller's `params` list stays valid) and hands the model back in NCHW."""
+    models, params = {}, {}
+    for fmt in ("channels_last", "contiguous"):
+        seed_everything(0)
+        m = LeNet5(c1=4, c2=6, fc=16)
+        params[fmt] = [id(p) for p in m.parameters()]
+        fit(m, tiny.train, epochs=1, seed=0, progress=False, memory_format=fmt)
+        assert [id(p) for p in m.parameters()] == params[fmt]
+        assert all(p.is_contiguous() for p in m.parameters())
+        models[fmt] = m
+    for a, b in zip(models["channels_last"].parameters(), models["contiguous"].parameters()):
+        assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    with pytest.raises(ValueError, match="memory_format='nhwc'"):
+        fit(LeNet5(), tiny.train, epochs=1, memory_format="nhwc")

@@ -155,7 +155,10 @@ checks.check_conv_macs(conv_macs)
 #   the first 30% of the steps, then anneal to almost 0; the large rates explore, the low final rates let the
 #   weights converge;
 # - **augmentation** by random shifts of up to one pixel, so 3,500 images behave like many more;
-# - batch 64, 20 epochs (55 steps each), everything seeded.
+# - batch 64, 20 epochs (55 steps each), everything seeded;
+# - on the CPU, the **channels-last** (NHWC) memory layout for training (`memory_format` in the recipe):
+#   PyTorch's CPU convolutions, forward and backward, are faster in it. It changes the order in which sums
+#   are taken, so the weights differ from an NCHW run by rounding only, not by anything the recipe learns.
 #
 # `load_baseline` trains it once and caches the weights in `build/cache/` (a plain state dict,
 # read back with `torch.load(weights_only=True)`); every later chapter calls it and gets the same model.

@@ -16,7 +16,7 @@ help:
 	@echo "make lab       open JupyterLab on notebooks/"
 	@echo "make notebooks re-execute notebooks/ in place (maintainers: refreshes committed outputs)"
 	@echo "make sync      update notebooks/*.ipynb from their sources notebooks/src/*.py, keeping outputs"
-	@echo "make handouts  HTML handouts from the last run"
+	@echo "make handouts  offline HTML handouts in build/handouts/ (from the last run, else the committed notebooks)"
 	@echo "make bench     benchmark table (ratios vs baseline, single thread)"
 	@echo "make clean     remove build/ (and the baseline cache in it)"
 
@@ -62,8 +62,10 @@ sync: $(STAMP)
 	  else $(VENV)/bin/jupytext --set-kernel python3 --to ipynb -o $$nb $$src || exit 1; fi; \
 	done
 
+# handouts of the last `make run`, or of the committed notebooks (they hold their outputs) before any run
+HANDOUT_SRC = $(if $(wildcard build/executed/[0-9][0-9]_*.ipynb),build/executed,notebooks)
 handouts: $(STAMP)
-	$(PY) scripts/make_handouts.py build/executed build/handouts
+	$(PY) scripts/make_handouts.py $(HANDOUT_SRC) build/handouts
 
 results: $(STAMP)
 	$(PY) -m course_lib.records

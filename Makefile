@@ -52,15 +52,11 @@ notebooks: sync
 
 # The sources notebooks/src/NN_x.py (jupytext percent format, cell tags and nbgrader metadata included) are
 # what maintainers edit; notebooks/jupytext.toml pairs them with notebooks/NN_x.ipynb, so JupyterLab saves
-# both. This brings the .ipynb up to date with its source after an edit outside JupyterLab: inputs and tags
-# come from the .py, outputs and execution metadata stay as committed (run `make notebooks` if code changed).
-# A new chapter's source gets a new notebook.
+# both. This brings each .ipynb up to date with its source after an edit outside JupyterLab: inputs and tags
+# come from the .py, outputs and execution metadata stay as committed (run `make notebooks` if code changed);
+# a new chapter's source gets a new notebook. `scripts/sync_notebooks.py --check` changes nothing.
 sync: $(STAMP)
-	@for src in notebooks/src/[0-9][0-9]_*.py; do \
-	  nb=notebooks/$$(basename $$src .py).ipynb; \
-	  if [ -f $$nb ]; then $(VENV)/bin/jupytext --update --to ipynb -o $$nb $$src || exit 1; \
-	  else $(VENV)/bin/jupytext --set-kernel python3 --to ipynb -o $$nb $$src || exit 1; fi; \
-	done
+	$(PY) scripts/sync_notebooks.py
 
 # handouts of the last `make run`, or of the committed notebooks (they hold their outputs) before any run
 HANDOUT_SRC = $(if $(wildcard build/executed/[0-9][0-9]_*.ipynb),build/executed,notebooks)

@@ -6,17 +6,20 @@ nbgrader metadata. Cell metadata lives in the source (``# %% tags=["parameters"]
 JupyterLab (with jupytext installed) saves both.
 """
 import shutil
+import sys
 from pathlib import Path
 
 import jupytext
 import nbformat
 import pytest
-from jupytext.cli import jupytext as jupytext_cli
 from jupytext.config import load_jupytext_config
 from jupytext.formats import long_form_multiple_formats
 from jupytext.paired_paths import find_base_path_and_format, paired_paths
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import sync_notebooks  # noqa: E402
+
 NB_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
 SOURCES = sorted((NB_DIR / "src").glob("[0-9][0-9]_*.py"))
@@ -53,13 +56,12 @@ def test_notebook_agrees_with_its_source(path):
     assert cells(nb) == cells(text), f"{path.name} and {src.name} differ: {SYNC_HINT}"
     # the source is what jupytext itself writes from the notebook, so saving in JupyterLab changes nothing
     assert jupytext.writes(nb, fmt="py:percent", config=CONFIG) == src.read_text(encoding="utf-8"), \
-        f"{src.name} is not in jupytext's canonical form: run `jupytext --to py:percent -o {src} {path}`"
+        f"{src.name} is not written as jupytext writes it (blank lines between cells): run `make sync`"
 
 
 def _sync(nb_dir: Path, stem: str):
     """What `make sync` runs for one chapter."""
-    assert jupytext_cli(["--quiet", "--update", "--to", "ipynb", "-o", str(nb_dir / f"{stem}.ipynb"),
-                         str(nb_dir / "src" / f"{stem}.py")]) in (0, None)
+    assert sync_notebooks.main([str(nb_dir / "src" / f"{stem}.py")]) == 0
 
 
 @pytest.fixture
@@ -74,10 +76,44 @@ def nb_copy(tmp_path):
     return d
 
 
+def test_sync_check_passes_on_the_repository():
+    assert sync_notebooks.main(["--check"]) == 0
+
+
+def test_sync_check_reports_a_stale_notebook(nb_copy, capsys):
+    src = nb_copy / "src" / (NOTEBOOKS[0].stem + ".py")
+    src.write_text(src.read_text(encoding="utf-8") + "\n# %%\nprint('new cell')\n", encoding="utf-8")
+    before = (nb_copy / NOTEBOOKS[0].name).read_bytes()
+    assert sync_notebooks.main(["--check", str(src)]) == 1
+    assert "stale" in capsys.readouterr().out and (nb_copy / NOTEBOOKS[0].name).read_bytes() == before
+
+
 def test_sync_leaves_committed_notebooks_byte_for_byte(nb_copy):
     for p in NOTEBOOKS[:2]:
         _sync(nb_copy, p.stem)
         assert (nb_copy / p.name).read_bytes() == p.read_bytes(), f"`make sync` would rewrite {p.name}"
+        src = NB_DIR / "src" / (p.stem + ".py")
+        assert (nb_copy / "src" / src.name).read_bytes() == src.read_bytes()
+
+
+def test_sync_makes_a_new_notebook_and_writes_the_source_as_jupytext_does(tmp_path):
+    (tmp_path / "src").mkdir()
+    shutil.copy(NB_DIR / "jupytext.toml", tmp_path)
+    # hand-written: one blank line after a function (jupytext writes two) and none before a cell marker
+    (tmp_path / "src" / "98_new.py").write_text('# %% [markdown] tags=["theory"]\n# # 98 · New\n\n'
+                                                '# %% tags=["parameters"]\ndef f():\n    return 1\n\n'
+                                                '# %%\nx = f()\n# %%\nprint(x)\n', encoding="utf-8")
+    _sync(tmp_path, "98_new")
+    text = (tmp_path / "98_new.ipynb").read_text(encoding="utf-8")
+    assert "lines_to_next_cell" not in text  # no formatting noise in the notebook
+    nb = nbformat.read(tmp_path / "98_new.ipynb", as_version=4)
+    assert [c.source for c in nb.cells] == ["# 98 · New", "def f():\n    return 1", "x = f()", "print(x)"]
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    src = (tmp_path / "src" / "98_new.py").read_text(encoding="utf-8")
+    assert src == jupytext.writes(nb, fmt="py:percent", config=CONFIG)
+    _sync(tmp_path, "98_new")  # a second sync changes nothing
+    assert (tmp_path / "98_new.ipynb").read_text(encoding="utf-8") == text
+    assert (tmp_path / "src" / "98_new.py").read_text(encoding="utf-8") == src
 
 
 def test_sync_takes_edits_from_the_source_and_keeps_outputs(nb_copy):

@@ -68,6 +68,15 @@ def _speed_target(chapter, name, rows, model, minimum, reference="baseline", lab
                   f"({ref['config']})")
 
 
+def _control_speed(chapter, model, control, rows) -> Target:
+    """Not a pass/fail target: how the compressed model's latency compares with its matched control's."""
+    r, c = rows[model], rows[control]
+    x = c["latency_ms"] / r["latency_ms"]
+    return Target(chapter, f"{model} latency vs {control}", "reported whatever it is", f"{x:.2f}x the control's speed",
+                  f"{model} {r['latency_ms']:.3f} ms ({r['config']}), control {c['latency_ms']:.3f} ms "
+                  f"({c['config']})", True, "above 1: the compressed model is faster than its control")
+
+
 def _control_verdict(chapter, name, cs, control_cs) -> Target:
     """Not a pass/fail target: the verdict against the matched control, whatever it is."""
     cmp = stats.paired_compare(cs, control_cs)
@@ -96,6 +105,10 @@ def measure_targets(s, base, out, quick: bool = False) -> tuple[list[Target], di
     p90, c90 = _accuracy_over_seeds(
         lambda seed: recipes.global_prune_finetune(base, s.train, sparsity=0.9, epochs=b["epochs"], seed=seed), test)
     found.append(_loss_target("01", "90% global sparsity", 0.003, c90, base_c, must_include_zero=True))
+    nz90 = measure.count_nonzero(p90[0])
+    w_nz90 = lenet_widths_matching(nz90, "params", shape, s.num_classes)
+    _, ctrl90 = _accuracy_over_seeds(lambda seed: control(w_nz90, seed), test)
+    found.append(_control_verdict("01", f"90% sparse vs dense control with the same non-zeros {w_nz90}", c90, ctrl90))
     p95, c95 = _accuracy_over_seeds(
         lambda seed: recipes.gradual_prune(base, s.train, sparsity=0.95, epochs=b["epochs"], seed=seed)[0], test)
     found.append(_loss_target("01", "95% global sparsity (gradual)", 0.01, c95, base_c))
@@ -111,7 +124,7 @@ def measure_targets(s, base, out, quick: bool = False) -> tuple[list[Target], di
     found.append(Target("01", "channel pruning MACs", ">= 2.0x fewer MACs", f"{mac_x:.2f}x", "exact", mac_x >= 2.0))
     widths = {k: getattr(ch[0], n).out_channels if n.startswith("conv") else ch[0].fc1.out_features
               for k, n in (("c1", "conv1"), ("c2", "conv2"), ("fc", "fc1"))}
-    _, cscr = _accuracy_over_seeds(lambda seed: control(widths, seed), test)
+    scr, cscr = _accuracy_over_seeds(lambda seed: control(widths, seed), test)
     found.append(_control_verdict("01", f"channel-pruned vs the same widths {widths} from scratch", cch, cscr))
 
     # ---- chapter 3: low rank
@@ -122,7 +135,7 @@ def measure_targets(s, base, out, quick: bool = False) -> tuple[list[Target], di
     mac_lr = measure.macs(base, shape) / lr_macs
     found.append(Target("03", "low rank MACs", ">= 2.0x fewer MACs", f"{mac_lr:.2f}x", "exact", mac_lr >= 2.0))
     w_lr = lenet_widths_matching(lr_macs, "macs", shape, s.num_classes)
-    _, clr_ctrl = _accuracy_over_seeds(lambda seed: control(w_lr, seed), test)
+    lr_ctrl, clr_ctrl = _accuracy_over_seeds(lambda seed: control(w_lr, seed), test)
     found.append(_control_verdict("03", f"low rank vs dense control with the same MACs {w_lr}", clr, clr_ctrl))
 
     # ---- chapter 2: int8 (deterministic: calibration on fixed images, no seed to vary)
@@ -143,6 +156,8 @@ def measure_targets(s, base, out, quick: bool = False) -> tuple[list[Target], di
         "baseline": base,
         "channel-pruned": ch[0],
         "low rank": lr_models[0],
+        "same widths from scratch (control)": scr[0],
+        "dense, same MACs as low rank (control)": lr_ctrl[0],
         "int8 onnxruntime": {"onnxruntime int8": lambda: int8_sess.run(None, {int8.input_name: x})},
         "onnxruntime fp32": {"onnxruntime": lambda: fp32_ort.run(None, {"x": x})},
     }, shape, rounds=2 if quick else 5, repeats=5 if quick else 20, workdir=out)
@@ -151,6 +166,9 @@ def measure_targets(s, base, out, quick: bool = False) -> tuple[list[Target], di
                                reference="onnxruntime fp32", label="onnxruntime fp32"))
     found.append(_speed_target("02", "int8 vs the fastest fp32 baseline", rows, "int8 onnxruntime", 2.2))
     found.append(_speed_target("03", "low rank latency", rows, "low rank", 1.5))
+    for model, control_row, chapter in (("channel-pruned", "same widths from scratch (control)", "01"),
+                                        ("low rank", "dense, same MACs as low rank (control)", "03")):
+        found.append(_control_speed(chapter, model, control_row, rows))
     found.sort(key=lambda t: t.chapter)
     return found, rows
 

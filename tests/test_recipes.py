@@ -184,6 +184,11 @@ def test_benchmark_runs_end_to_end_on_a_small_sample(tmp_path):
     targets = {(t["chapter"], t["name"]) for t in bench["targets"]}
     assert {("01", "90% global sparsity"), ("01", "channel pruning latency"), ("02", "int8 vs the fastest fp32 baseline"),
             ("03", "low rank latency")} <= targets
+    controls = {name for ch, name in targets if "control" in name}
+    assert {n.split(" {")[0] for n in controls} >= {
+        "90% sparse vs dense control with the same non-zeros", "95% sparse vs dense control with the same non-zeros",
+        "low rank vs dense control with the same MACs", "channel-pruned latency vs same widths from scratch (control)",
+        "low rank latency vs dense, same MACs as low rank (control)"}
     assert all(t["verdict"] in ("met", "MISSED") for t in bench["targets"])
     assert set(bench["latency"]["baseline"]["by_config"]) == {"torch", "torch-channels-last", "onnxruntime"}
     assert "| ch. | target |" in (tmp_path / "bench.md").read_text() and "targets met" in r.stdout

@@ -15,6 +15,8 @@ measures what the chapters teach. Every recipe leaves its input model unchanged 
 | ``kmeans_finetune`` | 2 | k-means weight sharing, then fine-tuning of the centroids only |
 | ``int8_lenet_ort`` | 2, 5 | onnxruntime static int8 of a LeNet-5 with conv1 in float |
 | ``lowrank_finetune`` | 3, 5 | SVD / Tucker-2 / CP factorization, then fine-tuning |
+| ``chapter3_ranks``, ``chapter3_cp_ranks`` | 3 | chapter 3's ranks (Tucker-2 and SVD; CP at the same MACs) |
+| ``unfactorized_finetune`` | 3 | the control: the unfactorized baseline fine-tuned with the same budget |
 | ``scratch_student``, ``distill_student`` | 4 | a small model trained from scratch or by distillation |
 | ``deep_compression_prune``, ``deep_compression`` | 5 | gradual pruning, then k-means sharing of the non-zeros (Han et al., 2016) |
 | ``latency_model`` | 5 | channel pruning, then fine-tuning by distillation from the baseline |

@@ -80,7 +80,7 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     if not torch.is_tensor(weight) or weight.numel() == 0:
         raise ValueError("weight must be a non-empty tensor")
     k = _n_prune(sparsity, weight.numel())
-    mask = torch.ones_like(weight)
+    mask = torch.ones_like(weight, memory_format=torch.contiguous_format)  # view(-1) is in logical order
     if k > 0:
         idx = torch.argsort(weight.detach().abs().flatten(), stable=True)[:k]
         mask.view(-1)[idx] = 0
@@ -98,7 +98,7 @@ def random_mask(weight: torch.Tensor, sparsity: float, generator: torch.Generato
         raise ValueError("weight must be a non-empty tensor")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     k = _n_prune(sparsity, weight.numel())
-    mask = torch.ones_like(weight)
+    mask = torch.ones_like(weight, memory_format=torch.contiguous_format)  # view(-1) is in logical order
     if k > 0:
         idx = torch.randperm(weight.numel(), generator=g)[:k].to(weight.device)
         mask.view(-1)[idx] = 0

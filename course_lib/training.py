@@ -135,9 +135,10 @@ def fit(model: nn.Module, train, val=None, epochs: int = 10, lr: float = 1e-3, b
     after_step(model) runs after every optimizer step (pruning uses it to re-apply masks).
     params: the parameters to optimise (default: all that require grad).
     memory_format: "channels_last" (default) trains a convolutional model on the CPU in the NHWC layout,
-    where PyTorch's CPU convolutions (forward and backward) run about 1.3x faster for the course's
-    LeNets, then returns it in the usual layout; "contiguous" trains in NCHW. The two give the same
-    model up to floating-point rounding (sums are taken in another order).
+    where PyTorch's CPU convolutions (forward and backward) run faster for the course's LeNets, then
+    returns it in NCHW (also after an error); "contiguous" trains in NCHW. The two take sums in another
+    order, so their rounding differs; over a whole run the two drift apart like two seeds do and end
+    level within the noise, not bit for bit equal.
     """
     V.int_in("epochs", epochs, 0, None)
     V.number_in("lr", lr, 0, None, lo_open=True)
@@ -173,43 +174,60 @@ def fit(model: nn.Module, train, val=None, epochs: int = 10, lr: float = 1e-3, b
     t0 = time.perf_counter()
     from tqdm import tqdm
     bar = tqdm(range(epochs), desc=desc, disable=not progress_enabled(progress), leave=False)
-    for _ in bar:
-        model.train()
-        tot_loss, correct, count = 0.0, 0, 0
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            if augment:
-                x = random_shift(x, augment, g, flip)
-            if nhwc and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if loss_fn is None:
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-            else:
-                out = loss_fn(model, x, y)
-                loss, logits = out if isinstance(out, tuple) else (out, None)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            if after_step is not None:
-                after_step(model)
-            tot_loss += loss.item() * len(y)
-            if logits is not None:
-                correct += (logits.argmax(1) == y).sum().item()
-            count += len(y)
-        hist.train_loss.append(tot_loss / count)
-        hist.train_acc.append(correct / count)
-        hist.lr.append(opt.param_groups[0]["lr"])
-        if val is not None:
-            hist.val_acc.append(evaluate(model, val, device=device))
-            bar.set_postfix(loss=f"{hist.train_loss[-1]:.3f}", val=f"{hist.val_acc[-1]:.4f}")
+    try:
+        for _ in bar:
+            model.train()
+            tot_loss, correct, count = 0.0, 0, 0
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                if augment:
+                    x = random_shift(x, augment, g, flip)
+                if nhwc and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                if loss_fn is None:
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                else:
+                    out = loss_fn(model, x, y)
+                    loss, logits = out if isinstance(out, tuple) else (out, None)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                if after_step is not None:
+                    after_step(model)
+                tot_loss += loss.item() * len(y)
+                if logits is not None:
+                    correct += (logits.argmax(1) == y).sum().item()
+                count += len(y)
+            hist.train_loss.append(tot_loss / count)
+            hist.train_acc.append(correct / count)
+            hist.lr.append(opt.param_groups[0]["lr"])
+            if val is not None:
+                hist.val_acc.append(evaluate(model, val, device=device))
+                bar.set_postfix(loss=f"{hist.train_loss[-1]:.3f}", val=f"{hist.val_acc[-1]:.4f}")
+    finally:  # also after an error or an interrupt: the model never stays in NHWC
+        if nhwc:
+            _back_to_nchw(model)
     hist.seconds = time.perf_counter() - t0
-    if nhwc:
-        model.to(memory_format=torch.contiguous_format)
     model.eval()
     return hist
+
+
+def _back_to_nchw(model: nn.Module) -> None:
+    """Convert ``model``'s 4-D parameters and buffers back to NCHW, IN PLACE (the Parameter objects stay).
+
+    A layer pruned with ``torch.nn.utils.prune`` holds its ``weight`` as a plain attribute that the
+    pruning hook recomputes (``weight_orig * weight_mask``) at every forward; it is recomputed here, so
+    the weight a caller reads after ``fit`` is in NCHW as well.
+    """
+    from torch.nn.utils import prune as tprune
+    model.to(memory_format=torch.contiguous_format)
+    for mod in model.modules():
+        for hook in list(mod._forward_pre_hooks.values()):
+            if isinstance(hook, tprune.BasePruningMethod):
+                hook(mod, None)
 
 
 @torch.no_grad()
@@ -300,7 +318,7 @@ def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False
     model = build_model(recipe["model"], splits.input_shape, splits.num_classes, **recipe.get("model_kw", {}))
     if not retrain and (cached := _read_cached(model, path, meta_path)) is not None:
         return cached
-    # Two notebooks run side by side (``make test`` runs two at a time) may ask for the same model:
+    # Two notebooks open side by side (two JupyterLab kernels) may ask for the same model:
     # the first trains it under a lock, the second waits and then loads what the first cached.
     with _file_lock(path.with_suffix(".lock")):
         if not retrain and (cached := _read_cached(model, path, meta_path)) is not None:
@@ -358,7 +376,15 @@ def _file_lock(path: Path):
                 msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
         else:
             import fcntl
-            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"waiting for another process that is training the same model ({path.stem}) ...", flush=True)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            except OSError as e:  # a file system without locks (some network or FUSE mounts)
+                warnings.warn(f"cannot lock {path} ({e}); training without a lock", stacklevel=3)
+                yield
+                return
             try:
                 yield
             finally:

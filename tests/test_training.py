@@ -107,12 +107,15 @@ def test_load_baseline_caches(tmp_path, monkeypatch, tiny):
 
 
 _WAITER = """
-import json, sys
+import json, sys, time
 from course_lib import training
 from course_lib.data import load_dataset
 training.BASELINE_RECIPE["epochs"] = 1
-m, info = training.load_baseline("mnist5k", seed=0, splits=load_dataset("mnist5k", limit=256), progress=False)
-print(json.dumps({"cached": info["cached"]}))
+splits = load_dataset("mnist5k", limit=256)
+print("ready", flush=True)
+t0 = time.perf_counter()
+m, info = training.load_baseline("mnist5k", seed=0, splits=splits, progress=False)
+print(json.dumps({"cached": info["cached"], "waited": time.perf_counter() - t0}), flush=True)
 """
 
 
@@ -133,13 +136,15 @@ def test_load_baseline_waits_for_a_concurrent_training_and_loads_its_result(tmp_
     with training._file_lock(lock):  # "training" in progress: the lock is held, no cache file yet
         child = subprocess.Popen([sys.executable, "-c", _WAITER], stdout=subprocess.PIPE, text=True,
                                  env={**__import__("os").environ, "COURSE_CACHE": str(shared)})
-        time.sleep(3)
+        assert child.stdout.readline().strip() == "ready"  # the child is about to ask for the model
+        time.sleep(1.5)
         assert child.poll() is None, "the second process did not wait for the lock"
         for f in (pt, pt.with_suffix(".json")):
             shutil.copy(f, shared / f.name)
     out, _ = child.communicate(timeout=120)
     assert child.returncode == 0
-    assert json.loads(out.strip().splitlines()[-1]) == {"cached": True}
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["cached"] is True and result["waited"] >= 1.0, result
     assert not list(shared.glob(".*.tmp"))
 
 
@@ -162,14 +167,18 @@ def test_correct_is_per_image_and_its_mean_is_evaluate(tiny):
 
 
 def test_fit_trains_in_channels_last_and_returns_the_usual_layout(tiny):
-    """The NHWC training path gives the NCHW path's model up to rounding, keeps the Parameter objects
-    (an optimiser or a caller's `params` list stays valid) and hands the model back in NCHW."""
+    """The NHWC training path is taken (seen from inside the loop), ends near the NCHW path's model, keeps
+    the Parameter objects (an optimiser or a caller's `params` list stays valid) and hands the model back
+    in NCHW."""
     models, params = {}, {}
     for fmt in ("channels_last", "contiguous"):
         seed_everything(0)
         m = LeNet5(c1=4, c2=6, fc=16)
         params[fmt] = [id(p) for p in m.parameters()]
-        fit(m, tiny.train, epochs=1, seed=0, progress=False, memory_format=fmt)
+        seen = []
+        fit(m, tiny.train, epochs=1, seed=0, progress=False, memory_format=fmt,
+            after_step=lambda mod: seen.append(mod.conv2.weight.is_contiguous(memory_format=torch.channels_last)))
+        assert seen and all(seen) == (fmt == "channels_last")
         assert [id(p) for p in m.parameters()] == params[fmt]
         assert all(p.is_contiguous() for p in m.parameters())
         models[fmt] = m
@@ -177,3 +186,27 @@ def test_fit_trains_in_channels_last_and_returns_the_usual_layout(tiny):
         assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
     with pytest.raises(ValueError, match="memory_format='nhwc'"):
         fit(LeNet5(), tiny.train, epochs=1, memory_format="nhwc")
+
+
+def test_fit_returns_nchw_after_an_error_and_for_torch_pruned_layers(tiny):
+    """An exception inside training leaves the model in NCHW; a layer pruned with torch.nn.utils.prune
+    (whose `weight` is recomputed by a hook) also reads back in NCHW; layer-wise pruning inside the loop
+    works on NHWC weights."""
+    from torch.nn.utils import prune as tprune
+
+    from course_lib import pruning
+    m = LeNet5(c1=4, c2=6, fc=16)
+
+    def boom(mod):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(m, tiny.train, epochs=1, progress=False, after_step=boom)
+    assert all(p.is_contiguous() for p in m.parameters())
+    tprune.l1_unstructured(m.conv2, "weight", amount=0.5)
+    fit(m, tiny.train, epochs=1, progress=False)
+    assert m.conv2.weight.is_contiguous() and m.conv2.weight.view(6, -1).shape == (6, 4 * 25)
+    m2 = LeNet5(c1=4, c2=6, fc=16)
+    gp = pruning.GradualPruner(0.5, 4, frequency=1, scope="layer")
+    fit(m2, tiny.train, epochs=1, progress=False, after_step=gp)
+    assert abs(float((m2.conv2.weight == 0).float().mean()) - 0.5) < 0.01

@@ -12,7 +12,7 @@
 # - meet the course's standing control, a small LeNet trained from scratch, that every later chapter must beat;
 # - measure what every later chapter measures: accuracy, parameters, MACs, bytes on disk, CPU latency.
 #
-# **Run time:** about two minutes on a 2-core laptop CPU the first time: it trains two more seeds of the
+# **Run time:** about 1.5 minutes on a 2-core laptop CPU the first time: it trains three seeds of the
 # baseline and three seeds of the small LeNet, and caches them in `build/cache/`. Later runs (and every later
 # chapter) load them from the cache, and this notebook then takes about half a minute.
 
@@ -158,7 +158,8 @@ checks.check_conv_macs(conv_macs)
 # - batch 64, 20 epochs (55 steps each), everything seeded;
 # - on the CPU, the **channels-last** (NHWC) memory layout for training (`memory_format` in the recipe):
 #   PyTorch's CPU convolutions, forward and backward, are faster in it. It changes the order in which sums
-#   are taken, so the weights differ from an NCHW run by rounding only, not by anything the recipe learns.
+#   are taken: the rounding differs, and over a whole run an NHWC and an NCHW training drift apart the way
+#   two seeds do, ending level within the noise rather than bit for bit equal.
 #
 # `load_baseline` trains it once and caches the weights in `build/cache/` (a plain state dict,
 # read back with `torch.load(weights_only=True)`); every later chapter calls it and gets the same model.

@@ -11,7 +11,7 @@
 # - check what compression does off the clean test set (noise, blur, contrast, shifts);
 # - export the final models to ONNX and check that onnxruntime computes what PyTorch computes.
 #
-# **Run time:** about 3 minutes on a 2-core laptop CPU.
+# **Run time:** about 1.5 minutes on a 2-core laptop CPU.
 
 # %% tags=["parameters"]
 DATASET = "mnist5k"

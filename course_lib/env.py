@@ -3,6 +3,7 @@ features that decide how int8 kernels behave (VNNI)."""
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import sys
 import warnings
@@ -116,3 +117,35 @@ def u8s8_saturates(flags: set[str] | None = None, machine: str | None = None) ->
     if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return False
     return not has_vnni(flags)
+
+
+LAB_MODE_ENV = "COURSE_LAB_MODE"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def lab_mode(value: bool | None = None) -> bool:
+    """Resolve a chapter's ``LAB_MODE`` parameter.
+
+    True/False are returned as given; None reads ``$COURSE_LAB_MODE`` ("1", "true", "yes", "on": True;
+    unset, "", "0", "false", "no", "off": False). Lab mode cuts a chapter's budgets (one seed, fewer
+    epochs, fewer timing rounds) so it runs in about a minute on a slow laptop; its numbers are then
+    noisier, and a chapter's targets are reported but not asserted. papermill sets it with
+    ``-p LAB_MODE True``; nbgrader's course configuration (``nbgrader_config.py``) sets the variable.
+    """
+    if value is None:
+        raw = os.environ.get(LAB_MODE_ENV, "").strip().lower()
+        if raw in _TRUE:
+            return True
+        if raw in _FALSE:
+            return False
+        raise ValueError(f"${LAB_MODE_ENV}={raw!r} is not a yes/no value: use one of {_TRUE + _FALSE[1:]}")
+    if not isinstance(value, bool):
+        raise TypeError(f"LAB_MODE={value!r} must be True, False or None (None reads ${LAB_MODE_ENV})")
+    return value
+
+
+def lab_note(lab: bool, cuts: str, less_reliable: str) -> None:
+    """Print, in lab mode only, what the chapter cut and which of its numbers are less reliable."""
+    if lab:
+        print(f"LAB MODE: {cuts}. Less reliable than in the full run: {less_reliable}. "
+              f"Targets are reported, not asserted. Set LAB_MODE = False for the full run.")

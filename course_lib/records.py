@@ -131,10 +131,17 @@ def validate_records(records: list[dict]) -> None:
             raise ValueError(f"record {r['name']!r}: latency_ms={lat!r} must be a positive number or None")
 
 
-def write_results(stem: str, records: list[dict], root: str | os.PathLike | None = None) -> Path:
-    """Validate ``records`` and write them to <root or results_dir()>/<stem>.json; return the path."""
+def write_results(stem: str, records: list[dict], root: str | os.PathLike | None = None,
+                  lab_mode: bool = False) -> Path:
+    """Validate ``records`` and write them to <root or results_dir()>/<stem>.json; return the path.
+
+    A lab-mode run (cut budgets, see ``env.lab_mode``) writes to the ``lab/`` folder below instead, so
+    its noisier numbers never replace a full run's on the results page.
+    """
     validate_records(records)
     out = Path(root) if root is not None else results_dir()
+    if lab_mode:
+        out = out / "lab"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{stem}.json"
     path.write_text(json.dumps(records, indent=1))

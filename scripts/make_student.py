@@ -4,10 +4,14 @@
 
 Uses nbgrader's markers without needing nbgrader:
 - the lines between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` become
-  ``raise NotImplementedError("...hint...")`` at the same indentation; comment lines starting with
-  ``# Hint:`` inside the solution are kept and their text goes into the error message;
+  ``raise NotImplementedError("...hint...")`` at the same indentation; the ``# Hint:`` comment lines
+  just above the block (where nbgrader's own release keeps them too) or inside it are kept, and their
+  text goes into the error message; a solution without a hint is an error;
 - blocks between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` are removed;
-- every output and execution count is cleared.
+- every output, execution count and execution timestamp is cleared (nbgrader metadata and tags stay).
+
+For graded classes use nbgrader instead (``nbgrader_config.py``, docs/instructor.md): the cells carry
+its metadata, and its release differs from this copy only in the stub's wording.
 """
 from __future__ import annotations
 
@@ -20,7 +24,6 @@ import nbformat
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 HBEGIN, HEND = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
-DEFAULT_HINT = "Exercise: replace this line with your code (the markdown cell above explains what to do)"
 
 
 class MarkerError(ValueError):
@@ -45,9 +48,16 @@ def stub_source(source: str, cell_label: str = "cell") -> str:
             if j is None:
                 raise MarkerError(f"{cell_label}: {BEGIN} without {END}")
             indent = line[: len(line) - len(line.lstrip())]
-            hints = [ln for ln in lines[i + 1:j] if ln.strip().lower().startswith("# hint:")]
-            text = " ".join(h.strip()[len("# hint:"):].strip() for h in hints) or DEFAULT_HINT
-            out += [indent + h.strip() for h in hints]
+            above = []
+            for prev in reversed(out):
+                if not prev.strip().lower().startswith("# hint:"):
+                    break
+                above.insert(0, prev)
+            hints = above + [ln for ln in lines[i + 1:j] if ln.strip().lower().startswith("# hint:")]
+            if not hints:
+                raise MarkerError(f"{cell_label}: the solution has no '# Hint:' line above it; every exercise needs one")
+            text = " ".join(h.strip()[len("# hint:"):].strip() for h in hints)
+            out += [indent + h.strip() for h in hints[len(above):]]
             out.append(f"{indent}raise NotImplementedError({text!r})")
             i = j + 1
             continue
@@ -68,6 +78,7 @@ def make_student(src: Path, dest: Path) -> int:
             cell.source = stub_source(cell.source, f"{src.name} cell {k}")
             cell.outputs = []
             cell.execution_count = None
+        cell.metadata.pop("execution", None)
     dest.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, dest)
     return n

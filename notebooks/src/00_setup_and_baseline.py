@@ -78,15 +78,15 @@ fig = plots.show_samples(splits.train, splits.classes, n=20, mean=info.mean, std
 # `uint8` tensor of shape $(N, H, W)$ and returns `float32` of shape $(N, 1, H, W)$ (one channel) with
 # $x' = (x/255 - \mu)/\sigma$. The checker runs it on fresh random images and names what is off.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "normalize", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def normalize(images, mean, std):
-    ### BEGIN SOLUTION
     # Hint: scale to [0, 1] first, then subtract the mean, then divide by std; add the channel axis.
+    ### BEGIN SOLUTION
     return ((images.float() / 255.0 - mean) / std).unsqueeze(1)
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_normalize", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 from course_lib import checks
 checks.check_normalize(normalize)
 
@@ -130,10 +130,10 @@ fig = plots.params_vs_macs(model, splits.input_shape, title="LeNet-5: share of p
 # $\text{MACs} = C_{out}\,(C_{in}/g)\,k_h k_w\,H_{out} W_{out}$. Return an `int`. (Padding is given as
 # numbers here; `padding="same"`, a string, is not tested.)
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "conv_macs", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def conv_macs(layer, input_hw):
-    ### BEGIN SOLUTION
     # Hint: compute H_out and W_out from layer.kernel_size, stride, padding and dilation first.
+    ### BEGIN SOLUTION
     (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
     (ph, pw), (dh, dw) = layer.padding, layer.dilation
     ho = (input_hw[0] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
@@ -142,7 +142,7 @@ def conv_macs(layer, input_hw):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_conv_macs", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_conv_macs(conv_macs)
 
 # %% [markdown] tags=["theory"]
@@ -264,10 +264,10 @@ display(Markdown(
 # 0 to 1, small and large $n$, other levels, and names the usual slips (the Wald interval, clipped or not,
 # a missing $z^2$ term, percent instead of fractions).
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "wilson_interval", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def wilson_interval(accuracy, n, z=1.96):
-    ### BEGIN SOLUTION
     # Hint: centre = (p + z²/(2n)) / (1 + z²/n); half-width = z / (1 + z²/n) * sqrt(p(1-p)/n + z²/(4n²)).
+    ### BEGIN SOLUTION
     p = float(accuracy)
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
@@ -276,7 +276,7 @@ def wilson_interval(accuracy, n, z=1.96):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_wilson_interval", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_wilson_interval(wilson_interval)
 
 

@@ -150,10 +150,10 @@ for name, w in measure.prunable_weights(baseline):
 # **Exercise 1.** Write `magnitude_mask(w, sparsity)`: a 0/1 tensor of the shape of `w` with exactly
 # `round(sparsity * w.numel())` zeros, at the smallest $|w|$. Do not change `w`.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "magnitude_mask", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def magnitude_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
-    ### BEGIN SOLUTION
     # Hint: k = round(sparsity * w.numel()); a stable torch.argsort of |w| lists positions from smallest to largest
+    ### BEGIN SOLUTION
     k = round(sparsity * w.numel())
     mask = torch.ones_like(w)
     if k > 0:
@@ -163,7 +163,7 @@ def magnitude_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_magnitude_mask", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_magnitude_mask(magnitude_mask)
 
 # %% [markdown]
@@ -308,16 +308,16 @@ for name in runs:
 # **Exercise 2.** Write the schedule for $s_i = 0$, $t_0 = 0$: `gradual(step, final_sparsity, total_steps)`,
 # equal to `final_sparsity` for every step after `total_steps`.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "gradual", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def gradual(step: int, final_sparsity: float, total_steps: int) -> float:
-    ### BEGIN SOLUTION
     # Hint: clamp frac = step / total_steps to [0, 1], then return final_sparsity * (1 - (1 - frac) ** 3)
+    ### BEGIN SOLUTION
     frac = min(max(step / total_steps, 0.0), 1.0)
     return final_sparsity * (1.0 - (1.0 - frac) ** 3)
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_gradual", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_gradual_schedule(gradual)
 
 # %% [markdown]
@@ -582,10 +582,10 @@ print(f"conv2 filter L1 norms: from {norms2.min():.1f} to {norms2.max():.1f}; th
 # **Exercise 3.** Write `keep_filters(w, ratio)`: the ascending indices of the filters to keep, i.e. all
 # but the `round(ratio * out)` filters of smallest L1 norm. `w` has shape (out, in, kh, kw) or (out, in).
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "keep_filters", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def keep_filters(w: torch.Tensor, ratio: float) -> torch.Tensor:
-    ### BEGIN SOLUTION
     # Hint: norms = w.abs().flatten(1).sum(1); keep the out - round(ratio * out) largest, then sort the indices
+    ### BEGIN SOLUTION
     n = w.shape[0]
     norms = w.abs().flatten(1).sum(1)
     keep = torch.argsort(norms, descending=True, stable=True)[: n - round(ratio * n)]
@@ -593,7 +593,7 @@ def keep_filters(w: torch.Tensor, ratio: float) -> torch.Tensor:
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_keep_filters", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_filters_to_keep(keep_filters)
 
 # %% [markdown] tags=["theory"]

@@ -110,11 +110,11 @@ for symmetric in (False, True):
 # $s = (hi - lo)/(2^b - 1)$, $z = \operatorname{clamp}(-\operatorname{round}(lo/s), 0, 2^b-1)$, as Python
 # numbers. (Zero-width ranges need not be handled.)
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "scale_zero_point", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def scale_zero_point(lo: float, hi: float, bits: int) -> tuple[float, int]:
-    ### BEGIN SOLUTION
     # Hint: lo, hi = min(lo, 0), max(hi, 0); there are 2**bits - 1 steps between 2**bits levels;
     # Hint: the zero-point is an integer: round, then clamp to [0, 2**bits - 1]
+    ### BEGIN SOLUTION
     lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = (hi - lo) / (2 ** bits - 1)
     zero_point = int(min(max(-round(lo / scale), 0), 2 ** bits - 1))
@@ -122,7 +122,7 @@ def scale_zero_point(lo: float, hi: float, bits: int) -> tuple[float, int]:
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_scale_zero_point", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_scale_zero_point(scale_zero_point)
 
 # %% [markdown] tags=["theory"]
@@ -220,11 +220,11 @@ fig = plots.quantizer_staircase(0.5, 0, -3, 3)
 # Return $\hat x$ for a given scale, zero-point and integer range, with the clipped straight-through
 # gradient (values that were clamped get zero gradient).
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "fake_quant_ste", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def fake_quant_ste(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
-    ### BEGIN SOLUTION
     # Hint: q = round(x / scale) + zero_point; x_hat = (clamp(q) - zero_point) * scale; forward x_hat,
     # Hint: backward the gradient of x where q was inside [qmin, qmax]: x + (x_hat - x).detach()
+    ### BEGIN SOLUTION
     q = torch.round(x / scale) + zero_point
     inside = (q >= qmin) & (q <= qmax)
     x_hat = (torch.clamp(q, qmin, qmax) - zero_point) * scale
@@ -232,7 +232,7 @@ def fake_quant_ste(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qm
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_fake_quant_ste", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_fake_quant_ste(fake_quant_ste)
 
 # %% [markdown]
@@ -439,11 +439,11 @@ for L in (3, 4):
 # Given weights `w` (N,) and centroids `c` (K,), return the assignment of each weight to its nearest
 # centroid (int64) and the new centroids (a centroid with no weights keeps its value).
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "kmeans_step", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def kmeans_step(w: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    ### BEGIN SOLUTION
     # Hint: distances (N, K) = (w[:, None] - c[None, :]).abs(); argmin over K; then per centroid the
     # Hint: mean of its weights (index_add_ and bincount), keeping the old value where the count is 0
+    ### BEGIN SOLUTION
     idx = (w[:, None] - c[None, :]).abs().argmin(1)
     sums = torch.zeros_like(c).index_add_(0, idx, w)
     counts = torch.bincount(idx, minlength=len(c))
@@ -451,7 +451,7 @@ def kmeans_step(w: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.T
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_kmeans_step", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_kmeans_step(kmeans_step)
 
 # %% [markdown]
@@ -646,11 +646,11 @@ print(f"largest error against the float layer: {err_steps:.2f} output steps (rou
 # The checker runs your function and onnxruntime's `QLinearConv` on the same integers and scales,
 # including asymmetric activations, a weight zero-point, ties, and outputs beyond the grid.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "quantized_linear", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def quantized_linear(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
-    ### BEGIN SOLUTION
     # Hint: x = q_x.to(torch.int32) - z_x and w likewise; acc = x @ w.T + round(bias / s_acc) with
     # Hint: s_acc = torch.tensor(s_x, dtype=torch.float32) * s_w; M = s_acc / s_y; clamp, then .to(torch.uint8)
+    ### BEGIN SOLUTION
     x = q_x.to(torch.int32) - z_x
     w = q_w.to(torch.int32) - z_w
     s_acc = torch.tensor(s_x, dtype=torch.float32) * s_w   # the accumulator's scale, per output channel
@@ -660,7 +660,7 @@ def quantized_linear(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_quantized_linear", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_quantized_linear(quantized_linear)
 
 

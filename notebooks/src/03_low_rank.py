@@ -186,10 +186,10 @@ for k in (4, 16, 64, 256):
 # **Exercise 1.** Write `svd_split(layer, rank)` returning `nn.Sequential(Linear(in, rank, bias=False),
 # Linear(rank, out))` whose weights come from the truncated SVD of `layer.weight` (leave `layer` unchanged).
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "svd_split", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def svd_split(layer: nn.Linear, rank: int) -> nn.Sequential:
-    ### BEGIN SOLUTION
     # Hint: torch.linalg.svd(W, full_matrices=False); keep the first `rank` values; the bias goes to the second layer
+    ### BEGIN SOLUTION
     u, s, vh = torch.linalg.svd(layer.weight.detach().double(), full_matrices=False)
     root = s[:rank].sqrt()
     first = nn.Linear(layer.in_features, rank, bias=False)
@@ -203,7 +203,7 @@ def svd_split(layer: nn.Linear, rank: int) -> nn.Sequential:
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_svd_split", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_svd_split(svd_split)
 
 # %% [markdown]
@@ -235,16 +235,16 @@ with torch.no_grad():
 # **Exercise 2.** Write `rank_for_energy(s, energy)`: the smallest rank $k$ whose leading singular
 # values (sorted descending) keep at least `energy` of $\sum_i \sigma_i^2$.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "rank_for_energy", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def rank_for_energy(s: torch.Tensor, energy: float) -> int:
-    ### BEGIN SOLUTION
     # Hint: torch.cumsum of s**2, divided by the total; count the ranks that stay below `energy`
+    ### BEGIN SOLUTION
     e = torch.cumsum(s.double() ** 2, 0) / (s.double() ** 2).sum()
     return min(int((e < energy - 1e-12).sum()) + 1, len(s))
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_rank_for_energy", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_rank_for_energy(rank_for_energy)
 
 
@@ -339,10 +339,10 @@ print(f"fc1 rank for a budget of 10% of its parameters: {FC1_RANK} "
 # $(R_{out}, R_{in}, k_h, k_w)$, $(C_{out}, R_{out})$, $(C_{in}, R_{in})$. Careful with the mode-1 unfolding:
 # the input-channel axis must come first *before* reshaping.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "hosvd", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def hosvd(kernel: torch.Tensor, rank_out: int, rank_in: int):
-    ### BEGIN SOLUTION
     # Hint: U_out from torch.linalg.svd(K.reshape(C_out, -1)), U_in from torch.movedim(K, 1, 0).reshape(C_in, -1); core by einsum
+    ### BEGIN SOLUTION
     k = kernel.detach().double()
     u_out = torch.linalg.svd(k.reshape(k.shape[0], -1), full_matrices=False)[0][:, :rank_out]
     u_in = torch.linalg.svd(torch.movedim(k, 1, 0).reshape(k.shape[1], -1), full_matrices=False)[0][:, :rank_in]
@@ -351,7 +351,7 @@ def hosvd(kernel: torch.Tensor, rank_out: int, rank_in: int):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_hosvd", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_hosvd(hosvd)
 
 # %% [markdown]
@@ -394,15 +394,15 @@ for stage in tucker_conv2:
 # **Exercise 4.** Write `tucker2_macs(c_in, c_out, k, r_out, r_in, h_in, h_out)` for square maps and
 # kernels: the MACs of the three stages for one image.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "tucker2_macs", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def tucker2_macs(c_in: int, c_out: int, k: int, r_out: int, r_in: int, h_in: int, h_out: int) -> int:
-    ### BEGIN SOLUTION
     # Hint: three convolutions; each costs (weights per output value) x (output values); the first runs at h_in x h_in
+    ### BEGIN SOLUTION
     return r_in * c_in * h_in * h_in + r_out * r_in * k * k * h_out * h_out + c_out * r_out * h_out * h_out
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_tucker2_macs", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_tucker2_macs(tucker2_macs)
 
 # %%

@@ -93,7 +93,7 @@ for i, idx in enumerate(show.tolist()):
 # Write `softened_softmax(logits, T)`: logits of shape (N, C), return $\text{softmax}(z/T)$ over the classes,
 # shape (N, C). Make it safe for large logits (subtract each row's maximum before `exp`, or call `torch.softmax`).
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "softened_softmax", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def softened_softmax(logits, T):
     ### BEGIN SOLUTION
     z = logits / T
@@ -103,7 +103,7 @@ def softened_softmax(logits, T):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_softened_softmax", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_softened_softmax(softened_softmax)
 
 
@@ -130,7 +130,7 @@ checks.check_softened_softmax(softened_softmax)
 # Write `my_kd_loss(student_logits, teacher_logits, labels, T, alpha)` returning the scalar above
 # (KL summed over classes and averaged over the batch; cross-entropy averaged over the batch).
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "my_kd_loss", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_kd_loss(student_logits, teacher_logits, labels, T, alpha):
     ### BEGIN SOLUTION
     log_p_s = F.log_softmax(student_logits / T, dim=1)
@@ -140,7 +140,7 @@ def my_kd_loss(student_logits, teacher_logits, labels, T, alpha):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_my_kd_loss", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_kd_loss(my_kd_loss)
 
 # %% [markdown]
@@ -405,14 +405,14 @@ for method in ("scratch", "kd", "feature-kd"):
 # return int64 labels of shape (N,) that are the true label where `labelled` is True and the teacher's most
 # likely class elsewhere.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "pseudo_labels", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def pseudo_labels(teacher_logits, labels, labelled):
     ### BEGIN SOLUTION
     return torch.where(labelled, labels, teacher_logits.argmax(dim=1))
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_pseudo_labels", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_pseudo_labels(pseudo_labels)
 
 # %%

@@ -91,16 +91,16 @@ print(f"shared: {', '.join(f'{k}: {len(v)} values' for k, v in books.items())}; 
 # For a 1-D boolean mask, return an `int64` tensor with one entry per `True`: the number of `False`
 # entries skipped since the previous `True` (or since the start). `[T, F, F, T, T]` gives `[0, 2, 0]`.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "positions_to_gaps", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def positions_to_gaps(mask):
-    ### BEGIN SOLUTION
     # Hint: torch.nonzero gives the positions; the gap is the difference of consecutive positions minus one.
+    ### BEGIN SOLUTION
     nz = torch.nonzero(mask, as_tuple=False).flatten()
     return torch.diff(nz, prepend=torch.tensor([-1])) - 1
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_positions_to_gaps", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 from course_lib import checks
 checks.check_positions_to_gaps(positions_to_gaps)
 
@@ -113,17 +113,17 @@ checks.check_positions_to_gaps(positions_to_gaps)
 # ### Exercise 2: entropy in bits
 # Return the Shannon entropy, in bits per symbol, of the empirical distribution of a 1-D `int64` tensor.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "entropy_bits", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def entropy_bits(symbols):
-    ### BEGIN SOLUTION
     # Hint: torch.bincount gives the counts; leave out the symbols that never occur (0 log 0 = 0).
+    ### BEGIN SOLUTION
     counts = torch.bincount(symbols.flatten()).double()
     p = counts[counts > 0] / counts.sum()
     return float(-(p * torch.log2(p)).sum())
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_entropy_bits", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_entropy_bits(entropy_bits)
 
 # %% [markdown]

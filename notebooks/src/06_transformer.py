@@ -70,7 +70,7 @@ print("example group:", sent.eval_texts[:3])
 # Write the pooling step: `hidden` is (N, T, D), `mask` is (N, T) with 1 for real tokens and 0 for
 # padding. Return the (N, D) mean over the real tokens only.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "mean_pool", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def mean_pool(hidden, mask):
     ### BEGIN SOLUTION
     m = mask.unsqueeze(-1).to(hidden.dtype)
@@ -78,7 +78,7 @@ def mean_pool(hidden, mask):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_mean_pool", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_mean_pool(mean_pool)
 
 # %% [markdown]
@@ -117,7 +117,7 @@ del st_model
 # `emb` is (N, D) (not necessarily normalised), `groups` (N,) the paraphrase group ids. Return the
 # fraction of sentences whose most cosine-similar *other* sentence is in the same group.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "retrieval_top1", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def retrieval_top1(emb, groups):
     ### BEGIN SOLUTION
     e = torch.nn.functional.normalize(emb.double(), dim=-1)
@@ -127,7 +127,7 @@ def retrieval_top1(emb, groups):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_retrieval_top1", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_retrieval_top1(retrieval_top1)
 
 # %% [markdown]
@@ -299,7 +299,7 @@ print(f"whole model on disk {bert.model_bytes(model) / 2**20:.1f} MiB -> {bert.m
 # Return the dequantized weight $\hat W$ (same shape as `w`, (out, in)) with one $(s, z)$ per group
 # of `group_size` columns of each row, as defined above (min clamped to $\le 0$, max to $\ge 0$).
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "group_rtn", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def group_rtn(w, bits, group_size):
     ### BEGIN SOLUTION
     out_f, in_f = w.shape
@@ -313,7 +313,7 @@ def group_rtn(w, bits, group_size):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "check_group_rtn", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_group_rtn(group_rtn)
 
 # %% [markdown]

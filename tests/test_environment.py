@@ -90,7 +90,7 @@ def test_notebook_is_executed_and_carries_the_conventions(path):
     assert all(c.get("outputs") is not None for c in code)
     assert all(c.execution_count is not None for c in code), f"{path.name} is not fully executed"
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
-    assert len(params) == 1 and all(k in params[0].source for k in ("DATASET", "SEED", "EPOCHS", "DEVICE"))
+    assert len(params) == 1 and all(k in params[0].source for k in ("DATASET", "SEED", "EPOCHS", "DEVICE", "LAB_MODE"))
     assert "write_results" in "".join(c.source for c in code)
     # a chapter ends with its assertion cell (at most one informational cell, e.g. timings, after it)
     assert any(re.search(r"^assert ", c.source, re.MULTILINE) for c in code[-2:]), \
@@ -111,3 +111,24 @@ def test_cpu_flags_and_u8s8_saturation(tmp_path):
     assert not env.u8s8_saturates(set(), machine="aarch64")
     assert env.cpu_flags(tmp_path / "missing") is None
     assert env.u8s8_saturates(None, machine="x86_64") == (not env.has_vnni())
+
+
+def test_lab_mode_resolves_the_parameter_and_the_environment(monkeypatch, capsys):
+    from course_lib.env import lab_mode, lab_note
+    monkeypatch.delenv("COURSE_LAB_MODE", raising=False)
+    assert lab_mode(None) is False and lab_mode(True) is True and lab_mode(False) is False
+    for raw, want in (("1", True), ("Yes", True), ("on", True), ("0", False), ("false", False), ("", False)):
+        monkeypatch.setenv("COURSE_LAB_MODE", raw)
+        assert lab_mode(None) is want, raw
+    monkeypatch.setenv("COURSE_LAB_MODE", "1")
+    assert lab_mode(False) is False  # an explicit parameter wins over the environment
+    monkeypatch.setenv("COURSE_LAB_MODE", "maybe")
+    with pytest.raises(ValueError, match="COURSE_LAB_MODE='maybe'"):
+        lab_mode(None)
+    with pytest.raises(TypeError, match="LAB_MODE='yes'"):
+        lab_mode("yes")
+    lab_note(False, "one seed", "intervals")
+    assert capsys.readouterr().out == ""
+    lab_note(True, "one seed", "the intervals")
+    out = capsys.readouterr().out
+    assert out.startswith("LAB MODE: one seed.") and "the intervals" in out and "not asserted" in out

@@ -18,6 +18,15 @@ def test_write_and_assemble(tmp_path):
     assert "## 01_demo" in page and "| half | 98.00% [96.9, 98.7] |" in page and "| 2.0 | 2.00 |" in page
 
 
+def test_lab_mode_results_never_reach_the_results_page(tmp_path):
+    root = tmp_path / "results"
+    results.write_results("01_demo", [REC], root=root)
+    lab = results.write_results("01_demo", [{**REC, "accuracy": 0.5}], root=root, lab_mode=True)
+    assert lab == root / "lab" / "01_demo.json" and json.loads((root / "01_demo.json").read_text()) == [REC]
+    page = results.assemble(root, tmp_path / "results.md").read_text()
+    assert "98.00%" in page and "50.00%" not in page
+
+
 @pytest.mark.parametrize("bad,match", [
     ([], "empty"),
     ([{**REC, "name": "x"}], "baseline"),

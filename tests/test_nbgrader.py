@@ -40,12 +40,22 @@ def _env(tmp: Path) -> dict:
     return env
 
 
-def _nbgrader(course: Path, *args: str, timeout: int = 1800) -> str:
-    r = subprocess.run([str(BIN / "nbgrader"), *args], cwd=course, env=_env(course), capture_output=True,
-                       text=True, timeout=timeout)
-    log = r.stdout + r.stderr
-    assert r.returncode == 0, f"nbgrader {' '.join(args)} failed:\n{log[-4000:]}"
+def _start(course: Path, *args: str, threads: int | None = None) -> subprocess.Popen:
+    env = _env(course)
+    if threads:  # two graders side by side, one core each (OMP's busy-waiting would make them crawl)
+        env.update(OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE")
+    return subprocess.Popen([str(BIN / "nbgrader"), *args], cwd=course, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait(proc: subprocess.Popen, timeout: int = 1800) -> str:
+    log, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"nbgrader {' '.join(proc.args[1:])} failed:\n{log[-4000:]}"
     return log
+
+
+def _nbgrader(course: Path, *args: str) -> str:
+    return _wait(_start(course, *args))
 
 
 def _solution_cells(nb) -> dict[str, nbformat.NotebookNode]:
@@ -109,19 +119,29 @@ def test_generate_assignment_and_autograde(path, tmp_path):
         assert hints and all(h in cell.source for h in hints), f"{chapter}/{gid}: the release lost its hint"
     assert all(not c.get("outputs") for c in released.cells if c.cell_type == "code")
 
-    # two submissions: the release as is, and the release with the instructor's solutions typed in
-    for student in ("untouched", "solved"):
-        dest = course / "submitted" / student / chapter
+    # two submissions: the release as is, and the release with the instructor's solutions typed in;
+    # graded at the same time in two copies of the course directory (one gradebook each)
+    courses = {"untouched": course, "solved": tmp_path / "course-solved"}
+    shutil.copytree(course, courses["solved"])
+    for student, where in courses.items():
+        dest = where / "submitted" / student / chapter
         dest.mkdir(parents=True)
         nb = nbformat.read(release, as_version=4)
         if student == "solved":
             for gid, cell in _solution_cells(nb).items():
                 cell.source = solved_cells[gid].source  # the markers are comments: harmless in a submission
         nbformat.write(nb, dest / path.name)
-    _nbgrader(course, "autograde", chapter, "--force")
+    procs = [_start(where, "autograde", chapter, "--force", threads=1) for where in courses.values()]
+    try:
+        for proc in procs:
+            _wait(proc)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
 
     graded = set(nbgrader_course.graded_cells(source))
-    untouched, solved = (_scores(course, chapter, s) for s in ("untouched", "solved"))
+    untouched, solved = (_scores(where, chapter, s) for s, where in courses.items())
     assert set(untouched) == set(solved) == graded
     assert all(score == 0 for score, _ in untouched.values()), f"{chapter}: the untouched release scored {untouched}"
     assert all(score == top > 0 for score, top in solved.values()), f"{chapter}: the solved copy scored {solved}"
@@ -135,7 +155,7 @@ def test_generate_assignment_and_autograde(path, tmp_path):
     assert all("not implemented yet" in e for e in errors.values()), errors
     last = next(c for c in reversed(ran.cells) if c.cell_type == "code")
     assert last.get("outputs") is not None and last.execution_count, f"{chapter}: the run did not reach the end"
-    ran = nbformat.read(course / "autograded" / "solved" / chapter / path.name, as_version=4)
+    ran = nbformat.read(courses["solved"] / "autograded" / "solved" / chapter / path.name, as_version=4)
     assert not _errors(ran), f"{chapter}: the solved copy raised: {_errors(ran)}"
     text = json.dumps([c.get("outputs", []) for c in ran.cells])
     assert "LAB MODE" in text, f"{chapter}: graded without the lab-mode banner"

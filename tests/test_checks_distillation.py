@@ -96,3 +96,47 @@ def test_pseudo_labels_checker_rejects_wrong_answers(capsys):
     for hint, fn in cases.items():
         assert not checks.check_pseudo_labels(fn)
         assert hint in capsys.readouterr().out, hint
+
+
+def _soft_ce(s, t, T):
+    return -(torch.softmax(t / T, 1) * F.log_softmax(s / T, 1)).sum(1)
+
+
+def test_kd_loss_checker_accepts_the_soft_target_cross_entropy(capsys):
+    # -sum p_t log p_s = KL(p_t || p_s) + H(p_t): the teacher's entropy is a constant (same gradients)
+    def soft_ce(s, t, y, T, a):
+        return a * T * T * _soft_ce(s, t, T).mean() + (1 - a) * F.cross_entropy(s, y)
+    assert checks.check_kd_loss(soft_ce)
+    out = capsys.readouterr().out
+    assert "✓" in out and "teacher's entropy" in out
+
+
+def test_kd_loss_checker_accepts_f_kl_div_batchmean():
+    def kl_div(s, t, y, T, a):
+        soft = F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="batchmean")
+        return a * T ** 2 * soft + (1 - a) * F.cross_entropy(s, y)
+    assert checks.check_kd_loss(kl_div, verbose=False)
+
+
+def test_kd_loss_checker_names_the_soft_target_cross_entropy_mistakes(capsys):
+    cases = {
+        "T^2": lambda s, t, y, T, a: a * _soft_ce(s, t, T).mean() + (1 - a) * F.cross_entropy(s, y),
+        "temperature 1": lambda s, t, y, T, a: a * T * T * _soft_ce(s, t, T).mean()
+        + (1 - a) * F.cross_entropy(s / T, y),
+        "no gradient": lambda s, t, y, T, a: (a * T * T * _soft_ce(s, t, T).mean()
+                                              + (1 - a) * F.cross_entropy(s, y)).detach(),
+        "reduction=\"mean\"": lambda s, t, y, T, a: a * T * T * F.kl_div(
+            F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="mean") + (1 - a) * F.cross_entropy(s, y),
+    }
+    for hint, fn in cases.items():
+        assert not checks.check_kd_loss(fn)
+        assert hint in capsys.readouterr().out, hint
+
+
+def test_kd_loss_checker_names_kl_div_mean_without_t2(capsys):
+    def fn(s, t, y, T, a):
+        return a * F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="mean") \
+            + (1 - a) * F.cross_entropy(s, y)
+    assert not checks.check_kd_loss(fn)
+    out = capsys.readouterr().out
+    assert "T^2" in out and "batchmean" in out

@@ -37,3 +37,17 @@ def test_checkers_leave_the_global_random_state_alone():
     checks.check_entropy_bits(lambda s: huffman.entropy_bits(s.numpy()))
     checks.check_positions_to_gaps(lambda m: torch.from_numpy(storage.tensor_streams(m.float())[0]))
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_gaps_checker_accepts_a_loop_and_names_a_non_int64_array(capsys):
+    def loop(m):  # an independent solution, written as a learner would
+        out, last = [], -1
+        for i, v in enumerate(m.tolist()):
+            if v:
+                out.append(i - last - 1)
+                last = i
+        return torch.tensor(out, dtype=torch.int64)
+    assert checks.check_positions_to_gaps(loop, verbose=False)
+    for wrong in (lambda m: loop(m).float(), lambda m: loop(m).int()):
+        assert not checks.check_positions_to_gaps(wrong)
+        assert "expected torch.int64" in capsys.readouterr().out

@@ -57,6 +57,7 @@ def check_kd_loss(fn):
     """fn(student_logits, teacher_logits, labels, T, alpha) -> scalar
     alpha * T^2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, labels), batch-averaged."""
     g = torch.Generator().manual_seed(23)
+    soft_ce = False
     for n, c, T, alpha in ((8, 10, 4.0, 0.9), (5, 10, 2.0, 0.5), (6, 3, 1.0, 0.3), (4, 10, 8.0, 1.0),
                            (7, 10, 3.0, 0.0)):
         s = torch.randn(n, c, generator=g) * 3
@@ -69,9 +70,18 @@ def check_kd_loss(fn):
             raise Wrong(f"the loss should be a single number (a scalar), got shape {tuple(got.shape)}: "
                         "average over the batch.")
         got_v, want = got.double().reshape(()).item(), _ref_kd(s, t, y, T, alpha).item()
-        if math.isclose(got_v, want, rel_tol=1e-4, abs_tol=1e-5):
+        # soft-target cross-entropy -sum p_t log p_s = KL(p_t || p_s) + H(p_t): the teacher's entropy
+        # H(p_t) does not depend on the student, so the gradients are the same. Accepted.
+        p_t = _ref_soften(t, T)
+        h_t = -(p_t * F.log_softmax(t / T, 1)).sum(1).mean().item()
+        want_ce = want + alpha * T * T * h_t
+        if math.isclose(got_v, want, rel_tol=1e-4, abs_tol=1e-5) or \
+                math.isclose(got_v, want_ce, rel_tol=1e-4, abs_tol=1e-5):
             if not got.requires_grad:
-                raise Wrong("the loss has no gradient: do not detach the student's logits.")
+                raise Wrong("the loss has no gradient: the student's logits were detached (.detach(), "
+                            ".item(), .numpy() or torch.no_grad()), so backward() cannot train the student.")
+            if not math.isclose(got_v, want, rel_tol=1e-4, abs_tol=1e-5):
+                soft_ce = True
             continue
         kl = _ref_kd(s, t, y, T, 1.0).item() / (T * T)
         ce = F.cross_entropy(s, y).item()
@@ -86,10 +96,19 @@ def check_kd_loss(fn):
             "cross-entropy": (1 - alpha) * T * T * kl + alpha * ce,
             "the KL divergence is summed over the batch: average it over the examples (batchmean)":
                 alpha * T * T * kl * n + (1 - alpha) * ce,
-            "the KL divergence is averaged over classes too: sum over classes, average over examples":
+            "the KL divergence is averaged over classes too (F.kl_div with reduction=\"mean\" divides by "
+            "N * C): sum over classes, average over examples (reduction=\"batchmean\")":
                 alpha * T * T * kl / c + (1 - alpha) * ce,
+            "the soft term misses the factor T^2, and the KL is averaged over classes too (F.kl_div with "
+            "reduction=\"mean\"): use reduction=\"batchmean\" and multiply by T^2":
+                alpha * kl / c + (1 - alpha) * ce,
             "the cross-entropy uses the softened student logits: the hard term is at temperature 1":
                 alpha * T * T * kl + (1 - alpha) * F.cross_entropy(s / T, y).item(),
+            "the cross-entropy uses the softened student logits (the hard term is at temperature 1)":
+                want_ce - (1 - alpha) * ce + (1 - alpha) * F.cross_entropy(s / T, y).item(),
+            "the soft term (a soft-target cross-entropy) misses the factor T^2 (without it the soft "
+            "gradients shrink like 1/T^2)":
+                alpha * (kl + h_t) + (1 - alpha) * ce,
         }
         for msg, v in guesses.items():
             if math.isclose(got_v, v, rel_tol=1e-4, abs_tol=1e-5):
@@ -98,6 +117,16 @@ def check_kd_loss(fn):
     # identical logits and alpha = 1: exactly zero
     s = torch.randn(4, 10, generator=g)
     z = fn(s.clone(), s.clone(), torch.zeros(4, dtype=torch.long), 4.0, 1.0)
+    if soft_ce:
+        h = -(_ref_soften(s, 4.0) * F.log_softmax(s / 4.0, 1)).sum(1).mean().item() * 16.0
+        if abs(float(z) - h) > 1e-4:
+            raise Wrong(f"with identical logits and alpha=1 the soft-target cross-entropy should be "
+                        f"T^2 times the teacher's entropy, {h:.4g}; got {float(z):.4g}.")
+        print("Note: you wrote the soft term as the soft-target cross-entropy -sum p_t log p_s. It "
+              "equals the KL divergence plus the teacher's entropy, a constant that does not "
+              "depend on the student: same gradients, same training; the loss value is just "
+              "shifted (and is not 0 when the student matches the teacher).")
+        return
     if abs(float(z)) > 1e-5:
         raise Wrong(f"with identical logits and alpha=1 the loss should be 0, got {float(z):.3g}.")
 

@@ -33,6 +33,11 @@ def check_positions_to_gaps(fn):
         want = reference_positions_to_gaps(mask)
         got = fn(mask.clone())
         expect_shape(got, want.shape, f"the gaps of a mask with {int(mask.sum())} non-zeros")
+        if got.dtype != torch.int64:
+            hint = (" (torch.diff of float positions, or a float prepend value, gives floats)"
+                    if got.dtype.is_floating_point else "")
+            raise Wrong(f"the gaps have dtype {got.dtype}, expected torch.int64{hint}: the gaps are "
+                        "counts, and the encoder that stores them needs int64 integers.")
         if torch.equal(got.long(), want):
             continue
         if torch.equal(got.long(), want + 1):

@@ -22,6 +22,7 @@ EPOCHS = 10          # training epochs of every student (scratch and distilled a
 LONG_EPOCHS = 60     # the patient-teacher budget of section 6 (again the same for scratch and distilled)
 DEVICE = None        # None: $COURSE_DEVICE, else CUDA if available, else CPU
 SEEDS = (0, 1, 2)    # every headline number is a mean over these seeds
+LAB_MODE = None      # True: one seed and short budgets, about a minute (None: $COURSE_LAB_MODE, else False)
 
 # %% [markdown]
 # ## 1. Environment check
@@ -39,13 +40,20 @@ from course_lib.data import load_dataset
 from course_lib.distillation import (FeatureHint, TeacherCache, kd_loss, labelled_subset,
                                      over_seeds, pseudo_label_dataset, soften,
                                      teacher_probabilities)
-from course_lib.env import start_chapter
+from course_lib.env import lab_mode, lab_note, start_chapter
 from course_lib.models import LeNet5
 from course_lib.training import evaluate, load_baseline
 
 # the students are tiny: splitting their small matrix products over several threads costs more
 # than it saves (and a busy machine makes it far worse), so on the CPU this chapter trains on one thread
 env, device = start_chapter(SEED, DEVICE, cpu_threads=1)
+LAB_MODE = lab_mode(LAB_MODE)
+if LAB_MODE:  # the teacher (the cached baseline) is the same; only the students' budgets shrink
+    SEEDS, EPOCHS, LONG_EPOCHS = (SEED,), min(EPOCHS, 4), min(LONG_EPOCHS, 8)
+lab_note(LAB_MODE, cuts=f"one seed ({SEED}) instead of three, {EPOCHS} epochs per student (patient budget "
+         f"{LONG_EPOCHS}), a smaller temperature sweep",
+         less_reliable="every student accuracy and every distillation gain (no standard deviation from "
+         "one seed, and short training favours neither method reliably)")
 t_start, cpu_start = time.perf_counter(), time.process_time()
 
 # %% [markdown]
@@ -95,6 +103,8 @@ for i, idx in enumerate(show.tolist()):
 
 # %% nbgrader={"grade": false, "grade_id": "softened_softmax", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def softened_softmax(logits, T):
+    # Hint: divide the logits by T first; then a softmax over dim=-1 (the classes, not the batch).
+    # Hint: for large logits, subtract each row's max (keepdim=True) before torch.exp, or use torch.softmax.
     ### BEGIN SOLUTION
     z = logits / T
     z = z - z.max(dim=-1, keepdim=True).values
@@ -132,6 +142,9 @@ checks.check_softened_softmax(softened_softmax)
 
 # %% nbgrader={"grade": false, "grade_id": "my_kd_loss", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_kd_loss(student_logits, teacher_logits, labels, T, alpha):
+    # Hint: F.log_softmax(logits / T, dim=1) for both; KL = sum over classes of p_t * (log p_t - log p_s).
+    # Hint: average the KL over the batch, multiply by T * T and alpha; the cross-entropy (weight
+    # 1 - alpha) uses the student's raw logits, at temperature 1. Do not detach the student's logits.
     ### BEGIN SOLUTION
     log_p_s = F.log_softmax(student_logits / T, dim=1)
     log_p_t = F.log_softmax(teacher_logits / T, dim=1)
@@ -142,6 +155,10 @@ def my_kd_loss(student_logits, teacher_logits, labels, T, alpha):
 
 # %% nbgrader={"grade": true, "grade_id": "check_my_kd_loss", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_kd_loss(my_kd_loss)
+
+# %%
+# the cells below use your my_kd_loss if its checker accepts it, else the library's kd_loss
+my_kd_loss = checks.mine_or_library(my_kd_loss, checks.check_kd_loss, kd_loss, "my_kd_loss")
 
 # %% [markdown]
 # The library's `kd_loss` is the same formula with argument checks (and support for unlabelled examples,
@@ -247,8 +264,8 @@ fig.tight_layout()
 # **Reading the result.** With 1,000 test images one image is 0.1 point, and a different seed moves a
 # student by a few tenths: differences smaller than about two standard deviations are noise. On this
 # 3,500-image sample, with every label available and a good recipe, distillation does **not** beat the
-# same student trained from scratch: the two agree within one or two standard deviations (in the run stored
-# here the distilled students are even a couple of tenths behind). At this budget the target
+# same student trained from scratch: the two agree within one or two standard deviations (they
+# may even come out a few tenths behind: compare the means printed above). At this budget the target
 # (+0.5 points) is missed; sections 6 and 9 show the settings where it is met.
 # Why? The teacher was trained on these very images until it classified all of them correctly: on them
 # its soft targets are nearly one-hot (mean probability of the true class 0.999 at $T = 1$), so the
@@ -315,7 +332,7 @@ for e, (sc, kd_name) in budgets.items():
 # reporting the test accuracy would flatter distillation). $\alpha = 0$ is the scratch student.
 
 # %%
-SWEEP_T, SWEEP_ALPHA = (1.0, 4.0, 16.0), (0.5, 1.0)
+SWEEP_T, SWEEP_ALPHA = ((4.0,), (0.5, 1.0)) if LAB_MODE else ((1.0, 4.0, 16.0), (0.5, 1.0))
 mid = make(STUDENTS["lenet-4-8-32"])
 sweep = {}
 for T in SWEEP_T:
@@ -382,9 +399,9 @@ for method in ("scratch", "kd", "feature-kd"):
 
 
 # %% [markdown]
-# Compare the means with their standard deviations before drawing a conclusion. In the run stored here the
-# hint adds a little over logit distillation alone, a few tenths of a point over scratch: suggestive,
-# not the half-point target. Intermediate features carry more than the final logits (the teacher's
+# Compare the means with their standard deviations before drawing a conclusion. Expect the
+# hint to add at most a little over logit distillation alone, a few tenths of a point over scratch:
+# suggestive at best, short of the half-point target (read the printed means and deviations). Intermediate features carry more than the final logits (the teacher's
 # 50 feature maps say *where* it sees strokes), but a 5,000-parameter student can only absorb so much.
 
 # %% [markdown]
@@ -407,6 +424,8 @@ for method in ("scratch", "kd", "feature-kd"):
 
 # %% nbgrader={"grade": false, "grade_id": "pseudo_labels", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def pseudo_labels(teacher_logits, labels, labelled):
+    # Hint: the teacher's most likely class is teacher_logits.argmax(dim=1) (already int64);
+    # torch.where(condition, a, b) picks a where the condition is True, b elsewhere.
     ### BEGIN SOLUTION
     return torch.where(labelled, labels, teacher_logits.argmax(dim=1))
     ### END SOLUTION
@@ -440,7 +459,7 @@ print(f"teacher's hard labels equal the true labels on all {len(y_train):,} trai
 for method, rs in few.items():
     accs = [r["accs"][0] for r in rs]
     mean = sum(accs) / len(accs)
-    std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5
+    std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else 0.0
     runs["lenet-4-8-32", f"{method}-{PER_CLASS * splits.num_classes}-labels"] = {
         "accs": accs, "mean": mean, "std": std, "seeds": list(SEEDS), "model": rs[-1]["model"]}
     print(f"{PER_CLASS * splits.num_classes} labels, {method:12s} test accuracy {100 * mean:.2f} ± {100 * std:.2f}%")
@@ -471,7 +490,7 @@ for (name, method), r in runs.items():
                                epochs=LONG_EPOCHS if long else EPOCHS))
 print(records.format_table(recs, columns=("name", "method", "epochs", "accuracy",
                                           "size_bytes", "params", "macs", "latency_ms")))
-path = records.write_results("04_distillation", recs)
+path = records.write_results("04_distillation", recs, lab_mode=LAB_MODE)
 
 
 # %% [markdown]
@@ -493,18 +512,22 @@ assert all(teacher_params >= 10 * measure.count_params(make(cfg)()) for cfg in S
 gain, closed = gain_and_gap(runs[target, f"kd-{LONG_EPOCHS}ep"], runs[target, f"scratch-{LONG_EPOCHS}ep"])
 print(f"all labels, {LONG_EPOCHS} epochs: distillation gains {100 * gain:.2f} points and closes "
       f"{100 * closed:.1f}% of the gap")
-assert gain >= 0.005 - 0.002 and closed >= 1 / 3 - 0.1, "target missed with the patient budget"
+if not LAB_MODE:  # targets: asserted in the full run only (lab mode reports them)
+    assert gain >= 0.005 - 0.002 and closed >= 1 / 3 - 0.1, "target missed with the patient budget"
 gain, closed = gain_and_gap(runs[target, "kd-100-labels"], runs[target, "scratch-100-labels"])
 print(f"few labels: distillation gains {100 * gain:.2f} points and closes {100 * closed:.1f}% of the gap")
-assert gain >= 0.005 and closed >= 1 / 3, "target missed in the few-labels setting"
+if not LAB_MODE:
+    assert gain >= 0.005 and closed >= 1 / 3, "target missed in the few-labels setting"
 for name in STUDENTS:
     g, c = gain_and_gap(runs[name, "kd"], runs[name, "scratch"])
     print(f"all labels, {name:15s}: distillation gains {100 * g:.2f} points ({100 * c:.1f}% of the gap)")
-    assert g > -0.015, f"{name}: the distilled student is clearly worse than scratch: distillation is broken"
-assert runs[target, "feature-kd"]["mean"] > runs[target, "scratch"]["mean"] - 0.01
-assert runs[target, "pseudo-label-100-labels"]["mean"] > runs[target, "scratch-100-labels"]["mean"] + 0.02
+    if not LAB_MODE:
+        assert g > -0.015, f"{name}: the distilled student is clearly worse than scratch: distillation is broken"
+if not LAB_MODE:
+    assert runs[target, "feature-kd"]["mean"] > runs[target, "scratch"]["mean"] - 0.01
+    assert runs[target, "pseudo-label-100-labels"]["mean"] > runs[target, "scratch-100-labels"]["mean"] + 0.02
 assert teacher_acc >= 0.98
-print("all checks passed")
+print("all checks passed" if not LAB_MODE else "invariants checked (lab mode: targets reported, not asserted)")
 
 # %%
 # NBVAL_IGNORE_OUTPUT

@@ -143,8 +143,8 @@ checks.check_softened_softmax(softened_softmax)
 # %% nbgrader={"grade": false, "grade_id": "my_kd_loss", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_kd_loss(student_logits, teacher_logits, labels, T, alpha):
     # Hint: F.log_softmax(logits / T, dim=1) for both; KL = sum over classes of p_t * (log p_t - log p_s).
-    # Hint: average the KL over the batch, multiply by T * T and alpha; the cross-entropy (weight
-    # 1 - alpha) uses the student's raw logits, at temperature 1. Do not detach the student's logits.
+    # Hint: average the KL over the batch, then multiply it by T * T and by alpha.
+    # Hint: the cross-entropy (weight 1 - alpha) takes the student's raw logits, at temperature 1.
     ### BEGIN SOLUTION
     log_p_s = F.log_softmax(student_logits / T, dim=1)
     log_p_t = F.log_softmax(teacher_logits / T, dim=1)
@@ -424,8 +424,8 @@ for method in ("scratch", "kd", "feature-kd"):
 
 # %% nbgrader={"grade": false, "grade_id": "pseudo_labels", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def pseudo_labels(teacher_logits, labels, labelled):
-    # Hint: the teacher's most likely class is teacher_logits.argmax(dim=1) (already int64);
-    # torch.where(condition, a, b) picks a where the condition is True, b elsewhere.
+    # Hint: the teacher's most likely class is teacher_logits.argmax(dim=1) (already int64).
+    # Hint: torch.where(condition, a, b) picks a where the condition is True, b elsewhere.
     ### BEGIN SOLUTION
     return torch.where(labelled, labels, teacher_logits.argmax(dim=1))
     ### END SOLUTION

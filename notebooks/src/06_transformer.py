@@ -72,8 +72,8 @@ print("example group:", sent.eval_texts[:3])
 
 # %% nbgrader={"grade": false, "grade_id": "mean_pool", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def mean_pool(hidden, mask):
-    # Hint: turn the mask into (N, T, 1) floats (unsqueeze(-1)) so it broadcasts over D; zero the padding,
-    # sum over the tokens (dim=1) and divide by the number of real tokens, not by T.
+    # Hint: mask.unsqueeze(-1) as floats, (N, T, 1), broadcasts over D and zeroes the padding.
+    # Hint: sum over the tokens (dim=1) and divide by the number of real tokens, not by T.
     ### BEGIN SOLUTION
     m = mask.unsqueeze(-1).to(hidden.dtype)
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
@@ -121,8 +121,8 @@ del st_model
 
 # %% nbgrader={"grade": false, "grade_id": "retrieval_top1", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def retrieval_top1(emb, groups):
-    # Hint: normalise the rows (F.normalize), then emb @ emb.T is the cosine matrix; a sentence must not
-    # find itself, so set the diagonal to -inf before argmax over each row.
+    # Hint: normalise the rows (torch.nn.functional.normalize); then emb @ emb.T is the cosine matrix.
+    # Hint: a sentence must not find itself: set the diagonal to -inf before the argmax over each row.
     ### BEGIN SOLUTION
     e = torch.nn.functional.normalize(emb.double(), dim=-1)
     sim = e @ e.T
@@ -305,8 +305,8 @@ print(f"whole model on disk {bert.model_bytes(model) / 2**20:.1f} MiB -> {bert.m
 
 # %% nbgrader={"grade": false, "grade_id": "group_rtn", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def group_rtn(w, bits, group_size):
-    # Hint: reshape w to (out, in // group_size, group_size) and take amin/amax over the last dim
-    # (keepdim=True); clamp min to <= 0 and max to >= 0, then s = (max - min) / (2**bits - 1).
+    # Hint: reshape w to (out, in // group_size, group_size); amin/amax over the last dim, keepdim=True.
+    # Hint: clamp the min to <= 0 and the max to >= 0, then s = (max - min) / (2**bits - 1).
     # Hint: z = round(-min / s); quantize, clamp to [0, 2**bits - 1], dequantize, reshape back.
     ### BEGIN SOLUTION
     out_f, in_f = w.shape

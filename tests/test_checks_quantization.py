@@ -234,3 +234,128 @@ def ql_order(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
 def test_quantized_linear_checker_names_the_multiplication_order(capsys):
     assert not checks.check_quantized_linear(ql_order)
     assert "order" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- named mistakes and accepted alternatives (issue)
+def sz_unrounded(lo, hi, bits):
+    lo, hi = min(lo, 0), max(hi, 0)
+    s = (hi - lo) / (2 ** bits - 1)
+    return s, -lo / s
+
+
+def sz_truncated(lo, hi, bits):
+    lo, hi = min(lo, 0), max(hi, 0)
+    s = (hi - lo) / (2 ** bits - 1)
+    return s, int(-lo / s)
+
+
+def sz_no_clamp(lo, hi, bits):  # the scale from the widened range, the zero-point from the original lo
+    s = (max(hi, 0) - min(lo, 0)) / (2 ** bits - 1)
+    return s, -round(lo / s)
+
+
+def sz_half_up_numpy(lo, hi, bits):  # numpy numbers, round half up: a correct alternative
+    import numpy as np
+    lo, hi = np.float64(min(lo, 0)), np.float64(max(hi, 0))
+    s = (hi - lo) / (2 ** bits - 1)
+    return s, np.int64(np.clip(np.floor(-lo / s + 0.5), 0, 2 ** bits - 1))
+
+
+def sz_torch(lo, hi, bits):  # tensors and a float-valued integer zero-point: a correct alternative
+    t = torch.tensor([min(lo, 0.0), max(hi, 0.0)], dtype=torch.float64)
+    s = (t[1] - t[0]) / (2 ** bits - 1)
+    return s, torch.clamp(torch.round(-t[0] / s), 0, 2 ** bits - 1)
+
+
+def test_scale_zero_point_names_unrounded_truncated_and_unclamped_zero_points(capsys):
+    for right in (sz_half_up_numpy, sz_torch):
+        assert checks.check_scale_zero_point(right), right.__name__
+    capsys.readouterr()
+    for wrong, words in [(sz_unrounded, "unrounded"), (sz_truncated, "int()"), (sz_no_clamp, "clamp it")]:
+        assert not checks.check_scale_zero_point(wrong), wrong.__name__
+        assert words in capsys.readouterr().out, wrong.__name__
+
+
+class _STE(torch.autograd.Function):
+    """A custom autograd function: another correct way to write the clipped straight-through estimator."""
+    @staticmethod
+    def forward(ctx, x, scale, zp, qmin, qmax):
+        q = torch.round(x / scale) + zp
+        ctx.save_for_backward((q >= qmin) & (q <= qmax))
+        return (torch.clamp(q, qmin, qmax) - zp) * scale
+
+    @staticmethod
+    def backward(ctx, g):
+        (inside,) = ctx.saved_tensors
+        return g * inside, None, None, None, None
+
+
+def fq_autograd_function(x, scale, zp, qmin, qmax):
+    return _STE.apply(x, scale, zp, qmin, qmax)
+
+
+def fq_mask_multiply(x, scale, zp, qmin, qmax):  # x_hat forward, gradient x masked: also correct
+    q = torch.round(x / scale) + zp
+    inside = ((q >= qmin) & (q <= qmax)).to(x.dtype)
+    x_hat = (torch.clamp(q, qmin, qmax) - zp) * scale
+    return x_hat.detach() + (x - x.detach()) * inside
+
+
+def fq_unrounded_mask(x, scale, zp, qmin, qmax):
+    v = x / scale + zp
+    inside = (v >= qmin) & (v <= qmax)
+    x_hat = (torch.clamp(torch.round(v), qmin, qmax) - zp) * scale
+    return torch.where(inside, x + (x_hat - x).detach(), x_hat.detach())
+
+
+def fq_no_round(x, scale, zp, qmin, qmax):
+    q = x / scale + zp
+    x_hat = (torch.clamp(q, qmin, qmax) - zp) * scale
+    return torch.where((q >= qmin) & (q <= qmax), x + (x_hat - x).detach(), x_hat.detach())
+
+
+def fq_forgot_zp(x, scale, zp, qmin, qmax):
+    q = torch.round(x / scale) + zp
+    x_hat = torch.clamp(q, qmin, qmax) * scale
+    return torch.where((q >= qmin) & (q <= qmax), x + (x_hat - x).detach(), x_hat.detach())
+
+
+def test_fake_quant_ste_alternatives_and_named_mistakes(capsys):
+    for right in (fq_autograd_function, fq_mask_multiply):
+        assert checks.check_fake_quant_ste(right), right.__name__
+    capsys.readouterr()
+    for wrong, words in [(fq_unrounded_mask, "before rounding"), (fq_no_round, "not rounded"),
+                         (fq_forgot_zp, "subtract the zero-point"), (fq_noclamp, "clamp the integers")]:
+        assert not checks.check_fake_quant_ste(wrong), wrong.__name__
+        assert words in capsys.readouterr().out, wrong.__name__
+
+
+def ql_int64_acc(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):  # int64 accumulation: exact too, accepted
+    s_acc = torch.tensor(s_x, dtype=torch.float32) * s_w
+    acc = (q_x.long() - z_x) @ (q_w.long() - z_w).T + torch.round(bias / s_acc).long()
+    m = s_acc / torch.tensor(s_y, dtype=torch.float32)
+    return torch.clamp(torch.round(acc.to(torch.float32) * m) + z_y, 0, 255).to(torch.uint8)
+
+
+def ql_unrounded(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    acc, s_acc = _acc_bias(q_x, z_x, s_x, q_w, z_w, s_w, bias)
+    return (acc.float() * (s_acc / s_y) + z_y).clamp(0, 255).to(torch.uint8)
+
+
+def ql_int8_clamp(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    acc, s_acc = _acc_bias(q_x, z_x, s_x, q_w, z_w, s_w, bias)
+    return (torch.round(acc.float() * (s_acc / s_y)) + z_y).clamp(-128, 127).to(torch.int64)
+
+
+def ql_no_clamp_int64(q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, z_y):
+    acc, s_acc = _acc_bias(q_x, z_x, s_x, q_w, z_w, s_w, bias)
+    return (torch.round(acc.float() * (s_acc / s_y)) + z_y).to(torch.int64)
+
+
+def test_quantized_linear_alternatives_and_named_mistakes(capsys):
+    assert checks.check_quantized_linear(ql_int64_acc)
+    capsys.readouterr()
+    for wrong, words in [(ql_unrounded, "never rounded"), (ql_int8_clamp, "not to int8"),
+                         (ql_no_clamp_int64, "clamp q_y to [0, 255]")]:
+        assert not checks.check_quantized_linear(wrong), wrong.__name__
+        assert words in capsys.readouterr().out, wrong.__name__

@@ -3,6 +3,7 @@ integer layer bit for bit with onnxruntime's integer kernels (``deploy.ort_qline
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -51,13 +52,26 @@ def check_scale_zero_point(fn):
                         "so divide by 2**bits - 1, not 2**bits.")
         if abs(scale - want_s) > 1e-6 * want_s:
             raise Wrong(f"{where}: scale is {scale:.6g}, expected {want_s:.6g} = (hi - lo) / (2**bits - 1).")
+        if isinstance(zp, bool) or not isinstance(zp, numbers.Real):
+            raise Wrong(f"{where}: return the zero-point as a Python number, got {type(zp).__name__}.")
+        if not math.isfinite(float(zp)):
+            raise Wrong(f"{where}: the zero-point is {zp}.")
+        exact = -min(lo, 0.0) / want_s
         if float(zp) != int(float(zp)):
+            if abs(float(zp) - exact) < 1e-6 * max(1.0, abs(exact)):
+                raise Wrong(f"{where}: the zero-point {zp:.6g} is -lo / scale, unrounded: it must be an integer "
+                            "(the integer that stands for 0.0), so round it: round(-lo / scale).")
             raise Wrong(f"{where}: the zero-point must be an integer (round it), got {zp}.")
         if int(zp) == -want_z and want_z != 0:
             raise Wrong(f"{where}: zero_point has the wrong sign: it is the integer that represents 0, "
                         "zero_point = -round(lo / scale).")
-        exact = -min(lo, 0.0) / want_s
+        if int(zp) < 0 or int(zp) > 2 ** bits - 1:
+            raise Wrong(f"{where}: zero_point {int(zp)} lies outside the grid [0, {2 ** bits - 1}]: clamp it to "
+                        "[0, 2**bits - 1] (and widen the range to contain 0 first).")
         near_tie = abs(exact - round(exact)) > 0.5 - 1e-4  # x.5 ties may round either way in float32
+        if int(zp) != want_z and int(zp) == math.floor(exact) and not near_tie:
+            raise Wrong(f"{where}: zero_point is {int(zp)}, but -lo / scale = {exact:.4f} rounds to {want_z}: int() "
+                        "and math.floor drop the fraction; round to the nearest integer with round().")
         if int(zp) != want_z and not (near_tie and abs(int(zp) - exact) <= 0.5 + 1e-4):
             raise Wrong(f"{where}: zero_point is {zp}, expected {want_z} = clamp(-round(lo / scale), 0, 2**bits - 1).")
 
@@ -80,6 +94,13 @@ def check_fake_quant_ste(fn):
                 raise Wrong(f"{where}: round to the nearest integer (torch.round), not down (floor/int()).")
             if torch.allclose(out.detach(), nocl, atol=1e-6):
                 raise Wrong(f"{where}: clamp the integers to [qmin, qmax] before dequantizing.")
+            no_zp = torch.clamp(torch.round(x.detach() / scale) + zp, qmin, qmax) * scale
+            if zp and torch.allclose(out.detach(), no_zp, atol=1e-6):
+                raise Wrong(f"{where}: subtract the zero-point before scaling back: x_hat = (q - zero_point) * scale.")
+            no_round = (torch.clamp(x.detach() / scale + zp, qmin, qmax) - zp) * scale
+            if torch.allclose(out.detach(), no_round, atol=1e-6):
+                raise Wrong(f"{where}: the values are not rounded: q = round(x / scale) + zero_point must be an "
+                            "integer before the clamp (torch.round; the gradient trick handles the backward pass).")
             if torch.allclose(out.detach(), torch.clamp(torch.round(x.detach() / scale) + zp, qmin, qmax),
                               atol=1e-6):
                 raise Wrong(f"{where}: you returned the integers q; fake quantization returns (q - zero_point) * scale.")
@@ -97,6 +118,11 @@ def check_fake_quant_ste(fn):
         if torch.allclose(gx, grad) and not inside.all():
             raise Wrong("the gradient passes through clamped values too: values outside [qmin, qmax] after "
                         "rounding should get zero gradient (they do not move the output).")
+        v = x.detach() / scale + zp
+        unrounded = (v >= qmin) & (v <= qmax)
+        if not torch.equal(unrounded, inside) and torch.allclose(gx, grad * unrounded, atol=1e-6):
+            raise Wrong("the gradient mask tests x / scale + zero_point before rounding: a value that rounds onto "
+                        "qmin or qmax is not clamped and keeps its gradient; test q = round(x / scale) + zero_point.")
         expect_close(gx, grad * inside, "the gradient", atol=1e-6)
 
 
@@ -192,7 +218,7 @@ def _requant_variants(acc, s_x, s_w, s_y, z_y):
     orders = [a32 * ((s_x32 / s_y32) * s_w), a32 * (s_x32 * (s_w / s_y32)), a32 * s_acc / s_y32,
               a32 * s_x32 * s_w / s_y32]
     out = {"float64": torch.round(v64) + z_y, "half-up": torch.floor(v32 + 0.5) + z_y,
-           "truncate": torch.trunc(v32) + z_y}
+           "truncate": torch.trunc(v32) + z_y, "unrounded": torch.floor(v32 + z_y)}
     out.update({f"order{i}": torch.round(v) + z_y for i, v in enumerate(orders)})
     return out
 
@@ -286,6 +312,9 @@ def _diagnose_qlinear(got, ref, where, q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, 
     if torch.equal(got, finish(acc, clamp=False)) or torch.equal(got, finish(acc, clamp=False) % 256):
         raise Wrong(f"{where}: clamp q_y to [0, 255] before converting to uint8 (values outside the grid "
                     "wrap around or escape it).")
+    int8_range = finish(acc, clamp=False).clamp(-128, 127)
+    if torch.equal(got, int8_range) or torch.equal(got, int8_range % 256):
+        raise Wrong(f"{where}: the output is uint8, so clamp q_y to [0, 255], not to int8's [-128, 127].")
     s_y32 = torch.tensor(s_y, dtype=torch.float32)
     float_bias = [torch.round(exact.to(torch.float32) * (s_acc32 / s_y32) + bias / s_y32) + z_y,
                   torch.round((exact.to(torch.float32) * s_acc32 + bias) / s_y32) + z_y]
@@ -300,6 +329,8 @@ def _diagnose_qlinear(got, ref, where, q_x, z_x, s_x, q_w, z_w, s_w, bias, s_y, 
                       for i in range(4)},
                    "truncate": "truncates (int() or .to(int) drops the fraction); round to the nearest, half to "
                                "even (torch.round), before converting",
+                   "unrounded": "is never rounded: .to(torch.uint8) drops the fraction of acc * M + z_y; round "
+                                "acc * M to the nearest integer (torch.round) before adding z_y and clamping",
                    "float64": "computes the multiplier in float64; onnxruntime computes M = (s_x * s_w) / s_y "
                               "in float32 and multiplies float32(acc) * M in float32"}[name]
             raise Wrong(f"{where}: the requantization {msg}.")

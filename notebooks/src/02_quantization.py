@@ -8,7 +8,8 @@
 # - calibrate ranges (min-max, percentile, MSE, TWN) for activations **and weights**, and see why a
 #   2-bit grid collapses with min-max weight ranges and not with calibrated ones;
 # - compare quantizers fairly: PTQ, quantization-aware training (QAT) and k-means weight sharing at
-#   equal numbers of levels and equal bits, with the same fine-tuning budget and three seeds;
+#   equal numbers of levels and equal bits, with the same fine-tuning budget and three seeds (one in
+#   lab mode);
 # - run a quantized layer with integers only (zero-point expansion, int32 accumulation, int32 bias,
 #   requantization with a fixed-point multiplier, ReLU in the clamp) and match onnxruntime bit for bit;
 # - understand why a fake-quantized model is *slower*, get a real int8 speed-up from integer kernels
@@ -16,7 +17,8 @@
 #
 # **Run time:** about 2 minutes on a 2-core laptop CPU (twelve 3-epoch fine-tunings, a few dozen
 # post-training quantizations, one latency table), plus about half a minute the first time, to train
-# the from-scratch control (three seeds), which is then cached.
+# the from-scratch control (three seeds), which is then cached. Lab mode (`LAB_MODE = True`, or
+# `COURSE_LAB_MODE=1`) runs one seed, one fine-tuning epoch and fewer timing rounds, in well under a minute.
 
 # %% tags=["parameters"]
 DATASET = "mnist5k"
@@ -24,6 +26,7 @@ SEED = 0             # the baseline's seed; fine-tuning runs use recipes.SEEDS
 EPOCHS = 3           # the same budget for QAT and for k-means centroid fine-tuning (epochs after the baseline)
 DEVICE = None        # None: $COURSE_DEVICE, else CUDA if available, else CPU
 CALIB_IMAGES = 512   # calibration images, taken from the training split
+LAB_MODE = None      # True: one seed and short budgets, about a minute (None: $COURSE_LAB_MODE, else False)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -39,12 +42,22 @@ from IPython.display import Markdown, display
 from course_lib import checks, deploy, measure, plots, recipes, records, stats, storage
 from course_lib import quantization as Q
 from course_lib.data import REPO_ROOT, load_dataset
-from course_lib.env import has_vnni, start_chapter, u8s8_saturates
+from course_lib.env import has_vnni, lab_mode, lab_note, start_chapter, u8s8_saturates
 from course_lib.models import SMALL_LENET, lenet_widths_matching
 from course_lib.training import correct, evaluate, load_baseline, predict
 
 env, device = start_chapter(SEED, DEVICE)
-SEEDS = recipes.SEEDS
+
+# %%
+LAB_MODE = lab_mode(LAB_MODE)
+SEEDS = recipes.SEEDS[:1] if LAB_MODE else recipes.SEEDS  # fine-tuning seeds, and the controls' seeds
+EPOCHS = min(EPOCHS, 1) if LAB_MODE else EPOCHS                      # QAT and centroid fine-tuning epochs
+TIMING_ROUNDS, TIMING_REPEATS, PROFILE_RUNS = (2, 10, 5) if LAB_MODE else (5, 20, 20)
+lab_note(LAB_MODE, cuts=f"one fine-tuning seed instead of {len(recipes.SEEDS)} (QAT, k-means centroids and the "
+                        f"from-scratch controls), {EPOCHS} fine-tuning epoch, {TIMING_ROUNDS} timing rounds of "
+                        f"{TIMING_REPEATS} repeats, {PROFILE_RUNS} profiler runs",
+         less_reliable="the QAT and k-means fine-tuning accuracies and their comparisons (one seed, one epoch), "
+                       "the controls' accuracies, and every latency and speed-up")
 
 # %% [markdown]
 # ## 1. The baseline, its noise, and the splits
@@ -406,7 +419,7 @@ for L in GRIDS:
 # Fine-tune the network *with* fake quantization in the forward pass and the straight-through estimator in
 # the backward pass: the float "shadow" weights keep receiving small updates, and rounding decides which
 # level each weight lands on. QAT starts from the calibrated PTQ model (the weight grid stays fixed while
-# the weights move) at 3 and 4 levels, `EPOCHS` epochs, three seeds (the fine-tuning order and the
+# the weights move) at 3 and 4 levels, `EPOCHS` epochs, three seeds in the full run (the fine-tuning order and the
 # augmentation shifts change with the seed). The learning rates, `recipes.QAT_LR`, were chosen on the
 # validation split (see its docstring). Validation accuracy after each epoch, mean over seeds:
 
@@ -486,7 +499,7 @@ print("Lloyd iterations used below (chosen on validation):", KM_ITERS)
 # search from the tails (`Q.kmeans_quantize`'s docstring says so). Fine-tuning the centroids then
 # moves them where the *loss*, not the weight error, wants them. K-means at 3, 4, 8 and 16 levels
 # without fine-tuning (test), then fine-tuning of the centroids only, at 3 and 4 levels, with the same
-# budget as QAT (`EPOCHS` epochs, three seeds, learning rates `recipes.KMEANS_LR` chosen on validation):
+# budget as QAT (`EPOCHS` epochs, three seeds in the full run, learning rates `recipes.KMEANS_LR` chosen on validation):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -511,8 +524,8 @@ for L in (3, 4):
 # A fair comparison of quantizers fixes what they are allowed: the number of **levels** a weight can
 # take (3 or 4 per layer or channel), the **bits** it is stored in (2 bits hold 3 or 4 levels; 3
 # levels carry $\log_2 3 \approx 1.58$ bits of information), and the **training budget** (QAT and
-# centroid fine-tuning both get `EPOCHS` epochs, three seeds). The figure puts every method on the
-# axis of levels; error bars are 95% Wilson intervals on the test images (for three seeds, around
+# centroid fine-tuning both get `EPOCHS` epochs, three seeds in the full run). The figure puts every method on the
+# axis of levels; error bars are 95% Wilson intervals on the test images (for several seeds, around
 # their mean).
 
 # %%
@@ -524,8 +537,8 @@ def point(c):
 by_levels = {"PTQ, min-max weights": {L: point(ptq_low[L, "minmax"]) for L in GRIDS},
              "PTQ, calibrated weights": {L: point(ptq_low[L, WEIGHT_METHOD[L]]) for L in GRIDS},
              "k-means, no fine-tuning": {L: point(km_plain[L, "correct"]) for L in (3, 4, 8, 16)},
-             f"QAT, {EPOCHS} ep (3 seeds)": {L: point(qat_correct[L]) for L in (3, 4)},
-             f"k-means + centroids, {EPOCHS} ep (3 seeds)": {L: point(km_ft_correct[L]) for L in (3, 4)}}
+             f"QAT, {EPOCHS} ep ({len(SEEDS)} seeds)": {L: point(qat_correct[L]) for L in (3, 4)},
+             f"k-means + centroids, {EPOCHS} ep ({len(SEEDS)} seeds)": {L: point(km_ft_correct[L]) for L in (3, 4)}}
 fig = plots.accuracy_by_levels(by_levels, reference=(base_acc, *stats.accuracy_interval(base_acc, len(test))))
 _ = fig.axes[0].set_ylim(max(0, 100 * min(p[0] for r in by_levels.values() for p in r.values()) - 3), 100)
 
@@ -776,7 +789,7 @@ for tensor, (sc, zp) in deploy.onnx_quant_params(int8_onnx).items():
 xb = test.tensors[0][:64]
 for label, path in (("fp32", fp32_onnx), ("int8", int8_onnx)):
     print(f"onnxruntime {label}:")
-    for node, op, ms in deploy.ort_op_times(path, xb, runs=20)[:6]:
+    for node, op, ms in deploy.ort_op_times(path, xb, runs=PROFILE_RUNS)[:6]:
         print(f"   {op:14s} {node[:34]:34s} {ms:6.3f} ms")
 
 # %% [markdown]
@@ -812,7 +825,7 @@ print(f"onnxruntime int8, conv1 float: test {100 * acc_of(mixed_correct):.2f}% (
 # %%
 # NBVAL_IGNORE_OUTPUT
 print("onnxruntime int8, conv1 float:")
-for node, op, ms in deploy.ort_op_times(mixed_onnx, xb, runs=20)[:6]:
+for node, op, ms in deploy.ort_op_times(mixed_onnx, xb, runs=PROFILE_RUNS)[:6]:
     print(f"   {op:14s} {node[:34]:34s} {ms:6.3f} ms")
 
 # %% [markdown]
@@ -858,7 +871,7 @@ print(f"torch.ao dynamic test {100 * acc_of(ao_dyn_correct):.2f}%, FX static {10
 # %% [markdown]
 # Two dense models trained from scratch with the baseline's recipe stand next to the int8 ones as
 # **controls**: one with a quarter of the parameters (`models.lenet_widths_matching`: the same bytes as
-# int8 weights, in float32), and chapter 0's small LeNet (`models.SMALL_LENET`), three seeds each
+# int8 weights, in float32), and chapter 0's small LeNet (`models.SMALL_LENET`), three seeds each (one in lab mode)
 # (cached after the first run). If a small float model is as accurate and as fast, quantizing the big
 # one was not the way to get there.
 
@@ -901,7 +914,7 @@ with warnings.catch_warnings():
         "torch.ao-dynamic-int8": {"torch.ao dynamic": lambda: ao_dyn(x64)},
         "control-quarter-params": ctrl_models["control-quarter-params"][0],
         "control-small-lenet": ctrl_models["control-small-lenet"][0],
-    }, shape, workdir=art)
+    }, shape, workdir=art, rounds=TIMING_ROUNDS, repeats=TIMING_REPEATS)
 print(deploy.format_latency_table(lat))
 ort32_ms = lat["baseline"]["by_config"]["onnxruntime"]
 fastest_ms = lat["baseline"]["latency_ms"]
@@ -929,7 +942,7 @@ print(f"keeping conv1 float took the int8 model from {all_ms:.3f} to {mix_ms:.3f
 # Every quantized model's record carries `weight_bits` (storage bits per weight index), `levels`,
 # `activation_bits` (32 where a tensor stays float; dynamic quantization records 8 and says `dynamic`;
 # torch.ao's 8-bit activations use 7 bits of range, `reduce_range`) and a `method` that names its
-# training budget. Fine-tuned methods are means over three seeds. Latencies come from the one table
+# training budget. Fine-tuned methods are means over three seeds (one in lab mode). Latencies come from the one table
 # above (fake-quantized models other than W8A8 are simulations: not timed); sizes are bit-packed
 # artifacts, `.onnx` files, or `torch.save` of torch.ao state dicts.
 
@@ -1005,7 +1018,7 @@ for name, widths in controls.items():
 # NBVAL_IGNORE_OUTPUT
 print(records.format_table(recs, columns=("name", "accuracy", "size_bytes", "macs", "weight_bits", "levels",
                                           "activation_bits", "latency_ms")))
-path = records.write_results("02_quantization", recs)
+path = records.write_results("02_quantization", recs, lab_mode=LAB_MODE)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -1020,7 +1033,7 @@ display(Markdown(
     f"{best['vs_ort32']:.2f}x faster than the same runtime in float32; its test accuracy against the baseline: "
     f"{cmp_int8}. The dense control with a quarter of the parameters (the same bytes as int8 weights) runs in "
     f"{lat['control-quarter-params']['latency_ms']:.2f} ms ({lat['control-quarter-params']['config']}) and scores "
-    f"{100 * acc_of(ctrl_correct['control-quarter-params']):.2f}% over three seeds (int8 vs control: {cmp_ctrl}); "
+    f"{100 * acc_of(ctrl_correct['control-quarter-params']):.2f}% over {len(SEEDS)} seed(s) (int8 vs control: {cmp_ctrl}); "
     f"chapter 0's small LeNet runs in {lat['control-small-lenet']['latency_ms']:.2f} ms and scores "
     f"{100 * acc_of(ctrl_correct['control-small-lenet']):.2f}% (int8 vs it: "
     f"{stats.paired_compare(mixed_correct, ctrl_correct['control-small-lenet'])}). So on this machine the "
@@ -1041,7 +1054,8 @@ display(Markdown(
 # real regression, not on noise. Speed is asserted only against a sanity floor at half the issue's
 # targets (int8 at least 2.5x faster than the same runtime's float32 and 2.2x faster than the
 # fastest float32 baseline, single thread); the strict verdicts are printed below and measured by
-# `make bench`.
+# `make bench`. In lab mode (one seed, one epoch, fewer timing rounds) the fine-tuning and speed targets
+# are printed as reported, not asserted; exact invariants and post-training results are asserted in both modes.
 
 # %%
 by = {r["name"]: r for r in recs}
@@ -1062,19 +1076,28 @@ assert base_rec["size_bytes"] / by["ptq-w8a8-per-channel"]["size_bytes"] >= 3.85
 # at 4 levels and 3 points at 3 levels
 assert cmp_levels[3, "ptq-vs-minmax"].verdict == "better"
 assert acc_of(ptq_low[3, WEIGHT_METHOD[3]]) >= base_acc - 0.03
-for L in (3, 4):
-    assert acc_of(qat_correct[L]) >= base_acc - 0.015 and vs_base(qat_correct[L]).ci[1] > -0.015, L
-assert acc_of(km_ft_correct[4]) >= base_acc - 0.015 and acc_of(km_ft_correct[3]) >= base_acc - 0.03
+finetune_targets = {f"QAT {L} levels within 1.5 points": acc_of(qat_correct[L]) >= base_acc - 0.015
+                    and vs_base(qat_correct[L]).ci[1] > -0.015 for L in (3, 4)}
+finetune_targets["k-means + centroids 4 levels within 1.5 points"] = acc_of(km_ft_correct[4]) >= base_acc - 0.015
+finetune_targets["k-means + centroids 3 levels within 3 points"] = acc_of(km_ft_correct[3]) >= base_acc - 0.03
 # deployed int8 keeps the baseline's accuracy (inside its 95% interval) and agrees with the simulation
 for c in (ort8_correct, mixed_correct):
     assert acc_of(c) >= base_lo and vs_base(c).verdict != "worse"
 assert agree >= 0.99 and agree_mixed >= 0.99, (agree, agree_mixed)
 assert base_rec["size_bytes"] / by["onnxruntime-int8-conv1-float"]["size_bytes"] >= 3.8
 # speed: sanity floors at half the targets; the fake-quantized model is not faster than float
-assert speed["onnxruntime-int8-conv1-float"]["vs_ort32"] >= 2.5 / 2, speed
-assert speed["onnxruntime-int8-conv1-float"]["vs_fastest"] >= 2.2 / 2, speed
-assert lat["ptq-w8a8-per-channel"]["latency_ms"] >= 0.5 * lat["baseline"]["by_config"]["torch"]
-print("all checks passed")
+speed_floors = {"int8 >= 1.25x onnxruntime fp32": speed["onnxruntime-int8-conv1-float"]["vs_ort32"] >= 2.5 / 2,
+                "int8 >= 1.1x the fastest fp32": speed["onnxruntime-int8-conv1-float"]["vs_fastest"] >= 2.2 / 2,
+                "fake quant not 2x faster than torch fp32":
+                    lat["ptq-w8a8-per-channel"]["latency_ms"] >= 0.5 * lat["baseline"]["by_config"]["torch"]}
+if LAB_MODE:  # one seed, one epoch, few timing rounds: reported, not asserted
+    for what, ok in {**finetune_targets, **speed_floors}.items():
+        print(f"reported (lab mode): {what}: {'met' if ok else 'MISSED'}")
+    print("all invariants passed (lab mode: fine-tuning and speed targets reported above)")
+else:
+    assert all(finetune_targets.values()), finetune_targets
+    assert all(speed_floors.values()), (speed_floors, speed)
+    print("all checks passed")
 
 # %%
 # NBVAL_IGNORE_OUTPUT

@@ -16,6 +16,8 @@
 # **Run time:** 2 to 3 minutes on a 2-core laptop CPU the first time (nine small from-scratch controls of
 # 20 epochs each are trained and cached in `build/cache/`; chapter 0 trains three of them too), about a minute
 # afterwards (nine 2-epoch fine-tunes and the latency measurements); the baseline is loaded from `build/cache/`.
+# Lab mode (`LAB_MODE = True`, or `COURSE_LAB_MODE=1`) runs one seed, one fine-tuning epoch and fewer timing
+# rounds.
 #
 # **Papers.** Denton et al. 2014 (*Exploiting linear structure within convolutional networks*: SVD of fully
 # connected layers, low-rank convolutions); Jaderberg et al. 2014 (*Speeding up convolutional neural networks
@@ -30,6 +32,7 @@ DATASET = "mnist5k"
 SEED = 0
 EPOCHS = 2           # fine-tune epochs after factorizing (the unfactorized control gets the same)
 DEVICE = None        # None: $COURSE_DEVICE, else CUDA if available, else CPU
+LAB_MODE = None      # True: one seed and short budgets, about a minute (None: $COURSE_LAB_MODE, else False)
 
 # %% [markdown]
 # ## 1. Environment, data and the baseline
@@ -48,10 +51,20 @@ from torch import nn
 from course_lib import checks, deploy, lowrank, measure, models, plots, pruning, recipes, records, stats, storage
 from course_lib import quantization as Q
 from course_lib.data import load_dataset
-from course_lib.env import start_chapter
+from course_lib.env import lab_mode, lab_note, start_chapter
 from course_lib.training import correct, evaluate, load_baseline
 
 env, device = start_chapter(SEED, DEVICE)
+
+# %%
+LAB_MODE = lab_mode(LAB_MODE)
+SEEDS = recipes.SEEDS[:1] if LAB_MODE else recipes.SEEDS  # fine-tuning seeds (section 9), controls' seeds
+EPOCHS = min(EPOCHS, 1) if LAB_MODE else EPOCHS
+TIMING_ROUNDS = dict(table=2, parts=2, ops=2, linear=2) if LAB_MODE else dict(table=5, parts=3, ops=3, linear=5)
+lab_note(LAB_MODE, cuts=f"one fine-tuning seed instead of {len(recipes.SEEDS)} (and one seed per from-scratch "
+                        f"control), {EPOCHS} fine-tuning epoch, 2 timing rounds per latency measurement",
+         less_reliable="the fine-tuned accuracies and every comparison between them (one seed, one epoch), "
+                       "the seed spread (none), the latencies and speed-ups")
 
 # %%
 splits = load_dataset(DATASET)
@@ -303,12 +316,14 @@ def recovered(k):
 
 
 iv = stats.accuracy_interval(acc_svd_ft[4], N_VAL)
+jump, width = acc_svd_ft[4] - acc_svd[4], iv[1] - iv[0]
 display(Markdown(
     f"On validation, one fine-tuning seed: the fine-tune wins back {100 * recovered(4):.0f}% of what the rank-4 "
     f"truncation lost and {100 * recovered(8):.0f}% at rank 8. The jump at rank 4 "
-    f"({100 * (acc_svd_ft[4] - acc_svd[4]):.0f} points) is many times the width of the validation interval "
-    f"({100 * (iv[1] - iv[0]):.1f} points), so one seed is enough to see that effect; small differences would "
-    "not be (section 9 uses 3 seeds). From a dozen or so on, the truncation alone costs little or nothing: "
+    f"({100 * jump:.0f} points) is {'many' if jump >= 3 * width else f'{jump / width:.1f}'} times the width of the "
+    f"validation interval ({100 * width:.1f} points), so one seed is enough to see that effect; small differences "
+    f"would not be (section 9 uses {len(SEEDS)} seed{'s' if len(SEEDS) > 1 else ''}). From a dozen or so on, the "
+    "truncation alone costs little or nothing: "
     + ", ".join(f"rank {k}: {100 * (acc_svd[k] - base_val):+.1f} points" for k in (12, 16, 32)) + "."))
 
 # %% [markdown]
@@ -614,8 +629,8 @@ display(Markdown(
 
 # %% [markdown]
 # ## 9. The final models, their controls, and the test split
-# The chapter's headline models, each fine-tuned for `EPOCHS` epochs with **3 seeds** (`recipes.SEEDS`, the
-# randomness of the fine-tune: batch order and shifts), all from the same seed-0 baseline:
+# The chapter's headline models, each fine-tuned for `EPOCHS` epochs with **3 seeds** (one in lab mode;
+# `recipes.SEEDS`, the randomness of the fine-tune: batch order and shifts), all from the same seed-0 baseline:
 # - `svd-fc1+tucker-conv2`: fc1 at rank `FC1_RANK`, conv2 by Tucker-2 at ranks (16, 12) (the main model);
 # - `svd-fc1+cp-conv2`: the same fc1, conv2 by CP at the rank with the same conv2 MACs (section 7).
 #
@@ -627,14 +642,13 @@ display(Markdown(
 #   model's **MACs** (the speed claim) and one to its **parameters** (the size claim)
 #   (`models.lenet_widths_matching`); the CP model has the same MACs and about the same parameters, so the same
 #   two controls serve it;
-# - the course's standing control from chapter 0, the small LeNet `models.SMALL_LENET` (3 seeds).
+# - the course's standing control from chapter 0, the small LeNet `models.SMALL_LENET` (3 seeds; 1 in lab mode).
 #
 # Budget: from scratch means 20 epochs from random weights; the factorized models get 20 epochs (the
 # baseline) + `EPOCHS`. The matched controls therefore get slightly less training; their comparison is the
 # classic "is compression better than training the small model directly?" (Liu et al. 2019).
 
 # %%
-SEEDS = recipes.SEEDS
 MAIN, CP = "svd-fc1+tucker-conv2", "svd-fc1+cp-conv2"
 BASE_FT = f"baseline + {EPOCHS} ep fine-tune"
 main_macs = measure.macs(lowrank.factorize(baseline, MAIN_RANKS), SHAPE)
@@ -718,7 +732,7 @@ for (a, b), cmp in verdicts.items():
 # %%
 # NBVAL_IGNORE_OUTPUT
 to_time = {"baseline": baseline, **{name: ms[0] for name, ms in trained.items()}}
-lat = deploy.latency_table(to_time, SHAPE, reference="baseline")
+lat = deploy.latency_table(to_time, SHAPE, reference="baseline", rounds=TIMING_ROUNDS["table"])
 print(deploy.format_latency_table(lat))
 
 
@@ -809,7 +823,7 @@ display(Markdown(
 x64 = torch.randn(64, *SHAPE, generator=torch.Generator().manual_seed(0))
 variants = {"baseline": baseline, MAIN: trained[MAIN][0],
             "+ tucker-conv1": lowrank.factorize(trained[MAIN][0], {"conv1": (8, None)})}
-parts = measure.compare_time_children(variants, x64)
+parts = measure.compare_time_children(variants, x64, rounds=TIMING_ROUNDS["parts"])
 cols = ["conv1", "conv2", "fc1", "fc2", "other", "total"]
 print(f"{'ms per batch of 64, eager NCHW':30s}" + "".join(f"{c:>8s}" for c in cols))
 for name, p in parts.items():
@@ -840,7 +854,7 @@ a_nchw = torch.relu(baseline.conv1(x64)).detach()
 a_cl = a_nchw.contiguous(memory_format=torch.channels_last)
 ops = {"max_pool2d NCHW": lambda: F.max_pool2d(a_nchw, 2), "max_pool2d channels-last": lambda: F.max_pool2d(a_cl, 2),
        "relu NCHW": lambda: torch.relu(a_nchw), "relu channels-last": lambda: torch.relu(a_cl)}
-op_ms = measure.compare_latency(ops, None, rounds=3)
+op_ms = measure.compare_latency(ops, None, rounds=TIMING_ROUNDS["ops"])
 for k, t in op_ms.items():
     print(f"{k:26s} {t:.3f} ms")
 print(f"'other' in the baseline's breakdown: {parts['baseline']['other']:.2f} ms")
@@ -854,7 +868,8 @@ print(f"'other' in the baseline's breakdown: {parts['baseline']['other']:.2f} ms
 feats64 = baseline.features(x64).detach()
 lin_ranks = (16, 64, 128, 256, 307, 400)
 lin_models = {"dense": baseline.fc1} | {k: lowrank.svd_linear(baseline.fc1, k) for k in lin_ranks}
-lin_lat = measure.compare_latency({k: (lambda m=m: m(feats64)) for k, m in lin_models.items()}, None, rounds=5)
+lin_lat = measure.compare_latency({k: (lambda m=m: m(feats64)) for k, m in lin_models.items()}, None,
+                                 rounds=TIMING_ROUNDS["linear"])
 print(f"{'fc1':>6s} {'ms':>7s} {'measured':>9s} {'MAC ratio':>10s} {'measured / MACs':>16s}")
 lin_rows = {}
 for k in lin_ranks:
@@ -890,7 +905,7 @@ display(Markdown(
 # ## 12. Combining with pruning and quantization
 # Low rank removes *redundant directions*; pruning removes *individual weights*; quantization shortens
 # *each number*. A plausible hypothesis: after factorization fewer, more important weights remain, so the
-# same pruning rate costs more. We test it on the **validation** split with the 3 fine-tuned seeds of the main
+# same pruning rate costs more. We test it on the **validation** split with the fine-tuned seeds (3; 1 in lab mode) of the main
 # model and of the fine-tuned baseline control (equal training), pruning 50% of the weights of every
 # Conv2d/Linear by global magnitude (chapter 1; no fine-tune after pruning), and compare each pruned model with
 # its unpruned self, image by image. We also quantize the Linear layers of the main model to int8 with
@@ -908,7 +923,7 @@ for name in (BASE_FT, MAIN):
     ok_val[name] = torch.stack([correct(m, splits.val) for m in trained[name]])
     ok_val[name + ", 50% pruned"] = torch.stack([correct(pruned_copy(m, 0.5), splits.val) for m in trained[name]])
     ok_val[name + ", int8 linears"] = torch.stack([correct(Q.torch_ao_dynamic(m)[0], splits.val) for m in trained[name]])
-print(f"{'model (val split, 3 seeds)':44s} {'val acc':>8s} {'KiB':>7s} {'KiB (lzma)':>11s}")
+print(f"{f'model (val split, {len(SEEDS)} seeds)':44s} {'val acc':>8s} {'KiB':>7s} {'KiB (lzma)':>11s}")
 for name, ok in ok_val.items():
     m = trained[BASE_FT if name.startswith(BASE_FT) else MAIN][0]
     m = pruned_copy(m, 0.5) if "pruned" in name else Q.torch_ao_dynamic(m)[0] if "int8" in name else m
@@ -939,7 +954,7 @@ display(Markdown(
 # section 10).
 
 # %%
-path = records.write_results("03_low_rank", recs)
+path = records.write_results("03_low_rank", recs, lab_mode=LAB_MODE)
 print(f"wrote {path.relative_to(path.parents[2])}: {len(recs)} records")
 
 # %% [markdown] tags=["theory"]
@@ -948,7 +963,9 @@ print(f"wrote {path.relative_to(path.parents[2])}: {len(recs)} records")
 # fp32 configuration, at most 0.5 points lost (mean of 3 fine-tuning seeds), shown with its matched control.
 # The strict verdict is printed (it depends on this machine's CPU); the assertion cell checks exact counts,
 # the accuracy through the paired interval (it fails on a real regression, not on noise), and speed only
-# against a sanity floor at half the target (`make bench` records the strict verdict).
+# against a sanity floor at half the target (`make bench` records the strict verdict). In lab mode (one seed, one
+# epoch, two timing rounds) the accuracy and speed checks are printed as reported, not asserted; exact counts and
+# the error inequalities are asserted in both modes.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -958,7 +975,7 @@ loss = loss_vs_baseline(MAIN)
 for what, ok, got in (("at least 2x fewer MACs", macs_x >= 2, f"{macs_x:.2f}x"),
                       ("at least 1.5x faster than the baseline's fastest fp32", speed_x >= 1.5,
                        f"{speed_x:.2f}x ({lat[MAIN]['config']} vs {lat['baseline']['config']})"),
-                      ("at most 0.5 points lost (mean of 3 seeds)", loss <= 0.5, f"{loss:+.2f} points lost")):
+                      (f"at most 0.5 points lost (mean of {len(SEEDS)} seeds)", loss <= 0.5, f"{loss:+.2f} points lost")):
     print(f"target {what}: {'met' if ok else 'MISSED'} ({got})")
 print(f"matched control {macs_ctrl}: {lat[macs_ctrl]['x_faster']:.2f}x faster than the baseline; "
       f"the main model against it: {verdicts[MAIN, macs_ctrl]}")
@@ -973,10 +990,17 @@ assert all(r["seeds"] == len(SEEDS) for r in recs if r["name"] != "baseline")
 # accuracy, through the paired interval over the test images: the main model must not be shown to lose
 # more than 0.5 points (the upper end of the interval of its difference to the baseline reaches above -0.5)
 cmp = stats.paired_compare(ok_test[MAIN], ok_test["baseline"])
-assert cmp.ci[1] >= -0.005, f"the main model loses more than 0.5 points for sure: {cmp}"
-assert stats.paired_compare(ok_test[CP], ok_test["baseline"]).ci[1] >= -0.01, "CP at equal MACs broke down"
+cmp_cp = stats.paired_compare(ok_test[CP], ok_test["baseline"])
 # speed: a sanity floor at half the target (the strict verdict is printed above)
-assert lat[MAIN]["x_faster"] >= 1.5 / 2, f"speed-up {lat[MAIN]['x_faster']:.2f}x is below half the 1.5x target"
+budget_checks = {f"the main model does not lose more than 0.5 points for sure ({cmp})": cmp.ci[1] >= -0.005,
+                 f"CP at equal MACs does not lose more than 1 point for sure ({cmp_cp})": cmp_cp.ci[1] >= -0.01,
+                 f"speed-up {lat[MAIN]['x_faster']:.2f}x at least half the 1.5x target": lat[MAIN]["x_faster"] >= 1.5 / 2}
+if LAB_MODE:
+    for what, ok in budget_checks.items():
+        print(f"reported (lab mode): {what}: {'met' if ok else 'MISSED'}")
+else:
+    for what, ok in budget_checks.items():
+        assert ok, what
 # weight error vs output error: conv2 (16, 12) hurts its outputs on real inputs less than its weights
 w_err, o_err, n_err = errors["conv2", (16, 12)]
 assert o_err < w_err and abs(n_err - w_err) < 0.05 * w_err
@@ -990,4 +1014,4 @@ for k in (8, 16):
 assert max(abs(a - b) for a, b in zip(
     [lowrank.svd_error(s_fc1, k) for k in (4, 16, 64)],
     [torch.linalg.matrix_norm(W - torch.mm(*lowrank.truncated_svd(W, k))).item() for k in (4, 16, 64)])) < 1e-9
-print("all checks passed")
+print("all checks passed" + (" (lab mode: accuracy and speed reported above)" if LAB_MODE else ""))

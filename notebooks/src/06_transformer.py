@@ -22,6 +22,7 @@ DATASET = "sentences"  # the course's sentence set in data/sentences.tsv (no tra
 SEED = 0
 EPOCHS = 10            # distillation epochs of the 3-layer student
 DEVICE = None          # everything here runs on the CPU (the point of the chapter)
+LAB_MODE = None        # True: one seed and short budgets, about a minute (None: $COURSE_LAB_MODE, else False)
 
 # %% [markdown]
 # ## 1. Environment check
@@ -35,10 +36,16 @@ from course_lib import checks, measure, records
 from course_lib import bert
 from course_lib import distillation, pruning
 from course_lib import quantization as Q
-from course_lib.env import start_chapter
+from course_lib.env import lab_mode, lab_note, start_chapter
 from course_lib.training import seed_everything
 
 env, device = start_chapter(SEED, DEVICE)  # this chapter measures the CPU whatever the device
+LAB_MODE = lab_mode(LAB_MODE)
+EPOCHS = min(EPOCHS, 2) if LAB_MODE else EPOCHS   # distillation epochs of the 3-layer student
+LAT_REPEATS = 2 if LAB_MODE else 5                # timed repeats of each latency measurement
+lab_note(LAB_MODE, cuts=f"{EPOCHS} distillation epochs for the 3-layer student, {LAT_REPEATS} timed repeats "
+         "per latency", less_reliable="the latencies and speed-ups, and the distilled student's cosine "
+         "and retrieval score")
 
 # %% [markdown]
 # ## 2. The model and the sentences
@@ -155,7 +162,7 @@ print(f"linear-layer MACs per token: {bert.linear_macs_per_token(model):,}")
 # %%
 lat_batch = next(bert._chunks(eval_batch, 64))
 print("latency batch (sentences, tokens):", tuple(lat_batch["input_ids"].shape))
-times = bert.time_breakdown(model, lat_batch, repeats=3)
+times = bert.time_breakdown(model, lat_batch, repeats=min(3, LAT_REPEATS))
 for k in ("embeddings", "attention", "feed-forward", "other"):
     print(f"{k:13s} {times[k]:8.1f} ms ({100 * times[k] / times['total']:.1f}%)")
 
@@ -175,7 +182,7 @@ fig.tight_layout()
 # embeddings too.
 
 # %%
-base_lat = bert.sentence_latency_ms(model, lat_batch, repeats=5)
+base_lat = bert.sentence_latency_ms(model, lat_batch, repeats=LAT_REPEATS)
 print(f"fp32 latency: {base_lat:.1f} ms per batch of 64 sentences (1 thread)")
 
 # %% [markdown]
@@ -195,7 +202,7 @@ print(f"fp32 latency: {base_lat:.1f} ms per batch of 64 sentences (1 thread)")
 # %%
 naive = Q.quantize_dynamic_int8(model)
 naive_emb = bert.encode(naive, eval_batch)
-naive_lat = bert.sentence_latency_ms(naive, lat_batch, repeats=5)
+naive_lat = bert.sentence_latency_ms(naive, lat_batch, repeats=LAT_REPEATS)
 print(f"naive int8: mean cosine {bert.mean_cosine(naive_emb, ref):.4f}, retrieval "
       f"{bert.retrieval_score(naive_emb, sent.eval_groups):.3f}, {base_lat / naive_lat:.2f}x faster")
 
@@ -284,7 +291,7 @@ for k, (m, e) in variants.items():
 
 # %%
 int8_emb = variants["per-channel W, 8-bit x"][1]
-int8_lat = bert.sentence_latency_ms(int8, lat_batch, repeats=5)
+int8_lat = bert.sentence_latency_ms(int8, lat_batch, repeats=LAT_REPEATS)
 fp_linear, q_linear = bert.linear_bytes(model), bert.linear_bytes(int8)
 print(f"int8 (per-channel, full range): {base_lat / int8_lat:.2f}x faster than fp32, "
       f"linear layers {fp_linear / 2**20:.1f} MiB -> {q_linear / 2**20:.1f} MiB ({fp_linear / q_linear:.2f}x smaller)")
@@ -398,7 +405,7 @@ fig.tight_layout()
 N_HEADS = 12  # remove the 12 least important heads of 72 (one sixth), at least one kept per layer
 pruned = pruning.prune_heads(model, pruning.heads_to_prune(imp, N_HEADS))
 pruned_emb = bert.encode(pruned, eval_batch)
-pruned_lat = bert.sentence_latency_ms(pruned, lat_batch, repeats=5)
+pruned_lat = bert.sentence_latency_ms(pruned, lat_batch, repeats=LAT_REPEATS)
 print(f"{N_HEADS} heads removed: {measure.count_params(pruned):,} parameters, mean cosine "
       f"{bert.mean_cosine(pruned_emb, ref):.4f}, {base_lat / pruned_lat:.2f}x faster")
 pruned24 = pruning.prune_heads(model, pruning.heads_to_prune(imp, 24))
@@ -419,7 +426,7 @@ RANK = 192
 svd_plain = bert.svd_ffn(model, RANK)
 svd_aware = bert.svd_ffn(model, RANK, hessians=hessians)
 svd_emb = bert.encode(svd_aware, eval_batch)
-svd_lat = bert.sentence_latency_ms(svd_aware, lat_batch, repeats=3)
+svd_lat = bert.sentence_latency_ms(svd_aware, lat_batch, repeats=min(3, LAT_REPEATS))
 print(f"FFN rank {RANK}: {measure.count_params(svd_aware):,} parameters; mean cosine plain SVD "
       f"{bert.mean_cosine(bert.encode(svd_plain, eval_batch), ref):.4f}, activation-aware "
       f"{bert.mean_cosine(svd_emb, ref):.4f}; {base_lat / svd_lat:.2f}x faster")
@@ -446,7 +453,7 @@ print(f"student before distillation: mean cosine {bert.mean_cosine(bert.encode(s
 seed_everything(SEED)
 history = distillation.distill_embeddings(student, model, calib_batch, epochs=EPOCHS, lr=3e-4, seed=SEED)
 student_emb = bert.encode(student, eval_batch)
-student_lat = bert.sentence_latency_ms(student, lat_batch, repeats=5)
+student_lat = bert.sentence_latency_ms(student, lat_batch, repeats=LAT_REPEATS)
 print(f"after {EPOCHS} epochs: mean cosine {bert.mean_cosine(student_emb, ref):.4f}, retrieval "
       f"{bert.retrieval_score(student_emb, sent.eval_groups):.3f}, {base_lat / student_lat:.2f}x faster")
 
@@ -484,7 +491,7 @@ recs = [
 ]
 print(records.format_table(recs, columns=("name", "accuracy", "cosine", "size_bytes", "params", "macs",
                                              "latency_ms", "weight_bits", "method")))
-path = records.write_results("06_transformer", recs)
+path = records.write_results("06_transformer", recs, lab_mode=LAB_MODE)
 
 # %% [markdown]
 # **Reading the table.** The paraphrase retrieval score stays at (or very near) 100% for every model:
@@ -519,12 +526,15 @@ assert bert.mean_cosine(ref, st_emb) > 0.9999, "our pooling must match sentence-
 assert by["baseline"]["accuracy"] >= 0.95, "the fp32 model should retrieve paraphrases"
 assert by["int8-naive"]["cosine"] < 0.98, "the naive int8 result should show the problem"
 assert by["int8"]["cosine"] >= 0.99, f"int8 cosine {by['int8']['cosine']:.4f} below 0.99"
-assert base_lat / int8_lat >= 1.5 / 2, f"int8 speed-up {base_lat / int8_lat:.2f}x below 0.75x"  # sanity floor
+if not LAB_MODE:  # latency from few repeats is too noisy to assert in lab mode
+    assert base_lat / int8_lat >= 1.5 / 2, f"int8 speed-up {base_lat / int8_lat:.2f}x below 0.75x"  # sanity floor
 assert 3.5 <= fp_linear / q_linear <= 4.1, f"quantized layers {fp_linear / q_linear:.2f}x smaller, expected ~4x"
 assert by[f"w4-gptq-g{GROUP}"]["cosine"] > by[f"w4-rtn-g{GROUP}"]["cosine"] + 0.005, "GPTQ should beat RTN"
 assert sum(g < r for g, r in zip(err_gptq, err_rtn)) >= len(names) - 2
 assert by[f"w4-gptq-g{GROUP}"]["size_bytes"] < 0.65 * by["baseline"]["size_bytes"]
 assert by[f"heads-{N_HEADS}-pruned"]["cosine"] >= 0.97
-assert by["student-3-layers"]["cosine"] > 0.75 and history[-1] < history[0]
+assert history[-1] < history[0], "distillation should lower the student's loss"
+if not LAB_MODE:  # the cosine target needs the full distillation budget
+    assert by["student-3-layers"]["cosine"] > 0.75
 assert by["student-3-layers"]["params"] < by["baseline"]["params"]
 print("all checks passed")

@@ -21,6 +21,7 @@ DATASET = "mnist5k"  # "mnist", "fashion_mnist" or "cifar10" once their archives
 SEED = 0
 EPOCHS = 20          # epochs of the baseline recipe
 DEVICE = None        # None: $COURSE_DEVICE, else CUDA if available, else CPU
+LAB_MODE = None  # True: one seed and short budgets, about a minute (None: $COURSE_LAB_MODE, else False)
 
 # %% [markdown]
 # ## 1. Environment check
@@ -38,7 +39,7 @@ from IPython.display import Markdown, display
 
 from course_lib import deploy, measure, plots, records, stats, storage
 from course_lib.data import DATASETS, load_dataset
-from course_lib.env import check_environment
+from course_lib.env import check_environment, lab_mode, lab_note
 from course_lib.models import SMALL_LENET, LeNet5, build_model
 from course_lib.recipes import SEEDS
 from course_lib.training import (BASELINE_RECIPE, correct, evaluate, fit, get_device, load_baseline,
@@ -49,6 +50,13 @@ env = check_environment()
 device = get_device(DEVICE)
 seed_everything(SEED)
 print("device:", device, "| torch threads:", torch.get_num_threads())
+LAB_MODE = lab_mode(LAB_MODE)
+if LAB_MODE:  # the baseline recipe and its cache key stay the same: every chapter reuses this model
+    SEEDS = SEEDS[:2]  # two seeds (not three): section 5 still compares seed 0 with seed 1
+LATENCY_ROUNDS = 2 if LAB_MODE else 5
+lab_note(LAB_MODE, cuts=f"baseline and small LeNet over {len(SEEDS)} seeds instead of 3, "
+         f"{LATENCY_ROUNDS} latency rounds instead of 5",
+         less_reliable="the means and spreads over seeds, the paired verdicts over seeds, the latency ratios")
 
 # %% [markdown]
 # ## 2. The data
@@ -453,7 +461,7 @@ print(f"zlib {zlib_b / 1024:.1f} KiB, lzma {lzma_b / 1024:.1f} KiB: float32 weig
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-rows = deploy.latency_table({"baseline": baseline, "small-lenet": small}, splits.input_shape)
+rows = deploy.latency_table({"baseline": baseline, "small-lenet": small}, splits.input_shape, rounds=LATENCY_ROUNDS)
 print(deploy.format_latency_table(rows))
 print(f"\nfastest fp32 configuration of the baseline on this machine: {rows['baseline']['config']} "
       f"({rows['baseline']['latency_ms']:.3f} ms per batch of 64; eager NCHW: "
@@ -480,7 +488,7 @@ recs = [
                    weight_bits=32, activation_bits=32),
 ]
 print(records.format_table(recs))
-path = records.write_results("00_setup_and_baseline", recs)
+path = records.write_results("00_setup_and_baseline", recs, lab_mode=LAB_MODE)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -513,12 +521,22 @@ assert (p_base == 431_080 and m_base == 2_293_000) or not mnist5k
 assert len(splits.train) == 3500 and len(splits.val) == 500 and n_test == 1000 or not mnist5k
 assert (p_small == 21_952 and m_small == 188_200) or not mnist5k
 assert round(p_base / p_small, 1) == 19.6 or not mnist5k, "the small LeNet has 19.6x fewer parameters"
-assert len(base_accs) == len(small_accs) == len(SEEDS) >= 3
+assert len(base_accs) == len(small_accs) == len(SEEDS) >= (2 if LAB_MODE else 3)
 lo, hi = base_rec["accuracy_ci"]
-assert hi >= 0.98 and base_rec["accuracy"] >= 0.975, \
-    f"baseline mean {base_rec['accuracy']:.4f} (Wilson upper bound {hi:.4f}) is below the 98% target"
-assert small_rec["accuracy_ci"][1] >= 0.975, f"the small LeNet control regressed: {small_rec['accuracy']:.4f}"
-assert cmp_quick.verdict != "better", "the 3-epoch quick recipe beat the course recipe beyond the noise"
+targets_00 = {
+    "baseline at the 98% target": hi >= 0.98 and base_rec["accuracy"] >= 0.975,
+    "small LeNet control did not regress": small_rec["accuracy_ci"][1] >= 0.975,
+    "quick recipe not better than the course recipe": cmp_quick.verdict != "better",
+    "small LeNet faster than the baseline": rows["small-lenet"]["x_faster"] > 1,
+}
+for k, ok in targets_00.items():
+    print(f"{'met   ' if ok else 'MISSED'} {k}")
+if not LAB_MODE:  # targets are asserted in the full run only (lab mode reports them)
+    assert hi >= 0.98 and base_rec["accuracy"] >= 0.975, \
+        f"baseline mean {base_rec['accuracy']:.4f} (Wilson upper bound {hi:.4f}) is below the 98% target"
+    assert small_rec["accuracy_ci"][1] >= 0.975, f"the small LeNet control regressed: {small_rec['accuracy']:.4f}"
+    assert cmp_quick.verdict != "better", "the 3-epoch quick recipe beat the course recipe beyond the noise"
 assert all(r["latency_ms"] > 0 for r in recs) and base_rec["size_bytes"] > 4 * 431_080
-assert rows["small-lenet"]["x_faster"] > 1, "sanity: 12x fewer MACs should run faster than the baseline"
+if not LAB_MODE:
+    assert rows["small-lenet"]["x_faster"] > 1, "sanity: 12x fewer MACs should run faster than the baseline"
 print("all checks passed")

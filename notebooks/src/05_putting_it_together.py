@@ -18,6 +18,7 @@ DATASET = "mnist5k"
 SEED = 0
 EPOCHS = 12          # fine-tuning epochs of the gradual pruning stage
 DEVICE = None
+LAB_MODE = None      # True: one seed and short budgets, about a minute (None: $COURSE_LAB_MODE, else False)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -32,10 +33,16 @@ from course_lib import deploy, huffman, lowrank, measure, plots, pruning, recipe
 from course_lib import quantization as Q
 from course_lib import robustness as rb
 from course_lib.data import DATASETS, REPO_ROOT, load_dataset
-from course_lib.env import start_chapter
+from course_lib.env import lab_mode, lab_note, start_chapter
 from course_lib.training import evaluate, load_baseline, predict
 
 env, device = start_chapter(SEED, DEVICE)
+LAB_MODE = lab_mode(LAB_MODE)
+EPOCHS = min(EPOCHS, 3) if LAB_MODE else EPOCHS  # gradual pruning fine-tuning epochs
+FAST_EPOCHS, TP_EPOCHS, LR_EPOCHS = (3, 1, 1) if LAB_MODE else (10, 3, 2)  # latency model, torch.prune, low-rank
+lab_note(LAB_MODE, cuts=f"{EPOCHS} pruning fine-tuning epochs, {FAST_EPOCHS} for the latency model, "
+         f"{TP_EPOCHS} for torch.prune and {LR_EPOCHS} for low-rank",
+         less_reliable="every accuracy after compression (shorter fine-tuning) and the latencies")
 ART = REPO_ROOT / "build" / "artifacts" / "05_putting_it_together"  # git-ignored; records give paths into it
 ART.mkdir(parents=True, exist_ok=True)
 
@@ -190,7 +197,7 @@ fig.tight_layout()
 #    ReLU; everything else runs int8 kernels).
 
 # %%
-fast = recipes.latency_model(baseline, splits.train, splits.val, seed=SEED, device=device)
+fast = recipes.latency_model(baseline, splits.train, splits.val, epochs=FAST_EPOCHS, seed=SEED, device=device)
 fast_acc = evaluate(fast, splits.test)
 fast_fp32_onnx = deploy.export_onnx(fast, ART / "latency_fp32.onnx", SHAPE)
 fast_int8_onnx = recipes.int8_lenet_ort(fast, ART / "latency_int8.onnx", splits.train.tensors[0][:512])
@@ -211,7 +218,7 @@ print(f"test accuracy: torch {100 * fast_acc:.2f}%, onnxruntime fp32 {100 * eval
 
 # %%
 # this chapter's peer budget: 3 epochs of Adam at 5e-4 with a cosine decay, no augmentation
-tp = recipes.torch_prune_finetune(baseline, splits.train, splits.val, amount=0.9, epochs=3, seed=SEED, device=device,
+tp = recipes.torch_prune_finetune(baseline, splits.train, splits.val, amount=0.9, epochs=TP_EPOCHS, seed=SEED, device=device,
                                   lr=5e-4, schedule="cosine")
 tp_file = ART / "torch_pruned.pt"
 tp_bytes = storage.save_state(tp, tp_file)
@@ -223,7 +230,7 @@ base_int8 = deploy.ort_quantize_static(deploy.export_onnx(baseline, ART / "basel
 tp_int8 = deploy.ort_quantize_static(deploy.export_onnx(tp, ART / "torch_pruned_fp32.onnx", SHAPE),
                                      ART / "torch_pruned_int8.onnx", splits.train.tensors[0][:512])
 tp_int8_z = storage.zlib_file(tp_int8, ART / "torch_pruned_int8.onnx.zlib")
-lr_model = recipes.lowrank_finetune(baseline, splits.train, splits.val, seed=SEED, device=device,
+lr_model = recipes.lowrank_finetune(baseline, splits.train, splits.val, epochs=LR_EPOCHS, seed=SEED, device=device,
                                     lr=5e-4, optimizer="adam", weight_decay=0.0, augment=0)  # this chapter's budget
 lr_file = ART / "low_rank.pt"
 lr_bytes = storage.save_state(lr_model, lr_file)
@@ -325,7 +332,7 @@ for name, torch_model, onnx_path in [("baseline", baseline, ART / "baseline_fp32
 # from, and `size_bytes` is that file's size.
 
 # %%
-path = records.write_results("05_putting_it_together", recs)
+path = records.write_results("05_putting_it_together", recs, lab_mode=LAB_MODE)
 by = {r["name"]: r for r in recs}
 dc, lat8, lat32 = by["deep-compression"], by["latency-ort-int8"], by["latency-ort-fp32"]
 best_fast = min((lat8, lat32), key=lambda r: r["latency_ms"])
@@ -353,10 +360,12 @@ print(f"latency model vs torch fp32 baseline: {got:.2f}x faster (target 5x: {'me
 assert same, "the .ccz file must load back to a model with identical predictions"
 assert dc["size_bytes"] == os.path.getsize(dc_file) and dc["accuracy"] == dc_acc
 assert base_bytes / dc["size_bytes"] >= 50, f"Deep Compression only {base_bytes / dc['size_bytes']:.1f}x smaller"
-assert base_acc - dc["accuracy"] <= 0.005 + 1e-9, f"Deep Compression lost {100 * (base_acc - dc['accuracy']):.2f} points"
-assert base_lat / best_fast["latency_ms"] >= 5 / 2, f"latency model only {base_lat / best_fast['latency_ms']:.1f}x faster"  # sanity floor
-assert base_acc - best_fast["accuracy"] <= 0.01 + 1e-9
+if not LAB_MODE:  # targets: asserted in the full run only (lab mode reports them)
+    assert base_acc - dc["accuracy"] <= 0.005 + 1e-9, f"Deep Compression lost {100 * (base_acc - dc['accuracy']):.2f} points"
+    assert base_lat / best_fast["latency_ms"] >= 5 / 2, f"latency model only {base_lat / best_fast['latency_ms']:.1f}x faster"  # sanity floor
+    assert base_acc - best_fast["accuracy"] <= 0.01 + 1e-9
 assert base_bytes / dc["size_bytes"] > base_bytes / anchor["size_bytes"], "the pipeline should beat the off-the-shelf recipe"
 assert all(r["size_bytes"] == os.path.getsize(REPO_ROOT / r["file"]) for r in recs)
-assert min(r["agreement"] for r in rows if r["kind"] == "clean") >= 0.97
+if not LAB_MODE:
+    assert min(r["agreement"] for r in rows if r["kind"] == "clean") >= 0.97
 print("all checks passed")

@@ -26,6 +26,7 @@ EPOCHS = 4              # recipes.PRUNE_EPOCHS: training epochs after the baseli
 SPARSITIES = (0.9, 0.95)  # the targets' sparsities, each run with every seed
 CHANNEL_RATIO = 0.5     # fraction of channels removed by structured pruning (widths 20/50/500 -> 10/25/250)
 DEVICE = None           # None: $COURSE_DEVICE, else CUDA if available, else CPU
+LAB_MODE = None  # True: one seed and short budgets, about a minute (None: $COURSE_LAB_MODE, else False)
 
 # %% [markdown]
 # ## 1. Environment check
@@ -40,14 +41,22 @@ from torch.nn.utils import prune as tprune
 
 from course_lib import checks, deploy, measure, models, plots, pruning, recipes, records, stats, storage
 from course_lib.data import load_dataset
-from course_lib.env import start_chapter
+from course_lib.env import lab_mode, lab_note, start_chapter
 from course_lib.training import correct, evaluate, load_baseline
 
 env, device = start_chapter(SEED, DEVICE)
+LAB_MODE = lab_mode(LAB_MODE)
+if LAB_MODE:  # one fine-tuning seed (the baseline's) and half the epochs for every pruning method
+    SEEDS, EPOCHS = (SEED,), max(1, EPOCHS // 2)
+LATENCY_ROUNDS = 2 if LAB_MODE else 5
+lab_note(LAB_MODE, cuts=f"one seed instead of three, {EPOCHS} training epochs per pruning method instead of 4, "
+         f"{LATENCY_ROUNDS} latency rounds instead of 5",
+         less_reliable="every accuracy after fine-tuning (shorter budget, no spread over seeds), the paired verdicts, "
+         "the latency ratios")
 
 # %% [markdown]
 # ## 2. The baseline, and how this chapter measures
-# The LeNet-5 of chapter 00 (cached). Every number below is measured against it *in this run*.
+# The LeNet-5 of chapter 00 (cached). Every number below is measured against it, in the same run of this notebook.
 #
 # **Splits.** Every decision (which layers to spare, how to allocate sparsity, which method to report
 # against a target) is made on the **validation** split (500 images). The **test** split (1,000
@@ -691,7 +700,7 @@ for cfg in ("baseline NCHW", "baseline channels-last"):
 # %%
 # NBVAL_IGNORE_OUTPUT
 to_time = {"baseline": baseline} | {name: pruning.remove_masks(copy.deepcopy(r["models"][0])) for name, r in runs.items()}
-lat_rows = deploy.latency_table(to_time, shape, reference="baseline")
+lat_rows = deploy.latency_table(to_time, shape, reference="baseline", rounds=LATENCY_ROUNDS)
 print(deploy.format_latency_table(lat_rows))
 
 # %%
@@ -729,7 +738,7 @@ for name in ROW_ORDER:
         name, m, test=splits.test, input_shape=shape, accuracy=test_accs(name),
         size_bytes=storage.sparse_bytes(m, "bitmask", "lzma") if sparse else None,
         method=METHODS[name].format(w="/".join(str(v) for v in w.values())), **latency_fields(name), **extra))
-path = records.write_results("01_pruning", recs)
+path = records.write_results("01_pruning", recs, lab_mode=LAB_MODE)
 print(f"{len(recs)} records written to build/results/{path.name}")
 
 # %%
@@ -833,12 +842,13 @@ for p, sp in zip(pct, SPARSITIES):
 assert all(abs(measure.sparsity(m) - 0.9) < 1e-3 for m in runs["random-90-ft"]["models"])
 assert all(same_as_torch.values()), "magnitude_prune should pick the weights torch.nn.utils.prune picks"
 assert abs(twice - 0.75) < 1e-6 and same_filters and mac_law_holds
-assert verdicts[chosen[90], "baseline"].ci[1] >= -0.003, f"90%: {verdicts[chosen[90], 'baseline']}"
-assert verdicts[chosen[95], "baseline"].ci[1] >= -0.010, f"95%: {verdicts[chosen[95], 'baseline']}"
-assert verdicts["channel-50-ft", "baseline"].ci[1] >= -0.010, f"channel: {verdicts['channel-50-ft', 'baseline']}"
 assert base_macs / by_name["channel-50-ft"]["macs"] >= 2.0
-assert lat_rows["channel-50-ft"]["x_faster"] >= 1.6 / 2, "channel pruning should be faster (sanity floor)"
-assert 0.5 < lat["dense"] / lat["90%-sparse"] < 2.0, "a masked dense model should run at the dense model's speed"
+if not LAB_MODE:  # accuracy and speed targets are asserted in the full run only (lab mode prints them above)
+    assert verdicts[chosen[90], "baseline"].ci[1] >= -0.003, f"90%: {verdicts[chosen[90], 'baseline']}"
+    assert verdicts[chosen[95], "baseline"].ci[1] >= -0.010, f"95%: {verdicts[chosen[95], 'baseline']}"
+    assert verdicts["channel-50-ft", "baseline"].ci[1] >= -0.010, f"channel: {verdicts['channel-50-ft', 'baseline']}"
+    assert lat_rows["channel-50-ft"]["x_faster"] >= 1.6 / 2, "channel pruning should be faster (sanity floor)"
+    assert 0.5 < lat["dense"] / lat["90%-sparse"] < 2.0, "a masked dense model should run at the dense model's speed"
 assert base_bytes / sizes_kib[("bitmask", "lzma")] >= 5
 print("all checks passed")
 

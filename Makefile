@@ -7,8 +7,11 @@ STAMP  := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 export COURSE_PROGRESS ?= 0
 export PYTHONHASHSEED = 0
+# Empty: torch comes from pip's configured index (on Linux, PyPI's torch is the multi-GB CUDA build).
+# Classrooms without GPUs: make TORCH_INDEX=https://download.pytorch.org/whl/cpu  (CPU-only wheels)
+TORCH_INDEX ?=
 
-.PHONY: run test unit nbval lab notebooks sync handouts results student bench clean help
+.PHONY: run test unit nbval lab notebooks sync handouts results student bench clean help timings nbgrader
 
 help:
 	@echo "make run       set up .venv, execute every notebook, write build/handouts/ and build/results.md"
@@ -18,6 +21,8 @@ help:
 	@echo "make sync      update notebooks/*.ipynb from their sources notebooks/src/*.py, keeping outputs"
 	@echo "make handouts  offline HTML handouts in build/handouts/ (from the last run, else the committed notebooks)"
 	@echo "make bench     benchmark table (ratios vs baseline, single thread)"
+	@echo "make timings   time every chapter, full and lab mode, and write docs/timings.md"
+	@echo "make nbgrader  nbgrader course directory in build/nbgrader/ (see docs/instructor.md)"
 	@echo "make clean     remove build/ (and the baseline cache in it)"
 
 $(PY):
@@ -25,7 +30,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --upgrade pip >/dev/null
-	$(PY) -m pip install "torch==2.13.0"
+	$(PY) -m pip install "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
@@ -74,3 +79,11 @@ clean:
 
 student: $(STAMP)
 	$(PY) scripts/make_student.py --out build/student $(NOTEBOOKS)
+
+# measured run times of every chapter (full and lab mode) -> docs/timings.md, generated, never typed
+timings: $(STAMP)
+	$(PY) scripts/timings.py --lab $(NOTEBOOKS)
+
+# nbgrader course directory; run nbgrader there with .venv/bin on PATH (it calls alembic)
+nbgrader: $(STAMP)
+	$(PY) scripts/nbgrader_course.py --out build/nbgrader $(NOTEBOOKS)

@@ -11,7 +11,7 @@ export PYTHONHASHSEED = 0
 # Classrooms without GPUs: make TORCH_INDEX=https://download.pytorch.org/whl/cpu  (CPU-only wheels)
 TORCH_INDEX ?=
 
-.PHONY: run test unit nbval lab notebooks sync handouts results student bench clean help timings nbgrader
+.PHONY: run test test-classroom unit nbval lab notebooks sync handouts results student bench clean help timings nbgrader
 
 help:
 	@echo "make run       set up .venv, execute every notebook, write build/handouts/ and build/results.md"
@@ -42,6 +42,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q --nbval notebooks
+
+# nbgrader end to end on every chapter in lab mode (release scores 0 and runs to the end, solved copy full marks)
+test-classroom: $(STAMP)
+	COURSE_TEST_NBGRADER=1 $(PY) -m pytest -q tests/test_nbgrader.py tests/test_student.py
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -98,6 +98,9 @@ def test_every_exercise_is_a_solution_cell_followed_by_its_graded_checker():
         assert len(ids) == len(set(ids)), f"{path.name}: duplicate grade_id in {ids}"
 
 
+@pytest.mark.skipif(os.environ.get("COURSE_TEST_NBGRADER") != "1",
+                    reason="end-to-end grading of every chapter (several minutes): `make test-classroom` runs it; "
+                           "not yet part of make test, whose time budget it would exceed (issue 16 stays open)")
 @pytest.mark.parametrize("path", [p for p in NOTEBOOKS
                                   if nbgrader_course.graded_cells(nbformat.read(p, as_version=4))],
                          ids=lambda p: p.stem)

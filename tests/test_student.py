@@ -68,8 +68,8 @@ def test_student_notebook(path, tmp_path):
             f"{path.name}: the cell after exercise cell {i} must only call its checker, got {check.source!r}"
         stub = student.cells[i].source
         assert "raise NotImplementedError(" in stub and make_student.BEGIN not in stub
-        hint = re.search(r"NotImplementedError\('(.+)'\)", stub)
-        assert hint and len(hint.group(1)) > 20, f"{path.name} cell {i}: the stub has no specific hint"
+        hint = re.search(r"NotImplementedError\((['\"])(.+)\1\)", stub)
+        assert hint and len(hint.group(2)) > 20, f"{path.name} cell {i}: the stub has no specific hint"
     for c in student.cells:
         assert "execution" not in c.metadata
         if c.cell_type == "code":

@@ -1,5 +1,6 @@
 """Each chapter-06 checker accepts a correct solution (the library's own function, written
 independently of the checker's reference) and rejects typical wrong answers."""
+import pytest
 import torch
 
 from course_lib import bert, checks
@@ -35,6 +36,24 @@ def test_group_rtn_checker(capsys):
         z = torch.round(-lo / s)
         return ((torch.floor(g / s) + z).clamp(0, 2 ** bits - 1) - z).mul(s).reshape(out_f, in_f)
     assert not checks.check_group_rtn(floor_rtn, verbose=False)
+
+
+@pytest.mark.parametrize("kw, named", [(dict(_round_zero=False), "not rounded"),
+                                       (dict(_levels="2**bits"), "2**bits - 1"),
+                                       (dict(_through_zero=False), "must contain 0")])
+def test_group_rtn_checker_names_the_common_mistakes(kw, named, capsys):
+    def wrong(w, bits, gs):
+        k = {key: (2 ** bits if v == "2**bits" else v) for key, v in kw.items()}
+        return ct.reference_group_rtn(w, bits, gs, **k)
+    assert not checks.check_group_rtn(wrong)
+    assert named in capsys.readouterr().out
+
+
+def test_group_rtn_checker_catches_values_outside_the_range(capsys):
+    def unclamped(w, bits, gs):
+        return ct.reference_group_rtn(w, bits, gs) * 3
+    assert not checks.check_group_rtn(unclamped)
+    assert "outside the group's [min, max] range" in capsys.readouterr().out
 
 
 def test_retrieval_checker(capsys):

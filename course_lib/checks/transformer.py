@@ -26,16 +26,20 @@ def reference_mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
 
 
-def reference_group_rtn(w: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+def reference_group_rtn(w: torch.Tensor, bits: int, group_size: int, *, _levels: int | None = None,
+                        _through_zero: bool = True, _round_zero: bool = True) -> torch.Tensor:
     """Asymmetric min-max round-to-nearest per group of ``group_size`` columns of each row;
-    returns the dequantized weight, same shape as ``w`` (as ``quantization.rtn_quantize``'s w_hat)."""
+    returns the dequantized weight, same shape as ``w`` (as ``quantization.rtn_quantize``'s w_hat).
+    The underscored switches build the common mistakes the checker names (never use them otherwise)."""
     out_f, in_f = w.shape
     g = w.reshape(out_f, in_f // group_size, group_size)
-    lo = g.amin(-1, keepdim=True).clamp(max=0)
-    hi = g.amax(-1, keepdim=True).clamp(min=0)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    if _through_zero:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     qmax = 2 ** bits - 1
-    scale = ((hi - lo) / qmax).clamp_min(1e-12)
-    zero = torch.round(-lo / scale).clamp(0, qmax)
+    scale = ((hi - lo) / (_levels or qmax)).clamp_min(1e-12)
+    zero = -lo / scale
+    zero = torch.round(zero).clamp(0, qmax) if _round_zero else zero
     q = (torch.round(g / scale) + zero).clamp(0, qmax)
     return ((q - zero) * scale).reshape(out_f, in_f)
 
@@ -84,6 +88,24 @@ def check_group_rtn(fn):
             raise Wrong("one scale per row: use one (scale, zero) per group of group_size columns.")
         if torch.allclose(got, w, atol=1e-7):
             raise Wrong("the weight came back unchanged: quantize it (round to the grid) and dequantize.")
+        mistakes = (
+            (dict(_round_zero=False), "the zero point is not rounded: z = round(-min / s) must be an integer "
+                                      "on the grid, so that the weight 0 is stored exactly."),
+            (dict(_levels=2 ** bits), f"{bits} bits give 2^{bits} levels but only 2^{bits} - 1 steps between "
+                                      f"them: s = (max - min) / (2**bits - 1)."),
+            (dict(_through_zero=False), "the range must contain 0: clamp the group's min to <= 0 and its max "
+                                        "to >= 0 before computing s and z."),
+        )
+        for kw, msg in mistakes:
+            alt = reference_group_rtn(w, bits, gs, **kw)
+            if torch.allclose(got, alt, atol=1e-6) and not torch.allclose(alt, want, atol=1e-6):
+                raise Wrong(msg)
+        raw = w.reshape(o, i // gs, gs)
+        s_ = ((raw.amax(-1, keepdim=True).clamp(min=0) - raw.amin(-1, keepdim=True).clamp(max=0))
+              / (2 ** bits - 1)).clamp_min(1e-12)
+        if got.abs().max() > w.abs().max() + s_.max() + 1e-6:
+            raise Wrong("values fall outside the group's [min, max] range by more than one step: q must stay "
+                        "in [0, 2**bits - 1] (clamp it) and s must span the whole range.")
         levels = max(len(torch.unique(got[r, c:c + gs])) for r in range(o) for c in range(0, i, gs))
         if levels > 2 ** bits:
             raise Wrong(f"a group holds {levels} distinct values, more than the 2^{bits} levels of {bits} bits.")

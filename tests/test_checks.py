@@ -76,3 +76,52 @@ def test_no_checker_touches_the_global_random_state(capsys):
         getattr(checks, name)(stub, verbose=False, strict=False)
         getattr(checks, name)(lambda *a, **k: torch.zeros(3), verbose=False, strict=False)
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@checker("noted double")
+def check_noted_double(fn):
+    if fn(torch.tensor([1.0, 2.0])).tolist() != [2.0, 4.0]:
+        raise Wrong("double each element.")
+    print("Note: x + x is fine too.")
+
+
+def test_a_note_is_printed_once_by_the_checker_and_not_again_by_mine_or_library(capsys, monkeypatch):
+    # a checker's print used to escape from verdict(): the checker cell printed the note, and
+    # mine_or_library, which asks verdict() again, printed it a second time
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    ok, msg = check_noted_double.verdict(right)
+    assert ok and msg == "Note: x + x is fine too.\n✓ noted double: correct."
+    assert capsys.readouterr().out == ""  # verdict never prints
+    assert check_noted_double(right)
+    assert capsys.readouterr().out == "Note: x + x is fine too.\n✓ noted double: correct.\n"
+    assert checks.mine_or_library(right, check_noted_double, library_double, "right") is right
+    assert capsys.readouterr().out == "Using your right below (its checker accepted it).\n"
+
+
+def test_learner_prints_show_in_the_checker_cell_only(capsys, monkeypatch):
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+
+    def chatty(x):
+        print("debug: doubling")
+        return 2 * x
+    assert check_double(chatty)
+    assert capsys.readouterr().out == "debug: doubling\n✓ double: correct.\n"
+    checks.mine_or_library(chatty, check_double, library_double, "chatty")
+    assert "debug" not in capsys.readouterr().out
+
+
+def test_kd_note_once_in_chapter_4(capsys, monkeypatch):
+    # chapter 04: check_kd_loss accepts the soft-target cross-entropy form with a note, then
+    # mine_or_library picks the learner's loss; the note must appear once in all
+    import torch.nn.functional as F
+    from course_lib.distillation import kd_loss
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+
+    def soft_ce_kd(s, t, y, T, alpha):
+        soft = -(torch.softmax(t / T, 1) * F.log_softmax(s / T, 1)).sum(1).mean()
+        return alpha * T * T * soft + (1 - alpha) * F.cross_entropy(s, y)
+    assert checks.check_kd_loss(soft_ce_kd)
+    assert checks.mine_or_library(soft_ce_kd, checks.check_kd_loss, kd_loss, "my_kd_loss") is soft_ce_kd
+    out = capsys.readouterr().out
+    assert out.count("soft-target cross-entropy") == 1 and out.count("✓ KD loss") == 1
+    assert out.index("Note: you wrote") < out.index("✓ KD loss") < out.index("Using your my_kd_loss")

@@ -27,7 +27,9 @@ Inside, raise ``Wrong("what is wrong, in words")`` for a wrong answer; helpers b
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
 from typing import Callable
 
@@ -51,10 +53,19 @@ def checker(title: str):
     The checker ``check(learner_fn, *args, verbose=True, strict=None, **kwargs) -> bool`` prints
     "✓ title: correct." or "✗ title: ..." and returns True/False. ``strict`` (None: only while nbgrader
     grades, see :func:`grading`) makes a rejected answer raise ``AssertionError`` with the verdict.
-    ``check.verdict(learner_fn, ...) -> (ok, message)`` never prints and never raises.
+    ``check.verdict(learner_fn, ...) -> (ok, message)`` never prints and never raises: whatever is
+    printed while it checks (a checker's note, the learner's own prints) goes into ``message``, before
+    the verdict line, so it is shown once, by whoever prints the message (the checker cell), and not
+    again when :func:`mine_or_library` asks for the verdict.
     """
     def deco(fn):
         def verdict(learner_fn, *args, **kwargs) -> tuple[bool, str]:
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                ok, line = _judge(learner_fn, *args, **kwargs)
+            return ok, printed.getvalue() + line
+
+        def _judge(learner_fn, *args, **kwargs) -> tuple[bool, str]:
             try:
                 fn(learner_fn, *args, **kwargs)
             except Wrong as e:
@@ -85,7 +96,8 @@ def mine_or_library(learner_fn: Callable, check: Callable, library_fn: Callable,
 
     ``check`` is the exercise's checker (it must come from :func:`checker`). When the learner's
     function is missing or wrong, prints one line saying the library's function (named by its module
-    and name) stands in, so the rest of the chapter still runs; when it is accepted, says so.
+    and name) stands in, so the rest of the chapter still runs; when it is accepted, says so. Nothing
+    else: the checker's notes and the learner's own prints were shown by the checker cell already.
     """
     if not callable(learner_fn):
         raise TypeError(f"learner_fn must be a function, got {type(learner_fn).__name__}")

@@ -15,9 +15,9 @@
 # - understand why a fake-quantized model is *slower*, get a real int8 speed-up from integer kernels
 #   (onnxruntime, torch.ao), and measure it against the fastest float32 baseline.
 #
-# **Run time:** about 2 minutes on a 2-core laptop CPU (twelve 3-epoch fine-tunings, a few dozen
-# post-training quantizations, one latency table), plus about half a minute the first time, to train
-# the from-scratch control (three seeds), which is then cached. Lab mode (`LAB_MODE = True`, or
+# **Run time:** about 2 minutes on a 2-core laptop CPU (four fine-tunings of `EPOCHS` epochs per seed in
+# `SEEDS`, a few dozen post-training quantizations, one latency table), plus about half a minute the first
+# time, to train the from-scratch controls (once per seed), which are then cached. Lab mode (`LAB_MODE = True`, or
 # `COURSE_LAB_MODE=1`) runs one seed, one fine-tuning epoch and fewer timing rounds, in well under a minute.
 
 # %% tags=["parameters"]
@@ -889,7 +889,7 @@ for name, widths in controls.items():
 
 # %% [markdown]
 # Now time every deployable model in **one** interleaved measurement (`deploy.latency_table`: single
-# thread, batch 64, five rounds, median): the float32 models in each of their configurations (PyTorch
+# thread, batch 64, `TIMING_ROUNDS` rounds, median): the float32 models in each of their configurations (PyTorch
 # NCHW, PyTorch channels-last, onnxruntime), the integer ones as they run. Every "x faster" is against
 # the baseline's **fastest** float32 configuration on this machine.
 

@@ -13,9 +13,10 @@
 #   small dense models trained from scratch at the same cost, paired tests on the same test images, and one
 #   latency protocol against the baseline's fastest fp32 configuration.
 #
-# **Run time:** 2 to 3 minutes on a 2-core laptop CPU the first time (nine small from-scratch controls of
-# 20 epochs each are trained and cached in `build/cache/`; chapter 0 trains three of them too), about a minute
-# afterwards (nine 2-epoch fine-tunes and the latency measurements); the baseline is loaded from `build/cache/`.
+# **Run time:** 2 to 3 minutes on a 2-core laptop CPU the first time (three small from-scratch controls per
+# seed in `SEEDS`, 20 epochs each, are trained and cached in `build/cache/`; chapter 0 trains the small LeNet's
+# too), about a minute afterwards (three fine-tunes of `EPOCHS` epochs per seed and the latency measurements);
+# the baseline is loaded from `build/cache/`.
 # Lab mode (`LAB_MODE = True`, or `COURSE_LAB_MODE=1`) runs one seed, one fine-tuning epoch and fewer timing
 # rounds.
 #
@@ -635,9 +636,9 @@ display(Markdown(
 # - `svd-fc1+cp-conv2`: the same fc1, conv2 by CP at the rank with the same conv2 MACs (section 7).
 #
 # And the controls that make a claim like "N times cheaper at the same accuracy" mean something:
-# - `baseline + 2 ep fine-tune`: the *unfactorized* baseline fine-tuned with the same recipe, epochs and
-#   seeds (the factorized models got extra training; does the extra training alone change the accuracy?);
-# - dense LeNet-5s **trained from scratch** (the baseline recipe, 20 epochs, 3 initialisation seeds,
+# - `BASE_FT` (named `baseline + <EPOCHS> ep fine-tune`): the *unfactorized* baseline fine-tuned with the
+#   same recipe, epochs and seeds (the factorized models got extra training; does the extra training alone change the accuracy?);
+# - dense LeNet-5s **trained from scratch** (the baseline recipe, 20 epochs, the seeds in `SEEDS`,
 #   `load_baseline(..., model_kw=...)`, cached) with the baseline's proportions, one matched to the main
 #   model's **MACs** (the speed claim) and one to its **parameters** (the size claim)
 #   (`models.lenet_widths_matching`); the CP model has the same MACs and about the same parameters, so the same
@@ -960,7 +961,7 @@ print(f"wrote {path.relative_to(path.parents[2])}: {len(recs)} records")
 # %% [markdown] tags=["theory"]
 # ## 14. Checks
 # The target for low rank: at least 2x fewer MACs and at least 1.5x faster than the baseline's fastest
-# fp32 configuration, at most 0.5 points lost (mean of 3 fine-tuning seeds), shown with its matched control.
+# fp32 configuration, at most 0.5 points lost (mean over the fine-tuning seeds), shown with its matched control.
 # The strict verdict is printed (it depends on this machine's CPU); the assertion cell checks exact counts,
 # the accuracy through the paired interval (it fails on a real regression, not on noise), and speed only
 # against a sanity floor at half the target (`make bench` records the strict verdict). In lab mode (one seed, one

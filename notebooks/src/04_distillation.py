@@ -6,14 +6,14 @@
 #   classes, made visible by a softmax at temperature $T$;
 # - write Hinton et al.'s distillation loss yourself, and understand why its soft term is scaled by $T^2$;
 # - train students 20x and 80x smaller than the baseline from scratch and by distillation, with the
-#   *same* recipe and budget, over several seeds, and read the result as mean ± standard deviation;
+#   *same* recipe and budget, over the seeds in `SEEDS`, and read the result as mean ± standard deviation;
 # - see that distillation needs a *patient* student: at a short budget it ties with scratch, at a long one
 #   it wins clearly;
 # - try a FitNets-style feature hint, a sweep over temperature and mixing weight, and the setting where
 #   distillation shines: few labels and a teacher to label the rest.
 #
-# **Run time:** about 3.5 minutes on a 2-core laptop CPU (about 25 short and 6 long training runs of tiny
-# students, on one thread; the teacher is the cached baseline of chapter 0).
+# **Run time:** about 3.5 minutes on a 2-core laptop CPU (a few dozen short training runs of tiny students
+# and two long ones per seed in `SEEDS`, on one thread; the teacher is the cached baseline of chapter 0).
 
 # %% tags=["parameters"]
 DATASET = "mnist5k"
@@ -284,14 +284,14 @@ print(f"teacher's mean probability of the true class on the training images: "
 
 # %% [markdown]
 # ## 6. A patient teacher: the same comparison with a longer budget
-# Ten epochs is enough for a small student to fit the *labels* about as well as it ever will; it is not
-# enough to fit the *teacher*. Beyer et al. ("Knowledge distillation: A good teacher is patient and
+# The full run's `EPOCHS` epochs are enough for a small student to fit the *labels* about as well as it ever
+# will; they are not enough to fit the *teacher*. Beyer et al. ("Knowledge distillation: A good teacher is patient and
 # consistent", 2022) found that distillation needs far longer schedules than supervised training, with
 # the teacher labelling exactly the (augmented) image the student sees: every random shift of a training
 # image is a new question to which the teacher gives a slightly different soft answer, so the student keeps
 # learning long after the labels have nothing more to say. Our `distill` is already *consistent* (the
 # teacher labels the shifted batch, section 5's implementation note). Here we are *patient*: the middle
-# student, `LONG_EPOCHS` epochs, scratch and distilled alike, same recipe, the same three seeds. (The
+# student, `LONG_EPOCHS` epochs, scratch and distilled alike, same recipe, the same seeds (`SEEDS`). (The
 # teacher cache makes the long distillation cost about as much as the long scratch run.)
 
 # %%
@@ -326,7 +326,7 @@ for e, (sc, kd_name) in budgets.items():
 # gains from the longer schedule, but less: it has learned what the labels can teach. Two lessons: compare
 # methods at *their* sensible budgets, not only at the one that suits the baseline, and when a method seems
 # not to help, check whether it simply had too little time. (Training still costs the same for both: the
-# 60-epoch distillation is what you would deploy, and it is as small and fast as the scratch student.)
+# long distillation is what you would deploy, and it is as small and fast as the scratch student.)
 
 # %% [markdown]
 # ## 7. A sweep over temperature and $\alpha$
@@ -362,8 +362,8 @@ fig.tight_layout()
 # $T = 1$ is the weakest column: at $T = 1$ the teacher's probabilities on its own training images are
 # almost one-hot, so there is little beyond the label to learn. Moderate temperatures do best; $\alpha$
 # matters less. Against the scratch student of the *same seed* the distilled ones may look a point better
-# here, yet section 5 found no gain over three seeds on the test set: one seed on 500 validation images
-# (one image = 0.2 points) is not enough to tell a method from a lucky or unlucky run. This is why every
+# here, yet in the full run section 5 found no gain over its seeds on the test set: one seed on 500
+# validation images (one image = 0.2 points) is not enough to tell a method from a lucky or unlucky run. This is why every
 # headline number in this chapter is a mean over seeds, and why picking the best cell of a one-seed sweep
 # and reporting it would mostly report noise.
 
@@ -498,10 +498,10 @@ path = records.write_results("04_distillation", recs, lab_mode=LAB_MODE)
 # %% [markdown]
 # ## 11. Checks
 # The issue's target: a distilled student with at least 10x fewer parameters than the teacher beats the
-# same student from scratch by at least 0.5 points (mean over 3 seeds) and closes at least a third of the
-# teacher-student gap. With all labels it holds with the patient budget of section 6 (it does not at 10
-# epochs, section 5, where distillation and scratch agree within noise), and it holds in the few-labels
-# setting of section 9. The accuracy targets allow 0.2 points of slack for another machine's floating-point
+# same student from scratch by at least 0.5 points (mean over the seeds in `SEEDS`) and closes at least a third
+# of the teacher-student gap. In the full run, with all labels, it holds with the patient budget of section 6
+# (not at section 5's `EPOCHS` epochs, where distillation and scratch agree within noise), and it holds in the
+# few-labels setting of section 9. The accuracy targets allow 0.2 points of slack for another machine's floating-point
 # rounding, which moves a small student's result as much as a different seed does.
 
 # %%

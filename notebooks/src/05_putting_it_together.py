@@ -209,12 +209,12 @@ print(f"test accuracy: torch {100 * fast_acc:.2f}%, onnxruntime fp32 {100 * eval
 
 # %% [markdown]
 # ## 7. The off-the-shelf recipes, in the same run
-# - `torch.nn.utils.prune.global_unstructured` at 90% plus 3 epochs of fine-tuning;
+# - `torch.nn.utils.prune.global_unstructured` at 90% plus `TP_EPOCHS` epochs of fine-tuning;
 # - `torch.ao` dynamic int8 (linear layers only; deprecated in torch 2.13 in favour of torchao);
 # - onnxruntime static int8 of the baseline;
 # - onnxruntime static int8 of the torch-pruned model, zlib-compressed on disk.
 #
-# And one more technique of the course: low-rank factorization (chapter 3) with 2 epochs of fine-tuning.
+# And one more technique of the course: low-rank factorization (chapter 3) with `LR_EPOCHS` epochs of fine-tuning.
 
 # %%
 # this chapter's peer budget: 3 epochs of Adam at 5e-4 with a cosine decay, no augmentation

@@ -211,7 +211,7 @@ print(f"naive int8: mean cosine {bert.mean_cosine(naive_emb, ref):.4f}, retrieva
 #
 # ## 5. Finding the error: per-layer sensitivity and activation outliers
 # **Sensitivity:** quantize *one* linear layer at a time (everything else fp32) and measure the cosine.
-# We use the first 48 evaluation sentences to keep it quick.
+# We use the first `SENS_N` evaluation sentences to keep it quick (fewer in lab mode: a noisier ranking).
 
 # %%
 # NBVAL_IGNORE_OUTPUT

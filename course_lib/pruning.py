@@ -16,7 +16,7 @@ that are zero, the same definition as ``measure.sparsity``.
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -380,33 +380,68 @@ def gradual_schedule(step: int, final_sparsity: float, total_steps: int, initial
 
 
 class GradualPruner:
-    """An ``after_step`` callable for ``training.fit`` that prunes on the Zhu & Gupta schedule.
+    """An ``after_step`` callable for ``training.fit`` that prunes on a gradual schedule.
 
-    Every ``frequency`` optimizer steps it raises the sparsity to ``gradual_schedule(step, ...)``
-    with ``magnitude_prune(model, s, scope)``; after every step it re-applies the masks.
+    Every ``frequency`` optimizer steps it raises the sparsity to ``schedule(t, final_sparsity,
+    total_steps)`` with ``magnitude_prune(model, s, scope)``; after every step it re-applies the masks.
     total_steps: steps over which sparsity ramps (e.g. 75% of the fine-tuning steps, so the last
     epochs recover at the final sparsity). ``step`` counts the calls.
+
+    schedule: a callable ``schedule(t, final_sparsity, total_steps) -> float``, the sparsity in
+    [0, 1) at ``t = step - begin_step`` steps into the ramp (the signature of chapter 01's exercise
+    ``gradual``): it should start at 0, reach ``final_sparsity`` at ``t = total_steps`` and stay there.
+    Default: the library's cubic schedule ``gradual_schedule`` (Zhu & Gupta, 2017), which also
+    honours ``initial_sparsity``; a schedule of your own starts from its own value, so it requires
+    ``initial_sparsity=0``. The model is pruned to exactly the value the schedule returns, so two
+    schedules returning the same floats prune the same weights.
     """
 
     def __init__(self, final_sparsity: float, total_steps: int, frequency: int = 10,
                  initial_sparsity: float = 0.0, begin_step: int = 0, scope: str = "global",
-                 layers: Iterable[str] | None = None):
+                 layers: Iterable[str] | None = None, schedule: Callable[[int, float, int], float] | None = None):
         gradual_schedule(0, final_sparsity, total_steps, initial_sparsity, begin_step)  # validates
         V.positive_int("frequency", frequency)
         V.one_of("scope", scope, ("global", "layer"))
+        if schedule is None:
+            schedule = gradual_schedule
+        if not callable(schedule):
+            raise TypeError(f"schedule={schedule!r} is not callable: pass a function "
+                            "schedule(step, final_sparsity, total_steps) -> sparsity in [0, 1), "
+                            "e.g. pruning.gradual_schedule (the default)")
+        if schedule is not gradual_schedule and initial_sparsity != 0:
+            raise ValueError(f"initial_sparsity={initial_sparsity!r} needs the default schedule: a schedule "
+                             "of your own, schedule(step, final_sparsity, total_steps), sets its own start "
+                             "(use initial_sparsity=0)")
         self.final_sparsity, self.total_steps, self.frequency = final_sparsity, total_steps, frequency
         self.initial_sparsity, self.begin_step, self.scope = initial_sparsity, begin_step, scope
+        self.schedule = schedule
         self.layers = None if layers is None else list(layers)
         self.step = 0
         self.history: list[tuple[int, float]] = []  # (step, sparsity) at each pruning event
+
+    def sparsity_at(self, step: int) -> float:
+        """The scheduled sparsity at optimizer step ``step`` (counted like ``self.step``, from 1)."""
+        t = step - self.begin_step
+        if self.schedule is gradual_schedule:
+            s = gradual_schedule(t, self.final_sparsity, self.total_steps, self.initial_sparsity)
+        else:
+            s = self.schedule(t, self.final_sparsity, self.total_steps)
+        try:
+            s = float(s)
+        except (TypeError, ValueError):
+            raise TypeError(f"schedule({t}, {self.final_sparsity}, {self.total_steps}) returned "
+                            f"{type(s).__name__}, not a number (a sparsity in [0, 1))") from None
+        if not 0 <= s < 1:
+            raise ValueError(f"schedule({t}, {self.final_sparsity}, {self.total_steps}) returned {s!r}: "
+                             "a sparsity must be in [0, 1)")
+        return s
 
     def __call__(self, model: nn.Module) -> None:
         self.step += 1
         end = self.begin_step + self.total_steps
         if self.step >= self.begin_step and (self.step % self.frequency == 0 or self.step == end) \
                 and self.step <= end:
-            s = gradual_schedule(self.step, self.final_sparsity, self.total_steps, self.initial_sparsity,
-                                 self.begin_step)
+            s = self.sparsity_at(self.step)
             magnitude_prune(model, s, self.scope, self.layers)
             self.history.append((self.step, s))
         apply_masks(model)

@@ -113,12 +113,16 @@ def torch_prune_finetune(model: nn.Module, train, val=None, amount: float = 0.9,
 
 def gradual_prune(model: nn.Module, train, val=None, sparsity: float = 0.95, epochs: int = PRUNE_EPOCHS,
                   ramp: float = 5 / 8, frequency: int = 10, seed: int = 0, remove: bool = False,
-                  **fit_kw) -> tuple[nn.Module, pruning.GradualPruner]:
-    """Prune a copy of ``model`` to global ``sparsity`` on the cubic schedule while training ``epochs``.
+                  sparsity_schedule=None, **fit_kw) -> tuple[nn.Module, pruning.GradualPruner]:
+    """Prune a copy of ``model`` to global ``sparsity`` on a gradual schedule while training ``epochs``.
 
     The sparsity ramps over the first ``ramp`` fraction (in (0, 1]) of the optimizer steps, pruning every
     ``frequency`` steps; the remaining steps recover at the final sparsity. Training uses ``FINETUNE``
     unless ``fit_kw`` overrides it (chapter 5: ``schedule="onecycle"``, 12 epochs, ramp 0.7).
+    sparsity_schedule: the ramp's shape, a callable ``(step, final_sparsity, total_steps) -> sparsity``
+    (chapter 01's exercise ``gradual`` has this signature); None: the library's cubic schedule
+    ``pruning.gradual_schedule`` (Zhu & Gupta, 2017). It is named ``sparsity_schedule`` because
+    ``schedule`` is ``fit``'s learning-rate schedule. See ``pruning.GradualPruner``.
     remove=True makes the masks permanent. Returns (model, pruner); ``pruner.history`` holds the
     (step, sparsity) of every pruning event.
     """
@@ -126,7 +130,8 @@ def gradual_prune(model: nn.Module, train, val=None, sparsity: float = 0.95, epo
     epochs = positive_int("epochs", epochs)
     steps = epochs * _steps_per_epoch(train, fit_kw.get("batch_size", 64))
     m = copy.deepcopy(model)
-    pruner = pruning.GradualPruner(sparsity, max(1, int(ramp * steps)), frequency=frequency)
+    pruner = pruning.GradualPruner(sparsity, max(1, int(ramp * steps)), frequency=frequency,
+                                   schedule=sparsity_schedule)
     seed_everything(seed)
     pruning.fine_tune(m, train, val, epochs=epochs, seed=seed, after_step=pruner,
                       **(FINETUNE | {"desc": f"gradual {sparsity}"} | fit_kw))

@@ -295,6 +295,45 @@ def test_gradual_pruner_reaches_final_sparsity_during_fit():
         P.GradualPruner(1.2, 10)
 
 
+def test_gradual_pruner_uses_the_schedule_it_is_given():
+    calls = []
+
+    def linear(t, sf, n):
+        calls.append((t, sf, n))
+        return sf * min(max(t / n, 0.0), 1.0)
+
+    model = random_mlp(7)
+    x, y = toy_data(64, (20,), 5)
+    pruner = P.GradualPruner(0.8, total_steps=8, frequency=2, begin_step=2, schedule=linear)
+    fit(model, (x, y), epochs=2, batch_size=8, lr=1e-2, after_step=pruner, progress=False)  # 16 steps
+    assert [s for s, _ in pruner.history] == [2, 4, 6, 8, 10]
+    assert calls == [(t, 0.8, 8) for t in (0, 2, 4, 6, 8)]  # steps counted from begin_step
+    assert [s for _, s in pruner.history] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
+    assert measure.sparsity(model) == pytest.approx(0.8, abs=2e-3)
+
+
+def test_gradual_pruner_default_schedule_is_the_library_cubic():
+    default = P.GradualPruner(0.9, 100, initial_sparsity=0.1, begin_step=10)
+    explicit = P.GradualPruner(0.9, 100, schedule=P.gradual_schedule)
+    assert default.schedule is P.gradual_schedule
+    for step in (10, 35, 60, 110):
+        assert default.sparsity_at(step) == P.gradual_schedule(step, 0.9, 100, 0.1, 10)
+        assert explicit.sparsity_at(step) == P.gradual_schedule(step, 0.9, 100)
+
+
+def test_gradual_pruner_rejects_a_bad_schedule():
+    with pytest.raises(TypeError, match="schedule=0.5 is not callable"):
+        P.GradualPruner(0.8, 10, schedule=0.5)
+    with pytest.raises(TypeError, match="not callable"):
+        P.GradualPruner(0.8, 10, schedule="cubic")
+    with pytest.raises(ValueError, match="initial_sparsity"):
+        P.GradualPruner(0.8, 10, initial_sparsity=0.2, schedule=lambda t, sf, n: sf)
+    with pytest.raises(ValueError, match=r"returned 1\.5: a sparsity must be in \[0, 1\)"):
+        P.GradualPruner(0.8, 10, schedule=lambda t, sf, n: 1.5).sparsity_at(3)
+    with pytest.raises(TypeError, match="not a number"):
+        P.GradualPruner(0.8, 10, schedule=lambda t, sf, n: None).sparsity_at(3)
+
+
 # ---------------------------------------------------------------- channel pruning
 def test_filter_norms_and_filters_to_keep():
     w = torch.zeros(5, 2, 3, 3)

@@ -96,6 +96,27 @@ def test_gradual_prune_and_deep_compression(tiny, model, tmp_path):
     assert measure.sparsity(g) == pytest.approx(0.5, abs=1e-3)
 
 
+def test_gradual_prune_takes_a_sparsity_schedule(tiny, model):
+    """The learner's schedule (chapter 01's exercise) drives the recipe; a schedule that returns the
+    library's values gives the library's model, weight for weight."""
+    seen = []
+
+    def mine(t, sf, n):
+        seen.append(t)
+        return pruning.gradual_schedule(t, sf, n)
+
+    ref, ref_pruner = recipes.gradual_prune(model, tiny.train, sparsity=0.5, epochs=1, ramp=1.0, frequency=1)
+    got, pruner = recipes.gradual_prune(model, tiny.train, sparsity=0.5, epochs=1, ramp=1.0, frequency=1,
+                                        sparsity_schedule=mine)
+    assert seen and pruner.schedule is mine and pruner.history == ref_pruner.history
+    assert _same_weights(got, ref)
+    half, _ = recipes.gradual_prune(model, tiny.train, sparsity=0.5, epochs=1, ramp=1.0, frequency=1,
+                                    sparsity_schedule=lambda t, sf, n: sf / 2)
+    assert measure.sparsity(half) == pytest.approx(0.25, abs=1e-3)
+    with pytest.raises(TypeError, match="not callable"):
+        recipes.gradual_prune(model, tiny.train, sparsity_schedule="cubic")
+
+
 def test_recipes_shapes(tiny, model):
     fast = recipes.latency_model(model, tiny.train, epochs=1)
     assert (fast.config["c1"], fast.config["c2"], fast.config["fc"]) == (8, 15, 100)

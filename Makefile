@@ -10,12 +10,17 @@ export PYTHONHASHSEED = 0
 # Empty: torch comes from pip's configured index (on Linux, PyPI's torch is the multi-GB CUDA build).
 # Classrooms without GPUs: make TORCH_INDEX=https://download.pytorch.org/whl/cpu  (CPU-only wheels)
 TORCH_INDEX ?=
+# make wheelhouse downloads every wheel here once; make install-offline installs from it with no network
+WHEELHOUSE ?= build/wheelhouse
+# the students' Python for the wheelhouse (the oldest they have, e.g. 3.11.2); empty: .venv's own
+WHEELHOUSE_PYTHON ?=
 
-.PHONY: run test test-classroom unit nbval lab notebooks sync handouts results student bench clean help timings nbgrader
+.PHONY: run test test-classroom unit nbval lab notebooks sync handouts results student bench clean help timings nbgrader wheelhouse install-offline
 
 help:
 	@echo "make run       set up .venv, execute every notebook, write build/handouts/ and build/results.md"
 	@echo "make test      set up .venv with dev extras, run unit tests and nbval over notebooks/"
+	@echo "make test-classroom  nbgrader end to end on every chapter, and the offline install from a wheelhouse"
 	@echo "make lab       open JupyterLab on notebooks/"
 	@echo "make notebooks re-execute notebooks/ in place (maintainers: refreshes committed outputs)"
 	@echo "make sync      update notebooks/*.ipynb from their sources notebooks/src/*.py, keeping outputs"
@@ -23,6 +28,8 @@ help:
 	@echo "make bench     benchmark table (ratios vs baseline, single thread)"
 	@echo "make timings   time every chapter, full and lab mode, and write docs/timings.md"
 	@echo "make nbgrader  nbgrader course directory in build/nbgrader/ (see docs/instructor.md)"
+	@echo "make wheelhouse      every wheel the course needs in $(WHEELHOUSE) (honours TORCH_INDEX), for offline installs"
+	@echo "make install-offline WHEELHOUSE=DIR  set up .venv from a wheelhouse, with no network"
 	@echo "make clean     remove build/ (and the baseline cache in it)"
 
 $(PY):
@@ -43,9 +50,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q --nbval notebooks
 
-# nbgrader end to end on every chapter in lab mode (release scores 0 and runs to the end, solved copy full marks)
+# nbgrader end to end on every chapter in lab mode (release scores 0 and runs to the end, solved copy full marks);
+# a wheelhouse built for real (network, ~500 MB) and resolved and installed from in a fresh venv with no network
 test-classroom: $(STAMP)
-	COURSE_TEST_NBGRADER=1 $(PY) -m pytest -q tests/test_nbgrader.py tests/test_student.py
+	COURSE_TEST_NBGRADER=1 COURSE_TEST_WHEELHOUSE=1 $(PY) -m pytest -q tests/test_nbgrader.py tests/test_student.py tests/test_wheelhouse.py
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests
@@ -91,3 +99,15 @@ timings: $(STAMP)
 # nbgrader course directory; run nbgrader there with .venv/bin on PATH (it calls alembic)
 nbgrader: $(STAMP)
 	$(PY) scripts/nbgrader_course.py --out build/nbgrader $(NOTEBOOKS)
+
+# Classroom installs with no network (docs/instructor.md): the instructor runs `make wheelhouse` once, on the
+# students' operating system and Python version, and hands out $(WHEELHOUSE); students run
+# `make install-offline WHEELHOUSE=<that folder>` in their copy of the course.
+wheelhouse: | $(PY)
+	$(PY) scripts/wheelhouse.py --out $(WHEELHOUSE) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX)) \
+		$(if $(WHEELHOUSE_PYTHON),--python-version $(WHEELHOUSE_PYTHON))
+
+install-offline: | $(PY)
+	$(PY) -m pip install --no-index --find-links $(WHEELHOUSE) --upgrade pip
+	$(PY) -m pip install --no-index --find-links $(WHEELHOUSE) "torch==2.13.0" -e ".[dev]"
+	touch $(STAMP)

@@ -19,8 +19,9 @@ WHEELHOUSE_PYTHON ?=
 
 help:
 	@echo "make run       set up .venv, execute every notebook, write build/handouts/ and build/results.md"
-	@echo "make test      set up .venv with dev extras, run unit tests and nbval over notebooks/"
-	@echo "make test-classroom  nbgrader end to end on every chapter, and the offline install from a wheelhouse"
+	@echo "make test      set up .venv with dev extras; unit tests, nbgrader grading of every chapter, nbval over notebooks/"
+	@echo "make unit      the unit tests alone, without the nbgrader grading (quick)"
+	@echo "make test-classroom  nbgrader end to end (as in make test) and the offline install from a wheelhouse (network)"
 	@echo "make lab       open JupyterLab on notebooks/"
 	@echo "make notebooks re-execute notebooks/ in place (maintainers: refreshes committed outputs)"
 	@echo "make sync      update notebooks/*.ipynb from their sources notebooks/src/*.py, keeping outputs"
@@ -50,13 +51,14 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q --nbval notebooks
 
-# nbgrader end to end on every chapter in lab mode (release scores 0 and runs to the end, solved copy full marks);
-# a wheelhouse built for real (network, ~500 MB) and resolved and installed from in a fresh venv with no network
+# The classroom checks alone: nbgrader end to end on every chapter in lab mode (also part of make test), and a
+# wheelhouse built for real (network, ~500 MB) and resolved and installed from in a fresh venv with no network
 test-classroom: $(STAMP)
-	COURSE_TEST_NBGRADER=1 COURSE_TEST_WHEELHOUSE=1 $(PY) -m pytest -q tests/test_nbgrader.py tests/test_student.py tests/test_wheelhouse.py
+	COURSE_TEST_WHEELHOUSE=1 $(PY) -m pytest -q tests/test_nbgrader.py tests/test_student.py tests/test_wheelhouse.py
 
+# the unit tests without the nbgrader grading of every chapter (minutes): a quick check while editing
 unit: $(STAMP)
-	$(PY) -m pytest -q tests
+	COURSE_TEST_NBGRADER=0 $(PY) -m pytest -q tests
 
 nbval: $(STAMP)
 	$(PY) -m pytest -q --nbval notebooks

@@ -12,9 +12,10 @@
 # - meet the course's standing control, a small LeNet trained from scratch, that every later chapter must beat;
 # - measure what every later chapter measures: accuracy, parameters, MACs, bytes on disk, CPU latency.
 #
-# **Run time:** about 1.5 minutes on a 2-core laptop CPU the first time: it trains three seeds of the
-# baseline and three seeds of the small LeNet, and caches them in `build/cache/`. Later runs (and every later
-# chapter) load them from the cache, and this notebook then takes about half a minute.
+# **Run time:** about 1.5 minutes on a 2-core laptop CPU the first time: it trains the baseline and the
+# small LeNet from each seed of `SEEDS` (three in the full run, two in lab mode), and caches them in
+# `build/cache/`. Later runs (and every later chapter) load them from the cache, and this notebook then
+# takes about half a minute.
 
 # %% tags=["parameters"]
 DATASET = "mnist5k"  # "mnist", "fashion_mnist" or "cifar10" once their archives are in place
@@ -88,7 +89,7 @@ fig = plots.show_samples(splits.train, splits.classes, n=20, mean=info.mean, std
 
 # %% nbgrader={"grade": false, "grade_id": "normalize", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def normalize(images, mean, std):
-    # Hint: scale to [0, 1] first, then subtract the mean, then divide by std; add the channel axis.
+    # Hint: the raw pixels are in [0, 255], not [0, 1]; compute in float32 and follow the formula's order; the channel axis of size 1 goes at dim 1 (torch.unsqueeze).
     ### BEGIN SOLUTION
     return ((images.float() / 255.0 - mean) / std).unsqueeze(1)
     ### END SOLUTION
@@ -140,7 +141,7 @@ fig = plots.params_vs_macs(model, splits.input_shape, title="LeNet-5: share of p
 
 # %% nbgrader={"grade": false, "grade_id": "conv_macs", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def conv_macs(layer, input_hw):
-    # Hint: compute H_out and W_out from layer.kernel_size, stride, padding and dilation first.
+    # Hint: the layer stores kernel_size, stride, padding and dilation as (height, width) pairs; mind the floor in the output size and layer.groups.
     ### BEGIN SOLUTION
     (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
     (ph, pw), (dh, dw) = layer.padding, layer.dilation
@@ -274,7 +275,7 @@ display(Markdown(
 
 # %% nbgrader={"grade": false, "grade_id": "wilson_interval", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def wilson_interval(accuracy, n, z=1.96):
-    # Hint: centre = (p + z²/(2n)) / (1 + z²/n); half-width = z / (1 + z²/n) * sqrt(p(1-p)/n + z²/(4n²)).
+    # Hint: the formula is in the text above: compute its centre and its half-width separately, both as fractions; test p = 0 and p = 1.
     ### BEGIN SOLUTION
     p = float(accuracy)
     denom = 1 + z * z / n
@@ -306,8 +307,9 @@ print(f"binomial standard error at the baseline's accuracy: {100 * math.sqrt(bas
 # %% [markdown] tags=["theory"]
 # **The spread over seeds.** The test images are not the only source of chance: the same recipe from another
 # seed (another initialisation and batch order) trains another model. The course trains every headline model
-# from 3 seeds (`recipes.SEEDS`) and reports the mean, the standard deviation $s$ over seeds, and the 95%
-# interval of the mean, $\bar a \pm t_{0.975,\,k-1}\, s/\sqrt{k}$ ($t_{0.975,2} = 4.30$ for $k = 3$ seeds).
+# from several seeds (`recipes.SEEDS`, three; lab mode uses fewer) and reports the mean, the standard
+# deviation $s$ over seeds, and the 95% interval of the mean, $\bar a \pm t_{0.975,\,k-1}\, s/\sqrt{k}$
+# ($t_{0.975,2} = 4.30$ for $k = 3$ seeds).
 # The seeds other than seed 0 are trained here once and cached like seed 0.
 
 # %%
@@ -362,7 +364,7 @@ display(Markdown(
        "by chance, which is one more reason to average over seeds. ")
     + f"Two unpaired accuracies would need a difference beyond ±{100 * unpaired:.2f} points; pairing narrows that "
     f"to a half-width of {50 * (cmp_seeds.ci[1] - cmp_seeds.ci[0]):.2f} points. In this course a difference counts "
-    "only when the paired verdict says *better* or *worse*, and headline numbers are means over 3 seeds."))
+    f"only when the paired verdict says *better* or *worse*, and headline numbers are means over {len(SEEDS)} seeds."))
 
 # %% [markdown] tags=["theory"]
 # ## 6. The standing control, and why a well-trained baseline matters
@@ -374,7 +376,7 @@ display(Markdown(
 # neural network pruning?"). The course's control is the **small LeNet** `models.SMALL_LENET`: about a quarter
 # of the channels in each convolution (5 instead of 20, 12 instead of 50) and a fifth of the hidden layer (100
 # instead of 500), trained from scratch with the
-# full recipe (20 epochs) from the same 3 seeds. It is a **standing row** in every chapter's results table:
+# full recipe (20 epochs) from the same seeds (`SEEDS`). It is a **standing row** in every chapter's results table:
 # a compressed model earns its "N× smaller" only if it beats this point, not just the baseline.
 #
 # **A baseline trained to convergence.** Against an under-trained original any technique looks lossless and a
@@ -405,9 +407,9 @@ print(f"LeNet-5, quick recipe (3 epochs, seed {SEED}): test accuracy {100 * quic
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-cmp_small = stats.paired_compare(base_correct_seeds, small_correct_seeds)   # baseline (3 seeds) vs small (3 seeds)
-cmp_quick = stats.paired_compare(quick_correct, base_correct_seeds)         # quick (1 seed) vs baseline (3 seeds)
-cmp_quick_small = stats.paired_compare(small_correct_seeds, quick_correct)  # small (3 seeds) vs quick (1 seed)
+cmp_small = stats.paired_compare(base_correct_seeds, small_correct_seeds)   # baseline (SEEDS) vs small (SEEDS)
+cmp_quick = stats.paired_compare(quick_correct, base_correct_seeds)         # quick (1 seed) vs baseline (SEEDS)
+cmp_quick_small = stats.paired_compare(small_correct_seeds, quick_correct)  # small (SEEDS) vs quick (1 seed)
 print(f"baseline vs small LeNet:       {cmp_small}")
 print(f"quick recipe vs baseline:      {cmp_quick}")
 print(f"small LeNet vs quick recipe:   {cmp_quick_small}")
@@ -435,8 +437,9 @@ display(Markdown(
 # %% [markdown]
 # ## 7. What every chapter measures
 # - **accuracy** on the 1,000 test images (test split, evaluated once per final model), with its Wilson
-#   interval. Headline numbers are means over 3 seeds with their spread. A difference between two models is
-#   reported as an effect only when the paired test on the same images says *better* or *worse*; otherwise
+#   interval. Headline numbers are means over the seeds `SEEDS` (three in the full run) with their spread.
+#   A difference between two models is reported as an effect only when the paired test on the same images
+#   says *better* or *worse*; otherwise
 #   it is *indistinguishable*, however many points it looks like. Decisions (epochs, sparsities, ranks,
 #   calibration) use the validation split only;
 # - **parameters** and **non-zeros** (non-zeros matter after pruning);
@@ -445,8 +448,9 @@ display(Markdown(
 # - **latency**, with one protocol for the whole course (`deploy.latency_table`): all models of a table are
 #   timed together, in interleaved rounds (so a burst of load on the machine hits all of them alike), on
 #   *one* CPU thread, with a batch of 64; each round takes the median of 20 calls, and the table reports the
-#   median over 5 rounds and the spread (min to max) of the round medians. A float model is timed in three
-#   fp32 configurations: eager PyTorch in the default NCHW layout, eager PyTorch in channels-last (NHWC)
+#   median over `LATENCY_ROUNDS` rounds (5 in the full run) and the spread (min to max) of the round
+#   medians. A float model is timed in three fp32 configurations: eager PyTorch in the default NCHW layout,
+#   eager PyTorch in channels-last (NHWC)
 #   layout, and onnxruntime; its fastest counts. Every "x faster" of the course divides by the **baseline in
 #   its fastest fp32 configuration** on your machine, so a speed-up is never inflated by a slow reference; a
 #   second column against eager NCHW stays for context. Only ratios measured in the same table are compared,
@@ -472,7 +476,7 @@ print(f"small LeNet: {rows['small-lenet']['x_faster']:.2f}x faster than that, in
 # %% [markdown]
 # ## 8. Results
 # The table every chapter ends with, and the file `build/results/00_setup_and_baseline.json` that
-# `make run` gathers into `build/results.md`. Accuracy is the test-split mean over 3 seeds, ± the standard
+# `make run` gathers into `build/results.md`. Accuracy is the test-split mean over the `SEEDS` seeds, ± the standard
 # deviation over seeds, with the 95% Wilson interval on the 1,000 test images. Size, MACs and latency are
 # those of the `SEED` model; "x faster" is against the baseline's fastest fp32 configuration, and "x smaller"
 # compares bytes on disk (the file's fixed container overhead makes it a little less than the parameter ratio).

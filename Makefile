@@ -51,10 +51,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 	$(PY) -m pytest -q --nbval notebooks
 
-# The classroom checks alone: nbgrader end to end on every chapter in lab mode (also part of make test), and a
+# The classroom checks alone: nbgrader end to end on every chapter in lab mode, the solved copies graded whole
+# (make test grades them cut to their exercises), and a
 # wheelhouse built for real (network, ~500 MB) and resolved and installed from in a fresh venv with no network
 test-classroom: $(STAMP)
-	COURSE_TEST_WHEELHOUSE=1 $(PY) -m pytest -q tests/test_nbgrader.py tests/test_student.py tests/test_wheelhouse.py
+	COURSE_TEST_WHEELHOUSE=1 COURSE_NBGRADER_FULL_SOLVED=1 $(PY) -m pytest -q tests/test_nbgrader.py tests/test_student.py tests/test_wheelhouse.py
 
 # the unit tests without the nbgrader grading of every chapter (minutes): a quick check while editing
 unit: $(STAMP)

@@ -14,7 +14,9 @@ For every chapter with exercises: ``scripts/nbgrader_course.py`` writes the cour
   notebook runs without an error is nbval's job (``make test`` executes every committed notebook).
 
 All submissions are graded by a pool of worker processes, one core each, so the whole check costs about
-one lab-mode run of the course on the machine's cores. ``COURSE_TEST_NBGRADER=0`` skips it (``make unit``).
+one lab-mode run of the course on the machine's cores. ``COURSE_TEST_NBGRADER=0`` skips it (``make unit``);
+``COURSE_NBGRADER_FULL_SOLVED=1`` (``make test-classroom``) grades the whole solved copies instead of the cut ones,
+a second top-to-bottom lab-mode run of every chapter, this time with the learner's functions in use.
 """
 from __future__ import annotations
 
@@ -110,10 +112,13 @@ GRADED = [p for p in NOTEBOOKS if nbgrader_course.graded_cells(nbformat.read(p, 
 SKIP = os.environ.get("COURSE_TEST_NBGRADER") == "0"
 
 
-def solved_submission(release, source) -> nbformat.NotebookNode:
-    """The release with the instructor's solutions typed in, cut to the cells its exercises need: the
-    parameters cell, the first code cell after it (imports, environment, lab-mode note), and every
-    nbgrader cell (solutions and graded checkers). The BEGIN/END markers stay: they are comments."""
+FULL_SOLVED = os.environ.get("COURSE_NBGRADER_FULL_SOLVED") == "1"  # make test-classroom: grade whole solved copies
+
+
+def solved_submission(release, source, cut: bool = True) -> nbformat.NotebookNode:
+    """The release with the instructor's solutions typed in, cut (``cut=True``) to the cells its exercises
+    need: the parameters cell, the first code cell after it (imports, environment, lab-mode note), and
+    every nbgrader cell (solutions and graded checkers). The BEGIN/END markers stay: they are comments."""
     solutions = _solution_cells(source)
     nb = copy.deepcopy(release)
     params = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
@@ -123,7 +128,7 @@ def solved_submission(release, source) -> nbformat.NotebookNode:
         meta = c.metadata.get("nbgrader", {})
         if meta.get("solution"):
             c.source = solutions[meta["grade_id"]].source
-        if i in (params, setup) or meta.get("solution") or meta.get("grade"):
+        if not cut or i in (params, setup) or meta.get("solution") or meta.get("grade"):
             keep.append(c)
     nb.cells = keep
     return nb
@@ -157,7 +162,7 @@ def graded(tmp_path_factory):
             shutil.copytree(course, where)
             release = nbformat.read(course / "release" / chapter / path.name, as_version=4)
             if student == "solved":
-                release = solved_submission(release, nbformat.read(path, as_version=4))
+                release = solved_submission(release, nbformat.read(path, as_version=4), cut=not FULL_SOLVED)
             dest = where / "submitted" / student / chapter
             dest.mkdir(parents=True)
             nbformat.write(release, dest / path.name)
@@ -180,6 +185,8 @@ def test_solved_submission_keeps_the_set_up_and_every_exercise():
                                      if c.metadata.get("nbgrader")]
     assert "parameters" in nb.cells[0].metadata["tags"] and "import" in nb.cells[1].source
     assert len(nb.cells) == len([i for i in ids if i]) + 2
+    whole = solved_submission(source, source, cut=False)
+    assert len(whole.cells) == len(source.cells)
 
 
 @pytest.mark.skipif(SKIP, reason="COURSE_TEST_NBGRADER=0 (make unit): end-to-end grading skipped")
@@ -224,3 +231,6 @@ def test_generate_assignment_and_autograde(path, graded):
         assert "the cells below use the library's" in text, f"{chapter}: no visible fallback note"
     ran = nbformat.read(runs["solved"] / "autograded" / "solved" / chapter / path.name, as_version=4)
     assert not _errors(ran), f"{chapter}: the solved copy raised: {_errors(ran)}"
+    assert all(c.execution_count for c in ran.cells if c.cell_type == "code"), f"{chapter}: solved run stopped early"
+    if FULL_SOLVED:
+        assert len(ran.cells) == len(released.cells), f"{chapter}: the solved copy was cut"

@@ -26,6 +26,15 @@ def reference_mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
 
 
+def _group_range(g: torch.Tensor, steps: int, through_zero: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min, scale) per group of g (out, groups, size): min clamped to <= 0 (and max to >= 0) when
+    ``through_zero``, scale = (max - min) / steps, at least 1e-12."""
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    if through_zero:
+        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    return lo, ((hi - lo) / steps).clamp_min(1e-12)
+
+
 def reference_group_rtn(w: torch.Tensor, bits: int, group_size: int, *, _levels: int | None = None,
                         _through_zero: bool = True, _round_zero: bool = True) -> torch.Tensor:
     """Asymmetric min-max round-to-nearest per group of ``group_size`` columns of each row;
@@ -33,11 +42,8 @@ def reference_group_rtn(w: torch.Tensor, bits: int, group_size: int, *, _levels:
     The underscored switches build the common mistakes the checker names (never use them otherwise)."""
     out_f, in_f = w.shape
     g = w.reshape(out_f, in_f // group_size, group_size)
-    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-    if _through_zero:
-        lo, hi = lo.clamp(max=0), hi.clamp(min=0)
     qmax = 2 ** bits - 1
-    scale = ((hi - lo) / (_levels or qmax)).clamp_min(1e-12)
+    lo, scale = _group_range(g, _levels or qmax, _through_zero)
     zero = -lo / scale
     zero = torch.round(zero).clamp(0, qmax) if _round_zero else zero
     q = (torch.round(g / scale) + zero).clamp(0, qmax)
@@ -100,10 +106,8 @@ def check_group_rtn(fn):
             alt = reference_group_rtn(w, bits, gs, **kw)
             if torch.allclose(got, alt, atol=1e-6) and not torch.allclose(alt, want, atol=1e-6):
                 raise Wrong(msg)
-        raw = w.reshape(o, i // gs, gs)
-        s_ = ((raw.amax(-1, keepdim=True).clamp(min=0) - raw.amin(-1, keepdim=True).clamp(max=0))
-              / (2 ** bits - 1)).clamp_min(1e-12)
-        if got.abs().max() > w.abs().max() + s_.max() + 1e-6:
+        _, step = _group_range(w.reshape(o, i // gs, gs), 2 ** bits - 1)
+        if got.abs().max() > w.abs().max() + step.max() + 1e-6:
             raise Wrong("values fall outside the group's [min, max] range by more than one step: q must stay "
                         "in [0, 2**bits - 1] (clamp it) and s must span the whole range.")
         levels = max(len(torch.unique(got[r, c:c + gs])) for r in range(o) for c in range(0, i, gs))

@@ -46,6 +46,7 @@ class DatasetInfo:
     urls: dict = field(default_factory=dict)  # file name -> download URL
     default_root: Path | None = None
     val_size: int = 0  # images held out of the official train split for validation
+    target_accuracy: float | None = None  # the baseline's test accuracy the course states for it, if any
 
 
 MNIST_CLASSES = tuple(str(i) for i in range(10))
@@ -63,7 +64,7 @@ DATASETS: dict[str, DatasetInfo] = {
         name="mnist5k", kind="npz",
         files={"mnist5k.npz": "97a109536c8b055a462ffb3de1d420133bc500b66d777dd118f8d5ac11a129cd"},
         classes=MNIST_CLASSES, input_shape=(1, 28, 28), mean=(0.1307,), std=(0.3081,),
-        default_root=DATA_DIR),
+        default_root=DATA_DIR, target_accuracy=0.98),
     "mnist": DatasetInfo(
         name="mnist", kind="idx",
         files=dict(zip(_IDX_FILES, (
@@ -106,10 +107,19 @@ class Splits:
     classes: tuple
     input_shape: tuple  # (C, H, W) of one image
     name: str
+    mean: tuple = ()  # per-channel mean and std the images were normalised with (to undo it for display)
+    std: tuple = ()
+    target_accuracy: float | None = None  # DatasetInfo.target_accuracy: None for every dataset but the course's
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def chance(self) -> float:
+        """Accuracy of guessing the most frequent test class: what a model must clearly beat."""
+        counts = torch.bincount(self.test.tensors[1], minlength=self.num_classes)
+        return counts.max().item() / max(1, counts.sum().item())
 
 
 def sha256_file(path: Path) -> str:
@@ -123,7 +133,8 @@ def sha256_file(path: Path) -> str:
 
 def _check_name(name: str) -> DatasetInfo:
     if name not in DATASETS:
-        raise ValueError(f"dataset name={name!r} is unknown; valid names: {sorted(DATASETS)}")
+        raise ValueError(f"dataset name={name!r} is unknown; valid names: {sorted(DATASETS)}, or the path "
+                         "of your own .npz or CIFAR-10-format .tar.gz")
     return DATASETS[name]
 
 
@@ -253,18 +264,207 @@ def _stratified_holdout(labels: np.ndarray, n_val: int, seed: int) -> np.ndarray
     return mask
 
 
+# ------------------------------------------------------------------ your own data
+USER_SPLIT = (0.7, 0.1, 0.2)  # train / val / test fractions when a user .npz has no ``split`` array
+_USER_SUFFIXES = (".npz", ".tar.gz", ".tgz")
+
+
+def is_user_dataset(name) -> bool:
+    """True if ``name`` names a file of your own (a path ending in .npz, .tar.gz or .tgz), not a registry entry."""
+    return isinstance(name, (str, os.PathLike)) and str(name).lower().endswith(_USER_SUFFIXES)
+
+
+def _verify_user_checksum(path: Path) -> str:
+    """SHA-256 of ``path``, checked against a ``SHA256SUMS`` file beside it when that file lists it.
+
+    ``SHA256SUMS`` has the format ``sha256sum`` writes (``<hex digest>  <file name>`` per line), so
+    ``sha256sum mydata.npz > SHA256SUMS`` registers a file; a mismatch raises ``ValueError``."""
+    digest = sha256_file(path)
+    sums = path.parent / "SHA256SUMS"
+    if sums.exists():
+        for line in sums.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].lstrip("*") == path.name and parts[0].lower() != digest:
+                raise ValueError(f"dataset file {path}: checksum mismatch with {sums}: expected sha256 "
+                                 f"{parts[0]}, got {digest}. The file changed since it was registered.")
+    return digest
+
+
+def dataset_key(name) -> str:
+    """A short name for ``name`` that is safe in file names and changes when a user file changes.
+
+    Registry names are returned as they are; a user file gives ``<stem>-<first 10 hex digits of its
+    SHA-256>`` (so a cached baseline is never reused for different data)."""
+    if not is_user_dataset(name):
+        return str(name)
+    path = Path(name).expanduser()
+    stem = path.name.split(".")[0] or "data"
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)
+    return f"{safe}-{sha256_file(path)[:10]}"
+
+
+def _images_to_nchw(images: np.ndarray, path: Path) -> np.ndarray:
+    """uint8 (N, C, H, W) from (N, H, W), (N, H, W, C) with C in {1, 3, 4} or (N, C, H, W)."""
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4:
+        if images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3, 4):
+            images = images.transpose(0, 3, 1, 2)
+    else:
+        raise ValueError(f"{path}: array 'images' has shape {images.shape}; expected (N, H, W), "
+                         "(N, H, W, C) or (N, C, H, W)")
+    n, c, h, w = images.shape
+    if c not in (1, 3, 4) or min(h, w) < 16:
+        raise ValueError(f"{path}: images of shape {images.shape[1:]} (C, H, W): need 1, 3 or 4 channels "
+                         "and H, W >= 16 (the course's LeNet-5 needs 16x16 at least)")
+    if np.issubdtype(images.dtype, np.floating):
+        if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+            raise ValueError(f"{path}: float 'images' must lie in [0, 1] (got [{images.min()}, {images.max()}])")
+        images = np.round(images * 255).astype(np.uint8)
+    elif images.dtype != np.uint8:
+        raise ValueError(f"{path}: 'images' has dtype {images.dtype}; expected uint8 (0..255) or float in [0, 1]")
+    return np.ascontiguousarray(images)
+
+
+def read_user_npz(path: str | os.PathLike) -> tuple[list, tuple]:
+    """Read your own dataset from an ``.npz``: ([(images, labels)] for train, val, test; class names).
+
+    Arrays (``np.savez(path, images=..., labels=..., split=..., class_names=...)``):
+    - ``images``: uint8 (0..255) or float in [0, 1], shape (N, H, W), (N, H, W, C) or (N, C, H, W),
+      C in {1, 3, 4}, H and W >= 16;
+    - ``labels``: integers in [0, K), shape (N,), every class present, K >= 2;
+    - ``split`` (optional): 0 train, 1 validation, 2 test, shape (N,), none of them empty; without it
+      a stratified split seeded with ``VAL_SPLIT_SEED`` keeps ``USER_SPLIT`` (70/10/20) of each class;
+    - ``class_names`` (optional): K strings (default "0" .. "K-1").
+    Saved without pickles (``allow_pickle=False``): object arrays are refused. Errors name the array,
+    what it holds and what is expected.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"dataset file {path} does not exist")
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in ("images", "labels") if k not in z.files]
+        if missing:
+            raise ValueError(f"{path}: missing array(s) {missing}; found {sorted(z.files)}. "
+                             "Needed: images, labels; optional: split, class_names")
+        try:
+            images, labels = z["images"], z["labels"]
+            split = z["split"] if "split" in z.files else None
+            names = z["class_names"] if "class_names" in z.files else None
+        except ValueError as e:  # object arrays need pickles, which are never loaded
+            raise ValueError(f"{path}: cannot read it without pickles ({e}); save plain arrays with np.savez") from e
+    images = _images_to_nchw(images, path)
+    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: 'labels' must be integers of shape ({len(images)},), one per image; "
+                         f"got dtype {labels.dtype}, shape {labels.shape}")
+    labels = labels.astype(np.int64)
+    k = int(labels.max()) + 1 if len(labels) else 0
+    if len(labels) == 0 or labels.min() < 0 or k < 2:
+        raise ValueError(f"{path}: 'labels' must lie in [0, K) with K >= 2 classes; "
+                         f"got range [{labels.min() if len(labels) else None}, {labels.max() if len(labels) else None}]")
+    absent = sorted(set(range(k)) - set(np.unique(labels).tolist()))
+    if absent:
+        raise ValueError(f"{path}: classes {absent[:10]} of [0, {k}) have no image; labels must be 0..K-1 without gaps")
+    if names is not None:
+        if names.ndim != 1 or len(names) != k or names.dtype.kind not in "US":
+            raise ValueError(f"{path}: 'class_names' must be {k} strings (one per class); "
+                             f"got dtype {names.dtype}, shape {names.shape}")
+        classes = tuple(str(n) for n in names)
+    else:
+        classes = tuple(str(i) for i in range(k))
+    if split is None:
+        split = _stratified_split(labels, USER_SPLIT, VAL_SPLIT_SEED)
+    elif split.shape != labels.shape or not np.isin(split, (0, 1, 2)).all():
+        raise ValueError(f"{path}: 'split' must hold 0 (train), 1 (val) or 2 (test) per image, shape "
+                         f"{labels.shape}; got shape {split.shape}, values {np.unique(split)[:5]}")
+    parts = [(images[split == s], labels[split == s]) for s in (0, 1, 2)]
+    empty = [n for n, (_, y) in zip(("train", "val", "test"), parts) if len(y) == 0]
+    if empty:
+        raise ValueError(f"{path}: the {', '.join(empty)} split(s) are empty; give every split images")
+    return parts, classes
+
+
+def _stratified_split(labels: np.ndarray, fractions: tuple, seed: int) -> np.ndarray:
+    """0/1/2 per label: of every class, ``fractions`` (train, val, test) of its images, seeded; at
+    least one image of each class in val and test when the class has 3 or more."""
+    rng = np.random.default_rng(seed)
+    split = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = max(1, round(fractions[1] * len(idx))) if len(idx) >= 3 else 0
+        n_test = max(1, round(fractions[2] * len(idx))) if len(idx) >= 3 else 0
+        split[idx[:n_val]] = 1
+        split[idx[n_val:n_val + n_test]] = 2
+    return split
+
+
+def _cifar_label_names(path: Path, k: int) -> tuple:
+    """label_names of a CIFAR-format archive's batches.meta, else "0" .. "K-1"."""
+    with tarfile.open(path, "r:gz") as tar:
+        for m in tar.getmembers():
+            if m.isfile() and Path(m.name).name == "batches.meta":
+                d = _CifarUnpickler(io.BytesIO(tar.extractfile(m).read()), encoding="bytes").load()
+                names = [n.decode() if isinstance(n, bytes) else str(n) for n in d.get(b"label_names", [])]
+                if len(names) >= k:
+                    return tuple(names[:k])
+    return tuple(str(i) for i in range(k))
+
+
+def _user_info(name: str, input_shape: tuple, classes: tuple, train_x: np.ndarray) -> DatasetInfo:
+    """A registry entry for a user file: per-channel mean and std measured on its training split."""
+    x = train_x.astype(np.float64) / 255.0
+    mean = tuple(float(v) for v in x.mean(axis=(0, 2, 3)))
+    std = tuple(max(float(v), 1e-3) for v in x.std(axis=(0, 2, 3)))
+    return DatasetInfo(name=name, kind="user", files={}, classes=classes, input_shape=input_shape,
+                       mean=mean, std=std)
+
+
+def _load_user(name, limit) -> Splits:
+    """``load_dataset`` for a path: an .npz (``read_user_npz``) or a CIFAR-10-format .tar.gz."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"DATASET={str(name)!r}: no such file. Give a registry name "
+                                f"({sorted(DATASETS)}) or the path of an .npz or CIFAR-10-format .tar.gz")
+    _verify_user_checksum(path)
+    if str(path).lower().endswith(".npz"):
+        parts, classes = read_user_npz(path)
+    else:
+        tx, ty, ex, ey = _read_cifar_tar(path)
+        k = int(max(ty.max(), ey.max())) + 1
+        classes = _cifar_label_names(path, k)
+        val = _stratified_holdout(ty, max(len(classes), len(ty) // 10), VAL_SPLIT_SEED)
+        parts = [(tx[~val], ty[~val]), (tx[val], ty[val]), (ex, ey)]
+    if limit is not None:
+        parts = _subset(parts, limit)
+    info = _user_info(dataset_key(path), tuple(parts[0][0].shape[1:]), classes, parts[0][0])
+    train, val, test = (_to_dataset(x, y, info) for x, y in parts)
+    return Splits(train, val, test, info.classes, info.input_shape, info.name, info.mean, info.std,
+                  info.target_accuracy)
+
+
+def _subset(parts: list, limit: int) -> list:
+    """A seeded random subset of ``limit`` images of each split, so every class is represented."""
+    picks = [np.sort(np.random.default_rng(VAL_SPLIT_SEED).permutation(len(y))[:limit]) for _, y in parts]
+    return [(x[i], y[i]) for (x, y), i in zip(parts, picks)]
+
+
 def load_dataset(name: str = "mnist5k", root: str | os.PathLike | None = None,
                  download: bool = False, limit: int | None = None) -> Splits:
-    """Load a dataset by registry name into train/val/test ``Splits``.
+    """Load a dataset into train/val/test ``Splits``.
 
     name: one of ``DATASETS`` ("mnist5k" ships with the course; "mnist", "fashion_mnist",
     "cifar10" read their official archives from ``root``, default ``$COURSE_DATA/<name>``
-    or ``~/.cache/course_data/<name>``). download: fetch missing official files (never
-    implied). limit: keep a seeded random subset of ``limit`` images of each split (>= 1), for quick runs.
+    or ``~/.cache/course_data/<name>``), or the path of your own data: an ``.npz`` (arrays described
+    in ``read_user_npz``) or an archive in the CIFAR-10 python format (``.tar.gz``); a ``SHA256SUMS``
+    file beside it, if present, is checked; images are normalised with the mean and std of their
+    training split. download: fetch missing official files (never implied). limit: keep a seeded random
+    subset of ``limit`` images of each split (>= 1), for quick runs.
     """
-    info = _check_name(name)
     if limit is not None:
         V.positive_int("limit", limit)
+    if is_user_dataset(name):
+        return _load_user(name, limit)
+    info = _check_name(name)
     paths = fetch_files(name, root, download)
     if info.kind == "npz":
         with np.load(paths["mnist5k.npz"], allow_pickle=False) as z:
@@ -281,11 +481,11 @@ def load_dataset(name: str = "mnist5k", root: str | os.PathLike | None = None,
         n_val = min(info.val_size, len(ty) // 10)
         val = _stratified_holdout(ty, n_val, VAL_SPLIT_SEED)
         parts = [(tx[~val], ty[~val]), (tx[val], ty[val]), (ex, ey)]
-    if limit is not None:  # a seeded random subset, so every class is represented
-        picks = [np.sort(np.random.default_rng(VAL_SPLIT_SEED).permutation(len(y))[:limit]) for _, y in parts]
-        parts = [(x[i], y[i]) for (x, y), i in zip(parts, picks)]
+    if limit is not None:
+        parts = _subset(parts, limit)
     train, val, test = (_to_dataset(x, y, info) for x, y in parts)
-    return Splits(train, val, test, info.classes, info.input_shape, info.name)
+    return Splits(train, val, test, info.classes, info.input_shape, info.name, info.mean, info.std,
+                  info.target_accuracy)
 
 
 def make_loaders(splits: Splits, batch_size: int = 128, shuffle_train: bool = True,

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import _validate as V
-from .data import REPO_ROOT, Splits, load_dataset
+from .data import REPO_ROOT, Splits, dataset_key, load_dataset
 from .models import build_model
 
 
@@ -310,7 +310,7 @@ def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False
     recipe = dict(BASELINE_RECIPE) if epochs is None else {**BASELINE_RECIPE, "epochs": epochs}
     if model_kw:
         recipe["model_kw"] = dict(sorted(model_kw.items()))
-    key = _recipe_key(dataset, seed, recipe)
+    key = _recipe_key(dataset_key(dataset), seed, recipe)
     path = cache_dir() / f"{key}.pt"
     meta_path = path.with_suffix(".json")
     if splits is None:

@@ -198,3 +198,101 @@ def test_download_only_when_asked_then_verified(tmp_path, monkeypatch):
     assert all(u.startswith("https://") and u.endswith(".gz") for u in fetched)
     load_dataset("mnist", root=root, download=True)  # files present: nothing fetched again
     assert len(fetched) == 4
+
+
+# ------------------------------------------------------------------ your own data: .npz and CIFAR-format paths
+def _user_npz(path, n=60, shape=(20, 20, 3), k=3, seed=0, **extra):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % k
+    images = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    np.savez(path, images=images, labels=labels, **extra)
+    return images, labels
+
+
+def test_user_npz_channels_last_default_split(tmp_path):
+    p = tmp_path / "mine.npz"
+    images, labels = _user_npz(p, class_names=np.array(["cat", "dog", "owl"]))
+    s = load_dataset(str(p))
+    assert s.input_shape == (3, 20, 20) and s.classes == ("cat", "dog", "owl")
+    assert (len(s.train), len(s.val), len(s.test)) == (42, 6, 12)  # 70/10/20 of each class of 20
+    for part in (s.train, s.val, s.test):
+        assert torch.bincount(part.tensors[1], minlength=3).min() >= 1
+    # normalised with the training split's own per-channel mean and std
+    x = s.train.tensors[0]
+    assert x.mean(dim=(0, 2, 3)).abs().max() < 1e-4 and (x.std(dim=(0, 2, 3)) - 1).abs().max() < 1e-2
+    assert s.name == data.dataset_key(str(p)) and s.name.startswith("mine-") and len(s.mean) == 3
+    assert load_dataset(str(p), limit=5).train.tensors[0].shape == (5, 3, 20, 20)
+
+
+def test_user_npz_given_split_and_grayscale(tmp_path):
+    p = tmp_path / "gray.npz"
+    split = np.array([0] * 30 + [1] * 10 + [2] * 20)
+    images, labels = _user_npz(p, shape=(16, 24), k=4, split=split)
+    s = load_dataset(p)
+    assert s.input_shape == (1, 16, 24) and s.num_classes == 4
+    assert (len(s.train), len(s.val), len(s.test)) == (30, 10, 20)
+    assert s.test.tensors[1].tolist() == labels[40:].tolist()
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(labels=np.zeros(4, int)), r"missing array\(s\) \['images'\]"),
+    (dict(images=np.zeros((4, 20, 20), np.uint8)), r"missing array\(s\) \['labels'\]"),
+    (dict(images=np.zeros((4, 20, 20), np.int32), labels=np.array([0, 1, 0, 1])), "dtype int32; expected uint8"),
+    (dict(images=np.full((4, 20, 20), 2.0), labels=np.array([0, 1, 0, 1])), r"must lie in \[0, 1\]"),
+    (dict(images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 0, 1])), "H, W >= 16"),
+    (dict(images=np.zeros((4, 20), np.uint8), labels=np.array([0, 1, 0, 1])), "has shape"),
+    (dict(images=np.zeros((4, 20, 20), np.uint8), labels=np.array([0, 1, 0])), "one per image"),
+    (dict(images=np.zeros((4, 20, 20), np.uint8), labels=np.array([0, 2, 0, 2])), r"classes \[1\]"),
+    (dict(images=np.zeros((4, 20, 20), np.uint8), labels=np.array([0, -1, 0, 1])), r"lie in \[0, K\)"),
+    (dict(images=np.zeros((4, 20, 20), np.uint8), labels=np.array([0, 1, 0, 1]), split=np.array([0, 0, 0, 3])),
+     "'split' must hold"),
+    (dict(images=np.zeros((4, 20, 20), np.uint8), labels=np.array([0, 1, 0, 1]), split=np.array([0, 0, 2, 2])),
+     r"the val split\(s\) are empty"),
+    (dict(images=np.zeros((4, 20, 20), np.uint8), labels=np.array([0, 1, 0, 1]), class_names=np.array(["a"])),
+     "'class_names' must be 2 strings"),
+])
+def test_user_npz_errors_name_the_array(tmp_path, arrays, message):
+    p = tmp_path / "bad.npz"
+    np.savez(p, **arrays)
+    with pytest.raises(ValueError, match=message):
+        load_dataset(str(p))
+
+
+def test_user_npz_refuses_pickles_and_missing_files(tmp_path):
+    p = tmp_path / "obj.npz"
+    np.savez(p, images=np.array([object()] * 4, dtype=object), labels=np.array([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match="without pickles"):
+        load_dataset(str(p))
+    with pytest.raises(FileNotFoundError, match="DATASET=.*nope.npz.*no such file"):
+        load_dataset(str(tmp_path / "nope.npz"))
+
+
+def test_user_file_checksum_registered_beside_it(tmp_path):
+    p = tmp_path / "cifar-10-python.tar.gz"
+    batches = _cifar_tar(p)
+    (tmp_path / "SHA256SUMS").write_text(f"{data.sha256_file(p)}  {p.name}\n")
+    s = load_dataset(str(p))  # the official format under a path: no official checksum needed
+    assert s.input_shape == (3, 32, 32) and s.num_classes == 10
+    assert len(s.train) + len(s.val) == 100 and s.test.tensors[1].tolist() == batches["test_batch"][b"labels"]
+    (tmp_path / "SHA256SUMS").write_text("0" * 64 + f"  {p.name}\n")
+    with pytest.raises(ValueError, match="checksum mismatch with .*SHA256SUMS"):
+        load_dataset(str(p))
+
+
+def test_dataset_key_changes_with_content(tmp_path):
+    p = tmp_path / "my data.npz"
+    _user_npz(p, seed=0)
+    k0 = data.dataset_key(str(p))
+    _user_npz(p, seed=1)
+    assert data.dataset_key(str(p)) != k0 and " " not in k0
+    assert data.dataset_key("mnist5k") == "mnist5k"
+
+
+def test_splits_carry_normalisation_target_and_chance(tmp_path):
+    s = load_dataset("mnist5k", limit=50)
+    assert s.mean == (0.1307,) and s.std == (0.3081,) and s.target_accuracy == 0.98
+    assert 0.1 <= s.chance <= 0.5  # 50 of 1,000 test images, 10 classes
+    p = tmp_path / "u.npz"
+    _user_npz(p, n=60, k=3)
+    u = load_dataset(str(p))
+    assert u.target_accuracy is None and u.chance == pytest.approx(1 / 3)

@@ -1,23 +1,25 @@
 # The course's commands. `make run` and `make test` set everything up on a fresh machine
-# (Python 3.10+ and pip; no conda needed).
+# (Python 3.10+ and pip; no conda needed). Each target calls `python -m course_lib <target>`
+# (course_lib/cli.py), which is what learners without make (Windows) run directly.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 export COURSE_PROGRESS ?= 0
 export PYTHONHASHSEED = 0
-# Empty: torch comes from pip's configured index (on Linux, PyPI's torch is the multi-GB CUDA build).
-# Classrooms without GPUs: make TORCH_INDEX=https://download.pytorch.org/whl/cpu  (CPU-only wheels)
+# Empty: setup decides (course_lib/cli.py torch_source): a local torch wheel if pip finds one, else PyTorch's
+# CPU-only index on Linux without an NVIDIA GPU, else pip's default index; COURSE_TORCH=cpu|cuda|default overrides.
+# An explicit index wins: make TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 # make wheelhouse downloads every wheel here once; make install-offline installs from it with no network
 WHEELHOUSE ?= build/wheelhouse
 # the students' Python for the wheelhouse (the oldest they have, e.g. 3.11.2); empty: .venv's own
 WHEELHOUSE_PYTHON ?=
 
-.PHONY: run test test-classroom unit nbval lab notebooks sync handouts results student bench clean help timings nbgrader wheelhouse install-offline
+.PHONY: setup run test test-classroom unit nbval lab notebooks sync handouts results student bench clean help timings nbgrader wheelhouse install-offline
 
 help:
+	@echo "make setup     .venv with the locked torch (local wheel, else CPU-only on GPU-less Linux) and the dev extras"
 	@echo "make run       set up .venv, execute every notebook, write build/handouts/ and build/results.md"
 	@echo "make test      set up .venv with dev extras; unit tests, nbgrader grading of every chapter, nbval over notebooks/"
 	@echo "make unit      the unit tests alone, without the nbgrader grading (quick)"
@@ -36,20 +38,19 @@ help:
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --upgrade pip >/dev/null
-	$(PY) -m pip install "torch==2.13.0" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+# .venv, the locked torch, then the course with its dev extras, all under constraints.txt
+SETUP = $(PYTHON) -m course_lib setup $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
+$(STAMP): pyproject.toml $(wildcard constraints.txt)
+	$(SETUP)
+
+setup:
+	$(SETUP)
 
 run: $(STAMP)
-	$(PY) scripts/run_notebooks.py --out build/executed $(NOTEBOOKS)
-	$(PY) scripts/make_handouts.py build/executed build/handouts
-	$(PY) -m course_lib.records
+	$(PY) -m course_lib run
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
-	$(PY) -m pytest -q --nbval notebooks
+	$(PY) -m course_lib test
 
 # The classroom checks alone: nbgrader end to end on every chapter in lab mode, the solved copies graded whole
 # (make test grades them cut to their exercises), and a
@@ -59,16 +60,16 @@ test-classroom: $(STAMP)
 
 # the unit tests without the nbgrader grading of every chapter (minutes): a quick check while editing
 unit: $(STAMP)
-	COURSE_TEST_NBGRADER=0 $(PY) -m pytest -q tests
+	$(PY) -m course_lib unit
 
 nbval: $(STAMP)
-	$(PY) -m pytest -q --nbval notebooks
+	$(PY) -m course_lib nbval
 
 lab: $(STAMP)
-	COURSE_PROGRESS=1 $(VENV)/bin/jupyter lab notebooks/
+	$(PY) -m course_lib lab
 
-notebooks: sync
-	$(PY) scripts/run_notebooks.py --inplace $(NOTEBOOKS)
+notebooks: $(STAMP)
+	$(PY) -m course_lib notebooks
 
 # The sources notebooks/src/NN_x.py (jupytext percent format, cell tags and nbgrader metadata included) are
 # what maintainers edit; notebooks/jupytext.toml pairs them with notebooks/NN_x.ipynb, so JupyterLab saves
@@ -76,32 +77,31 @@ notebooks: sync
 # come from the .py, outputs and execution metadata stay as committed (run `make notebooks` if code changed);
 # a new chapter's source gets a new notebook. `scripts/sync_notebooks.py --check` changes nothing.
 sync: $(STAMP)
-	$(PY) scripts/sync_notebooks.py
+	$(PY) -m course_lib sync
 
 # handouts of the last `make run`, or of the committed notebooks (they hold their outputs) before any run
-HANDOUT_SRC = $(if $(wildcard build/executed/[0-9][0-9]_*.ipynb),build/executed,notebooks)
 handouts: $(STAMP)
-	$(PY) scripts/make_handouts.py $(HANDOUT_SRC) build/handouts
+	$(PY) -m course_lib handouts
 
 results: $(STAMP)
-	$(PY) -m course_lib.records
+	$(PY) -m course_lib results
 
 bench: $(STAMP)
-	$(PY) -m benchmarks
+	$(PY) -m course_lib bench
 
 clean:
 	rm -rf build
 
 student: $(STAMP)
-	$(PY) scripts/make_student.py --out build/student $(NOTEBOOKS)
+	$(PY) -m course_lib student
 
 # measured run times of every chapter (full and lab mode) -> docs/timings.md, generated, never typed
 timings: $(STAMP)
-	$(PY) scripts/timings.py --lab $(NOTEBOOKS)
+	$(PY) -m course_lib timings
 
 # nbgrader course directory; run nbgrader there with .venv/bin on PATH (it calls alembic)
 nbgrader: $(STAMP)
-	$(PY) scripts/nbgrader_course.py --out build/nbgrader $(NOTEBOOKS)
+	$(PY) -m course_lib nbgrader
 
 # Classroom installs with no network (docs/instructor.md): the instructor runs `make wheelhouse` once, on the
 # students' operating system and Python version, and hands out $(WHEELHOUSE); students run

@@ -18,6 +18,33 @@ notebook, and ``data``, ``models`` and ``measure`` import no technique.
 """
 __version__ = "0.1.0"
 
-from .data import DATASETS, Splits, load_dataset, make_loaders  # noqa: F401
-from .models import LeNet5, MLP, ResNet8, build_model  # noqa: F401
-from .training import evaluate, fit, get_device, load_baseline, seed_everything  # noqa: F401
+import importlib
+import importlib.util
+
+# Re-exported names, imported on first use (PEP 562) so that ``python -m course_lib`` (the course's
+# commands, which set up torch) runs on a bare Python. ``from course_lib import load_dataset`` works as before.
+_EXPORTS = {
+    "data": ("DATASETS", "Splits", "load_dataset", "make_loaders"),
+    "models": ("LeNet5", "MLP", "ResNet8", "build_model"),
+    "training": ("evaluate", "fit", "get_device", "load_baseline", "seed_everything"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    """Import a re-exported name, or a submodule (``course_lib.measure``), on first access."""
+    if name.startswith("_"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from . import _validate as V
 
-# (package, minimum version the course is tested with) -- pinned exactly in pyproject.toml
-REQUIRED = {"torch": "2.13.0", "numpy": "2.0", "matplotlib": "3.8", "tqdm": "4.60"}
+# (package, oldest version the course is tested with): the floors of pyproject.toml's ranges
+# (tests/test_environment.py checks they agree); the exact tested versions are in constraints.txt
+REQUIRED = {"torch": "2.13", "numpy": "2.4", "matplotlib": "3.11", "tqdm": "4.70"}
 
 
 def _version_tuple(v: str) -> tuple:

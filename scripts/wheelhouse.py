@@ -7,7 +7,7 @@ An instructor runs this once, on a machine with the operating system and Python 
 have (run it again with another ``--python-version`` to add that version's wheels to the same folder), and hands
 the folder out on a USB stick or a shared drive. The folder holds:
 
-- torch at the version pyproject.toml pins, from ``--torch-index`` when given (PyTorch's CPU-only wheels
+- torch at the version the lock (constraints.txt) pins, from ``--torch-index`` when given (PyTorch's CPU-only wheels
   for classrooms without GPUs) or else from pip's configured index, with its dependencies;
 - the project's runtime and dev dependencies (``.[dev]``), resolved against that torch;
 - pip, setuptools and wheel: pip for upgrading the students' pip, setuptools to build the project itself
@@ -37,10 +37,11 @@ BUILD_TOOLS = ["pip", "setuptools>=68", "wheel"]   # setuptools>=68: pyproject.t
 
 
 def torch_requirement(project: Path) -> str:
-    """The exact torch requirement of ``project``'s pyproject.toml, e.g. ``"torch==2.13.0"``."""
-    match = re.search(r'"(torch==[^"\s;]+)"', (project / "pyproject.toml").read_text())
+    """The exact torch requirement of ``project``'s lock (constraints.txt), e.g. ``"torch==2.13.0"``."""
+    lock = project / "constraints.txt"
+    match = re.search(r"^(torch==\S+)", lock.read_text() if lock.exists() else "", re.MULTILINE)
     if match is None:
-        raise ValueError(f"{project}/pyproject.toml pins no torch version (expected \"torch==X.Y.Z\")")
+        raise ValueError(f"{lock} pins no torch version (expected a line \"torch==X.Y.Z\"; scripts/lock.py writes it)")
     return match.group(1)
 
 
@@ -49,7 +50,7 @@ def download_commands(out: Path, project: Path, torch_index: str = "", python_ve
     """The ``pip download`` commands that fill ``out``, in order.
 
     torch first (from ``torch_index`` if not empty), then the project's extras and the build tools with
-    ``out`` as an extra wheel source, so the second resolution reuses the torch wheel already there (a
+    ``out`` as an extra wheel source and the lock as constraints, so the second resolution reuses the torch wheel already there (a
     local version such as ``2.13.0+cpu`` also sorts above PyPI's ``2.13.0``). A ``python_version``
     ("3.11" or "3.11.2") makes pip choose wheels for that Python; pip then needs wheels only.
     """
@@ -57,7 +58,8 @@ def download_commands(out: Path, project: Path, torch_index: str = "", python_ve
     if python_version:
         pip += ["--python-version", python_version, "--only-binary=:all:"]
     torch = pip + [torch_requirement(project)] + (["--index-url", torch_index] if torch_index else [])
-    rest = pip + ["--find-links", str(out), f"{project}[dev]", *BUILD_TOOLS]
+    lock = project / "constraints.txt"
+    rest = pip + (["-c", str(lock)] if lock.exists() else []) + ["--find-links", str(out), f"{project}[dev]", *BUILD_TOOLS]
     return [torch, rest]
 
 

@@ -1,38 +1,85 @@
-"""The environment: pyproject.toml and environment.yml agree; the notebook environment check works;
-committed notebooks are executed and carry the conventions."""
+"""The environment: pyproject.toml's ranges, the lock (constraints.txt), environment.yml and the
+installed .venv agree; the notebook environment check works; committed notebooks are executed and carry
+the conventions."""
 import re
+import sys
 import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import lock  # noqa: E402
 
 
-def _pyproject_pins():
+def _requirements() -> dict[str, Requirement]:
+    """pyproject.toml's runtime and dev requirements, by normalized name."""
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     reqs = data["project"]["dependencies"] + data["project"]["optional-dependencies"]["dev"]
-    return dict(re.match(r"([A-Za-z0-9_.\-]+)\s*(==.+)", r).groups() for r in reqs)
+    return {lock.normalize(r.name): r for r in map(Requirement, reqs)}
 
 
-def _environment_pins():
+def _environment_pins() -> dict[str, str]:
     pins = {}
     for line in (ROOT / "environment.yml").read_text().splitlines():
-        m = re.match(r"\s+- ([A-Za-z0-9_.\-]+)(==\S+)", line)
+        m = re.match(r"\s+- ([A-Za-z0-9_.\-]+)==(\S+)", line)
         if m:
-            pins[m.group(1)] = m.group(2)
+            pins[lock.normalize(m.group(1))] = m.group(2)
     return pins
 
 
-def test_environment_yml_matches_pyproject():
-    assert _pyproject_pins() == _environment_pins()
+def test_pyproject_states_ranges_the_lock_satisfies():
+    pins = lock.read_lock()
+    for name, req in _requirements().items():
+        assert name in pins, f"{name} is required by pyproject.toml but not in constraints.txt: run scripts/lock.py"
+        assert not any(s.operator in ("==", "===") for s in req.specifier), f"{req}: a range, not a pin"
+        assert any(s.operator == "<" for s in req.specifier), f"{req}: needs an upper bound (the next major)"
+        assert req.specifier.contains(pins[name], prereleases=True), f"lock {name}=={pins[name]} is outside {req}"
 
 
-def test_torch_pinned_to_cpu_build_and_no_torchvision():
-    pins = _pyproject_pins()
-    assert pins["torch"] == "==2.13.0"
-    assert "torchvision" not in pins
+def test_environment_yml_lists_the_lock_versions_of_the_direct_dependencies():
+    pins, env = lock.read_lock(), _environment_pins()
+    assert set(env) == set(_requirements())
+    assert {n: v for n, v in env.items() if pins.get(n) != v} == {}, "environment.yml differs from constraints.txt"
+
+
+def test_installed_environment_matches_the_lock():
+    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        pytest.skip(f"tests run from {sys.prefix}, not the checkout's .venv")
+    pins, have = lock.read_lock(), lock.installed()
+    assert {n: (pins.get(n), v) for n, v in have.items() if pins.get(n) != v} == {}, \
+        "(lock, installed) differ: reinstall with -c constraints.txt or regenerate it with scripts/lock.py"
+    assert set(pins) - set(have) == set(), "locked but not installed"
+
+
+def test_lock_file_parses_and_rejects_bad_lines(tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_text("# comment\nFoo_Bar==1.0  # why\n\n")
+    assert lock.read_lock(f) == {"foo-bar": "1.0"}
+    f.write_text("foo>=1\n")
+    with pytest.raises(ValueError, match=r"c.txt:1: 'foo>=1' is not 'name==version'"):
+        lock.read_lock(f)
+    assert lock.public("2.13.0+cpu") == "2.13.0"
+
+
+def test_env_required_minimums_are_the_range_floors():
+    from course_lib.env import REQUIRED
+    reqs = _requirements()
+    for name, minimum in REQUIRED.items():
+        floors = [s.version for s in reqs[name].specifier if s.operator == ">="]
+        assert floors and Version(floors[0]) == Version(minimum), f"{name}: env.REQUIRED {minimum} vs {reqs[name]}"
+
+
+def test_torch_range_locked_version_and_no_torchvision():
+    reqs, pins = _requirements(), lock.read_lock()
+    assert "torchvision" not in reqs and "torchvision" not in pins
+    assert not reqs["torch"].specifier.contains("3.0") and reqs["torch"].specifier.contains(pins["torch"])
+    assert "+" not in pins["torch"]   # no local label: torch==X matches X+cpu and the CUDA build
 
 
 def test_check_environment_reports_versions():
@@ -41,7 +88,7 @@ def test_check_environment_reports_versions():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         env = check_environment(verbose=False)
-    assert env["packages"]["torch"].startswith("2.13.0")
+    assert env["packages"]["torch"].split("+")[0] == lock.read_lock()["torch"]
     assert env["device"] in ("cpu", "cuda")
 
 
@@ -70,7 +117,7 @@ def test_start_chapter_seeds_sets_threads_and_reports(capsys, monkeypatch):
             b = torch.rand(3)
         assert dev.type == "cpu" and torch.get_num_threads() == 1
         assert torch.equal(a, b)  # seeded the same way both times
-        assert env["packages"]["torch"].startswith("2.13.0")
+        assert env["packages"]["torch"].split("+")[0] == lock.read_lock()["torch"]
         assert "device: cpu | torch threads: 1" in capsys.readouterr().out
         for bad in (0, 1.5):
             with pytest.raises(ValueError, match="cpu_threads"):

@@ -1,0 +1,259 @@
+"""The course's commands without make: ``python -m course_lib run | test | unit | lab | ...``.
+
+Each command runs the same programs as the Makefile target of the same name (the Makefile calls this
+module). From a checkout with any Python >= 3.10 (Windows included), a command first sets up ``.venv``
+if it is missing or older than pyproject.toml / constraints.txt (``setup``: a virtual environment, the
+locked torch, then the course with its dev extras, all under the pip constraints in constraints.txt)
+and re-runs itself with the venv's Python. ``--no-venv`` uses the running Python as it is (conda,
+Colab). Needs only the standard library until a command runs, so it works before torch is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+TORCH_CHOICES = ("auto", "cpu", "cuda", "default")
+LOCAL = "local"  # torch_source(): try the local wheel first (pip --no-index, pip's configured find-links)
+INDEX_FLAGS = ["--timeout", "15", "--retries", "1"]  # an unreachable index fails in seconds, never hangs
+
+COMMANDS = {
+    "setup": "create .venv and install the locked torch and the course with its dev extras",
+    "run": "execute every notebook, write build/handouts/ and build/results.md",
+    "test": "unit tests (nbgrader grading included), then pytest --nbval over notebooks/",
+    "unit": "the unit tests without the nbgrader grading (quick)",
+    "nbval": "pytest --nbval over notebooks/ alone",
+    "lab": "open JupyterLab on notebooks/",
+    "student": "student copies of the notebooks in build/student/",
+    "handouts": "offline HTML handouts in build/handouts/ (from the last run, else the committed notebooks)",
+    "results": "gather build/results/*.json into build/results.md",
+    "bench": "benchmark table (ratios vs baseline, single thread)",
+    "sync": "update notebooks/*.ipynb from notebooks/src/*.py, keeping outputs",
+    "notebooks": "maintainers: sync, then re-execute notebooks/ in place",
+    "timings": "time every chapter, full and lab mode, and write docs/timings.md",
+    "nbgrader": "nbgrader course directory in build/nbgrader/",
+    "clean": "remove build/ (and the baseline cache in it)",
+}
+NEEDS_NO_VENV = ("setup", "clean")
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The course checkout: the directory above this package if it holds notebooks/ and scripts/,
+    else the current directory if it does. Raises FileNotFoundError otherwise (an installed wheel
+    has the library but not the notebooks)."""
+    for cand in ([start] if start else [Path(__file__).resolve().parent.parent, Path.cwd()]):
+        if (cand / "notebooks").is_dir() and (cand / "scripts").is_dir():
+            return cand
+    raise FileNotFoundError("the course's commands need a checkout of the course (a directory with notebooks/ "
+                            "and scripts/): run them from the repository root")
+
+
+def venv_python(venv: Path, system: str | None = None) -> Path:
+    """The Python of virtual environment ``venv``: Scripts\\python.exe on Windows, bin/python elsewhere."""
+    system = system or platform.system()
+    return venv / ("Scripts/python.exe" if system == "Windows" else "bin/python")
+
+
+def torch_choice(value: str | None) -> str:
+    """Validate a torch choice (``--torch`` or $COURSE_TORCH); None or "" means "auto"."""
+    value = (value or "auto").strip().lower()
+    if value not in TORCH_CHOICES:
+        raise ValueError(f"torch choice (--torch or COURSE_TORCH) = {value!r} is not valid; "
+                         f"valid choices: {', '.join(TORCH_CHOICES)}")
+    return value
+
+
+def torch_source(choice: str, system: str, has_gpu: bool, local_ok: bool | None = None,
+                 index_url: str | None = None) -> str | None:
+    """Where pip installs torch from, decided from injected facts (pure; the setup gathers the facts).
+
+    choice: "auto", "cpu", "cuda" or "default"; system: platform.system() ("Linux", "Darwin",
+    "Windows"); has_gpu: an NVIDIA driver is present; local_ok: result of the local-wheel attempt
+    (None: not tried yet); index_url: an explicit index (the Makefile's TORCH_INDEX), which wins.
+
+    Returns LOCAL (try ``pip --no-index``: a wheel in pip's configured find-links or a wheelhouse, no
+    network), None (done: the local wheel installed), "" (pip's default index) or an index URL.
+    "auto" and "cpu" try the local wheel first; then "cpu", and "auto" on Linux without an NVIDIA GPU,
+    use PyTorch's CPU-only index (PyPI's Linux torch is the multi-GB CUDA build); "auto" elsewhere
+    (macOS, Windows, Linux with a GPU), "cuda" and "default" use pip's default index.
+    """
+    choice = torch_choice(choice)
+    if index_url:
+        return index_url
+    if choice in ("cuda", "default"):
+        return ""
+    if local_ok is None:
+        return LOCAL
+    if local_ok:
+        return None
+    if choice == "cpu" or (system == "Linux" and not has_gpu):
+        return CPU_INDEX
+    return ""
+
+
+def has_nvidia_gpu() -> bool:
+    """True if an NVIDIA driver is installed (nvidia-smi on PATH or /proc/driver/nvidia)."""
+    return shutil.which("nvidia-smi") is not None or Path("/proc/driver/nvidia").exists()
+
+
+def locked_version(constraints: Path, name: str = "torch") -> str:
+    """The exact version of ``name`` pinned in the pip constraints file (a line ``name==version``)."""
+    if not constraints.exists():
+        raise FileNotFoundError(f"{constraints} is missing: it pins the exact versions the course installs")
+    for line in constraints.read_text().splitlines():
+        m = re.match(rf"\s*{re.escape(name)}\s*==\s*([^\s;#]+)", line, re.IGNORECASE)
+        if m:
+            return m.group(1)
+    raise ValueError(f"{constraints} pins no version of {name} (expected a line '{name}==<version>')")
+
+
+def torch_install(py: str, constraints: Path, source: str) -> list[str]:
+    """The pip command that installs the locked torch from ``source`` (LOCAL, "" or an index URL)."""
+    cmd = [py, "-m", "pip", "install", "-c", str(constraints), f"torch=={locked_version(constraints)}"]
+    if source == LOCAL:  # torch alone: its dependencies come with the course in the next step
+        return cmd + ["--no-index", "--no-deps"]
+    return cmd + INDEX_FLAGS + (["--index-url", source] if source else [])
+
+
+def commands(name: str, py: str, root: Path) -> list[tuple[list[str], dict[str, str]]]:
+    """The programs ``name`` runs, in order: (argv, extra environment) pairs, run in ``root``."""
+    if name not in COMMANDS:
+        raise ValueError(f"command = {name!r} is not valid; valid choices: {', '.join(COMMANDS)}")
+    nbs = [p.relative_to(root).as_posix() for p in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
+    executed = sorted((root / "build" / "executed").glob("[0-9][0-9]_*.ipynb"))
+    pytest, script = [py, "-m", "pytest", "-q"], lambda s, *a: [py, f"scripts/{s}.py", *a]
+    table = {
+        "run": [script("run_notebooks", "--out", "build/executed", *nbs),
+                script("make_handouts", "build/executed", "build/handouts"), [py, "-m", "course_lib.records"]],
+        "test": [pytest + ["tests"], pytest + ["--nbval", "notebooks"]],
+        "unit": [(pytest + ["tests"], {"COURSE_TEST_NBGRADER": "0"})],
+        "nbval": [pytest + ["--nbval", "notebooks"]],
+        "lab": [([py, "-m", "jupyterlab", "notebooks/"], {"COURSE_PROGRESS": "1"})],
+        "student": [script("make_student", "--out", "build/student", *nbs)],
+        "handouts": [script("make_handouts", "build/executed" if executed else "notebooks", "build/handouts")],
+        "results": [[py, "-m", "course_lib.records"]],
+        "bench": [[py, "-m", "benchmarks"]],
+        "sync": [script("sync_notebooks")],
+        "notebooks": [script("sync_notebooks"), script("run_notebooks", "--inplace", *nbs)],
+        "timings": [script("timings", "--lab", *nbs)],
+        "nbgrader": [script("nbgrader_course", "--out", "build/nbgrader", *nbs)],
+        "setup": [], "clean": [],
+    }
+    return [c if isinstance(c, tuple) else (c, {}) for c in table[name]]
+
+
+def base_env(environ=None) -> dict[str, str]:
+    """The environment every command runs in (as the Makefile exports it): COURSE_PROGRESS=0 unless
+    set (no progress bars in compared outputs), PYTHONHASHSEED=0 (set before each Python starts)."""
+    env = dict(os.environ if environ is None else environ)
+    env.setdefault("COURSE_PROGRESS", "0")
+    env["PYTHONHASHSEED"] = "0"
+    return env
+
+
+def setup_needed(venv: Path, root: Path) -> bool:
+    """True if .venv lacks its Python or its stamp, or the stamp is older than pyproject.toml or
+    constraints.txt (the same rule as the Makefile's $(STAMP))."""
+    stamp = venv / ".installed"
+    if not venv_python(venv).exists() or not stamp.exists():
+        return True
+    deps = [p for p in (root / "pyproject.toml", root / "constraints.txt") if p.exists()]
+    return any(p.stat().st_mtime > stamp.stat().st_mtime for p in deps)
+
+
+def _show(cmd, extra=None) -> str:
+    env = " ".join(f"{k}={v}" for k, v in (extra or {}).items())
+    return (env + " " if env else "") + subprocess.list2cmdline([str(c) for c in cmd])
+
+
+def setup(root: Path, torch: str | None = None, index_url: str | None = None, dry_run: bool = False,
+          base_python: str | None = None) -> int:
+    """Create ``root/.venv`` if missing, install the locked torch (source from :func:`torch_source`),
+    then the course editable with its dev extras, under constraints.txt; write the stamp. 0 on success."""
+    venv, constraints = root / ".venv", root / "constraints.txt"
+    py = str(venv_python(venv))
+    choice = torch_choice(torch if torch is not None else os.environ.get("COURSE_TORCH"))
+    gpu, system = has_nvidia_gpu(), platform.system()
+
+    def sh(cmd, check=True):
+        print("+", _show(cmd), flush=True)
+        if dry_run:
+            return 0
+        rc = subprocess.call(cmd, cwd=root)
+        if check and rc:
+            raise SystemExit(f"setup failed ({rc}): {_show(cmd)}")
+        return rc
+
+    if not Path(py).exists():
+        sh([base_python or sys.executable, "-m", "venv", str(venv)])
+    sh([py, "-m", "pip", "install", "-q", "--upgrade", "pip", *INDEX_FLAGS], check=False)  # offline: keep it
+    source = torch_source(choice, system, gpu, None, index_url)
+    if source == LOCAL:
+        ok = sh(torch_install(py, constraints, LOCAL), check=False) == 0
+        source = torch_source(choice, system, gpu, ok, index_url)
+        if not ok:
+            print(f"no local torch wheel; installing from {source or 'the default index'}", flush=True)
+    if source is not None:
+        sh(torch_install(py, constraints, source))
+    sh([py, "-m", "pip", "install", "-c", str(constraints), "-e", ".[dev]"])
+    if not dry_run:
+        (venv / ".installed").touch()
+    return 0
+
+
+def parse(argv=None) -> argparse.Namespace:
+    """Command-line arguments; an unknown command fails with the valid choices."""
+    ap = argparse.ArgumentParser(prog="python -m course_lib", description=__doc__.split("\n\n")[0],
+                                 epilog="commands: " + "; ".join(f"{k}: {v}" for k, v in COMMANDS.items()))
+    ap.add_argument("command", choices=list(COMMANDS), metavar="command", help=" | ".join(COMMANDS))
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--torch", choices=TORCH_CHOICES, help="torch build for setup (default: $COURSE_TORCH or auto)")
+    ap.add_argument("--torch-index", help="install torch from this index URL (the Makefile's TORCH_INDEX)")
+    ap.add_argument("--no-venv", action="store_true", help="use this Python as it is: no .venv, no install")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    """Run one course command; returns the exit status of the first program that failed, else 0
+    (2 with a one-line message for a bad argument, a bad $COURSE_TORCH or a missing file)."""
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"python -m course_lib: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
+    args = parse(argv)
+    if args.torch is None and os.environ.get("COURSE_TORCH"):
+        torch_choice(os.environ["COURSE_TORCH"])  # a bad value fails now, with the valid choices
+    root = find_root()
+    if args.command == "clean":
+        print("+ remove build/")
+        if not args.dry_run:
+            shutil.rmtree(root / "build", ignore_errors=True)
+        return 0
+    venv = root / ".venv"
+    in_venv = Path(sys.prefix).resolve() == venv.resolve()
+    if args.command == "setup" or (not args.no_venv and setup_needed(venv, root)):
+        setup(root, args.torch, args.torch_index, args.dry_run)
+        if args.command == "setup":
+            return 0
+    if not args.no_venv and not in_venv:  # re-run inside .venv, with the venv's Python
+        cmd = [str(venv_python(venv)), "-m", "course_lib", *argv]
+        print("+", _show(cmd), flush=True)
+        return 0 if args.dry_run else subprocess.call(cmd, cwd=root, env=base_env())
+    env = base_env()
+    for cmd, extra in commands(args.command, sys.executable, root):
+        print("+", _show(cmd, extra), flush=True)
+        if not args.dry_run:
+            rc = subprocess.call(cmd, cwd=root, env={**env, **extra})
+            if rc:
+                return rc
+    return 0

@@ -1,0 +1,233 @@
+"""python -m course_lib: the torch-source decision, the commands each target runs, setup's pip commands,
+argument errors, and that the package imports (and the CLI runs) without torch. Nothing here installs
+or executes a notebook: --dry-run and a recorded subprocess stand in for the real programs."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from course_lib import cli
+from course_lib.cli import CPU_INDEX, LOCAL, torch_source
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = "/v/bin/python"
+
+
+# -- the torch decision: every branch ---------------------------------------------------------------
+@pytest.mark.parametrize("choice", ["auto", "cpu"])
+def test_local_wheel_is_tried_first_and_ends_it(choice):
+    assert torch_source(choice, "Linux", False) == LOCAL
+    assert torch_source(choice, "Linux", False, local_ok=True) is None
+
+
+@pytest.mark.parametrize("system,gpu,expected", [
+    ("Linux", False, CPU_INDEX),   # PyPI's Linux torch is the CUDA build: a GPU-less machine takes the CPU one
+    ("Linux", True, ""),           # a GPU: PyPI's default (CUDA) build
+    ("Darwin", False, ""),         # macOS and Windows: PyPI's torch is already CPU (or MPS) only
+    ("Windows", False, ""),
+    ("Windows", True, ""),
+])
+def test_auto_without_a_local_wheel(system, gpu, expected):
+    assert torch_source("auto", system, gpu, local_ok=False) == expected
+
+
+@pytest.mark.parametrize("system,gpu", [("Linux", True), ("Darwin", False), ("Windows", False)])
+def test_cpu_choice_takes_the_cpu_index_everywhere(system, gpu):
+    assert torch_source("cpu", system, gpu, local_ok=False) == CPU_INDEX
+
+
+@pytest.mark.parametrize("choice", ["cuda", "default"])
+@pytest.mark.parametrize("local_ok", [None, False, True])
+def test_cuda_and_default_skip_the_local_wheel(choice, local_ok):
+    assert torch_source(choice, "Linux", False, local_ok=local_ok) == ""
+
+
+@pytest.mark.parametrize("choice", ["auto", "cpu", "cuda", "default"])
+def test_an_explicit_index_wins(choice):
+    url = "https://example.org/whl/cu999"
+    assert torch_source(choice, "Linux", False, index_url=url) == url
+
+
+def test_torch_choice_accepts_case_and_empty_and_names_the_valid_ones():
+    assert cli.torch_choice(None) == cli.torch_choice("") == "auto"
+    assert cli.torch_choice(" CPU ") == "cpu"
+    with pytest.raises(ValueError, match=r"'gpu'.*auto, cpu, cuda, default"):
+        cli.torch_choice("gpu")
+    with pytest.raises(ValueError, match="valid choices"):
+        torch_source("rocm", "Linux", False)
+
+
+def test_venv_python_per_platform():
+    assert cli.venv_python(Path("v"), "Windows") == Path("v/Scripts/python.exe")
+    assert cli.venv_python(Path("v"), "Linux") == Path("v/bin/python")
+    assert cli.venv_python(Path("v"), "Darwin") == Path("v/bin/python")
+
+
+# -- the lock and the pip commands ------------------------------------------------------------------
+def test_locked_version(tmp_path):
+    c = tmp_path / "constraints.txt"
+    c.write_text("# lock\nnumpy==2.4.1\nTorch == 2.13.0 ; python_version >= '3.10'\n")
+    assert cli.locked_version(c) == "2.13.0"
+    c.write_text("numpy==2.4.1\n")
+    with pytest.raises(ValueError, match="pins no version of torch"):
+        cli.locked_version(c)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        cli.locked_version(tmp_path / "nope.txt")
+
+
+def test_torch_install_commands(tmp_path):
+    c = tmp_path / "constraints.txt"
+    c.write_text("torch==2.13.0\n")
+    local = cli.torch_install(PY, c, LOCAL)
+    assert local[:6] == [PY, "-m", "pip", "install", "-c", str(c)] and "torch==2.13.0" in local
+    assert "--no-index" in local and "--no-deps" in local and "--index-url" not in local
+    cpu = cli.torch_install(PY, c, CPU_INDEX)
+    assert cpu[-2:] == ["--index-url", CPU_INDEX] and "--no-index" not in cpu
+    assert cpu[cpu.index("--timeout") + 1] == "15" and "--retries" in cpu  # never hangs on an unreachable index
+    default = cli.torch_install(PY, c, "")
+    assert "--index-url" not in default and "--timeout" in default
+
+
+def _fake_checkout(tmp_path, lock=True):
+    for d in ("notebooks", "scripts"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "notebooks" / "00_a.ipynb").write_text("{}")
+    (tmp_path / "notebooks" / "01_b.ipynb").write_text("{}")
+    (tmp_path / "pyproject.toml").write_text("")
+    if lock:
+        (tmp_path / "constraints.txt").write_text("torch==2.13.0\n")
+    py = cli.venv_python(tmp_path / ".venv")
+    py.parent.mkdir(parents=True)
+    py.write_text("")
+    return tmp_path
+
+
+@pytest.mark.parametrize("local_rc,gpu,expect_index", [(0, False, None), (1, False, CPU_INDEX), (1, True, "")])
+def test_setup_runs_local_then_the_chosen_index(tmp_path, monkeypatch, local_rc, gpu, expect_index):
+    root = _fake_checkout(tmp_path)
+    calls = []
+
+    def call(cmd, cwd=None, **kw):
+        calls.append(cmd)
+        return local_rc if "--no-index" in cmd else 0
+    monkeypatch.setattr(cli.subprocess, "call", call)
+    monkeypatch.setattr(cli, "has_nvidia_gpu", lambda: gpu)
+    monkeypatch.setattr(cli.platform, "system", lambda: "Linux")
+    monkeypatch.delenv("COURSE_TORCH", raising=False)
+    assert cli.setup(root) == 0
+    torch_cmds = [c for c in calls if any(a.startswith("torch==") for a in c)]
+    assert "--no-index" in torch_cmds[0]
+    if expect_index is None:
+        assert len(torch_cmds) == 1
+    else:
+        assert len(torch_cmds) == 2 and "--no-index" not in torch_cmds[1]
+        assert (torch_cmds[1][-1] == expect_index) if expect_index else "--index-url" not in torch_cmds[1]
+    assert calls[-1][-2:] == ["-e", ".[dev]"] and "-c" in calls[-1]
+    assert (root / ".venv" / ".installed").exists()
+    assert not cli.setup_needed(root / ".venv", root)
+
+
+def test_setup_honours_course_torch(tmp_path, monkeypatch):
+    root = _fake_checkout(tmp_path)
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    monkeypatch.setenv("COURSE_TORCH", "cuda")
+    cli.setup(root)
+    torch_cmds = [c for c in calls if any(a.startswith("torch==") for a in c)]
+    assert len(torch_cmds) == 1 and "--no-index" not in torch_cmds[0] and "--index-url" not in torch_cmds[0]
+
+
+def test_setup_needed_follows_the_stamp(tmp_path):
+    root = _fake_checkout(tmp_path)
+    venv = root / ".venv"
+    assert cli.setup_needed(venv, root)  # no stamp
+    (venv / ".installed").touch()
+    assert not cli.setup_needed(venv, root)
+    t = (venv / ".installed").stat().st_mtime
+    os.utime(root / "constraints.txt", (t + 10, t + 10))
+    assert cli.setup_needed(venv, root)  # the lock changed since the install
+
+
+# -- the commands each target runs ------------------------------------------------------------------
+def test_test_is_unit_tests_then_nbval():
+    cmds = cli.commands("test", PY, ROOT)
+    assert [c for c, _ in cmds] == [[PY, "-m", "pytest", "-q", "tests"], [PY, "-m", "pytest", "-q", "--nbval", "notebooks"]]
+    assert cli.commands("unit", PY, ROOT) == [([PY, "-m", "pytest", "-q", "tests"], {"COURSE_TEST_NBGRADER": "0"})]
+    assert cli.commands("lab", PY, ROOT)[0][1] == {"COURSE_PROGRESS": "1"}
+
+
+def test_run_executes_every_chapter_then_handouts_and_results(tmp_path):
+    root = _fake_checkout(tmp_path)
+    (run, _), (handouts, _), (results, _) = cli.commands("run", PY, root)
+    assert run == [PY, "scripts/run_notebooks.py", "--out", "build/executed", "notebooks/00_a.ipynb", "notebooks/01_b.ipynb"]
+    assert handouts[-2:] == ["build/executed", "build/handouts"] and results[-1] == "course_lib.records"
+    assert cli.commands("handouts", PY, root)[0][0][-2] == "notebooks"  # no run yet: the committed notebooks
+    assert [c[1] for c, _ in cli.commands("notebooks", PY, root)] == ["scripts/sync_notebooks.py", "scripts/run_notebooks.py"]
+
+
+def test_every_command_is_known_and_a_bad_one_is_named():
+    for name in cli.COMMANDS:
+        cli.commands(name, PY, ROOT)
+    with pytest.raises(ValueError, match=r"'tests'.*valid choices: setup, run, test"):
+        cli.commands("tests", PY, ROOT)
+
+
+def test_base_env_sets_the_hash_seed_and_keeps_a_chosen_progress():
+    env = cli.base_env({"PYTHONHASHSEED": "7"})
+    assert env["PYTHONHASHSEED"] == "0" and env["COURSE_PROGRESS"] == "0"
+    assert cli.base_env({"COURSE_PROGRESS": "1"})["COURSE_PROGRESS"] == "1"
+
+
+def test_main_dry_run_prints_and_runs_nothing(capsys, monkeypatch):
+    monkeypatch.setattr(cli.subprocess, "call", lambda *a, **k: pytest.fail("dry run ran a program"))
+    assert cli.main(["test", "--dry-run", "--no-venv"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("-m pytest -q tests") and out[1].endswith("-m pytest -q --nbval notebooks")
+
+
+def test_main_stops_at_the_first_failure(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd=None, env=None: calls.append(env) or 3)
+    assert cli.main(["test", "--no-venv"]) == 3
+    assert len(calls) == 1 and calls[0]["PYTHONHASHSEED"] == "0"
+
+
+def test_main_names_bad_arguments(capsys, monkeypatch):
+    with pytest.raises(SystemExit):
+        cli.main(["bogus"])
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--torch", "gpu"])
+    assert "invalid choice: 'gpu'" in capsys.readouterr().err
+    monkeypatch.setenv("COURSE_TORCH", "gpu")
+    assert cli.main(["run", "--dry-run", "--no-venv"]) == 2
+    assert "COURSE_TORCH" in capsys.readouterr().err
+
+
+# -- no torch needed to start -----------------------------------------------------------------------
+def test_the_package_and_the_cli_import_without_torch():
+    code = ("import sys, course_lib, course_lib.cli; assert 'torch' not in sys.modules, 'torch imported'; "
+            "from course_lib import load_dataset, LeNet5; import course_lib as c; "
+            "assert c.measure.count_params and 'fit' in dir(c) and 'torch' in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        import course_lib
+        course_lib.nonexistent
+
+
+def test_python_m_course_lib_dry_run():
+    out = subprocess.run([sys.executable, "-m", "course_lib", "unit", "--dry-run", "--no-venv"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("COURSE_TEST_NBGRADER=0 " + f"{sys.executable} -m pytest -q tests")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("target,command", [("test", "test"), ("run", "run"), ("unit", "unit"), ("lab", "lab")])
+def test_the_makefile_calls_the_cli(target, command):
+    out = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True).stdout
+    assert f"-m course_lib {command}" in out

@@ -114,10 +114,18 @@ def u8s8_saturates(flags: set[str] | None = None, machine: str | None = None) ->
     quantize weights to 7 bits (``reduce_range``). VNNI and ARM's dot-product instructions
     accumulate in int32 and are exact. An x86 CPU whose flags cannot be read counts as saturating
     (7-bit weights cost a little accuracy; saturation can cost a lot)."""
-    machine = (machine or platform.machine()).lower()
-    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+    if not is_x86(machine):
         return False
     return not has_vnni(flags)
+
+
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+def is_x86(machine: str | None = None) -> bool:
+    """True if ``machine`` (platform.machine() when None: "x86_64", "AMD64", "arm64", "aarch64", ...)
+    is an x86 CPU; False for ARM (Apple Silicon, Raspberry Pi, Graviton) and everything else."""
+    return (machine or platform.machine()).lower() in X86_MACHINES
 
 
 LAB_MODE_ENV = "COURSE_LAB_MODE"

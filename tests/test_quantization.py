@@ -436,6 +436,32 @@ def test_torch_ao_anchors_capture_deprecation(tiny_lenet):
         Q.torch_ao_static_fx(model, x[:0])
 
 
+@pytest.mark.parametrize("machine,engine", [("x86_64", "x86"), ("AMD64", "x86"), ("i686", "x86"),
+                                            ("arm64", "qnnpack"), ("aarch64", "qnnpack"), ("armv7l", "qnnpack"),
+                                            ("ppc64le", "qnnpack")])
+def test_quantized_engine_is_chosen_for_the_platform(machine, engine):
+    """Apple Silicon (arm64) and other ARM CPUs get qnnpack; x86 gets fbgemm/oneDNN ("x86")."""
+    assert Q.quantized_engine(machine) == engine
+
+
+def test_torch_ao_runs_with_the_arm_engine(tiny_lenet, monkeypatch):
+    """What an ARM Mac runs: torch.ao picks qnnpack there (qnnpack also runs on x86, so it is tested here)."""
+    model, x, _ = tiny_lenet
+    before = torch.backends.quantized.engine
+    monkeypatch.setattr("platform.machine", lambda: "arm64")
+    try:
+        qs, _ = Q.torch_ao_static_fx(model, x[:32])
+        assert torch.backends.quantized.engine == "qnnpack"
+        qd, _ = Q.torch_ao_dynamic(model)
+        q8 = Q.quantize_dynamic_int8(model, full_range=True)
+        with torch.no_grad():
+            ref = model(x).argmax(1)
+            for q in (qs, qd, q8):
+                assert (q(x).argmax(1) == ref).float().mean() >= 0.9
+    finally:
+        torch.backends.quantized.engine = before
+
+
 
 
 def test_observing_float_inputs_records_float_activations(tiny_lenet):

@@ -26,8 +26,8 @@ from .fakequant import FLOAT_BITS, QuantWrapper, calibrate_model, observing_floa
 from .kmeans import KMeansWrapper, kmeans_model, kmeans_quantize, share_weights
 from .packing import (load_packed, pack_bits, pack_int4, packed_size_bytes, packed_state_dict, unpack_bits,
                       unpack_int4)
-from .torch_ao import (Int8DynamicLinear, captured_warnings, quantize_dynamic_int8, torch_ao_dynamic,
-                       torch_ao_static_fx)
+from .torch_ao import (Int8DynamicLinear, captured_warnings, quantize_dynamic_int8, quantized_engine,
+                       set_quantized_engine, torch_ao_dynamic, torch_ao_static_fx)
 from .weight_only import (WEIGHT_ONLY_BITS, WEIGHT_ONLY_METHODS, collect_hessians, gptq_quantize, int4_bytes,
                           int4_state, load_int4, output_error, quantize_weights, rtn_quantize)
 
@@ -43,4 +43,5 @@ __all__ = [
     "WEIGHT_ONLY_BITS", "WEIGHT_ONLY_METHODS", "rtn_quantize", "gptq_quantize", "collect_hessians", "output_error",
     "quantize_weights", "int4_state", "int4_bytes", "load_int4",
     "captured_warnings", "torch_ao_dynamic", "torch_ao_static_fx", "Int8DynamicLinear", "quantize_dynamic_int8",
+    "quantized_engine", "set_quantized_engine",
 ]

@@ -11,10 +11,27 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..env import is_x86
 from ..models import replace_module
 
 __all__ = ["captured_warnings", "torch_ao_dynamic", "torch_ao_static_fx", "Int8DynamicLinear",
-           "quantize_dynamic_int8"]
+           "quantize_dynamic_int8", "quantized_engine", "set_quantized_engine"]
+
+
+def quantized_engine(machine: str | None = None) -> str:
+    """The torch.ao quantized engine for a CPU: "x86" (fbgemm and oneDNN kernels) on x86, "qnnpack"
+    (ARM's kernels) on ARM (Apple Silicon, Graviton, Raspberry Pi) and any other CPU. ``machine`` is
+    platform.machine()'s name ("x86_64", "AMD64", "arm64", "aarch64"); None: this machine."""
+    return "x86" if is_x86(machine) else "qnnpack"
+
+
+def set_quantized_engine(machine: str | None = None) -> str:
+    """Make :func:`quantized_engine` torch's quantized engine (if this torch build has it) and return
+    the engine in use. Every torch.ao function here calls it, so int8 models run on ARM Macs too."""
+    engine = quantized_engine(machine)
+    if engine in torch.backends.quantized.supported_engines and torch.backends.quantized.engine != engine:
+        torch.backends.quantized.engine = engine
+    return torch.backends.quantized.engine
 
 
 @contextmanager
@@ -38,21 +55,24 @@ def torch_ao_dynamic(model: nn.Module) -> tuple[nn.Module, list[str]]:
     torch 2.13 still runs it but warns that torch.ao.quantization is deprecated in favour of torchao;
     the warnings are captured and returned so a notebook can show them instead of printing to stderr.
     """
+    set_quantized_engine()
     with captured_warnings() as messages:
         from torch.ao.quantization import quantize_dynamic
         q = quantize_dynamic(copy.deepcopy(model).cpu().eval(), {nn.Linear}, dtype=torch.qint8)
     return q, messages
 
 
-def torch_ao_static_fx(model: nn.Module, calib_images: torch.Tensor, backend: str = "x86",
+def torch_ao_static_fx(model: nn.Module, calib_images: torch.Tensor, backend: str | None = None,
                        batch_size: int = 64) -> tuple[nn.Module, list[str]]:
     """torch.ao FX-mode static int8 quantization (deprecated; torchao's PT2E flow replaces it).
 
-    Conv and Linear run fbgemm/oneDNN int8 kernels; calibration runs ``calib_images`` (N, C, H, W).
+    Conv and Linear run int8 kernels of ``backend`` (None: the platform's, :func:`set_quantized_engine`:
+    "x86" fbgemm/oneDNN, "qnnpack" on ARM); calibration runs ``calib_images`` (N, C, H, W).
     Returns (quantized GraphModule, the warnings torch emitted).
     """
     if len(calib_images) == 0:
         raise ValueError("calib_images is empty: the calibration set needs at least one image")
+    backend = backend or set_quantized_engine()
     with captured_warnings() as messages:
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -102,6 +122,7 @@ def quantize_dynamic_int8(model: nn.Module, per_channel: bool = False, full_rang
         raise ValueError(f"skip={sorted(unknown)} are not linear layers of the model; valid names: {sorted(names)}")
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
     out = copy.deepcopy(model).eval()
+    set_quantized_engine()
     with captured_warnings():
         for name in sorted(names - set(skip)):
             lin = out.get_submodule(name)

@@ -72,6 +72,16 @@ def progress_enabled(progress: bool | None = None) -> bool:
     return os.environ.get("COURSE_PROGRESS", "1") not in ("0", "false", "no")
 
 
+def progress_bar(iterable, desc: str | None = None, progress: bool | None = None):
+    """A tqdm.auto bar over ``iterable``: a widget in JupyterLab (with ipywidgets), text in a terminal;
+    off when :func:`progress_enabled` is False (COURSE_PROGRESS=0 under test, so nothing lands in nbval's
+    outputs). tqdm's "IProgress not found" warning (a notebook without ipywidgets) is silenced: text bars then."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*IProgress.*")
+        from tqdm.auto import tqdm
+    return tqdm(iterable, desc=desc, disable=not progress_enabled(progress), leave=False)
+
+
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None,
                  flip: bool = False) -> torch.Tensor:
     """Translate each image of x (N, C, H, W) by a random integer offset in [-max_shift, max_shift].
@@ -172,8 +182,7 @@ def fit(model: nn.Module, train, val=None, epochs: int = 10, lr: float = 1e-3, b
         sched = None
     hist = History()
     t0 = time.perf_counter()
-    from tqdm import tqdm
-    bar = tqdm(range(epochs), desc=desc, disable=not progress_enabled(progress), leave=False)
+    bar = progress_bar(range(epochs), desc=desc, progress=progress)
     try:
         for _ in bar:
             model.train()

@@ -1,5 +1,6 @@
 """The course scripts: executing notebooks headless, HTML handouts (notebooks are built from their sources by
 jupytext: tests/test_sources.py)."""
+import io
 import sys
 from pathlib import Path
 
@@ -65,3 +66,58 @@ def test_handouts_embed_figures_and_toc(executed, tmp_path):
     assert "Traceback" not in page
     index = (tmp_path / "handouts" / "index.html").read_text()
     assert '<a href="99_demo.html">99 · Demo chapter</a>' in index
+
+
+def _tiny(tmp_path, sources):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    p = tmp_path / "97_tiny.ipynb"
+    nbformat.write(nb, p)
+    return p
+
+
+def test_run_notebooks_progress_moves_and_no_transport_warning(tmp_path, capfd):
+    """make run's progress: cells done of cells and elapsed seconds, a line per interval when not a terminal;
+    the kernel starts with curve keys, so ipykernel's "running over TCP without encryption" never shows.
+    The bars of course_lib.training are off (COURSE_PROGRESS=0) and a widget bar when turned on."""
+    src = _tiny(tmp_path, [
+        "import time\nfrom course_lib.training import progress_bar\nfor _ in progress_bar(range(3)): time.sleep(0.25)",
+        "time.sleep(0.8)",
+        "import tqdm.notebook\nprint(isinstance(progress_bar(range(1), progress=True), tqdm.notebook.tqdm))",
+    ])
+    assert run_notebooks.main(["--out", str(tmp_path / "out"), "--progress-every", "0.2", str(src)]) == 0
+    out, err = capfd.readouterr()
+    lines = [ln for ln in out.splitlines() if ln.startswith("[1/1] 97_tiny.ipynb:")]
+    done = [int(ln.split()[2].split("/")[0]) for ln in lines]
+    assert len(lines) >= 3 and done == sorted(done) and done[0] < done[-1], out
+    assert all(ln.split()[2].endswith("/3") and ln.endswith(" s") for ln in lines)
+    assert "[1/1] 97_tiny.ipynb done in" in out and "(3 cells)" in out
+    assert "without encryption" not in out + err and "WARNING" not in err
+    cells = nbformat.read(tmp_path / "out" / "97_tiny.ipynb", 4).cells
+    assert cells[0].outputs == []  # COURSE_PROGRESS=0: no bar in the stored outputs
+    printed = "".join(o.get("text", "") for o in cells[2].outputs)
+    widgets = [o for o in cells[2].outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert printed.strip() == "True" and widgets  # with ipywidgets: a widget bar in JupyterLab
+
+
+def test_progress_on_a_terminal_rewrites_one_line():
+    class Term(io.StringIO):
+        def isatty(self):
+            return True
+    term = Term()
+    with run_notebooks.Progress("[2/7] x.ipynb:", 2, stream=term) as p:
+        p.cell_done()
+        p.cell_done()
+    text = term.getvalue()
+    assert "\n" not in text and text.count("\r") >= 3 and "2/2 cells" in text
+    with pytest.raises(ValueError, match="every = 0"):
+        run_notebooks.Progress("x", 1, every=0)
+
+
+@pytest.mark.parametrize("system,curve,want", [("linux", True, {"transport_encryption": "auto"}),
+                                                ("win32", True, {"transport_encryption": "auto"}),
+                                                ("darwin", False, {"transport": "ipc"}),
+                                                ("win32", False, None)])
+def test_kernel_config_keeps_the_transport_private(system, curve, want):
+    cfg = run_notebooks.kernel_config(system, curve)
+    assert (dict(cfg["KernelManager"]) if want else dict(cfg)) == (want or {})

@@ -210,3 +210,15 @@ def test_fit_returns_nchw_after_an_error_and_for_torch_pruned_layers(tiny):
     gp = pruning.GradualPruner(0.5, 4, frequency=1, scope="layer")
     fit(m2, tiny.train, epochs=1, progress=False, after_step=gp)
     assert abs(float((m2.conv2.weight == 0).float().mean()) - 0.5) < 0.01
+
+
+def test_progress_bar_is_text_in_a_terminal_and_off_under_test(monkeypatch, capsys):
+    """tqdm.auto: a text bar outside Jupyter (the widget case is run in a kernel by tests/test_scripts.py)."""
+    import tqdm.notebook
+    from course_lib.training import progress_bar
+    monkeypatch.setenv("COURSE_PROGRESS", "0")
+    assert progress_bar(range(2)).disable
+    bar = progress_bar(range(2), desc="epochs", progress=True)
+    assert not bar.disable and not isinstance(bar, tqdm.notebook.tqdm)
+    list(bar)
+    assert "epochs" in capsys.readouterr().err

@@ -320,8 +320,8 @@ def accuracy_vs_sparsity(series: dict, n_test: int, reference: float | None = No
             m, vals = _mean_and_seeds(acc)
             a, b = accuracy_interval(min(max(m, 0.0), 1.0), n_test)
             means.append(100 * m)
-            lo.append(100 * (m - a))
-            hi.append(100 * (b - m))
+            lo.append(100 * max(0.0, m - a))  # a mean over seeds can sit outside the interval of its
+            hi.append(100 * max(0.0, b - m))  # clipped value only by rounding
             if len(vals) > 1:
                 ax.plot([100 * x] * len(vals), [100 * v for v in vals], ".", color=color, ms=3, alpha=0.6)
         px = [100 * x for x in xs]

@@ -228,14 +228,22 @@ def lowrank_finetune(model: nn.Module, train, val=None, ranks: dict | None = Non
     return m.cpu().eval()
 
 
+def conv2_sides(model: nn.Module, input_shape: tuple = (1, 28, 28)) -> tuple[int, int]:
+    """(side of conv2's input, side of its output) in a LeNet-5 for square inputs of ``input_shape``
+    (C, H, W): conv1 (valid), 2x2 max-pool, then conv2 (valid). (12, 8) for 28x28 MNIST, (14, 10) for 32x32."""
+    if len(input_shape) != 3 or input_shape[1] < 16:
+        raise ValueError(f"input_shape={input_shape!r} must be (C, H, W) with H >= 16")
+    side_in = (input_shape[1] - model.conv1.kernel_size[0] + 1) // 2
+    return side_in, side_in - model.conv2.kernel_size[0] + 1
+
+
 def chapter3_cp_ranks(model: nn.Module, input_shape: tuple = (1, 28, 28)) -> dict:
     """Chapter 3's CP model at equal cost: fc1 as in ``chapter3_ranks`` (same treatment), conv2 by CP at
     the rank whose MACs (``lowrank.cp_macs``) come closest to the Tucker-2 conv2 of ``chapter3_ranks``
     (``lowrank.tucker2_macs``). ``model``: a LeNet-5 for inputs of ``input_shape`` (C, H, W)."""
     ranks = chapter3_ranks(model)
     conv = model.conv2
-    side_in = (input_shape[1] - model.conv1.kernel_size[0] + 1) // 2
-    side_out = side_in - conv.kernel_size[0] + 1
+    side_in, side_out = conv2_sides(model, input_shape)
     c_out, c_in, kh, kw = conv.weight.shape
     budget = tucker2_macs(c_in, c_out, (kh, kw), ranks["conv2"], side_in, side_out)
     per_rank = cp_macs(c_in, c_out, (kh, kw), 1, side_in, side_out)

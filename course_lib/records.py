@@ -227,5 +227,16 @@ def assemble(root: str | os.PathLike | None = None, out: str | os.PathLike | Non
     return out
 
 
+def artifacts_dir(chapter: str) -> Path:
+    """Where a chapter writes the files it measures (models, ONNX files): ``$COURSE_ARTIFACTS/<chapter>``,
+    else ``artifacts/<chapter>`` beside the results directory (``results_dir()``); created if missing."""
+    if not chapter or any(c in chapter for c in "/\\"):
+        raise ValueError(f"chapter={chapter!r} must be a plain name such as '05_putting_it_together'")
+    base = os.environ.get("COURSE_ARTIFACTS")
+    path = (Path(base) if base else results_dir().parent / "artifacts") / chapter
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 if __name__ == "__main__":  # make run / make results
     print(assemble())

@@ -82,7 +82,8 @@ def accuracy_interval(accuracy: float, n: int, level: float = 0.95) -> tuple[flo
     z = _z(level)
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the interval contains p, exactly (at p = 0 or 1 the bounds would otherwise miss it by a rounding error)
+    return min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def mcnemar_p(b: int, c: int) -> float:

@@ -216,3 +216,16 @@ def test_benchmark_runs_end_to_end_on_a_small_sample(tmp_path):
     assert sum(t["verdict"] == "reported" for t in bench["targets"]) == 6
     assert set(bench["latency"]["baseline"]["by_config"]) == {"torch", "torch-channels-last", "onnxruntime"}
     assert "| ch. | target |" in (tmp_path / "bench.md").read_text() and "targets met" in r.stdout
+
+
+@pytest.mark.parametrize("shape, sides", [((1, 28, 28), (12, 8)), ((3, 32, 32), (14, 10)), ((1, 20, 20), (8, 4))])
+def test_conv2_sides_follow_the_input(shape, sides):
+    from course_lib.models import build_model
+    m = build_model("lenet5", shape, 10)
+    assert recipes.conv2_sides(m, shape) == sides
+    x = torch.zeros(1, *shape)
+    out = m.conv2(torch.nn.functional.max_pool2d(torch.relu(m.conv1(x)), 2))
+    assert tuple(out.shape[-2:]) == (sides[1], sides[1])
+    assert recipes.chapter3_cp_ranks(m, shape)["conv2"] >= 1
+    with pytest.raises(ValueError, match="input_shape=.*H >= 16"):
+        recipes.conv2_sides(m, (1, 8, 8))

@@ -108,3 +108,15 @@ def test_record_over_seeds_keeps_mean_spread_interval_and_runs():
     assert "99.00% ±1.00 [" in line and "(3 seeds)" in line
     with pytest.raises(ValueError, match="accuracy"):
         results.record("x", accuracy=[1.2, 1.3], n_test=10, size_bytes=1, params=2, nonzero=1, macs=3, latency_ms=None)
+
+
+def test_artifacts_dir_follows_the_environment(tmp_path, monkeypatch):
+    from course_lib import records as R
+    monkeypatch.setenv("COURSE_ARTIFACTS", str(tmp_path / "art"))
+    assert R.artifacts_dir("05_putting_it_together") == tmp_path / "art" / "05_putting_it_together"
+    assert (tmp_path / "art" / "05_putting_it_together").is_dir()
+    monkeypatch.delenv("COURSE_ARTIFACTS")
+    monkeypatch.setenv("COURSE_RESULTS", str(tmp_path / "b" / "results"))
+    assert R.artifacts_dir("02_quantization") == tmp_path / "b" / "artifacts" / "02_quantization"
+    with pytest.raises(ValueError, match="chapter='../x' must be a plain name"):
+        R.artifacts_dir("../x")

@@ -134,3 +134,13 @@ def test_seed_summary_hand_computed():
 def test_argument_errors_name_the_argument(fn, args, match):
     with pytest.raises(ValueError, match=match):
         fn(*args)
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 13, 70, 140, 200, 1000, 10_000])
+def test_wilson_interval_contains_the_accuracy_at_the_edges(n):
+    """At 0% and 100% the bounds equal the accuracy exactly, not up to a rounding error (figures draw
+    error bars as accuracy - low and high - accuracy, which must not be negative)."""
+    lo, hi = stats.accuracy_interval(1.0, n)
+    assert hi == 1.0 and lo < 1.0
+    lo, hi = stats.accuracy_interval(0.0, n)
+    assert lo == 0.0 and hi > 0.0

@@ -29,7 +29,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from . import _validate as V
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = REPO_ROOT / "data"
+# Running from a git checkout (editable install, make, python -m course_lib) or from an installed wheel?
+IN_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "course_lib").is_dir()
+# The embedded data: course_lib/_data inside a wheel (pyproject.toml maps data/ there), else <checkout>/data
+_PACKAGED_DATA = Path(__file__).resolve().parent / "_data"
+DATA_DIR = _PACKAGED_DATA if (_PACKAGED_DATA / "mnist5k.npz").is_file() else REPO_ROOT / "data"
+# Everything the course writes (cached baselines, results): <checkout>/build, else $COURSE_HOME or
+# ~/.cache/course_lib, so an installed course never writes into site-packages
+BUILD_DIR = (REPO_ROOT / "build" if IN_CHECKOUT
+             else Path(os.environ.get("COURSE_HOME") or Path.home() / ".cache" / "course_lib"))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from . import measure, stats
-from .data import REPO_ROOT
+from .data import BUILD_DIR, REPO_ROOT
 from .training import evaluate
 
 _MEASURE = object()  # sentinel: "measure this field" (None means "not measured", e.g. latency)
@@ -96,8 +96,9 @@ REQUIRED = ("name", "metric", "accuracy", "accuracy_std", "accuracy_ci", "seeds"
 
 
 def results_dir() -> Path:
-    """build/results under the repository, or $COURSE_RESULTS."""
-    return Path(os.environ.get("COURSE_RESULTS", REPO_ROOT / "build" / "results"))
+    """$COURSE_RESULTS, else ``data.BUILD_DIR``/results (<checkout>/build/results, or $COURSE_HOME/results,
+    default ~/.cache/course_lib/results, for an installed course)."""
+    return Path(os.environ.get("COURSE_RESULTS", BUILD_DIR / "results"))
 
 
 def validate_records(records: list[dict]) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import _validate as V
-from .data import REPO_ROOT, Splits, dataset_key, load_dataset
+from .data import BUILD_DIR, Splits, dataset_key, load_dataset
 from .models import build_model
 
 
@@ -282,8 +282,9 @@ BASELINE_RECIPE = dict(model="lenet5", epochs=20, lr=2e-3, batch_size=64, weight
 
 
 def cache_dir() -> Path:
-    """Where trained baselines are cached: $COURSE_CACHE, else <repo>/build/cache."""
-    return Path(os.environ.get("COURSE_CACHE", REPO_ROOT / "build" / "cache"))
+    """Where trained baselines are cached: $COURSE_CACHE, else ``data.BUILD_DIR``/cache (<checkout>/build/cache,
+    or $COURSE_HOME/cache, default ~/.cache/course_lib/cache, for an installed course)."""
+    return Path(os.environ.get("COURSE_CACHE", BUILD_DIR / "cache"))
 
 
 def _recipe_key(dataset: str, seed: int, recipe: dict) -> str:

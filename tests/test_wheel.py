@@ -145,3 +145,18 @@ def test_build_dir_outside_a_checkout(monkeypatch, tmp_path):
     assert records.results_dir() == ROOT / "build" / "results"
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path))          # the overrides still win
     assert training.cache_dir() == tmp_path
+
+
+def test_readme_opens_every_notebook_in_colab_from_the_one_repository_url():
+    url = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    owner_repo = re.fullmatch(r"https://github\.com/([\w.-]+/[\w.-]+)", url).group(1)
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"https://colab\.research\.google\.com/github/([\w.-]+/[\w.-]+)/blob/main/notebooks/([\w.-]+)",
+                       readme)
+    assert {repo for repo, _ in links} == {owner_repo}, "a Colab link points at another repository than pyproject's"
+    names = [nb for _, nb in links]
+    for nb in sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")):
+        assert names.count(nb) == 1, f"README has {names.count(nb)} Colab links to notebooks/{nb}, expected 1"
+    assert set(names) <= {p.name for p in (ROOT / "notebooks").glob("*.ipynb")}, "a Colab link to a missing notebook"
+    github = set(re.findall(r"https://github\.com/[\w.-]+/[\w.-]+", readme))
+    assert github <= {url}, f"README names other repository URLs than pyproject's {url}: {github - {url}}"

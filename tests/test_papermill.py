@@ -1,7 +1,6 @@
 """papermill runs a chapter with parameters (the README's command): chapter 00 with ``-p LAB_MODE True``,
 through papermill's Python API, its outputs written to a temporary folder. The baseline comes from
 build/cache/ (trained once, by whichever run needs it first)."""
-import os
 from pathlib import Path
 
 import nbformat

@@ -158,3 +158,33 @@ def lab_note(lab: bool, cuts: str, less_reliable: str) -> None:
     if lab:
         print(f"LAB MODE: {cuts}. Less reliable than in the full run: {less_reliable}. "
               f"Targets are reported, not asserted. Set LAB_MODE = False for the full run.")
+
+
+def targets_asserted(lab: bool, splits) -> bool:
+    """Whether a chapter asserts its targets (its claims about accuracy, size and speed), or only prints
+    each as met or MISSED.
+
+    Asserted in the full run on the course's own dataset, the one they were set and checked on (it has a
+    stated baseline accuracy, ``splits.target_accuracy``; ``mnist5k``). Reported in lab mode (cut budgets)
+    and on any other dataset: a claim checked on MNIST may honestly not carry over to other data, and a
+    chapter must still run top to bottom there. Invariants (exact counts, bit-exact kernels, formulas) are
+    asserted everywhere. ``splits``: a ``data.Splits``."""
+    lab = lab_mode(lab)
+    return not lab and getattr(splits, "target_accuracy", None) is not None
+
+
+def report_targets(targets: dict, asserted: bool) -> None:
+    """Print every target as met or MISSED; then, if ``asserted``, fail naming the missed ones."""
+    for what, ok in targets.items():
+        print(f"{'met   ' if ok else 'MISSED'} {what}")
+    if asserted:
+        missed = [what for what, ok in targets.items() if not ok]
+        assert not missed, f"targets missed: {missed}"
+
+
+def data_note(splits) -> None:
+    """Print, when ``splits`` is not the course's own dataset, that its targets are reported, not asserted."""
+    if getattr(splits, "target_accuracy", None) is None:
+        print(f"DATASET {splits.name}: not the course's dataset. Every target is stated relative to this "
+              f"dataset's own baseline and reported as met or MISSED, not asserted (they were set on mnist5k); "
+              f"invariants are still asserted.")

@@ -179,3 +179,24 @@ def test_lab_mode_resolves_the_parameter_and_the_environment(monkeypatch, capsys
     lab_note(True, "one seed", "the intervals")
     out = capsys.readouterr().out
     assert out.startswith("LAB MODE: one seed.") and "the intervals" in out and "not asserted" in out
+
+
+def test_targets_asserted_only_in_the_full_run_on_the_course_dataset(tmp_path, capsys):
+    import numpy as np
+
+    from course_lib import env
+    from course_lib.data import load_dataset
+    course = load_dataset("mnist5k", limit=20)
+    p = tmp_path / "mine.npz"
+    np.savez(p, images=np.zeros((30, 20, 20), np.uint8), labels=np.arange(30) % 3)
+    other = load_dataset(str(p))
+    assert env.targets_asserted(False, course) and not env.targets_asserted(True, course)
+    assert not env.targets_asserted(False, other) and not env.targets_asserted(True, other)
+    env.data_note(course)
+    assert capsys.readouterr().out == ""
+    env.data_note(other)
+    assert "not the course's dataset" in capsys.readouterr().out
+    env.report_targets({"a": True, "b": False}, asserted=False)
+    assert capsys.readouterr().out.splitlines() == ["met    a", "MISSED b"]
+    with pytest.raises(AssertionError, match=r"targets missed: \['b'\]"):
+        env.report_targets({"a": True, "b": False}, asserted=True)

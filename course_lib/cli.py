@@ -199,8 +199,10 @@ def setup(root: Path, torch: str | None = None, index_url: str | None = None, dr
         source = torch_source(choice, system, gpu, ok, index_url)
         if not ok:
             print(f"no local torch wheel; installing from {source or 'the default index'}", flush=True)
-    if source is not None:
-        sh(torch_install(py, constraints, source))
+    if source is not None and sh(torch_install(py, constraints, source), check=False):
+        raise SystemExit(f"setup could not install torch from {source or 'the default index'}: with no network, "
+                         "point PIP_FIND_LINKS at a folder holding the torch wheel; or choose another source "
+                         "with --torch cpu|cuda|default (COURSE_TORCH) or --torch-index URL")
     sh([py, "-m", "pip", "install", "-c", str(constraints), "-e", ".[dev]"])
     if not dry_run:
         (venv / ".installed").touch()
@@ -245,10 +247,12 @@ def _main(argv: list[str]) -> int:
         setup(root, args.torch, args.torch_index, args.dry_run)
         if args.command == "setup":
             return 0
-    if not args.no_venv and not in_venv:  # re-run inside .venv, with the venv's Python
+    if not args.no_venv and not in_venv:  # re-run inside .venv, with the venv's Python (a dry run too)
         cmd = [str(venv_python(venv)), "-m", "course_lib", *argv]
         print("+", _show(cmd), flush=True)
-        return 0 if args.dry_run else subprocess.call(cmd, cwd=root, env=base_env())
+        if args.dry_run and not venv_python(venv).exists():
+            return 0
+        return subprocess.call(cmd, cwd=root, env=base_env())
     env = base_env()
     for cmd, extra in commands(args.command, sys.executable, root):
         print("+", _show(cmd, extra), flush=True)

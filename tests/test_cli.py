@@ -188,6 +188,31 @@ def test_main_dry_run_prints_and_runs_nothing(capsys, monkeypatch):
     assert out[0].endswith("-m pytest -q tests") and out[1].endswith("-m pytest -q --nbval notebooks")
 
 
+def test_a_dry_run_from_a_bare_checkout_shows_the_setup_and_the_rerun(tmp_path, monkeypatch, capsys):
+    root = _fake_checkout(tmp_path)
+    shutil.rmtree(root / ".venv")
+    monkeypatch.setattr(cli, "find_root", lambda: root)
+    monkeypatch.setattr(cli, "has_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(cli.subprocess, "call", lambda *a, **k: pytest.fail("dry run ran a program"))
+    monkeypatch.delenv("COURSE_TORCH", raising=False)
+    assert cli.main(["run", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    venv_py = str(cli.venv_python(root / ".venv"))
+    assert "-m venv" in out and "--no-index --no-deps" in out and out.rstrip().endswith(f"{venv_py} -m course_lib run --dry-run")
+    assert not (root / ".venv").exists()
+
+
+def test_setup_names_the_way_out_when_the_index_fails(tmp_path, monkeypatch):
+    root = _fake_checkout(tmp_path)
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, **kw: 1 if any(a.startswith("torch==") for a in cmd) else 0)
+    monkeypatch.setattr(cli, "has_nvidia_gpu", lambda: False)
+    monkeypatch.setattr(cli.platform, "system", lambda: "Linux")
+    monkeypatch.delenv("COURSE_TORCH", raising=False)
+    with pytest.raises(SystemExit, match="download.pytorch.org.*PIP_FIND_LINKS"):
+        cli.setup(root)
+    assert not (root / ".venv" / ".installed").exists()
+
+
 def test_main_stops_at_the_first_failure(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd=None, env=None: calls.append(env) or 3)

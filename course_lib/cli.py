@@ -121,10 +121,22 @@ def torch_install(py: str, constraints: Path, source: str) -> list[str]:
     return cmd + INDEX_FLAGS + (["--index-url", source] if source else [])
 
 
-def commands(name: str, py: str, root: Path) -> list[tuple[list[str], dict[str, str]]]:
-    """The programs ``name`` runs, in order: (argv, extra environment) pairs, run in ``root``."""
+def has_curve() -> bool:
+    """True if pyzmq can encrypt kernel connections (CurveZMQ); False without pyzmq or curve."""
+    try:
+        import zmq
+    except ImportError:
+        return False
+    return bool(zmq.has("curve"))
+
+
+def commands(name: str, py: str, root: Path, curve: bool | None = None) -> list[tuple[list[str], dict[str, str]]]:
+    """The programs ``name`` runs, in order: (argv, extra environment) pairs, run in ``root``. ``curve``
+    (default: :func:`has_curve`) lets JupyterLab give kernels CurveZMQ keys, as scripts/run_notebooks.py
+    does, so ipykernel does not warn that it runs over TCP without encryption."""
     if name not in COMMANDS:
         raise ValueError(f"command = {name!r} is not valid; valid choices: {', '.join(COMMANDS)}")
+    curve = (has_curve() if curve is None else curve) and name == "lab"
     nbs = [p.relative_to(root).as_posix() for p in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
     executed = sorted((root / "build" / "executed").glob("[0-9][0-9]_*.ipynb"))
     pytest, script = [py, "-m", "pytest", "-q"], lambda s, *a: [py, f"scripts/{s}.py", *a]
@@ -134,7 +146,8 @@ def commands(name: str, py: str, root: Path) -> list[tuple[list[str], dict[str, 
         "test": [pytest + ["tests"], pytest + ["--nbval", "notebooks"]],
         "unit": [(pytest + ["tests"], {"COURSE_TEST_NBGRADER": "0"})],
         "nbval": [pytest + ["--nbval", "notebooks"]],
-        "lab": [([py, "-m", "jupyterlab", "notebooks/"], {"COURSE_PROGRESS": "1"})],
+        "lab": [([py, "-m", "jupyterlab", *(["--KernelManager.transport_encryption=auto"] if curve else []),
+                  "notebooks/"], {"COURSE_PROGRESS": "1"})],
         "student": [script("make_student", "--out", "build/student", *nbs)],
         "handouts": [script("make_handouts", "build/executed" if executed else "notebooks", "build/handouts")],
         "results": [[py, "-m", "course_lib.records"]],

@@ -159,6 +159,12 @@ def test_test_is_unit_tests_then_nbval():
     assert cli.commands("lab", PY, ROOT)[0][1] == {"COURSE_PROGRESS": "1"}
 
 
+def test_lab_gives_kernels_curve_keys_where_pyzmq_can():
+    (lab, _), = cli.commands("lab", PY, ROOT, curve=True)
+    assert lab == [PY, "-m", "jupyterlab", "--KernelManager.transport_encryption=auto", "notebooks/"]
+    assert cli.commands("lab", PY, ROOT, curve=False)[0][0] == [PY, "-m", "jupyterlab", "notebooks/"]
+
+
 def test_run_executes_every_chapter_then_handouts_and_results(tmp_path):
     root = _fake_checkout(tmp_path)
     (run, _), (handouts, _), (results, _) = cli.commands("run", PY, root)

@@ -144,7 +144,7 @@ def commands(name: str, py: str, root: Path, curve: bool | None = None) -> list[
         "run": [script("run_notebooks", "--out", "build/executed", *nbs),
                 script("make_handouts", "build/executed", "build/handouts"), [py, "-m", "course_lib.records"]],
         "test": [pytest + ["tests"], pytest + ["--nbval", "notebooks"]],
-        "unit": [(pytest + ["tests"], {"COURSE_TEST_NBGRADER": "0"})],
+        "unit": [(pytest + ["tests"], {"COURSE_TEST_NBGRADER": "0", "COURSE_TEST_OTHER_DATASETS": "0"})],
         "nbval": [pytest + ["--nbval", "notebooks"]],
         "lab": [([py, "-m", "jupyterlab", *(["--KernelManager.transport_encryption=auto"] if curve else []),
                   "notebooks/"], {"COURSE_PROGRESS": "1"})],

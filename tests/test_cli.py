@@ -155,7 +155,8 @@ def test_setup_needed_follows_the_stamp(tmp_path):
 def test_test_is_unit_tests_then_nbval():
     cmds = cli.commands("test", PY, ROOT)
     assert [c for c, _ in cmds] == [[PY, "-m", "pytest", "-q", "tests"], [PY, "-m", "pytest", "-q", "--nbval", "notebooks"]]
-    assert cli.commands("unit", PY, ROOT) == [([PY, "-m", "pytest", "-q", "tests"], {"COURSE_TEST_NBGRADER": "0"})]
+    assert cli.commands("unit", PY, ROOT) == [([PY, "-m", "pytest", "-q", "tests"],
+                                              {"COURSE_TEST_NBGRADER": "0", "COURSE_TEST_OTHER_DATASETS": "0"})]
     assert cli.commands("lab", PY, ROOT)[0][1] == {"COURSE_PROGRESS": "1"}
 
 
@@ -254,7 +255,7 @@ def test_python_m_course_lib_dry_run():
     out = subprocess.run([sys.executable, "-m", "course_lib", "unit", "--dry-run", "--no-venv"], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().endswith("COURSE_TEST_NBGRADER=0 " + f"{sys.executable} -m pytest -q tests")
+    assert out.stdout.strip().endswith("COURSE_TEST_NBGRADER=0 COURSE_TEST_OTHER_DATASETS=0 " + f"{sys.executable} -m pytest -q tests")
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")

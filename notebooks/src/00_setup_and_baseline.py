@@ -17,6 +17,16 @@
 # `build/cache/`. Later runs (and every later chapter) load them from the cache, and this notebook then
 # takes about half a minute.
 
+# %%
+# Hosted notebooks (Colab, Kaggle) start without the course: this cell installs it there, beside their own
+# torch (course_lib/hosted.py says how). Anywhere else it does nothing: `make` or `python -m course_lib` installed it.
+import importlib.util, os, subprocess, sys  # noqa: E401
+COURSE_REPO = "https://github.com/compression-course/compression-course"
+if importlib.util.find_spec("course_lib") is None and ("google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ):
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", f"course_lib @ git+{COURSE_REPO}"], check=True)
+    from course_lib.hosted import install_requirements
+    install_requirements()
+
 # %% tags=["parameters"]
 DATASET = "mnist5k"  # "mnist", "fashion_mnist" or "cifar10" once their archives are in place
 SEED = 0
@@ -40,7 +50,7 @@ from IPython.display import Markdown, display
 
 from course_lib import deploy, measure, plots, records, stats, storage
 from course_lib.data import DATASETS, load_dataset
-from course_lib.env import check_environment, lab_mode, lab_note
+from course_lib.env import check_environment, data_note, lab_mode, lab_note, report_targets, targets_asserted
 from course_lib.models import SMALL_LENET, LeNet5, build_model
 from course_lib.recipes import SEEDS
 from course_lib.training import (BASELINE_RECIPE, correct, evaluate, fit, get_device, load_baseline,
@@ -72,13 +82,13 @@ lab_note(LAB_MODE, cuts=f"baseline and small LeNet over {len(SEEDS)} seeds inste
 splits = load_dataset(DATASET)
 n_test = len(splits.test)
 print(f"dataset {splits.name}: input shape {splits.input_shape}, {splits.num_classes} classes")
+data_note(splits)  # prints only for data other than the course's
 for part in ("train", "val", "test"):
     labels = getattr(splits, part).tensors[1]
     print(f"{part:5s} {len(labels):5d} images, per class: {torch.bincount(labels).tolist()}")
 
 # %%
-info = DATASETS[DATASET]
-fig = plots.show_samples(splits.train, splits.classes, n=20, mean=info.mean, std=info.std)
+fig = plots.show_samples(splits.train, splits.classes, n=20, mean=splits.mean, std=splits.std)
 
 
 # %% [markdown]
@@ -520,27 +530,26 @@ display(Markdown(
 print(f"run time of this notebook: {time.perf_counter() - t_start:.0f} s")
 
 # %%
-mnist5k = DATASET == "mnist5k"
+mnist5k = DATASET == "mnist5k"  # the exact counts below are the course's; other data checks the same invariants
 assert (p_base == 431_080 and m_base == 2_293_000) or not mnist5k
 assert len(splits.train) == 3500 and len(splits.val) == 500 and n_test == 1000 or not mnist5k
 assert (p_small == 21_952 and m_small == 188_200) or not mnist5k
 assert round(p_base / p_small, 1) == 19.6 or not mnist5k, "the small LeNet has 19.6x fewer parameters"
 assert len(base_accs) == len(small_accs) == len(SEEDS) >= (2 if LAB_MODE else 3)
 lo, hi = base_rec["accuracy_ci"]
+# The baseline's target: the accuracy the course states for its dataset (98% on mnist5k); on other data,
+# clearly above chance (the lower end of its interval above the most frequent class's share). Every later
+# chapter states its targets relative to this baseline.
+target = splits.target_accuracy
 targets_00 = {
-    "baseline at the 98% target": hi >= 0.98 and base_rec["accuracy"] >= 0.975,
-    "small LeNet control did not regress": small_rec["accuracy_ci"][1] >= 0.975,
+    (f"baseline at the {100 * target:.0f}% target" if target else f"baseline clearly above chance ({100 * splits.chance:.0f}%)"):
+        (hi >= target and base_rec["accuracy"] >= target - 0.005) if target else lo > splits.chance,
+    ("small LeNet control did not regress" if target else "small LeNet control clearly above chance"):
+        small_rec["accuracy_ci"][1] >= target - 0.005 if target else small_rec["accuracy_ci"][0] > splits.chance,
     "quick recipe not better than the course recipe": cmp_quick.verdict != "better",
     "small LeNet faster than the baseline": rows["small-lenet"]["x_faster"] > 1,
 }
-for k, ok in targets_00.items():
-    print(f"{'met   ' if ok else 'MISSED'} {k}")
-if not LAB_MODE:  # targets are asserted in the full run only (lab mode reports them)
-    assert hi >= 0.98 and base_rec["accuracy"] >= 0.975, \
-        f"baseline mean {base_rec['accuracy']:.4f} (Wilson upper bound {hi:.4f}) is below the 98% target"
-    assert small_rec["accuracy_ci"][1] >= 0.975, f"the small LeNet control regressed: {small_rec['accuracy']:.4f}"
-    assert cmp_quick.verdict != "better", "the 3-epoch quick recipe beat the course recipe beyond the noise"
-assert all(r["latency_ms"] > 0 for r in recs) and base_rec["size_bytes"] > 4 * 431_080
-if not LAB_MODE:
-    assert rows["small-lenet"]["x_faster"] > 1, "sanity: 12x fewer MACs should run faster than the baseline"
+# asserted in the full run on the course's dataset; reported (met or MISSED) in lab mode and on other data
+report_targets(targets_00, asserted=targets_asserted(LAB_MODE, splits))
+assert all(r["latency_ms"] > 0 for r in recs) and base_rec["size_bytes"] > 4 * p_base
 print("all checks passed")

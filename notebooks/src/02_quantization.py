@@ -20,6 +20,16 @@
 # time, to train the from-scratch controls (once per seed), which are then cached. Lab mode (`LAB_MODE = True`, or
 # `COURSE_LAB_MODE=1`) runs one seed, one fine-tuning epoch and fewer timing rounds, in well under a minute.
 
+# %%
+# Hosted notebooks (Colab, Kaggle) start without the course: this cell installs it there, beside their own
+# torch (course_lib/hosted.py says how). Anywhere else it does nothing: `make` or `python -m course_lib` installed it.
+import importlib.util, os, subprocess, sys  # noqa: E401
+COURSE_REPO = "https://github.com/compression-course/compression-course"
+if importlib.util.find_spec("course_lib") is None and ("google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ):
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", f"course_lib @ git+{COURSE_REPO}"], check=True)
+    from course_lib.hosted import install_requirements
+    install_requirements()
+
 # %% tags=["parameters"]
 DATASET = "mnist5k"
 SEED = 0             # the baseline's seed; fine-tuning runs use recipes.SEEDS
@@ -42,7 +52,8 @@ from IPython.display import Markdown, display
 from course_lib import checks, deploy, measure, plots, recipes, records, stats, storage
 from course_lib import quantization as Q
 from course_lib.data import REPO_ROOT, load_dataset
-from course_lib.env import has_vnni, lab_mode, lab_note, start_chapter, u8s8_saturates
+from course_lib.env import (data_note, has_vnni, lab_mode, lab_note, report_targets, start_chapter, targets_asserted,
+                            u8s8_saturates)
 from course_lib.models import SMALL_LENET, lenet_widths_matching
 from course_lib.training import correct, evaluate, load_baseline, predict
 
@@ -69,6 +80,7 @@ lab_note(LAB_MODE, cuts=f"one fine-tuning seed instead of {len(recipes.SEEDS)} (
 
 # %%
 splits = load_dataset(DATASET)
+data_note(splits)  # prints only for data other than the course's
 shape, test, val = splits.input_shape, splits.test, splits.val
 baseline, meta = load_baseline(DATASET, SEED, device=device, splits=splits)
 base_correct = correct(baseline, test)
@@ -573,7 +585,9 @@ display(Markdown(
     f"levels ({cmp_levels[3, 'qat-vs-km']}) and {verdict_words(cmp_levels[4, 'qat-vs-km'], 'QAT', 'k-means')} at 4 "
     f"levels ({cmp_levels[4, 'qat-vs-km']}). At equal storage (2 bits), "
     f"{verdict_words(cmp_bits, 'QAT with 3 levels', 'k-means with 4')} ({cmp_bits}). Differences inside the "
-    f"interval are not effects: 1,000 test images resolve about half a point at this accuracy."))
+    f"interval are not effects: {len(test):,} test images resolve about "
+    f"{50 * (stats.accuracy_interval(base_acc, len(test))[1] - stats.accuracy_interval(base_acc, len(test))[0]):.1f} "
+    "points either way at this accuracy."))
 
 # %% [markdown]
 # ## 11. Integer-only inference: what an int8 kernel computes
@@ -746,6 +760,14 @@ for name, (fp, ref) in fixed.items():
 # default x86 configuration observes *activations* with `reduce_range=True` (0..127, 7 bits), on every
 # CPU.
 #
+# **On ARM** (Apple Silicon, Graviton, a Raspberry Pi) the dot-product instructions (`sdot`/`udot`, and
+# `smmla` where the CPU has i8mm) add 8-bit products straight into int32, so nothing saturates:
+# `env.u8s8_saturates()` is false there and the full 8-bit range is used. torch.ao runs its **qnnpack**
+# engine instead of x86's fbgemm/oneDNN (`Q.quantized_engine()` picks it for the CPU), and onnxruntime its
+# ARM64 kernels. How much faster int8 is than float32 is a property of the CPU and its kernels, not of
+# the format: the latency table of section 14 measures it on your machine, and the speed targets of this
+# chapter were set on an x86 CPU with VNNI.
+#
 # We export the model to ONNX (`deploy.export_onnx`, PyTorch's TorchScript exporter) and let onnxruntime's
 # `quantize_static` calibrate the activations (min-max on the same calibration images) and quantize the
 # weights per channel, in QDQ format (Quantize/Dequantize pairs that onnxruntime fuses into `QLinearConv`
@@ -757,7 +779,7 @@ print(f"this CPU: VNNI {has_vnni()}; uint8 x int8 kernels can saturate (so reduc
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-art = REPO_ROOT / "build" / "artifacts" / "02_quantization"
+art = records.artifacts_dir("02_quantization")  # build/artifacts/02_quantization (git-ignored)
 fp32_onnx = deploy.export_onnx(baseline, art / "lenet5_fp32.onnx", shape)
 int8_onnx = deploy.ort_quantize_static(fp32_onnx, art / "lenet5_int8.onnx", calib, per_channel=True, quant_format="QDQ")
 ort_fp32, ort_int8 = deploy.OrtModule(fp32_onnx), deploy.OrtModule(int8_onnx)
@@ -1056,44 +1078,52 @@ display(Markdown(
 # fastest float32 baseline, single thread); the strict verdicts are printed below and measured by
 # `make bench`. In lab mode (one seed, one epoch, fewer timing rounds) the fine-tuning and speed targets
 # are printed as reported, not asserted; exact invariants and post-training results are asserted in both modes.
+# On data other than the course's, every target is reported (they were set on mnist5k); invariants stay asserted.
 
 # %%
 by = {r["name"]: r for r in recs}
 base_lo, base_hi = stats.accuracy_interval(base_acc, len(test))
-assert base_acc >= 0.98
+# chapter 0's baseline: at the target the course states for its dataset (98% on mnist5k), else above chance
+assert base_acc >= splits.target_accuracy if splits.target_accuracy else base_acc > splits.chance
 # fake quantization is PyTorch's, value for value; the integer layers are onnxruntime's, bit for bit (x86)
 assert torch.equal(ours, theirs)
 assert torch.equal(acc, main - fold[None, :, None, None])
 if X86:
     assert exact_conv1 and exact_fc1, (exact_conv1, exact_fc1)
 assert all(d[2] <= 1 for d in fixed_diff.values()), fixed_diff  # fixed point: off by at most one step
-# W8A8: no measurable loss, about 4x smaller
-for n in ("ptq-w8a8-per-channel", "ptq-w8a8-per-tensor"):
-    assert vs_base(ptq_correct[n]).verdict != "worse" and by[n]["accuracy"] >= base_lo, n
-assert base_rec["size_bytes"] / by["ptq-w8a8-per-channel"]["size_bytes"] >= 3.85
-# 3 levels: calibrated weight ranges rescue PTQ (a huge, certain gain over min-max); QAT (3 seeds) lands
-# within 1.5 points of the baseline at 3 and 4 levels, k-means + centroids (same epochs) within 1.5 points
-# at 4 levels and 3 points at 3 levels
-assert cmp_levels[3, "ptq-vs-minmax"].verdict == "better"
-assert acc_of(ptq_low[3, WEIGHT_METHOD[3]]) >= base_acc - 0.03
+# Post-training results, asserted in both modes on the course's data (where they were set), reported on other
+# data: W8A8 loses nothing measurable and is about 4x smaller (3.85x for the course's LeNet-5: a smaller LeNet,
+# for smaller images, carries relatively more fixed overhead); at 3 levels calibrated weight ranges rescue PTQ
+# (a certain gain over min-max, within 3 points of the baseline); deployed int8 keeps the baseline's accuracy
+# (inside its 95% interval) and agrees with the simulation.
+COURSE_DATA = splits.target_accuracy is not None
+post_training = {f"{n} not worse than the baseline": vs_base(ptq_correct[n]).verdict != "worse"
+                 and by[n]["accuracy"] >= base_lo for n in ("ptq-w8a8-per-channel", "ptq-w8a8-per-tensor")}
+post_training |= {
+    "W8A8 artifact at least 3.85x smaller": base_rec["size_bytes"] / by["ptq-w8a8-per-channel"]["size_bytes"] >= 3.85,
+    "3 levels: calibrated weight ranges better than min-max": cmp_levels[3, "ptq-vs-minmax"].verdict == "better",
+    "3 levels: PTQ within 3 points": acc_of(ptq_low[3, WEIGHT_METHOD[3]]) >= base_acc - 0.03,
+    "onnxruntime int8 not worse than the baseline": acc_of(ort8_correct) >= base_lo and vs_base(ort8_correct).verdict != "worse",
+    "int8 with conv1 in float not worse": acc_of(mixed_correct) >= base_lo and vs_base(mixed_correct).verdict != "worse",
+    "int8 agrees with the simulation on 99% of images": agree >= 0.99 and agree_mixed >= 0.99,
+    "int8 model file at least 3.8x smaller": base_rec["size_bytes"] / by["onnxruntime-int8-conv1-float"]["size_bytes"] >= 3.8,
+}
+report_targets(post_training, asserted=COURSE_DATA)
+# QAT (3 seeds) lands within 1.5 points of the baseline at 3 and 4 levels, k-means + centroids (same epochs)
+# within 1.5 points at 4 levels and 3 points at 3 levels
 finetune_targets = {f"QAT {L} levels within 1.5 points": acc_of(qat_correct[L]) >= base_acc - 0.015
                     and vs_base(qat_correct[L]).ci[1] > -0.015 for L in (3, 4)}
 finetune_targets["k-means + centroids 4 levels within 1.5 points"] = acc_of(km_ft_correct[4]) >= base_acc - 0.015
 finetune_targets["k-means + centroids 3 levels within 3 points"] = acc_of(km_ft_correct[3]) >= base_acc - 0.03
-# deployed int8 keeps the baseline's accuracy (inside its 95% interval) and agrees with the simulation
-for c in (ort8_correct, mixed_correct):
-    assert acc_of(c) >= base_lo and vs_base(c).verdict != "worse"
-assert agree >= 0.99 and agree_mixed >= 0.99, (agree, agree_mixed)
-assert base_rec["size_bytes"] / by["onnxruntime-int8-conv1-float"]["size_bytes"] >= 3.8
 # speed: sanity floors at half the targets; the fake-quantized model is not faster than float
 speed_floors = {"int8 >= 1.25x onnxruntime fp32": speed["onnxruntime-int8-conv1-float"]["vs_ort32"] >= 2.5 / 2,
                 "int8 >= 1.1x the fastest fp32": speed["onnxruntime-int8-conv1-float"]["vs_fastest"] >= 2.2 / 2,
                 "fake quant not 2x faster than torch fp32":
                     lat["ptq-w8a8-per-channel"]["latency_ms"] >= 0.5 * lat["baseline"]["by_config"]["torch"]}
-if LAB_MODE:  # one seed, one epoch, few timing rounds: reported, not asserted
+if not targets_asserted(LAB_MODE, splits):  # lab mode (one seed, one epoch, few timing rounds) or other data
     for what, ok in {**finetune_targets, **speed_floors}.items():
-        print(f"reported (lab mode): {what}: {'met' if ok else 'MISSED'}")
-    print("all invariants passed (lab mode: fine-tuning and speed targets reported above)")
+        print(f"reported: {what}: {'met' if ok else 'MISSED'}")
+    print("all invariants passed (fine-tuning and speed targets reported above)")
 else:
     assert all(finetune_targets.values()), finetune_targets
     assert all(speed_floors.values()), (speed_floors, speed)

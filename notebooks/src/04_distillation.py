@@ -15,6 +15,16 @@
 # **Run time:** about 3.5 minutes on a 2-core laptop CPU (a few dozen short training runs of tiny students
 # and two long ones per seed in `SEEDS`, on one thread; the teacher is the cached baseline of chapter 0).
 
+# %%
+# Hosted notebooks (Colab, Kaggle) start without the course: this cell installs it there, beside their own
+# torch (course_lib/hosted.py says how). Anywhere else it does nothing: `make` or `python -m course_lib` installed it.
+import importlib.util, os, subprocess, sys  # noqa: E401
+COURSE_REPO = "https://github.com/compression-course/compression-course"
+if importlib.util.find_spec("course_lib") is None and ("google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ):
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", f"course_lib @ git+{COURSE_REPO}"], check=True)
+    from course_lib.hosted import install_requirements
+    install_requirements()
+
 # %% tags=["parameters"]
 DATASET = "mnist5k"
 SEED = 0
@@ -40,7 +50,7 @@ from course_lib.data import load_dataset
 from course_lib.distillation import (FeatureHint, TeacherCache, kd_loss, labelled_subset,
                                      over_seeds, pseudo_label_dataset, soften,
                                      teacher_probabilities)
-from course_lib.env import lab_mode, lab_note, start_chapter
+from course_lib.env import data_note, lab_mode, lab_note, start_chapter, targets_asserted
 from course_lib.models import LeNet5
 from course_lib.training import evaluate, load_baseline
 
@@ -63,6 +73,7 @@ t_start, cpu_start = time.perf_counter(), time.process_time()
 
 # %%
 splits = load_dataset(DATASET)
+data_note(splits)  # prints only for data other than the course's
 teacher, meta = load_baseline(DATASET, SEED, device=device, splits=splits)
 teacher_acc = evaluate(teacher, splits.test)
 teacher_params = measure.count_params(teacher)
@@ -85,7 +96,8 @@ print(f"teacher: {teacher_params:,} parameters, test accuracy {100 * teacher_acc
 
 # %%
 x_test, y_test = splits.test.tensors
-show = torch.stack([torch.nonzero(y_test == c)[0, 0] for c in (2, 4, 7, 9)])  # first test 2, 4, 7 and 9
+SHOW = (2, 4, 7, 9) if splits.num_classes == 10 else tuple(range(min(4, splits.num_classes)))  # classes shown
+show = torch.stack([torch.nonzero(y_test == c)[0, 0] for c in SHOW])  # the first test image of each (a 2, 4, 7, 9)
 probs = teacher_probabilities(teacher, x_test[show], temperatures=(1, 2, 4, 8))
 fig = plots.soft_targets(x_test[show], probs, splits.classes, labels=y_test[show])
 
@@ -186,7 +198,8 @@ for name, v in (("yours", my_kd_loss(s_logits, t_logits, labels, T, alpha)),
 temps = [1, 2, 4, 8, 16, 32]
 with torch.no_grad():
     t_real = teacher(splits.train.tensors[0][:256])
-s_init = LeNet5(c1=4, c2=8, fc=32)(splits.train.tensors[0][:256]).detach()
+s_init = LeNet5(splits.input_shape[0], splits.num_classes, input_size=splits.input_shape[1],
+                c1=4, c2=8, fc=32)(splits.train.tensors[0][:256]).detach()
 norms = {}
 for T in temps:
     s = s_init.clone().requires_grad_(True)
@@ -510,26 +523,30 @@ def gain_and_gap(student, base):
     return gain, gain / (teacher_acc - base["mean"])
 
 
+ASSERT = targets_asserted(LAB_MODE, splits)  # the full run on the course's data; else targets are reported
 assert all(teacher_params >= 10 * measure.count_params(make(cfg)()) for cfg in STUDENTS.values())
 gain, closed = gain_and_gap(runs[target, f"kd-{LONG_EPOCHS}ep"], runs[target, f"scratch-{LONG_EPOCHS}ep"])
 print(f"all labels, {LONG_EPOCHS} epochs: distillation gains {100 * gain:.2f} points and closes "
       f"{100 * closed:.1f}% of the gap")
-if not LAB_MODE:  # targets: asserted in the full run only (lab mode reports them)
+if ASSERT:
     assert gain >= 0.005 - 0.002 and closed >= 1 / 3 - 0.1, "target missed with the patient budget"
-gain, closed = gain_and_gap(runs[target, "kd-100-labels"], runs[target, "scratch-100-labels"])
+FEW = f"{PER_CLASS * splits.num_classes}-labels"  # 100 labels: 10 per class of MNIST
+gain, closed = gain_and_gap(runs[target, f"kd-{FEW}"], runs[target, f"scratch-{FEW}"])
 print(f"few labels: distillation gains {100 * gain:.2f} points and closes {100 * closed:.1f}% of the gap")
-if not LAB_MODE:
+if ASSERT:
     assert gain >= 0.005 and closed >= 1 / 3, "target missed in the few-labels setting"
 for name in STUDENTS:
     g, c = gain_and_gap(runs[name, "kd"], runs[name, "scratch"])
     print(f"all labels, {name:15s}: distillation gains {100 * g:.2f} points ({100 * c:.1f}% of the gap)")
-    if not LAB_MODE:
+    if ASSERT:
         assert g > -0.015, f"{name}: the distilled student is clearly worse than scratch: distillation is broken"
-if not LAB_MODE:
+if ASSERT:
     assert runs[target, "feature-kd"]["mean"] > runs[target, "scratch"]["mean"] - 0.01
-    assert runs[target, "pseudo-label-100-labels"]["mean"] > runs[target, "scratch-100-labels"]["mean"] + 0.02
-assert teacher_acc >= 0.98
-print("all checks passed" if not LAB_MODE else "invariants checked (lab mode: targets reported, not asserted)")
+    assert runs[target, f"pseudo-label-{FEW}"]["mean"] > runs[target, f"scratch-{FEW}"]["mean"] + 0.02
+# the teacher is chapter 0's baseline: at the target the course states for its dataset (98% on mnist5k),
+# clearly above chance on data of your own
+assert teacher_acc >= splits.target_accuracy if splits.target_accuracy else teacher_acc > splits.chance
+print("all checks passed" if ASSERT else "invariants checked (lab mode or other data: targets reported, not asserted)")
 
 # %%
 # NBVAL_IGNORE_OUTPUT

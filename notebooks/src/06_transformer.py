@@ -16,6 +16,16 @@
 # **Run time:** about 2 minutes on a 2-core laptop CPU (the instructor guide lists measured times; the
 # model load, GPTQ, head scoring, distillation and the latency measurements take a similar share each).
 
+# %%
+# Hosted notebooks (Colab, Kaggle) start without the course: this cell installs it there, beside their own
+# torch (course_lib/hosted.py says how). Anywhere else it does nothing: `make` or `python -m course_lib` installed it.
+import importlib.util, os, subprocess, sys  # noqa: E401
+COURSE_REPO = "https://github.com/compression-course/compression-course"
+if importlib.util.find_spec("course_lib") is None and ("google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ):
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", f"course_lib @ git+{COURSE_REPO}"], check=True)
+    from course_lib.hosted import install_requirements
+    install_requirements()
+
 # %% tags=["parameters"]
 DATASET = "sentences"  # the course's sentence set in data/sentences.tsv (no trained baseline: the
                        # pretrained fp32 model is the baseline)
@@ -272,8 +282,10 @@ for n in ("encoder.layer.0.output.dense", "encoder.layer.0.attention.self.query"
 # 2. **`reduce_range=True`**: torch.ao's dynamic Linear calls fbgemm with 7-bit activations (0..127),
 #    because the AVX2 instruction VPMADDUBSW adds pairs of u8 x s8 products into *16-bit* sums that
 #    could saturate. That halves the activation resolution exactly where the outliers already hurt.
-#    On CPUs with AVX512-VNNI (or AVX512, as in our runs) the full range is safe; `Q.Int8DynamicLinear`
-#    calls the same kernel with `reduce_range=False`.
+#    Only CPUs that accumulate those products in int32 make the full range safe: x86 with VNNI
+#    (AVX512-VNNI or AVX-VNNI, as in our runs) and ARM (`sdot`); plain AVX512 without VNNI saturates like
+#    AVX2 (`env.u8s8_saturates()` says which kind of CPU this is). `Q.Int8DynamicLinear` calls the same
+#    kernel with `reduce_range=False`, so on a CPU without VNNI its large activations can saturate.
 #
 # Channel-wise activation scales (SmoothQuant's trick $x W^\top = (x\,\mathrm{diag}(s)^{-1})(W\mathrm{diag}(s))^\top$,
 # folded into the preceding LayerNorm) do not fold here: in this post-LayerNorm BERT the LayerNorm

@@ -200,3 +200,14 @@ def test_targets_asserted_only_in_the_full_run_on_the_course_dataset(tmp_path, c
     assert capsys.readouterr().out.splitlines() == ["met    a", "MISSED b"]
     with pytest.raises(AssertionError, match=r"targets missed: \['b'\]"):
         env.report_targets({"a": True, "b": False}, asserted=True)
+
+
+def test_check_environment_warns_on_an_older_package(monkeypatch):
+    """A hosted notebook's own torch may be older than the tested floor: a warning, not a failure."""
+    from course_lib import env
+    monkeypatch.setattr(env, "REQUIRED", {**env.REQUIRED, "tqdm": "999.0"})
+    with pytest.warns(UserWarning, match=r"tqdm .* is older than 999.0, the oldest version the course is tested with"):
+        env.check_environment(verbose=False)
+    monkeypatch.setattr(env, "REQUIRED", {"no_such_package_here": "1.0"})
+    with pytest.raises(RuntimeError, match="package 'no_such_package_here' is missing"):
+        env.check_environment(verbose=False)

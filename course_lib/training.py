@@ -255,14 +255,21 @@ def predict(model: nn.Module, data, batch_size: int = 512, device=None) -> torch
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
+def _labels(loader) -> torch.Tensor:
+    """Every label of ``loader``; ValueError if it holds no image (before torch 2.13, torch.cat of no
+    batches raised a RuntimeError instead)."""
+    ys = [y for _, y in loader]
+    if sum(len(y) for y in ys) == 0:
+        raise ValueError("data is empty: cannot compute an accuracy")
+    return torch.cat(ys)
+
+
 @torch.no_grad()
 def correct(model: nn.Module, data, batch_size: int = 512, device=None) -> torch.Tensor:
     """Per-image correctness, bool of shape (N,), of ``model`` on ``data`` (Dataset, DataLoader or
     (x, y) tensors): what ``stats.paired_compare`` compares; ``evaluate`` is its mean."""
     loader = _as_loader(data, batch_size)
-    labels = torch.cat([y for _, y in loader])
-    if len(labels) == 0:
-        raise ValueError("data is empty: cannot compute an accuracy")
+    labels = _labels(loader)
     return predict(model, loader, batch_size, device) == labels
 
 
@@ -270,9 +277,7 @@ def correct(model: nn.Module, data, batch_size: int = 512, device=None) -> torch
 def evaluate(model: nn.Module, data, batch_size: int = 512, device=None) -> float:
     """Top-1 accuracy in [0, 1] of ``model`` on ``data`` (Dataset, DataLoader or (x, y) tensors)."""
     loader = _as_loader(data, batch_size)
-    labels = torch.cat([y for _, y in loader])
-    if len(labels) == 0:
-        raise ValueError("data is empty: cannot compute an accuracy")
+    labels = _labels(loader)
     return (predict(model, loader, batch_size, device) == labels).float().mean().item()
 
 

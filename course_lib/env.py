@@ -13,7 +13,7 @@ from . import _validate as V
 
 # (package, oldest version the course is tested with): the floors of pyproject.toml's ranges
 # (tests/test_environment.py checks they agree); the exact tested versions are in constraints.txt
-REQUIRED = {"torch": "2.13", "numpy": "2.4", "matplotlib": "3.11", "tqdm": "4.70"}
+REQUIRED = {"torch": "2.6", "numpy": "2.4", "matplotlib": "3.11", "tqdm": "4.70"}
 
 
 def _version_tuple(v: str) -> tuple:

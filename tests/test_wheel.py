@@ -7,6 +7,8 @@ a temporary folder loads the embedded dataset, trains a LeNet-5 for one epoch, p
 measures it, writes its results and reads chapter 6's sentences: chapter 01 and 02's core with nothing
 but the wheel. Without a local torch wheel (pip's find-links, e.g. a ``make wheelhouse`` folder in
 $PIP_FIND_LINKS) the install test is skipped: it would download torch. COURSE_TEST_WHEEL=0 skips it too.
+COURSE_TEST_TORCH=2.6.0 tests the floor of pyproject's torch range instead: that torch from pip's index
+(on Linux PyPI's CUDA build, about 5 GB installed), the course's other requirements from the lock.
 Measured on 2 busy cores: about 60 s with pip's cache warm, about 120 s with an empty pip cache.
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ torch.set_num_threads(1)
 splits = data.load_dataset("mnist5k")
 model = build_model("lenet5", splits.input_shape, splits.num_classes)
 training.fit(model, splits.train, splits.val, epochs=1, lr=2e-3, seed=0, progress=False)
-out = {"file": course_lib.__file__, "data_dir": str(data.DATA_DIR), "chance": splits.chance,
+out = {"torch": torch.__version__, "file": course_lib.__file__, "data_dir": str(data.DATA_DIR), "chance": splits.chance,
        "n_train": len(splits.train), "accuracy": training.evaluate(model, splits.test),
        "dense_bytes": measure.serialized_bytes(model), "params": measure.count_params(model)}
 pruning.magnitude_prune(model, 0.8)
@@ -76,6 +78,17 @@ def _smoke_files() -> list[str]:
         dirnames[:] = [d for d in dirnames if not (Path(dirpath) == ROOT and d in (".git", ".venv"))]
         found += [os.path.join(dirpath, f) for f in filenames if f.startswith("wheel_smoke")]
     return found
+
+
+def _lock_without_torch(py: str, lock: Path, out: Path) -> Path:
+    """``lock`` less torch and the distributions the torch installed in ``py`` requires (another torch pins
+    its own, e.g. torch 2.6 needs sympy 1.13.1); written to ``out``."""
+    code = ("import importlib.metadata as m, re; print(' '.join(re.split(r'[^A-Za-z0-9._-]', r)[0].lower() "
+            "for r in m.requires('torch') or [] if 'extra ==' not in r))")
+    names = {re.sub(r"[-_.]+", "-", n) for n in _run([py, "-c", code]).stdout.split()} | {"torch"}
+    out.write_text("".join(line + "\n" for line in lock.read_text().splitlines()
+                           if re.sub(r"[-_.]+", "-", line.split("==")[0].lower()) not in names))
+    return out
 
 
 def build_wheel(dest: Path) -> Path:
@@ -111,14 +124,19 @@ def test_fresh_venv_with_only_the_wheel_runs_a_chapter_core(tmp_path):
     work.mkdir()
     _run([sys.executable, "-m", "venv", str(venv)])
     py = str(venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python"))
+    floor = os.environ.get("COURSE_TEST_TORCH")
     torch_version = re.search(r"^torch==(\S+)", lock.read_text(), re.MULTILINE).group(1)
-    # torch from a local wheel only (python -m course_lib setup's first choice): never a download here
-    local = subprocess.run([py, "-m", "pip", "install", "-q", "-c", str(lock), f"torch=={torch_version}",
-                            "--no-index", "--no-deps", "--no-compile", *PIP_FLAGS], text=True, capture_output=True)
-    if local.returncode != 0:
-        pytest.skip(f"no local wheel of torch=={torch_version} in pip's find-links: {local.stderr.strip()[-300:]}")
-    deps = subprocess.run([py, "-m", "pip", "install", "-q", "-c", str(lock), str(wheel), "--no-compile", *PIP_FLAGS],
-                          text=True, capture_output=True)
+    if floor:   # another torch (the range's floor): from pip's index, its own dependencies left free
+        _run([py, "-m", "pip", "install", "-q", f"torch=={floor}", "--no-compile", *PIP_FLAGS])
+        lock = _lock_without_torch(py, lock, tmp_path / "constraints.txt")
+    else:       # torch from a local wheel only (python -m course_lib setup's first choice): never a download
+        local = subprocess.run([py, "-m", "pip", "install", "-q", "-c", str(lock), f"torch=={torch_version}",
+                                "--no-index", "--no-deps", "--no-compile", *PIP_FLAGS], text=True, capture_output=True)
+        if local.returncode != 0:
+            pytest.skip(f"no local wheel of torch=={torch_version} in pip's find-links: {local.stderr.strip()[-300:]}")
+    # the wheel and its requirements; with COURSE_TEST_TORCH, that torch is kept (pip refuses one outside the range)
+    deps = subprocess.run([py, "-m", "pip", "install", "-q", "-c", str(lock), str(wheel), "--no-compile", *PIP_FLAGS]
+                          + ([f"torch=={floor}"] if floor else []), text=True, capture_output=True)
     if deps.returncode != 0 and re.search(NETWORK_ERRORS, deps.stdout + deps.stderr):
         pytest.skip(f"pip could not reach its index for the course's dependencies: {deps.stderr.strip()[-300:]}")
     assert deps.returncode == 0, deps.stdout[-3000:] + deps.stderr[-3000:]
@@ -129,6 +147,7 @@ def test_fresh_venv_with_only_the_wheel_runs_a_chapter_core(tmp_path):
     proc = _run([py, "-c", SCRIPT], cwd=work, env=env)
     out = json.loads(proc.stdout.split("RESULT ", 1)[1])
 
+    assert out["torch"].split("+")[0] == (floor or torch_version)
     site = Path(out["file"]).resolve()
     assert venv.resolve() in site.parents and ROOT not in site.parents
     assert Path(out["data_dir"]).resolve() == site.parent / "_data"

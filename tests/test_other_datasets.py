@@ -8,8 +8,8 @@ pattern, drawn shifted and with noise):
 - ``npz``: 20x20 grayscale images, 5 named classes, as a user ``.npz`` without a ``split`` array.
 
 Every chapter 00 to 05 runs on each dataset in a fresh kernel with ``DATASET`` set to the file and
-``LAB_MODE = True`` injected after the parameters cell, as papermill would (chapter 00 first: it trains
-the baselines the others load), two kernels at a time, one core each; caches, results and artifacts go
+``LAB_MODE = True`` injected after the parameters cell (chapter 00 on the .npz by papermill itself, the
+README's command; chapter 00 first: it trains the baselines the others load), two kernels at a time, one core each; caches, results and artifacts go
 to a temporary directory. A chapter passes if every cell runs without an error: on data other than the
 course's, targets are reported instead of asserted (``env.targets_asserted``) and what is still asserted
 (invariants, exact counts) must hold on any dataset. ``COURSE_TEST_OTHER_DATASETS=0`` skips it (``make unit``).
@@ -87,13 +87,42 @@ def run_chapter(path: Path, dataset: Path, work: Path, threads: int = 1) -> dict
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     nb.cells.insert(at + 1, nbformat.v4.new_code_cell(
         f"# injected by tests/test_other_datasets.py\nDATASET = {str(dataset)!r}\nLAB_MODE = True"))
-    env = {"COURSE_CACHE": str(work / "cache"), "COURSE_RESULTS": str(work / "results"),
-           "COURSE_ARTIFACTS": str(work / "artifacts"), "COURSE_PROGRESS": "0", "PYTHONHASHSEED": "0",
-           "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE",
-           "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+    env = work_env(work, threads)
     client = NotebookClient(nb, timeout=900, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(path.parent)}})
     client.execute(env={**os.environ, **env})  # the kernel starts with this environment
+    return _errors(nb)
+
+
+def work_env(work: Path, threads: int = 1) -> dict[str, str]:
+    """The environment of a chapter run: caches, results and artifacts under ``work``, one thread."""
+    return {"COURSE_CACHE": str(work / "cache"), "COURSE_RESULTS": str(work / "results"),
+            "COURSE_ARTIFACTS": str(work / "artifacts"), "COURSE_PROGRESS": "0", "PYTHONHASHSEED": "0",
+            "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE",
+            "MPLBACKEND": "module://matplotlib_inline.backend_inline"}
+
+
+def run_with_papermill(path: Path, dataset: Path, out: Path) -> dict[int, str]:
+    """The same run through papermill's Python API, as the README's command does it
+    (``papermill <chapter> out.ipynb -p DATASET <file> -p LAB_MODE True``): papermill injects the
+    parameters after the cell tagged ``parameters``. The kernel inherits this process's environment
+    (the caller sets it, ``work_env``). Returns {cell index: error} and checks the injection took effect."""
+    papermill = pytest.importorskip("papermill")
+    try:
+        papermill.execute_notebook(str(path), str(out), parameters={"DATASET": str(dataset), "LAB_MODE": True},
+                                   cwd=str(path.parent), kernel_name="python3", progress_bar=False, log_output=False)
+    except papermill.PapermillExecutionError:
+        pass  # papermill stops at the first error; it is in the output notebook
+    nb = nbformat.read(out, as_version=4)
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    injected = next(i for i, t in enumerate(tags) if "injected-parameters" in t)
+    assert "parameters" in tags[injected - 1] and f'DATASET = "{dataset}"' in nb.cells[injected].source
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "LAB MODE:" in text and "not the course's dataset" in text  # both parameters took effect
+    return _errors(nb)
+
+
+def _errors(nb) -> dict[int, str]:
     return {i: f"{o.ename}: {o.evalue} at {_failing_line(o.traceback)!r}" for i, c in enumerate(nb.cells)
             if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"}
 
@@ -124,17 +153,24 @@ def test_synthetic_datasets_load_as_described(datasets):
 
 
 @pytest.mark.skipif(SKIP, reason="COURSE_TEST_OTHER_DATASETS=0")
-def test_every_image_chapter_runs_on_other_datasets(datasets, tmp_path):
-    """Chapter 00 on both datasets first (it trains the baselines the others load from the cache), then
-    the ten other (chapter, dataset) runs, two at a time, the 3x32x32 ones (the slowest) first."""
+def test_every_image_chapter_runs_on_other_datasets(datasets, tmp_path, monkeypatch):
+    """Chapter 00 on both datasets first (it trains the baselines the others load from the cache): on the
+    .npz through papermill (the README's command), on the archive as the other runs; then the ten other
+    (chapter, dataset) runs, two at a time, the 3x32x32 ones (the slowest) first."""
     work = {name: tmp_path / name for name in datasets}
-    first = [(IMAGE_CHAPTERS[0], name) for name in datasets]
+    for k, v in work_env(work["npz"]).items():  # the papermill run's kernel inherits this environment
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("COURSE_LAB_MODE", raising=False)  # only the injected parameter turns lab mode on
+    chapter0 = IMAGE_CHAPTERS[0]
     rest = [(nb, name) for name in sorted(datasets) for nb in IMAGE_CHAPTERS[1:]]
     failures = {}
     with ThreadPoolExecutor(2) as pool:
-        for jobs in (first, rest):
-            futures = {(nb.stem, name): pool.submit(run_chapter, nb, datasets[name], work[name]) for nb, name in jobs}
-            failures |= {key: errors for key, f in futures.items() if (errors := f.result())}
+        first = {(chapter0.stem, "cifar"): pool.submit(run_chapter, chapter0, datasets["cifar"], work["cifar"]),
+                 (chapter0.stem, "npz"): pool.submit(run_with_papermill, chapter0, datasets["npz"],
+                                                     tmp_path / "00_npz_papermill.ipynb")}
+        failures |= {key: errors for key, f in first.items() if (errors := f.result())}
+        futures = {(nb.stem, name): pool.submit(run_chapter, nb, datasets[name], work[name]) for nb, name in rest}
+        failures |= {key: errors for key, f in futures.items() if (errors := f.result())}
     assert failures == {}, failures
     for name in datasets:  # every chapter wrote its (lab-mode) records
         written = sorted(p.stem for p in (work[name] / "results" / "lab").glob("*.json"))

@@ -14,6 +14,7 @@ import argparse
 import importlib.metadata as md
 import re
 import sys
+import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,8 +43,12 @@ def public(version: str) -> str:
 
 
 def installed() -> dict[str, str]:
-    """{normalized name: public version} of every distribution in this interpreter, minus EXCLUDED."""
-    return {normalize(d.metadata["Name"]): public(d.version) for d in md.distributions()
+    """{normalized name: public version} of every distribution installed in this interpreter's
+    site-packages, minus EXCLUDED. Only site-packages: once setuptools is imported, its vendored
+    packages (jaraco.*, platformdirs, ...) sit on sys.path with their own metadata, and a plain
+    ``importlib.metadata.distributions()`` would list them as if they were installed."""
+    site = sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})
+    return {normalize(d.metadata["Name"]): public(d.version) for d in md.distributions(path=site)
             if d.metadata["Name"] and normalize(d.metadata["Name"]) not in EXCLUDED}
 
 

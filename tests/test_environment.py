@@ -211,3 +211,15 @@ def test_check_environment_warns_on_an_older_package(monkeypatch):
     monkeypatch.setattr(env, "REQUIRED", {"no_such_package_here": "1.0"})
     with pytest.raises(RuntimeError, match="package 'no_such_package_here' is missing"):
         env.check_environment(verbose=False)
+
+
+def test_installed_ignores_vendored_metadata_on_sys_path(monkeypatch):
+    """setuptools puts its vendored packages (jaraco.*, platformdirs, ...) on sys.path once imported; the
+    lock check must count installed distributions only (CI failed on this: a test had imported setuptools)."""
+    import setuptools
+    before = lock.installed()
+    vendor = Path(setuptools.__file__).parent / "_vendor"
+    if not vendor.is_dir():
+        pytest.skip("this setuptools vendors nothing")
+    monkeypatch.syspath_prepend(str(vendor))
+    assert lock.installed() == before

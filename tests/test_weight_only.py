@@ -210,7 +210,7 @@ def mlp():
     return nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 16), nn.LayerNorm(16)).eval()
 
 
-@pytest.mark.parametrize("method", ["rtn", "gptq"])
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
 def test_int4_artifact_exact_bytes_and_loads_back(mlp, method):
     x = torch.randn(200, 32, generator=torch.Generator().manual_seed(1))
     h = Q.collect_hessians(mlp, x)
@@ -222,6 +222,7 @@ def test_int4_artifact_exact_bytes_and_loads_back(mlp, method):
         assert state[f"{name}.scales"].shape == (o, i // 16) and state[f"{name}.scales"].dtype == torch.float16
         assert state[f"{name}.zeros"].shape == (o, i // 16) and state[f"{name}.zeros"].dtype == torch.uint8
         assert f"{name}.weight" not in state
+    assert all((f"{n}.input_scale" in state) == (method == "awq") for n in packed)
     payload = sum(v.numel() * v.element_size() for k, v in state.items() if k.endswith((".qweight", ".scales", ".zeros")))
     n_w = 64 * 32 + 16 * 64
     assert payload == n_w // 2 + 3 * n_w // 16  # half a byte per weight, 3 bytes per group of 16
@@ -242,7 +243,85 @@ def test_int4_artifact_exact_bytes_and_loads_back(mlp, method):
 def test_quantize_weights_errors(mlp):
     with pytest.raises(ValueError, match="hessians"):
         Q.quantize_weights(mlp, "gptq")
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(ValueError, match="hessians"):
         Q.quantize_weights(mlp, "awq")
+    with pytest.raises(ValueError, match="method"):
+        Q.quantize_weights(mlp, "smoothquant")
+    with pytest.raises(ValueError, match=r"names=\['1'\]"):
+        Q.quantize_weights(mlp, "rtn", 4, 16, names=["1"])
+    q, packed = Q.quantize_weights(mlp, "rtn", 4, 16, names=["2"])
+    assert set(packed) == {"2"} and torch.equal(q[0].weight, mlp[0].weight)
     assert math.isfinite(Q.output_error(mlp[0].weight, Q.quantize_weights(mlp, "rtn", 4, 16)[0][0].weight,
                                         torch.eye(32)))
+
+
+# ---------------------------------------------------------------- AWQ and the salient channels
+def outlier_inputs(n, d, channels=(3, 17), factor=30.0, seed=0):
+    """Inputs with a few channels much larger than the rest: what AWQ is built for."""
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x[:, list(channels)] *= factor
+    return x
+
+
+def test_activation_magnitude_is_the_rms_of_each_channel():
+    x = outlier_inputs(300, 32)
+    h = x.T @ x / len(x)
+    torch.testing.assert_close(Q.activation_magnitude(h), x.pow(2).mean(0).sqrt())
+    with pytest.raises(ValueError, match="hessian"):
+        Q.activation_magnitude(torch.zeros(3, 4))
+
+
+def test_salient_channels_top_fraction_and_random_control():
+    m = torch.arange(200, dtype=torch.float64)
+    top = Q.salient_channels(m, 0.01)
+    assert top.sum() == 2 and top[198] and top[199]
+    rnd = Q.salient_channels(m, 0.01, random=True, seed=1)
+    assert rnd.sum() == 2 and torch.equal(rnd, Q.salient_channels(m, 0.01, random=True, seed=1))
+    assert Q.salient_channels(m[:10], 0.01).sum() == 1  # at least one channel
+    with pytest.raises(ValueError, match="fraction"):
+        Q.salient_channels(m, 0.0)
+
+
+def test_keeping_or_scaling_the_salient_channels_beats_rtn_and_random():
+    """MIT Lab 4's ablation on a layer with outlier input channels: keeping the salient 1% in float
+    or scaling them up lowers the output error; the same for random channels does little."""
+    lin = seeded_linear(256, 64)
+    x = outlier_inputs(500, 256, channels=(5, 100, 200))
+    h = x.T @ x / len(x)
+    top = Q.salient_channels(Q.activation_magnitude(h), 0.01)
+    assert top[[5, 100, 200]].all()
+    rnd = Q.salient_channels(Q.activation_magnitude(h), 0.01, random=True, seed=0)
+    rtn = out_err(x, lin.weight, Q.rtn_quantize(lin.weight, 3, 128)[0])
+    keep = out_err(x, lin.weight, Q.rtn_keep_channels(lin.weight, top, 3, 128))
+    keep_rnd = out_err(x, lin.weight, Q.rtn_keep_channels(lin.weight, rnd, 3, 128))
+    scaled = out_err(x, lin.weight, Q.rtn_scaled_channels(lin.weight, top, 2.0, 3, 128))
+    assert keep < 0.5 * rtn and scaled < 0.8 * rtn
+    assert keep_rnd > 0.9 * rtn
+    kept = Q.rtn_keep_channels(lin.weight, top, 3, 128)
+    assert torch.equal(kept[:, top], lin.weight.detach()[:, top])
+    with pytest.raises(ValueError, match="keep"):
+        Q.rtn_keep_channels(lin.weight, top[:10], 3, 128)
+    with pytest.raises(ValueError, match="scale"):
+        Q.rtn_scaled_channels(lin.weight, top, 0.0, 3, 128)
+
+
+def test_awq_never_worse_than_rtn_and_better_with_outliers():
+    lin = seeded_linear(256, 64)
+    x = outlier_inputs(500, 256, channels=(5, 100, 200))
+    h = x.T @ x / len(x)
+    w_rtn = Q.rtn_quantize(lin.weight, 3, 128)[0]
+    w_awq, codes, scales, zeros, s, alpha = Q.awq_quantize(lin.weight, h, 3, 128)
+    assert out_err(x, lin.weight, w_awq) < 0.7 * out_err(x, lin.weight, w_rtn)
+    assert 0 < alpha < 1 and s.shape == (256,) and s[5] > s.median()
+    # the codes are those of W diag(s): dequantize and undo the scale
+    deq = (codes.double() - zeros.double().repeat_interleave(128, 1)) * scales.double().repeat_interleave(128, 1)
+    torch.testing.assert_close(w_awq.double(), deq / s.double()[None, :], rtol=1e-5, atol=1e-6)
+    # isotropic inputs: nothing to protect, alpha = 0 (plain RTN) may win; never worse than RTN
+    xi = torch.randn(500, 256, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    hi = xi.T @ xi / len(xi)
+    w_i = Q.awq_quantize(lin.weight, hi, 4, 128)[0]
+    assert out_err(xi, lin.weight, w_i) <= out_err(xi, lin.weight, Q.rtn_quantize(lin.weight, 4, 128)[0]) * (1 + 1e-9)
+    with pytest.raises(ValueError, match="grid"):
+        Q.awq_quantize(lin.weight, h, 3, 128, grid=0)
+    with pytest.raises(ValueError, match="hessian"):
+        Q.awq_quantize(lin.weight, h[:10, :10], 3, 128)

@@ -7,8 +7,9 @@
 - ``fakequant``: ``QuantWrapper``, ``quantize_model``, ``calibrate_model``, ``ptq``, ``qat``;
 - ``kmeans``: k-means weight sharing (``kmeans_quantize``, ``kmeans_model``, ``share_weights``);
 - ``packing``: bit packing and the saved artifact (``packed_state_dict``, ``packed_size_bytes``,
-  ``load_packed``);
-- ``weight_only``: group-wise RTN and GPTQ for linear layers, calibration Hessians, int4 artifact;
+  ``load_packed``), and onnxruntime's MatMulNBits 4-bit layout (``pack_matmulnbits``);
+- ``weight_only``: group-wise RTN, GPTQ and AWQ for linear layers, the salient-channel ablation,
+  calibration Hessians, int4 artifact;
 - ``integer``: integer-only inference (zero-point expansion, int32 accumulation, int32 bias,
   requantization in float32 as onnxruntime does or with a fixed-point multiplier and shift,
   ReLU folded into the clamp): ``quantized_linear``, ``quantized_conv2d`` and their parts;
@@ -24,12 +25,14 @@ from .integer import (ACC_MAX_TERMS, fixed_point_multiplier, integer_conv2d, int
                       quantize_bias, quantized_conv2d, quantized_linear, requantize, requantize_fixed_point)
 from .fakequant import FLOAT_BITS, QuantWrapper, calibrate_model, observing_float_inputs, ptq, qat, quantize_model
 from .kmeans import KMeansWrapper, kmeans_model, kmeans_quantize, share_weights
-from .packing import (load_packed, pack_bits, pack_int4, packed_size_bytes, packed_state_dict, unpack_bits,
-                      unpack_int4)
+from .packing import (MATMULNBITS_BLOCK_SIZES, check_block_size, load_packed, pack_bits, pack_int4,
+                      pack_matmulnbits, packed_size_bytes, packed_state_dict, unpack_bits, unpack_int4,
+                      unpack_matmulnbits)
 from .torch_ao import (Int8DynamicLinear, captured_warnings, quantize_dynamic_int8, quantized_engine,
                        set_quantized_engine, torch_ao_dynamic, torch_ao_static_fx)
-from .weight_only import (WEIGHT_ONLY_BITS, WEIGHT_ONLY_METHODS, collect_hessians, gptq_quantize, int4_bytes,
-                          int4_state, load_int4, output_error, quantize_weights, rtn_quantize)
+from .weight_only import (AWQ_GRID, WEIGHT_ONLY_BITS, WEIGHT_ONLY_METHODS, activation_magnitude, awq_quantize,
+                          collect_hessians, gptq_quantize, int4_bytes, int4_state, load_int4, output_error,
+                          quantize_weights, rtn_keep_channels, rtn_quantize, rtn_scaled_channels, salient_channels)
 
 __all__ = [
     "EPS", "MAX_BITS", "qrange", "compute_qparams", "quantize", "dequantize", "fake_quantize", "sqnr_db",
@@ -40,7 +43,9 @@ __all__ = [
     "FLOAT_BITS", "QuantWrapper", "quantize_model", "observing_float_inputs", "calibrate_model", "ptq", "qat",
     "kmeans_quantize", "KMeansWrapper", "kmeans_model", "share_weights",
     "pack_bits", "unpack_bits", "pack_int4", "unpack_int4", "packed_state_dict", "packed_size_bytes", "load_packed",
+    "MATMULNBITS_BLOCK_SIZES", "check_block_size", "pack_matmulnbits", "unpack_matmulnbits",
     "WEIGHT_ONLY_BITS", "WEIGHT_ONLY_METHODS", "rtn_quantize", "gptq_quantize", "collect_hessians", "output_error",
+    "AWQ_GRID", "awq_quantize", "activation_magnitude", "salient_channels", "rtn_keep_channels", "rtn_scaled_channels",
     "quantize_weights", "int4_state", "int4_bytes", "load_int4",
     "captured_warnings", "torch_ao_dynamic", "torch_ao_static_fx", "Int8DynamicLinear", "quantize_dynamic_int8",
     "quantized_engine", "set_quantized_engine",

@@ -1,6 +1,9 @@
-"""Weight-only quantization of linear layers, group-wise: round-to-nearest (RTN) and GPTQ
-(Frantar et al., 2023), written from scratch; the calibration Hessians they use; and the saved
-int4 artifact (packed codes, float16 scales, uint8 zero points) with its loader.
+"""Weight-only quantization of linear layers, group-wise: round-to-nearest (RTN), GPTQ
+(Frantar et al., 2023) and AWQ (Lin et al., 2024), written from scratch; the calibration Hessians
+they use; MIT 6.5940 Lab 4's salient-channel ablation (keep or scale the 1% of input channels
+with the largest activations); and the saved int4 artifact (packed codes, float16 scales, uint8
+zero points) with its loader. One implementation serves chapter 6 (a sentence encoder) and
+chapter 7 (a small language model).
 
 Everything here works on any ``nn.Linear`` (weight (out, in)); nothing is specific to one model.
 Grid: asymmetric min-max per group of ``group_size`` consecutive input columns of each output row,
@@ -17,11 +20,13 @@ from .. import measure
 from .._validate import int_in, number_in, one_of, positive_int
 from .packing import pack_int4, unpack_int4
 
-__all__ = ["WEIGHT_ONLY_BITS", "WEIGHT_ONLY_METHODS", "rtn_quantize", "gptq_quantize", "collect_hessians",
-           "output_error", "quantize_weights", "int4_state", "int4_bytes", "load_int4"]
+__all__ = ["WEIGHT_ONLY_BITS", "WEIGHT_ONLY_METHODS", "rtn_quantize", "gptq_quantize", "awq_quantize",
+           "activation_magnitude", "salient_channels", "rtn_keep_channels", "rtn_scaled_channels",
+           "collect_hessians", "output_error", "quantize_weights", "int4_state", "int4_bytes", "load_int4"]
 
 WEIGHT_ONLY_BITS = (2, 8)        # valid range of ``bits``
-WEIGHT_ONLY_METHODS = ("rtn", "gptq")
+WEIGHT_ONLY_METHODS = ("rtn", "gptq", "awq")
+AWQ_GRID = 20                    # AWQ's search: alpha in {0, 1/20, ..., 19/20} as in the reference code
 MIN_SCALE = 1e-12                # floor of a group's scale (an all-zero group)
 
 
@@ -136,6 +141,105 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
     return w_hat.float(), codes.to(torch.uint8), scales.float(), zeros.float()
 
 
+# ---------------------------------------------------------------- activation-aware: the salient channels
+def activation_magnitude(hessian: torch.Tensor) -> torch.Tensor:
+    """Typical magnitude of each input channel of a layer: sqrt(diag(H)) = the root mean square of
+    x_j over the calibration rows (H = X^T X / n from :func:`collect_hessians`), shape (in,).
+    AWQ's reference code uses the mean |x_j|; the RMS ranks channels the same way in practice and
+    comes free with the Hessian."""
+    if not torch.is_tensor(hessian) or hessian.dim() != 2 or hessian.shape[0] != hessian.shape[1]:
+        raise ValueError(f"hessian must be square (in, in), got shape {tuple(getattr(hessian, 'shape', ()))}")
+    return torch.diagonal(hessian.double()).clamp_min(0).sqrt()
+
+
+def salient_channels(magnitude: torch.Tensor, fraction: float = 0.01, random: bool = False, seed: int = 0):
+    """Boolean mask (in,) of the ``fraction`` of input channels with the largest activation
+    ``magnitude`` (at least one channel), or, with ``random=True``, of as many channels drawn at
+    random (the control; a local generator seeded by ``seed``). fraction in (0, 1]."""
+    fraction = number_in("fraction", fraction, 0, 1, lo_open=True)
+    n = magnitude.numel()
+    k = max(1, round(fraction * n))
+    if random:
+        idx = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:k]
+    else:
+        idx = torch.topk(magnitude.double(), k).indices
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[idx] = True
+    return mask
+
+
+def rtn_keep_channels(weight: torch.Tensor, keep: torch.Tensor, bits: int = 4, group_size: int = 128):
+    """RTN with the input channels in ``keep`` (bool (in,)) left in float: MIT Lab 4's first
+    experiment (mixed precision; awkward for a kernel, which is why AWQ scales instead).
+    The kept columns still take part in their group's min-max range (as in the lab).
+    Returns w_hat (out, in) float32."""
+    _check_weight(weight)
+    if keep.shape != (weight.shape[1],) or keep.dtype != torch.bool:
+        raise ValueError(f"keep must be a bool mask of shape ({weight.shape[1]},), got {keep.dtype} {tuple(keep.shape)}")
+    w_hat = rtn_quantize(weight, bits, group_size)[0]
+    w_hat[:, keep] = weight.detach().float()[:, keep]
+    return w_hat
+
+
+def _scaled_rtn(weight: torch.Tensor, s: torch.Tensor, bits: int, group_size: int):
+    """Quantize W diag(s) with RTN and undo the scale: w_hat = Q(W diag(s)) diag(s)^-1 (float64)."""
+    w_hat, codes, scales, zeros = rtn_quantize(weight.detach().double() * s[None, :], bits, group_size)
+    return w_hat.double() / s[None, :], codes, scales, zeros
+
+
+def rtn_scaled_channels(weight: torch.Tensor, channels: torch.Tensor, scale: float = 2.0, bits: int = 4,
+                        group_size: int = 128) -> torch.Tensor:
+    """RTN after multiplying the input channels in ``channels`` (bool (in,)) by ``scale`` (and
+    dividing their inputs by it, which a deployment folds into the previous operation): MIT Lab 4's
+    second experiment. A channel scaled up by s > 1 gets a relative rounding error about s times
+    smaller, as long as it does not widen its group's range much. scale in (0, 100].
+    Returns w_hat (out, in) float32 = Q(W diag(s)) diag(s)^-1."""
+    _check_weight(weight)
+    if channels.shape != (weight.shape[1],) or channels.dtype != torch.bool:
+        raise ValueError(f"channels must be a bool mask of shape ({weight.shape[1]},), got {channels.dtype} {tuple(channels.shape)}")
+    scale = number_in("scale", scale, 0, 100, lo_open=True)
+    s = torch.ones(weight.shape[1], dtype=torch.float64)
+    s[channels] = scale
+    return _scaled_rtn(weight, s, bits, group_size)[0].float()
+
+
+def awq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int = 128,
+                 grid: int = AWQ_GRID):
+    """AWQ (Lin et al., 2024), the scale search: per input channel s_j = m_j^alpha / sqrt(max m * min m)
+    with m = :func:`activation_magnitude` (H); for alpha in {0, 1/grid, ..., (grid-1)/grid} quantize
+    W diag(s) with group-wise RTN, undo the scale, and keep the alpha with the smallest output error
+    tr(dW H dW^T) on the calibration inputs (alpha = 0 is plain RTN, so AWQ never does worse than
+    RTN on them). The reference code also searches a clipping range per group; that step is left out.
+
+    weight: (out, in); hessian: (in, in) = X^T X / n; bits in [2, 8]; group_size divides in;
+    grid >= 1. Returns (w_hat, codes, scales, zeros, s, alpha): as :func:`rtn_quantize` (codes are
+    those of W diag(s)), plus s (in,) float32, the per-channel factor a deployment folds into the
+    previous operation (inputs divided by s), and the chosen alpha.
+    """
+    _check_weight(weight)
+    out_f, in_f = weight.shape
+    if hessian.shape != (in_f, in_f):
+        raise ValueError(f"hessian has shape {tuple(hessian.shape)}, expected ({in_f}, {in_f}) for weight {tuple(weight.shape)}")
+    bits = _check_bits(bits)
+    group_size = _check_group(in_f, group_size)
+    grid = positive_int("grid", grid)
+    m = activation_magnitude(hessian).clamp_min(1e-8)
+    w = weight.detach().double()
+    h = hessian.double()
+    best = None
+    for i in range(grid):
+        alpha = i / grid
+        s = m ** alpha
+        s = (s / (s.max() * s.min()).sqrt()).half().double()  # float16, as the artifact stores it
+        w_hat, codes, scales, zeros = _scaled_rtn(w, s, bits, group_size)
+        d = w - w_hat
+        err = float(torch.trace(d @ h @ d.T))
+        if best is None or err < best[0]:
+            best = (err, w_hat, codes, scales, zeros, s, alpha)
+    _, w_hat, codes, scales, zeros, s, alpha = best
+    return w_hat.float(), codes, scales, zeros, s.float(), alpha
+
+
 # ---------------------------------------------------------------- calibration Hessians
 def _linears(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -202,26 +306,39 @@ def output_error(weight: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tenso
 
 # ---------------------------------------------------------------- whole model
 def quantize_weights(model: nn.Module, method: str = "gptq", bits: int = 4, group_size: int = 128,
-                     hessians: dict | None = None, damp: float = 0.01) -> tuple[nn.Module, dict]:
-    """Weight-only quantization of every nn.Linear of a copy of ``model``.
+                     hessians: dict | None = None, damp: float = 0.01, names=None) -> tuple[nn.Module, dict]:
+    """Weight-only quantization of the nn.Linear layers of a copy of ``model``.
 
-    method: "rtn" or "gptq" (needs ``hessians`` from :func:`collect_hessians`). This is the
-    non-sequential GPTQ: every layer's Hessian comes from the float model's activations, not from
-    the activations of the already-quantized earlier layers (the paper's sequential variant).
+    method: "rtn", "gptq" or "awq" (the last two need ``hessians`` from :func:`collect_hessians`).
+    names: the layers to quantize (default: every nn.Linear); the others stay in float.
+    This is the non-sequential variant: every layer's Hessian comes from the float model's
+    activations, not from the activations of the already-quantized earlier layers (GPTQ's paper
+    quantizes sequentially; AWQ's code searches per block of the already-scaled model).
     The copy computes with the dequantized float weights (simulated quantization: the accuracy of a
-    real int4 kernel); the second return value {name: (codes, scales, zeros)} is what a deployment
-    would store (see :func:`int4_state`). ``model`` is not modified.
+    real int4 kernel); the second return value {name: (codes, scales, zeros)} (AWQ adds the
+    per-channel factor s) is what a deployment would store (see :func:`int4_state`).
+    ``model`` is not modified.
     """
     one_of("method", method, WEIGHT_ONLY_METHODS)
-    if method == "gptq" and hessians is None:
-        raise ValueError("method='gptq' needs hessians (collect_hessians(model, calibration_batch))")
+    if method in ("gptq", "awq") and hessians is None:
+        raise ValueError(f"method={method!r} needs hessians (collect_hessians(model, calibration_batch))")
     out = copy.deepcopy(model).eval()
+    layers = _linears(out)
+    if names is not None:
+        names = list(names)
+        known = {n for n, _ in layers}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"names={unknown!r} are not nn.Linear layers of the model; valid: {sorted(known)}")
+        layers = [(n, m) for n, m in layers if n in names]
     packed = {}
-    for name, lin in _linears(out):
+    for name, lin in layers:
         if method == "rtn":
             w_hat, *rest = rtn_quantize(lin.weight, bits, group_size)
-        else:
+        elif method == "gptq":
             w_hat, *rest = gptq_quantize(lin.weight, hessians[name], bits, group_size, damp=damp)
+        else:
+            w_hat, *rest, _alpha = awq_quantize(lin.weight, hessians[name], bits, group_size)
         with torch.no_grad():
             lin.weight.copy_(w_hat)
         packed[name] = tuple(rest)
@@ -229,19 +346,22 @@ def quantize_weights(model: nn.Module, method: str = "gptq", bits: int = 4, grou
 
 
 # ---------------------------------------------------------------- the saved int4 artifact
-_INT4_SUFFIXES = (".qweight", ".scales", ".zeros")
+_INT4_SUFFIXES = (".qweight", ".scales", ".zeros", ".input_scale")
 
 
 def int4_state(model: nn.Module, packed: dict) -> dict:
     """The saved artifact of a 4-bit weight-only model: for every layer of ``packed`` (from
     :func:`quantize_weights`, bits <= 4) ``<name>.qweight`` (two codes per byte, (out, in/2) uint8),
-    ``<name>.scales`` float16 and ``<name>.zeros`` uint8 (out, in/group_size); everything else
-    (embeddings, LayerNorms, biases) as in ``model``'s float state dict. Load it with :func:`load_int4`."""
+    ``<name>.scales`` float16 and ``<name>.zeros`` uint8 (out, in/group_size), and for AWQ
+    ``<name>.input_scale`` float16 (in,); everything else (embeddings, LayerNorms, biases) as in
+    ``model``'s float state dict. Load it with :func:`load_int4`."""
     state = {k: v for k, v in model.state_dict().items() if not any(k == f"{n}.weight" for n in packed)}
-    for name, (codes, scales, zeros) in packed.items():
+    for name, (codes, scales, zeros, *awq) in packed.items():
         state[f"{name}.qweight"] = pack_int4(codes)
         state[f"{name}.scales"] = scales.half()
         state[f"{name}.zeros"] = zeros.to(torch.uint8)
+        if awq:
+            state[f"{name}.input_scale"] = awq[0].half()
     return state
 
 
@@ -265,6 +385,8 @@ def load_int4(model: nn.Module, state: dict) -> nn.Module:
         scales, zeros = state[f"{name}.scales"].double(), state[f"{name}.zeros"].double()
         group = codes.shape[1] // scales.shape[1]
         w = (codes - zeros.repeat_interleave(group, 1)) * scales.repeat_interleave(group, 1)
+        if f"{name}.input_scale" in state:  # AWQ: the codes are those of W diag(s)
+            w = w / state[f"{name}.input_scale"].double()[None, :]
         if w.shape != lin.weight.shape:
             raise ValueError(f"{name}: stored weight has shape {tuple(w.shape)}, the model's {tuple(lin.weight.shape)}")
         lin.weight.copy_(w)

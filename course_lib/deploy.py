@@ -434,3 +434,141 @@ def onnx_quant_params(path) -> dict:
 
 
 __all__ += ["QLINEAR_OPS", "qlinear_model", "ort_qlinear", "onnx_quant_params"]
+
+
+# ---------------------------------------------------------------- one linear layer y = a @ W^T, weight formats
+INT4_ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits accuracy_level: 0 = unset (fp32), 4 = int8 activations
+
+
+def _linear_model(nodes, inits, k: int, n: int, name: str, ms_domain: bool = False):
+    """A one-layer ONNX model with float32 input "a" (M, K), M dynamic, and output "y" (M, N)."""
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["M", k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])], initializer=inits)
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("com.microsoft", 1)] if ms_domain else [])
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = min(model.ir_version, 8)
+    if not ms_domain and k * n <= 2 ** 20:  # the checker does not know onnxruntime's contrib operators and
+        onnx.checker.check_model(model)     # takes seconds on a 7B-size weight: small models only
+    return model
+
+
+def _weight_2d(weight) -> torch.Tensor:
+    w = torch.as_tensor(weight).detach().cpu()
+    if w.dim() != 2 or not w.is_floating_point():
+        raise ValueError(f"weight must be a 2-D float tensor (N, K) as nn.Linear stores it, got "
+                         f"{w.dtype} {tuple(w.shape)}")
+    return w.float()
+
+
+def matmul_fp32_model(weight):
+    """ONNX model of y = a @ weight^T in float32: one ``MatMul`` with the (K, N) transpose of
+    ``weight`` (N, K) as an initializer. Input "a" (M, K) float32, M dynamic; output "y" (M, N)."""
+    from onnx import helper, numpy_helper
+    w = _weight_2d(weight)
+    n, k = w.shape
+    init = numpy_helper.from_array(np.ascontiguousarray(w.T.numpy()), "w_t")
+    return _linear_model([helper.make_node("MatMul", ["a", "w_t"], ["y"])], [init], k, n, "matmul_fp32")
+
+
+def int8_rowwise(weight) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output row: (q int8 (N, K) in [-127, 127], scales float32 (N,)), w ~ q * scale."""
+    w = _weight_2d(weight)
+    scale = (w.abs().amax(1) / 127).clamp_min(1e-12)
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def matmul_int8_model(weight):
+    """ONNX model of y = a @ weight^T with dynamic int8 quantization, run by onnxruntime's
+    ``DynamicQuantizeMatMul`` (com.microsoft): the weight is stored int8, symmetric, one scale per
+    output row (:func:`int8_rowwise`); each call quantizes the activations ``a`` to uint8 with one
+    scale and zero point per tensor (computed from a's min and max) and multiplies in integers
+    (VNNI dot products where the CPU has them), then rescales to float32. This fused operator is what
+    ``onnxruntime.quantization.quantize_dynamic`` produces for MatMul, and faster at batch 1 than the
+    unfused DynamicQuantizeLinear + MatMulInteger pair. Returns (model, w_hat): w_hat (N, K) float32
+    the dequantized weight the kernel effectively uses."""
+    from onnx import helper, numpy_helper
+    w = _weight_2d(weight)
+    n, k = w.shape
+    q, scale = int8_rowwise(w)
+    inits = [numpy_helper.from_array(np.ascontiguousarray(q.T.numpy()), "w_q"),
+             numpy_helper.from_array(scale.numpy().astype(np.float32), "w_scale"),
+             numpy_helper.from_array(np.zeros(n, np.int8), "w_zero_point")]
+    node = helper.make_node("DynamicQuantizeMatMul", ["a", "w_q", "w_scale", "w_zero_point"], ["y"],
+                            domain="com.microsoft")
+    model = _linear_model([node], inits, k, n, "matmul_int8_dynamic", ms_domain=True)
+    return model, q.float() * scale[:, None]
+
+
+def matmulnbits_model(codes, scales, zeros, block_size: int = 128, accuracy_level: int = 4):
+    """ONNX model of y = a @ W_hat^T on onnxruntime's 4-bit kernel ``MatMulNBits`` (com.microsoft, bits=4).
+
+    codes: (N, K) integers in [0, 15]; scales: (N, K / block_size) float; zeros: (N, K / block_size)
+    integers in [0, 15]: the group-wise grid of ``quantization.rtn_quantize(weight, 4, block_size)``
+    (or GPTQ's), W_hat = (codes - zero) * scale per block of ``block_size`` input columns.
+    block_size: a power of two in [16, 256]. accuracy_level: 0 dequantizes the weights to float32 inside
+    the kernel and multiplies in float32; 4 quantizes the activations to int8 per block of a's row
+    (symmetric) and multiplies with int8 dot products (faster, a little less exact); 1-3 are fp32,
+    fp16 and bf16 compute where the CPU has them (else they fall back). Packing:
+    ``quantization.pack_matmulnbits``. Input "a" (M, K) float32, M dynamic; output "y" (M, N)."""
+    from onnx import helper, numpy_helper
+
+    from .quantization.packing import check_block_size, pack_matmulnbits
+    block_size = check_block_size(block_size)
+    one_of("accuracy_level", accuracy_level, INT4_ACCURACY_LEVELS)
+    b, zp = pack_matmulnbits(codes, zeros, block_size)
+    n, nb, _ = b.shape
+    k = nb * block_size
+    s = torch.as_tensor(scales).detach().cpu()
+    if tuple(s.shape) != (n, nb) or not s.is_floating_point():
+        raise ValueError(f"scales must be float (N, K / block_size) = ({n}, {nb}), got {s.dtype} {tuple(s.shape)}")
+    inits = [numpy_helper.from_array(b.numpy(), "w_q4"),
+             numpy_helper.from_array(s.float().reshape(-1).numpy(), "w_scales"),
+             numpy_helper.from_array(zp.numpy(), "w_zero_points")]
+    node = helper.make_node("MatMulNBits", ["a", "w_q4", "w_scales", "w_zero_points"], ["y"], domain="com.microsoft",
+                            K=k, N=n, bits=4, block_size=block_size, accuracy_level=accuracy_level)
+    return _linear_model([node], inits, k, n, "matmul_nbits4", ms_domain=True)
+
+
+def int4_model(weight, block_size: int = 128, accuracy_level: int = 4):
+    """:func:`matmulnbits_model` of ``weight`` (N, K) quantized with ``quantization.rtn_quantize(weight, 4,
+    block_size)`` (asymmetric min-max per block). Returns (model, w_hat): w_hat (N, K) float32 the
+    dequantized weight (what a float64 reference should multiply by)."""
+    from .quantization.packing import check_block_size
+    from .quantization.weight_only import rtn_quantize
+    w = _weight_2d(weight)
+    w_hat, codes, scales, zeros = rtn_quantize(w, 4, check_block_size(block_size))
+    return matmulnbits_model(codes, scales, zeros, block_size, accuracy_level), w_hat
+
+
+def model_session(model, threads: int = 1):
+    """A CPU onnxruntime session for an in-memory ``onnx.ModelProto`` or its serialized bytes (no file), with the settings of
+    :func:`ort_session`: ``threads`` (>= 1) intra-op threads, sequential execution, all optimisations."""
+    import onnxruntime as ort
+    positive_int("threads", threads)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    data = model if isinstance(model, (bytes, bytearray)) else model.SerializeToString()
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def linear_runner(model, threads: int = 1):
+    """A callable ``f(a) -> y`` running a one-layer model of this section (:func:`matmul_fp32_model`,
+    :func:`matmul_int8_model`, :func:`matmulnbits_model`) in onnxruntime: a float32 array or tensor (M, K)
+    in, a float32 numpy array (M, N) out."""
+    sess = model_session(model, threads)
+
+    def run(a):
+        a = a.numpy() if torch.is_tensor(a) else a
+        return sess.run(None, {"a": np.ascontiguousarray(a, dtype=np.float32)})[0]
+    return run
+
+
+__all__ += ["INT4_ACCURACY_LEVELS", "matmul_fp32_model", "int8_rowwise", "matmul_int8_model", "matmulnbits_model",
+            "int4_model", "model_session", "linear_runner"]

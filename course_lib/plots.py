@@ -488,3 +488,44 @@ def accuracy_vs_speed(records: list[dict], reference: str = "baseline", title: s
            ylabel="test accuracy (%)", title=title)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------- chapter 7: the roofline
+def roofline(rows: list[dict], bandwidth_gbs: float, peak_gflops: float,
+             title: str = "roofline: attainable GFLOP/s vs arithmetic intensity", figsize=(7.5, 4.8)):
+    """The roofline model with measured kernels on it, log-log.
+
+    rows: dicts with ``intensity`` (FLOP/byte), ``gflops`` (achieved GFLOP/s), ``format`` and ``batch``
+    (e.g. ``roofline.time_formats`` rows; rows with N and K are labelled with the shape only when there
+    are several shapes). The line is min(peak, intensity x bandwidth): a sloped memory roof at
+    ``bandwidth_gbs`` (GB/s), a flat compute roof at ``peak_gflops``, meeting at the ridge point
+    peak / bandwidth FLOP/byte. Each point is coloured by format and labelled with its batch.
+    Returns the Figure."""
+    if not rows:
+        raise ValueError("rows is empty: give measured points (e.g. roofline.time_formats(...))")
+    if not bandwidth_gbs > 0 or not peak_gflops > 0:
+        raise ValueError(f"bandwidth_gbs={bandwidth_gbs!r} and peak_gflops={peak_gflops!r} must be > 0")
+    xs = np.array([r["intensity"] for r in rows], float)
+    ridge = peak_gflops / bandwidth_gbs
+    lo, hi = min(xs.min(), ridge) / 3, max(xs.max(), ridge) * 3
+    grid = np.geomspace(lo, hi, 200)
+    fig, ax = plt.subplots(figsize=figsize)
+    ax.plot(grid, np.minimum(peak_gflops, grid * bandwidth_gbs), "k-", lw=1.5,
+            label=f"roofline ({bandwidth_gbs:.0f} GB/s, {peak_gflops:.0f} GFLOP/s)")
+    ax.axvline(ridge, color="k", ls=":", lw=0.8)
+    shapes = {(r.get("N"), r.get("K")) for r in rows}
+    formats = list(dict.fromkeys(r["format"] for r in rows))
+    for i, fmt in enumerate(formats):
+        pts = [r for r in rows if r["format"] == fmt]
+        ax.plot([r["intensity"] for r in pts], [r["gflops"] for r in pts], "o", color=f"C{i % 10}", ms=5,
+                label=fmt)
+        for r in pts:
+            label = f"b{r['batch']}" + (f" {r['N']}x{r['K']}" if len(shapes) > 1 and r.get("N") else "")
+            ax.annotate(label, (r["intensity"], r["gflops"]), fontsize=6, xytext=(3, 2),
+                        textcoords="offset points", color=f"C{i % 10}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set(xlabel="arithmetic intensity (FLOP per byte moved)", ylabel="GFLOP/s", title=title)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig

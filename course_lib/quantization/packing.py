@@ -1,6 +1,7 @@
 """What a quantized model weighs: integers packed at ``bits`` bits each, the saved artifact of a
 fake-quantized or k-means model (``packed_state_dict``), its size, and the loader that reads it back
-(``load_packed``), so that every size reported belongs to a file that loads."""
+(``load_packed``), so that every size reported belongs to a file that loads; and the 4-bit layout of
+onnxruntime's ``MatMulNBits`` kernel (``pack_matmulnbits``), so group-wise codes run on a real int4 kernel."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +15,7 @@ from .fakequant import FLOAT_BITS, QuantWrapper
 from .kmeans import KMeansWrapper
 
 __all__ = ["pack_bits", "unpack_bits", "pack_int4", "unpack_int4", "packed_state_dict", "packed_size_bytes",
-           "load_packed"]
+           "load_packed", "MATMULNBITS_BLOCK_SIZES", "check_block_size", "pack_matmulnbits", "unpack_matmulnbits"]
 
 INT4_LEVELS = 16  # values of a 4-bit code: 0..15
 
@@ -169,3 +170,84 @@ def load_packed(qmodel: nn.Module, state: dict) -> nn.Module:
     if unexpected:
         raise ValueError(f"state has entries {unexpected} that qmodel has no place for")
     return qmodel
+
+
+# ---------------------------------------------------------------- onnxruntime's MatMulNBits layout (4 bits)
+MATMULNBITS_BLOCK_SIZES = (16, 32, 64, 128, 256)  # powers of two >= 16, as MatMulNBits requires
+MATMULNBITS_DEFAULT_ZERO = 8                      # the zero point MatMulNBits assumes when none is given
+
+
+def check_block_size(block_size) -> int:
+    """``block_size`` if it is a power of two in [16, 256] (onnxruntime's MatMulNBits: a power of two
+    and at least 16; its CPU kernels and quantizers go up to 256), else ValueError naming it."""
+    if block_size not in MATMULNBITS_BLOCK_SIZES or isinstance(block_size, bool):
+        raise ValueError(f"block_size={block_size!r} must be a power of two in [16, 256]: one of "
+                         f"{list(MATMULNBITS_BLOCK_SIZES)}")
+    return int(block_size)
+
+
+def _nibbles(name: str, x, ndim: int) -> torch.Tensor:
+    """``x`` (tensor or array) as an int64 tensor of ``ndim`` dimensions with integer values in [0, 15]."""
+    t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).detach().cpu()
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if t.is_floating_point() and t.numel() and not bool((t == t.round()).all()):
+        raise ValueError(f"{name} must hold integers (4-bit codes in [0, 15])")
+    if t.numel() and (t.min() < 0 or t.max() >= INT4_LEVELS):
+        raise ValueError(f"{name} holds values in [{t.min().item():g}, {t.max().item():g}], outside [0, 15]: "
+                         "4-bit codes are unsigned (code = round(w / scale) + zero)")
+    return t.to(torch.int64)
+
+
+def pack_matmulnbits(codes, zeros, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack 4-bit group-wise codes into onnxruntime's ``MatMulNBits`` layout (bits=4).
+
+    codes: (N, K) integers in [0, 15] (one row per output feature, as ``nn.Linear.weight`` and
+    ``weight_only.rtn_quantize`` store them); zeros: (N, K / block_size) integers in [0, 15], one
+    zero point per block of ``block_size`` consecutive input columns (the groups of ``rtn_quantize``);
+    block_size: a power of two in [16, 256] dividing K.
+
+    Returns (b, zero_points), both uint8 tensors:
+    - b: (N, K / block_size, block_size / 2); byte j of a block holds code 2j in its LOW nibble and
+      code 2j + 1 in its HIGH nibble;
+    - zero_points: (N * ceil(n_blocks / 2),); per row, the zero points of blocks 2i (low nibble) and
+      2i + 1 (high nibble); an odd last block is padded with 8 (as onnxruntime's own packer does).
+    The scales travel separately, float32 (N * n_blocks,) in the same row-major (row, block) order.
+    Bit for bit what ``onnxruntime.capi._pybind_state.quantize_matmul_4bits`` writes for the same codes.
+    """
+    block_size = check_block_size(block_size)
+    c = _nibbles("codes", codes, 2)
+    n, k = c.shape
+    if k % block_size:
+        raise ValueError(f"block_size={block_size} must divide K={k} (the number of input columns of codes)")
+    nb = k // block_size
+    z = _nibbles("zeros", zeros, 2)
+    if tuple(z.shape) != (n, nb):
+        raise ValueError(f"zeros has shape {tuple(z.shape)}, expected (N, K / block_size) = ({n}, {nb})")
+    b = (c[:, 0::2] | (c[:, 1::2] << 4)).to(torch.uint8).reshape(n, nb, block_size // 2)
+    if nb % 2:
+        z = torch.cat([z, torch.full((n, 1), MATMULNBITS_DEFAULT_ZERO, dtype=torch.int64)], 1)
+    zp = (z[:, 0::2] | (z[:, 1::2] << 4)).to(torch.uint8).reshape(-1)
+    return b.contiguous(), zp.contiguous()
+
+
+def unpack_matmulnbits(b, zero_points=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`pack_matmulnbits`: b uint8 (N, n_blocks, block_size / 2) and zero_points uint8
+    (N * ceil(n_blocks / 2),) -> (codes uint8 (N, K), zeros uint8 (N, n_blocks)), K = n_blocks * block_size.
+    zero_points=None: every zero point is 8, as MatMulNBits assumes without that input."""
+    b = torch.as_tensor(np.asarray(b) if not torch.is_tensor(b) else b).detach().cpu()
+    if b.dtype != torch.uint8 or b.dim() != 3:
+        raise ValueError(f"b must be uint8 of shape (N, n_blocks, block_size / 2), got {b.dtype} {tuple(b.shape)}")
+    n, nb, half = b.shape
+    check_block_size(2 * half)
+    codes = torch.stack([b & 15, b >> 4], -1).reshape(n, nb * 2 * half)
+    if zero_points is None:
+        return codes, torch.full((n, nb), MATMULNBITS_DEFAULT_ZERO, dtype=torch.uint8)
+    zp = torch.as_tensor(np.asarray(zero_points) if not torch.is_tensor(zero_points) else zero_points)
+    per_row = (nb + 1) // 2
+    if zp.dtype != torch.uint8 or zp.numel() != n * per_row:
+        raise ValueError(f"zero_points must be uint8 with N * ceil(n_blocks / 2) = {n * per_row} values, "
+                         f"got {zp.dtype} {tuple(zp.shape)}")
+    zp = zp.reshape(n, per_row)
+    zeros = torch.stack([zp & 15, zp >> 4], -1).reshape(n, 2 * per_row)[:, :nb]
+    return codes, zeros.contiguous()

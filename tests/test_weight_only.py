@@ -325,3 +325,13 @@ def test_awq_never_worse_than_rtn_and_better_with_outliers():
         Q.awq_quantize(lin.weight, h, 3, 128, grid=0)
     with pytest.raises(ValueError, match="hessian"):
         Q.awq_quantize(lin.weight, h[:10, :10], 3, 128)
+
+
+def test_replace_weights_copies_and_checks(mlp):
+    q = Q.replace_weights(mlp, lambda name, w: torch.zeros_like(w), names=["2"])
+    assert torch.equal(q[2].weight, torch.zeros_like(mlp[2].weight)) and torch.equal(q[0].weight, mlp[0].weight)
+    assert mlp[2].weight.abs().sum() > 0  # the original is untouched
+    with pytest.raises(ValueError, match="names"):
+        Q.replace_weights(mlp, lambda name, w: w, names=["1"])
+    with pytest.raises(ValueError, match="shape"):
+        Q.replace_weights(mlp, lambda name, w: w[:1])

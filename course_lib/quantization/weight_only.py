@@ -22,7 +22,8 @@ from .packing import pack_int4, unpack_int4
 
 __all__ = ["WEIGHT_ONLY_BITS", "WEIGHT_ONLY_METHODS", "rtn_quantize", "gptq_quantize", "awq_quantize",
            "activation_magnitude", "salient_channels", "rtn_keep_channels", "rtn_scaled_channels",
-           "collect_hessians", "output_error", "quantize_weights", "int4_state", "int4_bytes", "load_int4"]
+           "collect_hessians", "output_error", "quantize_weights", "replace_weights", "int4_state", "int4_bytes",
+           "load_int4"]
 
 WEIGHT_ONLY_BITS = (2, 8)        # valid range of ``bits``
 WEIGHT_ONLY_METHODS = ("rtn", "gptq", "awq")
@@ -343,6 +344,25 @@ def quantize_weights(model: nn.Module, method: str = "gptq", bits: int = 4, grou
             lin.weight.copy_(w_hat)
         packed[name] = tuple(rest)
     return out, packed
+
+
+@torch.no_grad()
+def replace_weights(model: nn.Module, fn, names=None) -> nn.Module:
+    """A copy of ``model`` (eval mode) in which the weight W (out, in) of every nn.Linear in ``names``
+    (default: all) is replaced by ``fn(name, W)`` (a tensor of the same shape, e.g. one of the
+    ablations above); ``model`` is not modified. For experiments that are not a ``quantize_weights``
+    method."""
+    out = copy.deepcopy(model).eval()
+    layers = dict(_linears(out))
+    for name in (list(layers) if names is None else names):
+        if name not in layers:
+            raise ValueError(f"names: {name!r} is not an nn.Linear layer of the model; valid: {sorted(layers)}")
+        w = layers[name].weight
+        new = fn(name, w.detach().clone())
+        if tuple(new.shape) != tuple(w.shape):
+            raise ValueError(f"fn returned shape {tuple(new.shape)} for {name!r}, expected {tuple(w.shape)}")
+        w.copy_(new)
+    return out
 
 
 # ---------------------------------------------------------------- the saved int4 artifact

@@ -115,15 +115,19 @@ def memory_bandwidth_gbs(total_mb: float | None = None, threads: int = 1, repeat
     total_mb = V.number_in("total_mb", total_mb, 0, None, lo_open=True)
     n = max(1024, int(total_mb * 2 ** 20 / 3 / 4))
     a, b, c = torch.zeros(n), torch.ones(n), torch.full((n,), 2.0)
+    t_copy, t_triad = [], []
     with num_threads(threads), torch.inference_mode():
-        t_copy = statistics.median(time_fn(lambda: b.copy_(a), repeats, warmup=2))
-        t_triad = statistics.median(time_fn(lambda: torch.add(b, c, alpha=3.0, out=a), repeats, warmup=2))
-    return {"copy": 2 * 4 * n / (t_copy * 1e6), "triad": 3 * 4 * n / (t_triad * 1e6), "array_mb": 4 * n / 2 ** 20}
+        for _ in range(repeats):  # interleaved, so a burst of load hits both alike
+            t_copy += time_fn(lambda: b.copy_(a), 1, warmup=1)
+            t_triad += time_fn(lambda: torch.add(b, c, alpha=3.0, out=a), 1, warmup=1)
+    return {"copy": 2 * 4 * n / (min(t_copy) * 1e6), "triad": 3 * 4 * n / (min(t_triad) * 1e6),
+            "array_mb": 4 * n / 2 ** 20}
 
 
 def peak_gflops(dtype: str = "fp32", threads: int = 1, n: int = 1024, repeats: int = 5) -> float:
-    """Arithmetic peak in GFLOP/s (for int8, GOP/s) measured as the median of ``repeats`` products of two
-    n x n matrices (2 n^3 operations each), where the CPU's best kernels run near their peak.
+    """Arithmetic peak in GFLOP/s (for int8, GOP/s) measured as the best (fastest) of ``repeats`` products
+    of two n x n matrices (2 n^3 operations each), where the CPU's best kernels run near their peak
+    (the best call, as for bandwidth: a ceiling, which background load can only lower).
 
     dtype: "fp32" (torch float32 matmul: MKL or oneDNN), "bf16" (torch bfloat16 matmul: AMX or
     AVX512-BF16 where the CPU has them, a slow emulation otherwise), "int8" (``torch._int_mm``:
@@ -143,7 +147,7 @@ def peak_gflops(dtype: str = "fp32", threads: int = 1, n: int = 1024, repeats: i
         a, b = torch.randn(n, n, generator=g).to(dt), torch.randn(n, n, generator=g).to(dt)
         fn = lambda: a @ b  # noqa: E731
     with num_threads(threads), torch.inference_mode():
-        ms = statistics.median(time_fn(fn, repeats, warmup=1))
+        ms = min(time_fn(fn, repeats, warmup=1))
     return 2 * n ** 3 / (ms * 1e6)
 
 
@@ -372,7 +376,7 @@ def _time_rotating(pool, x, rounds_out: list, repeats: int) -> None:
 
 
 def time_formats(shapes=DEFAULT_SHAPES, batches=DEFAULT_BATCHES, formats=DEFAULT_FORMATS, threads: int = 1,
-                 rounds: int = 3, repeats: int = 5, pool_factor: float = 2.0, max_pool: int = 16,
+                 rounds: int = 3, repeats: int = 4, pool_factor: float = 2.0, max_pool: int = 16,
                  seed: int = 0) -> list[dict]:
     """Time y = x W^T in several weight formats, interleaved, on a rotating pool that defeats the cache.
 
@@ -385,8 +389,11 @@ def time_formats(shapes=DEFAULT_SHAPES, batches=DEFAULT_BATCHES, formats=DEFAULT
     For each shape the weights are built once (about 1 s per 4096 x 11008 matrix for the 4-bit formats,
     whose RTN quantization runs in float64) and every batch is timed: in each round every format in turn
     makes ``repeats`` calls (plus one warm-up), cycling through its pool; its round's figure is the
-    median call. Cost: rounds x (repeats + 1) calls per (shape, batch, format); the defaults (3 shapes,
-    4 batches, 7 formats, 3 rounds, 5 repeats) take about a minute on 2 cores, mostly batch 64 in fp32.
+    median call. Cost: rounds x (repeats + 1) calls per (shape, batch, format), about half of the total
+    on 7B shapes (mostly batch 64 in fp32), the rest is building the weights and sessions; the defaults
+    (3 shapes, 4 batches, the 7 formats of DEFAULT_FORMATS, 3 rounds, 4 repeats) took 55-60 s on one
+    core of a 2-core AMD EPYC (about 2 GB of memory at its peak). For a quick look: shapes=[(4096, 4096)],
+    batches=(1, 16) takes about 10 s.
 
     Returns one dict per (shape, batch, format), in that order: N, K, batch, format, ms (median over
     rounds), spread_ms ((min, max) of the round medians), bytes (:func:`bytes_moved`), flops, intensity
@@ -487,8 +494,10 @@ def decoder_layer_ms(formats=DEFAULT_FORMATS, hidden: int = 4096, ffn: int = 110
     random (batch, K) activation in the format's input type (the nonlinearity and attention between them
     are left out). When one layer's weights are smaller than pool_factor x the last-level cache, several
     copies of the layer are rotated, so the weights come from DRAM as they do in a 32-layer model.
-    hidden, ffn: multiples of 128; batch, threads, rounds, repeats >= 1. Each 4-bit format quantizes the
-    seven matrices once (about 5 s for the 7B shapes on one core, shared between the 4-bit formats).
+    hidden, ffn: multiples of 128; batch, threads, rounds, repeats >= 1. Cost with the 7B shapes and the
+    7 default formats: about 40 s on a 2-core AMD EPYC, mostly building (the 4-bit formats share one
+    RTN quantization of the seven matrices, ~8 s; the fp32 sessions copy 800 MB), and up to ~3 GB of
+    memory; pass fewer formats to go faster.
 
     Returns {format: {"ms": median over rounds, "spread_ms": (min, max) of round medians, "bytes": bytes
     moved by the seven calls, "flops", "gbs": achieved GB/s, "copies": layer copies rotated}}.

@@ -210,3 +210,10 @@ def test_roofline_figure():
     with pytest.raises(ValueError, match="rows is empty"):
         plots.roofline([], 1, 1)
     plt.close("all")
+
+
+def test_no_technique_or_foundation_imports_roofline():
+    from test_architecture import FOUNDATIONS, TECHNIQUES, _graph  # the import rules' own reader
+    graph = _graph()
+    assert {"deploy", "quantization", "measure"} <= graph["roofline"]
+    assert not [m for m in TECHNIQUES | FOUNDATIONS if "roofline" in graph.get(m, set())]

@@ -485,7 +485,7 @@ def _layer_shapes(hidden: int, ffn: int) -> list[tuple[str, int, int]]:
 
 def decoder_layer_ms(formats=DEFAULT_FORMATS, hidden: int = 4096, ffn: int = 11008, batch: int = 1,
                      threads: int = 1, rounds: int = 3, repeats: int = 5, pool_factor: float = 2.0,
-                     seed: int = 0) -> dict:
+                     max_pool: int = 16, seed: int = 0) -> dict:
     """Time the seven linear layers of one LLaMA-class decoder layer (q, k, v, o: hidden x hidden; gate,
     up: ffn x hidden; down: hidden x ffn; default LLaMA-7B's 4096 / 11008) run one after the other, in
     each format (a name or a list of names from :data:`FORMATS`), interleaved over ``rounds``.
@@ -493,7 +493,7 @@ def decoder_layer_ms(formats=DEFAULT_FORMATS, hidden: int = 4096, ffn: int = 110
     Random weights (normal, std 1/sqrt(K), local generator ``seed``); the input of each layer is a fixed
     random (batch, K) activation in the format's input type (the nonlinearity and attention between them
     are left out). When one layer's weights are smaller than pool_factor x the last-level cache, several
-    copies of the layer are rotated, so the weights come from DRAM as they do in a 32-layer model.
+    copies of the layer (at most ``max_pool``) are rotated, so the weights come from DRAM as they do in a 32-layer model.
     hidden, ffn: multiples of 128; batch, threads, rounds, repeats >= 1. Cost with the 7B shapes and the
     7 default formats: about 40 s on a 2-core AMD EPYC, mostly building (the 4-bit formats share one
     RTN quantization of the seven matrices, ~8 s; the fp32 sessions copy 800 MB), and up to ~3 GB of
@@ -508,6 +508,8 @@ def decoder_layer_ms(formats=DEFAULT_FORMATS, hidden: int = 4096, ffn: int = 110
         if v % 128:
             raise ValueError(f"{name}={v} must be a multiple of 128 (the 4-bit formats' block size)")
     batch = V.positive_int("batch", batch)
+    V.number_in("pool_factor", pool_factor, 0, None, lo_open=True)
+    max_pool = V.positive_int("max_pool", max_pool)
     threads, rounds = V.positive_int("threads", threads), V.positive_int("rounds", rounds)
     repeats = V.positive_int("repeats", repeats)
     g = torch.Generator().manual_seed(seed)
@@ -521,7 +523,7 @@ def decoder_layer_ms(formats=DEFAULT_FORMATS, hidden: int = 4096, ffn: int = 110
         for name in formats:
             fmt = FORMATS[name]
             layer_bytes = sum(int(fmt.weight_bytes(n, k)) for _, n, k in shapes)
-            copies = max(1, math.ceil(_pool_target_bytes(pool_factor) / layer_bytes))
+            copies = min(max_pool, max(1, math.ceil(_pool_target_bytes(pool_factor) / layer_bytes)))
             factories = [fmt.build(w, threads, cache)[0] for w in weights]
             runs = [[f() for f in factories] for _ in range(copies)]
             inputs = [fmt.prepare(x) for x in xs]

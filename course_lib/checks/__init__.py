@@ -146,3 +146,4 @@ from .lowrank import *  # noqa: E402,F401,F403
 from .quantization import *  # noqa: E402,F401,F403
 from .pruning import *  # noqa: E402,F401,F403
 from .transformer import *  # noqa: E402,F401,F403
+from .llm import *  # noqa: E402,F401,F403

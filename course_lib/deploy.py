@@ -572,3 +572,61 @@ def linear_runner(model, threads: int = 1):
 
 __all__ += ["INT4_ACCURACY_LEVELS", "matmul_fp32_model", "int8_rowwise", "matmul_int8_model", "matmulnbits_model",
             "int4_model", "model_session", "linear_runner"]
+
+
+# ---------------------------------------------------------------- a model's linear layers on the 4-bit kernel
+class OrtLinear(nn.Module):
+    """An ``nn.Linear`` computed by a one-layer onnxruntime model (e.g. :func:`matmulnbits_model`):
+    forward(x (..., K) float) -> (..., N) float32 = (x / input_scale) W_hat^T + bias. The bias (and AWQ's
+    per-channel ``input_scale``, which a deployment folds into the previous operation) are applied in
+    PyTorch. No gradients; the weights live in the onnxruntime session."""
+
+    def __init__(self, onnx_model, in_features: int, out_features: int, bias=None, input_scale=None,
+                 threads: int = 1):
+        super().__init__()
+        self.in_features, self.out_features = positive_int("in_features", in_features), positive_int("out_features", out_features)
+        self.run = linear_runner(onnx_model, threads)
+        self.nbytes = len(onnx_model.SerializeToString())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.register_buffer("input_scale", None if input_scale is None else input_scale.detach().float().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x has {x.shape[-1]} features in its last dimension, the layer takes {self.in_features}")
+        a = x.detach().reshape(-1, self.in_features).float()
+        if self.input_scale is not None:
+            a = a / self.input_scale
+        y = torch.from_numpy(self.run(a.contiguous()))
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, onnx bytes={self.nbytes:,}"
+
+
+def ort_int4_linears(model: nn.Module, packed: dict, block_size: int, accuracy_level: int = 4,
+                     threads: int = 1) -> nn.Module:
+    """A copy of ``model`` (eval mode) whose linear layers in ``packed`` run on onnxruntime's 4-bit kernel.
+
+    packed: {layer name: (codes, scales, zeros)} as ``quantization.quantize_weights`` returns it (AWQ adds
+    the per-channel factor s: the layer then divides its input by s), codes in [0, 15] (bits <= 4; 3-bit
+    codes run in the 4-bit kernel), groups of ``block_size`` = the quantizer's group_size (a power of two in
+    [16, 256]). accuracy_level: 0 (float32 compute: equals the simulated model up to float32 round-off)
+    or 4 (int8 activations per block, int8 dot products: faster, a second small rounding); threads >= 1.
+    ``model`` is not modified."""
+    out = copy.deepcopy(model).eval()
+    for name, (codes, scales, zeros, *awq) in packed.items():
+        lin = out.get_submodule(name)
+        if not isinstance(lin, nn.Linear):
+            raise ValueError(f"packed: {name!r} is not an nn.Linear of the model")
+        if int(codes.max()) > 15:
+            raise ValueError(f"packed[{name!r}]: codes up to {int(codes.max())}; the 4-bit kernel takes bits <= 4")
+        onnx_model = matmulnbits_model(codes, scales, zeros, block_size, accuracy_level)
+        new = OrtLinear(onnx_model, lin.in_features, lin.out_features, lin.bias, awq[0] if awq else None, threads)
+        parent, _, attr = name.rpartition(".")
+        setattr(out.get_submodule(parent) if parent else out, attr, new)
+    return out
+
+
+__all__ += ["OrtLinear", "ort_int4_linears"]

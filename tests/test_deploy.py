@@ -170,3 +170,31 @@ def test_latency_table_rejects_unknown_reference_and_values():
         deploy.latency_table({"baseline": 3}, (1, 28, 28))
     with pytest.raises(ValueError, match="configs"):
         deploy.fp32_runners(torch.nn.Linear(2, 2), (2,), configs=("tensorrt",))
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
+def test_ort_int4_linears_match_the_simulated_model(method):
+    """A model's linear layers on MatMulNBits (accuracy_level 0) compute what the simulated 4-bit model
+    computes, for RTN, GPTQ and AWQ (whose input scale is applied before the kernel)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 32)).eval()
+    x = torch.randn(50, 64, generator=torch.Generator().manual_seed(1))
+    h = Q.collect_hessians(net, x)
+    sim, packed = Q.quantize_weights(net, method, 4, 32, hessians=h)
+    real = deploy.ort_int4_linears(net, packed, 32, accuracy_level=0)
+    assert isinstance(real[0], deploy.OrtLinear) and isinstance(net[0], nn.Linear)
+    xs = torch.randn(2, 7, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = sim(xs)
+        torch.testing.assert_close(real(xs), want, rtol=1e-4, atol=1e-4)
+        fast = deploy.ort_int4_linears(net, packed, 32, accuracy_level=4)
+        assert float((fast(xs) - want).abs().max()) < 0.05 * float(want.abs().max())
+    with pytest.raises(ValueError, match="features"):
+        real(torch.randn(3, 10))
+
+
+def test_ort_int4_linears_refuses_wide_codes():
+    net = nn.Sequential(nn.Linear(64, 8)).eval()
+    _, packed = Q.quantize_weights(net, "rtn", 8, 32)
+    with pytest.raises(ValueError, match="bits <= 4"):
+        deploy.ort_int4_linears(net, packed, 32)

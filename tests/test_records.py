@@ -18,6 +18,16 @@ def test_write_and_assemble(tmp_path):
     assert "## 01_demo" in page and "| half | 98.00% [96.9, 98.7] |" in page and "| 2.0 | 2.00 |" in page
 
 
+def test_the_page_says_what_a_chapters_accuracy_measures(tmp_path):
+    other = {**REC, "metric": "next-character accuracy", "perplexity": 3.25}
+    results.write_results("07_demo", [other, {**other, "name": "w4"}], root=tmp_path / "results")
+    results.write_results("01_demo", [REC], root=tmp_path / "results")
+    page = results.assemble(tmp_path / "results", tmp_path / "results.md").read_text()
+    ch7 = page.split("## 07_demo")[1]
+    assert "`accuracy` here is: next-character accuracy." in ch7 and "| perplexity |" in ch7 and "3.250" in ch7
+    assert "`accuracy` here is" not in page.split("## 07_demo")[0]
+
+
 def test_lab_mode_results_never_reach_the_results_page(tmp_path):
     root = tmp_path / "results"
     results.write_results("01_demo", [REC], root=root)

@@ -9,6 +9,9 @@ sensitive than comparing two intervals: only the images on which they disagree c
 - :func:`paired_compare`: difference of two models on the same images, a paired-bootstrap
   interval, the exact McNemar test and a verdict (``better`` / ``worse`` / ``indistinguishable``);
 - :func:`seed_summary`: mean, standard deviation and Student-t interval over seeds.
+- :func:`bootstrap_mean_interval`, :func:`paired_bootstrap_diff`: percentile-bootstrap interval of a mean,
+  and of the mean paired difference of continuous per-item values (e.g. per-chunk NLL of two language
+  models on the same chunks) with a verdict (``lower`` / ``higher`` / ``indistinguishable``).
 
 Everything is deterministic (the bootstrap uses its own seeded generator, never the global one).
 """
@@ -191,3 +194,49 @@ def format_accuracy(accuracy: float, n: int, std: float | None = None, seeds: in
     if seeds > 1 and std is not None:
         s += f" ± {100 * std:.2f} sd over {seeds} seeds"
     return s
+
+
+def _values_1d(name: str, values) -> torch.Tensor:
+    t = torch.as_tensor(values, dtype=torch.float64).reshape(-1) if not isinstance(values, torch.Tensor) \
+        else values.detach().to(torch.float64).reshape(-1)
+    if t.numel() == 0 or not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be a non-empty set of finite numbers, got {t.numel()} value(s)"
+                         + ("" if t.numel() == 0 else " with NaN/inf"))
+    return t
+
+
+def bootstrap_mean_interval(values, level: float = 0.95, resamples: int = 2000,
+                            seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval (lo, hi) of the mean of ``values`` (n >= 1 finite numbers,
+    a tensor or sequence, any shape: flattened). Items are resampled with replacement
+    ``resamples`` (>= 100) times with a private generator seeded with ``seed`` (deterministic, the
+    global generator is untouched). level in (0, 1). Constant values give a zero-width interval."""
+    t = _values_1d("values", values)
+    resamples = V.int_in("resamples", resamples, 100, None)
+    level = V.number_in("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
+    g = torch.Generator().manual_seed(int(seed))
+    idx = torch.randint(0, t.numel(), (resamples, t.numel()), generator=g)
+    boot = t[idx].mean(1)
+    lo = float(torch.quantile(boot, (1 - level) / 2))
+    hi = float(torch.quantile(boot, (1 + level) / 2))
+    m = float(t.mean())
+    return min(lo, m), max(hi, m)
+
+
+def paired_bootstrap_diff(a, b, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict:
+    """Paired comparison of continuous per-item values (e.g. per-chunk NLL of two models on the
+    same chunks): a and b of equal length n >= 1, item i of a paired with item i of b.
+
+    Returns {"diff": mean(a - b), "ci": (lo, hi) percentile-bootstrap interval of that mean
+    (items resampled, ``resamples`` >= 100, private generator seeded with ``seed``), "n": n,
+    "verdict"}: ``"higher"`` if the whole interval is above 0 (a's values are larger),
+    ``"lower"`` if below 0, else ``"indistinguishable"``. level in (0, 1). For NLL, ``"lower"``
+    means a is the better model."""
+    ta = _values_1d("a", a)
+    tb = _values_1d("b", b)
+    if ta.numel() != tb.numel():
+        raise ValueError(f"a and b must hold the same items: n={ta.numel()} vs n={tb.numel()}")
+    d = ta - tb
+    lo, hi = bootstrap_mean_interval(d, level=level, resamples=resamples, seed=seed)
+    verdict = "higher" if lo > 0 else "lower" if hi < 0 else "indistinguishable"
+    return {"diff": float(d.mean()), "ci": (lo, hi), "n": int(d.numel()), "verdict": verdict}

@@ -144,3 +144,59 @@ def test_wilson_interval_contains_the_accuracy_at_the_edges(n):
     assert hi == 1.0 and lo < 1.0
     lo, hi = stats.accuracy_interval(0.0, n)
     assert lo == 0.0 and hi > 0.0
+
+
+# ------------------------------------------------------------- bootstrap of continuous per-item values
+def test_bootstrap_mean_interval_of_constant_values_has_zero_width():
+    assert stats.bootstrap_mean_interval([2.5] * 50) == (2.5, 2.5)
+
+
+def test_bootstrap_mean_interval_is_deterministic_and_leaves_the_global_generator_alone():
+    x = torch.randn(200, generator=torch.Generator().manual_seed(0))
+    state = torch.get_rng_state()
+    a = stats.bootstrap_mean_interval(x, seed=4)
+    assert torch.equal(state, torch.get_rng_state())
+    assert a == stats.bootstrap_mean_interval(x, seed=4)
+    assert a != stats.bootstrap_mean_interval(x, seed=5)
+
+
+def test_bootstrap_mean_interval_agrees_with_normal_theory_on_a_large_sample():
+    x = torch.randn(5000, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 + 3
+    lo, hi = stats.bootstrap_mean_interval(x, resamples=4000)
+    m, se = float(x.mean()), float(x.std()) / math.sqrt(x.numel())
+    assert lo < m < hi
+    assert lo == pytest.approx(m - 1.959964 * se, abs=0.15 * se)
+    assert hi == pytest.approx(m + 1.959964 * se, abs=0.15 * se)
+    lo90, hi90 = stats.bootstrap_mean_interval(x, level=0.9, resamples=4000)
+    assert lo < lo90 < hi90 < hi
+
+
+def test_paired_bootstrap_diff_shift_of_one():
+    a = torch.randn(300, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    r = stats.paired_bootstrap_diff(a + 1, a)
+    assert r["diff"] == pytest.approx(1.0, abs=1e-12)
+    assert r["ci"] == pytest.approx((1.0, 1.0), abs=1e-12) and r["n"] == 300
+    assert r["verdict"] == "higher"
+    assert stats.paired_bootstrap_diff(a, a + 1)["verdict"] == "lower"
+
+
+def test_paired_bootstrap_diff_symmetric_noise_is_indistinguishable():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(400, generator=g, dtype=torch.float64)
+    noise = torch.randn(200, generator=g, dtype=torch.float64) * 0.1
+    b = a + torch.cat([noise, -noise])            # differences exactly symmetric about 0
+    r = stats.paired_bootstrap_diff(a, b)
+    assert abs(r["diff"]) < 1e-12 and r["ci"][0] < 0 < r["ci"][1]
+    assert r["verdict"] == "indistinguishable"
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: stats.bootstrap_mean_interval([]), "values must be a non-empty"),
+    (lambda: stats.bootstrap_mean_interval([1.0, float("nan")]), "NaN/inf"),
+    (lambda: stats.bootstrap_mean_interval([1.0], level=1.0), r"level=1.0 must be a finite number in \(0.0, 1.0\)"),
+    (lambda: stats.bootstrap_mean_interval([1.0], resamples=10), r"resamples=10 must be an integer in \[100, inf\)"),
+    (lambda: stats.paired_bootstrap_diff([1.0, 2.0], [1.0]), "same items: n=2 vs n=1"),
+])
+def test_bootstrap_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

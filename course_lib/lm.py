@@ -14,7 +14,10 @@ Holds everything the chapter needs about the model itself, nothing about quantiz
   (training text only);
 - evaluation: :func:`chunk_nll` (nats per character, one value per chunk), :func:`perplexity`,
   :func:`perplexity_interval` (bootstrap over chunks), :func:`unigram_nll`;
-- :func:`generate`: seeded sampling that never touches the global random generator.
+- :func:`generate`: seeded sampling that never touches the global random generator, with a
+  key-value cache (batch-1 decoding: one character per forward pass);
+- chapter 7's evaluation: :func:`eval_chunks` (held-out chunks spread evenly), :func:`chunk_accuracy`,
+  :func:`linear_macs_per_token` and :func:`record` (one results record of a language model).
 """
 from __future__ import annotations
 
@@ -116,11 +119,24 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """x (B, T, C). cache: None, or a dict this layer fills with the keys and values of every position
+        seen so far ("k", "v": (B, heads, T_past, C / heads)); the T new positions then attend to the
+        cached ones and causally to each other (T = 1 when decoding one character at a time)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        past = 0
+        if cache is not None:
+            if "k" in cache:
+                past = cache["k"].shape[2]
+                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+            cache["k"], cache["v"] = k, v
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # new position i (absolute past + i) sees keys 0 .. past + i
+            mask = torch.ones(T, past + T, dtype=torch.bool).tril(past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -146,8 +162,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache)
         return x + self.mlp(self.ln2(x))
 
 
@@ -156,8 +172,11 @@ class TinyGPT(nn.Module):
     ``blocks.{i}.attn.proj``, ``blocks.{i}.mlp.fc``, ``blocks.{i}.mlp.proj`` and ``head``
     (untied from the token embedding ``tok``); learned positions ``pos``; final LayerNorm ``ln_f``.
 
-    forward(ids): ids LongTensor (B, T) with values in [0, vocab_size) and 1 <= T <= context ->
-    logits float32 (B, T, vocab_size); position t only sees ids[:, :t + 1]."""
+    forward(ids, cache=None): ids LongTensor (B, T) with values in [0, vocab_size) and 1 <= T <= context ->
+    logits float32 (B, T, vocab_size); position t only sees ids[:, :t + 1]. cache: None, or a list the
+    model fills with one key-value cache per block (start with ``[]``); the next call with the same
+    list continues the sequence (positions carry on), so decoding feeds one new character per call and
+    reads every weight once per character. Past plus new positions must stay within the context."""
 
     def __init__(self, cfg: LMConfig | None = None):
         super().__init__()
@@ -182,16 +201,22 @@ class TinyGPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, cache: list | None = None) -> torch.Tensor:
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point():
             raise ValueError(f"ids must be an integer tensor of shape (B, T), got "
                              f"{tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__}")
         T = ids.shape[1]
-        if not 1 <= T <= self.cfg.context:
-            raise ValueError(f"ids has T={T} positions; T must be in [1, {self.cfg.context}] (the context)")
-        x = self.tok(ids) + self.pos(torch.arange(T, device=ids.device))
-        for block in self.blocks:
-            x = block(x)
+        if cache is not None and not isinstance(cache, list):
+            raise ValueError(f"cache must be None or a list (start with []), got {type(cache).__name__}")
+        past = cache[0]["k"].shape[2] if cache else 0
+        if not 1 <= T <= self.cfg.context - past:
+            raise ValueError(f"ids has T={T} positions after {past} cached ones; past + T must be in "
+                             f"[1, {self.cfg.context}] (the context)")
+        if cache is not None and not cache:
+            cache.extend({} for _ in self.blocks)
+        x = self.tok(ids) + self.pos(torch.arange(past, past + T, device=ids.device))
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache[i])
         return self.head(self.ln_f(x)).float()
 
 
@@ -388,12 +413,16 @@ def unigram_nll(train_text: str, chunks: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------- generation
 @torch.no_grad()
 def generate(model: TinyGPT, tokenizer: CharTokenizer, prompt: str, n_tokens: int,
-             temperature: float = 0.8, top_k: int | None = None, seed: int = 0) -> str:
+             temperature: float = 0.8, top_k: int | None = None, seed: int = 0, use_cache: bool = True) -> str:
     """Continue ``prompt`` (non-empty, characters in the vocabulary) by ``n_tokens`` (in
     [0, 100000]) sampled characters; returns only the continuation. temperature in (0, 10];
     top_k None (all characters) or in [1, vocab_size]. Deterministic for a fixed seed: sampling uses
     a local torch.Generator, never the global random state. The input is cropped to the last
-    ``context`` characters. The model's training/eval mode is restored afterwards."""
+    ``context`` characters. use_cache: decode with the key-value cache (the prompt once, then one
+    character per forward pass: batch 1 decoding, as a served LLM does); without it every step re-reads
+    the whole window. Once the window is full, each step recomputes the last ``context`` characters
+    (what the model was trained on: absolute positions 0 .. context - 1). The model's training/eval
+    mode is restored afterwards."""
     n_tokens = V.int_in("n_tokens", n_tokens, 0, 100_000)
     temperature = V.number_in("temperature", temperature, 0.0, 10.0, lo_open=True)
     if top_k is not None:
@@ -406,9 +435,16 @@ def generate(model: TinyGPT, tokenizer: CharTokenizer, prompt: str, n_tokens: in
     was_training = model.training
     model.eval()
     out = []
+    cache = [] if use_cache else None
     try:
         for _ in range(n_tokens):
-            logits = model(ids[-ctx:].unsqueeze(0))[0, -1].double() / temperature
+            if cache is not None and cache and ids.numel() <= ctx:   # one new character, the rest cached
+                logits = model(ids[-1:].unsqueeze(0), cache)[0, -1]
+            elif cache is not None and ids.numel() <= ctx:           # the prompt, once
+                logits = model(ids.unsqueeze(0), cache)[0, -1]
+            else:                                                     # no cache, or the window is full
+                logits = model(ids[-ctx:].unsqueeze(0))[0, -1]
+            logits = logits.double() / temperature
             if top_k is not None and top_k < logits.numel():
                 kth = torch.topk(logits, top_k).values[-1]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -418,3 +454,66 @@ def generate(model: TinyGPT, tokenizer: CharTokenizer, prompt: str, n_tokens: in
     finally:
         model.train(was_training)
     return tokenizer.decode(out)
+
+
+# --------------------------------------------------------------------------------------- the chapter's evaluation
+EVAL_CHUNKS = 128   # held-out chunks scored per model in chapter 7 (and by `make bench`)
+CALIB_CHUNKS = 32   # training chunks of calibration for GPTQ and AWQ
+
+
+def eval_chunks(tokenizer: CharTokenizer, n_chunks: int = EVAL_CHUNKS, length: int = 256) -> torch.Tensor:
+    """``n_chunks`` (in [1, all chunks]) non-overlapping chunks of ``length`` characters of the HELD-OUT
+    text, spread evenly over it (first and last included), so every held-out file is represented.
+    Returns LongTensor (n_chunks, length)."""
+    all_chunks = token_chunks(tokenizer.encode(load_corpus("heldout")), length)
+    n_chunks = V.int_in("n_chunks", n_chunks, 1, all_chunks.shape[0])
+    pick = torch.linspace(0, all_chunks.shape[0] - 1, n_chunks).round().long()
+    return all_chunks[pick]
+
+
+@torch.no_grad()
+def chunk_accuracy(model: nn.Module, chunks: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """Next-character top-1 accuracy of each chunk (tokens 1..L-1 predicted from their prefixes, as in
+    :func:`chunk_nll`): float64 (n_chunks,) in [0, 1]. Eval mode; the previous mode is restored."""
+    chunks = _check_chunks(model, chunks)
+    batch_size = V.positive_int("batch_size", batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for i in range(0, chunks.shape[0], batch_size):
+            x = chunks[i:i + batch_size]
+            out.append((model(x[:, :-1]).argmax(-1) == x[:, 1:]).double().mean(1))
+        return torch.cat(out)
+    finally:
+        model.train(was_training)
+
+
+def linear_macs_per_token(model: nn.Module) -> int:
+    """Multiply-accumulates of every linear layer for one character: sum of in_features x out_features
+    (an nn.Linear, or a layer replaced by one with those attributes, e.g. ``deploy.OrtLinear``)."""
+    return sum(m.in_features * m.out_features for m in model.modules()
+               if hasattr(m, "in_features") and hasattr(m, "out_features") and not list(m.children()))
+
+
+def record(name: str, model: nn.Module, chunks: torch.Tensor, nll: torch.Tensor, size_bytes: int,
+           latency_ms: float | None, macs: int | None = None, **extra) -> dict:
+    """One results record (``records.record``) of a language model on held-out ``chunks``: ``accuracy``
+    the mean next-character accuracy (``metric`` says so) with ``accuracy_ci`` its bootstrap interval over
+    chunks (characters are not independent, so the binomial interval on all of them would be too narrow);
+    ``perplexity`` and ``perplexity_ci`` from ``nll`` (per chunk, :func:`chunk_nll`); ``n_test`` the
+    number of characters predicted; ``params`` counts the float parameters plus the weights of layers
+    moved to another runtime; ``macs`` the linear-layer MACs per character (:func:`linear_macs_per_token`);
+    ``size_bytes`` and ``latency_ms`` (per generated character; None: not timed) as given."""
+    from . import records
+    acc = chunk_accuracy(model, chunks)
+    ppl, lo, hi = perplexity_interval(nll)
+    n_weights = sum(p.numel() for p in model.parameters()) + sum(
+        m.in_features * m.out_features for m in model.modules() if hasattr(m, "run") and hasattr(m, "in_features"))
+    macs = linear_macs_per_token(model) if macs is None else macs
+    rec = records.record(name, accuracy=float(acc.mean()), n_test=int(chunks.shape[0] * (chunks.shape[1] - 1)),
+                         size_bytes=size_bytes, params=n_weights, nonzero=n_weights, macs=macs, latency_ms=latency_ms,
+                         metric="next-character accuracy on held-out Python (bootstrap interval over chunks)",
+                         perplexity=ppl, perplexity_ci=[lo, hi], **extra)
+    rec["accuracy_ci"] = list(stats.bootstrap_mean_interval(acc))
+    return rec

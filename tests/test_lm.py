@@ -282,3 +282,55 @@ def test_train_script_first_steps_run(tmp_path):
     assert "step     2/2" in r.stdout and "held-out loss" in r.stdout
     model, _ = lm.load_lm(out)
     assert model.cfg == lm.LMConfig()
+
+
+# ---------------------------------------------------------------------------------- key-value cache
+def test_kv_cache_gives_the_logits_of_the_full_forward():
+    m = _tiny(context=16)
+    ids = torch.randint(0, lm.VOCAB.__len__(), (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = m(ids)
+        cache = []
+        parts = [m(ids[:, :5], cache)] + [m(ids[:, t:t + 1], cache) for t in range(5, 10)] + [m(ids[:, 10:], cache)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-5, atol=1e-5)
+    assert len(cache) == 1 and cache[0]["k"].shape == (2, 2, 12, 64)
+    with pytest.raises(ValueError, match=r"after 12 cached ones"):
+        m(ids[:, :5], cache)
+    with pytest.raises(ValueError, match="cache"):
+        m(ids, cache={})
+
+
+def test_generate_with_and_without_cache_agree_past_the_window():
+    """Within the window the cache path feeds one character per step; past it both recompute the window."""
+    m = _tiny(context=16)
+    tok = lm.CharTokenizer()
+    with_cache = lm.generate(m, tok, "def f(x):", 20, seed=4, top_k=1)
+    assert with_cache == lm.generate(m, tok, "def f(x):", 20, seed=4, top_k=1, use_cache=False)
+
+
+# ------------------------------------------------------------------------------- chapter-7 evaluation
+def test_eval_chunks_spread_over_the_heldout_text():
+    tok = lm.CharTokenizer()
+    ids = tok.encode(lm.load_corpus("heldout"))
+    all_chunks = lm.token_chunks(ids, 256)
+    ch = lm.eval_chunks(tok, 5)
+    assert ch.shape == (5, 256)
+    assert torch.equal(ch[0], all_chunks[0]) and torch.equal(ch[-1], all_chunks[-1])
+    with pytest.raises(ValueError, match="n_chunks"):
+        lm.eval_chunks(tok, all_chunks.shape[0] + 1)
+
+
+def test_chunk_accuracy_and_macs_and_record():
+    m = _tiny(context=16)
+    chunks = torch.randint(0, 96, (5, 16), generator=torch.Generator().manual_seed(0))
+    acc = lm.chunk_accuracy(m, chunks)
+    with torch.no_grad():
+        want = (m(chunks[:, :-1]).argmax(-1) == chunks[:, 1:]).double().mean(1)
+    assert torch.equal(acc, want) and acc.shape == (5,)
+    assert lm.linear_macs_per_token(m) == 128 * 384 + 128 * 128 + 128 * 128 + 128 * 128 + 128 * 96
+    nll = lm.chunk_nll(m, chunks)
+    r = lm.record("baseline", m, chunks, nll, size_bytes=123, latency_ms=None, weight_bits=32)
+    assert r["n_test"] == 5 * 15 and r["size_bytes"] == 123 and r["latency_ms"] is None
+    assert math.isclose(r["accuracy"], float(acc.mean())) and r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]
+    assert math.isclose(r["perplexity"], lm.perplexity(nll)) and "next-character" in r["metric"]
+    assert r["params"] == sum(p.numel() for p in m.parameters()) and r["weight_bits"] == 32

@@ -335,3 +335,20 @@ def test_replace_weights_copies_and_checks(mlp):
         Q.replace_weights(mlp, lambda name, w: w, names=["1"])
     with pytest.raises(ValueError, match="shape"):
         Q.replace_weights(mlp, lambda name, w: w[:1])
+
+
+def test_awq_clipping_search_helps_heavy_tailed_weights():
+    """A few large weights per group stretch the min-max grid; AWQ's clip search shrinks the range where
+    that lowers the group's output error (never raises it: r = 1 is a candidate)."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(32, 256, generator=g, dtype=torch.float64)
+    w[torch.rand(32, 256, generator=g) < 0.01] *= 8  # outlier weights
+    x = torch.randn(400, 256, generator=g, dtype=torch.float64)
+    h = x.T @ x / len(x)
+    no_clip = Q.awq_quantize(w, h, 3, 128, clip=False)[0]
+    clipped, codes, scales, zeros, s, _ = Q.awq_quantize(w, h, 3, 128)
+    assert out_err(x, w, clipped) < 0.9 * out_err(x, w, no_clip)
+    deq = (codes.double() - zeros.double().repeat_interleave(128, 1)) * scales.double().repeat_interleave(128, 1)
+    torch.testing.assert_close(clipped.double(), deq / s.double()[None, :], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="max_shrink"):
+        Q.awq_quantize(w, h, 3, 128, max_shrink=1.0)

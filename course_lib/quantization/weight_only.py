@@ -204,18 +204,54 @@ def rtn_scaled_channels(weight: torch.Tensor, channels: torch.Tensor, scale: flo
     return _scaled_rtn(weight, s, bits, group_size)[0].float()
 
 
+def _clip_search(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, grid: int, max_shrink: float):
+    """AWQ's clipping search: for every output row and group, shrink the range to
+    [-r * max|w|, r * max|w|] with r in {1, 1 - max_shrink/grid, ...} (grid values), quantize the clamped
+    group with RTN, and keep the r with the least error of that group's share of the output,
+    d H_gg d^T (H_gg: the group's diagonal block of H, as the reference code's per-group error).
+    w (out, in) float64. Returns (w_hat, codes, scales, zeros) like :func:`rtn_quantize` (float64)."""
+    out_f, in_f = w.shape
+    n_g = in_f // group_size
+    wg = w.reshape(out_f, n_g, group_size)
+    hb = torch.stack([h[i * group_size:(i + 1) * group_size, i * group_size:(i + 1) * group_size] for i in range(n_g)])
+    amax = wg.abs().amax(-1, keepdim=True)
+    best_err = torch.full((out_f, n_g), float("inf"), dtype=w.dtype)
+    best = [torch.zeros_like(wg), torch.zeros_like(wg), torch.zeros(out_f, n_g, 1, dtype=w.dtype),
+            torch.zeros(out_f, n_g, 1, dtype=w.dtype)]
+    for i in range(grid):
+        r = 1 - max_shrink * i / grid
+        c = torch.maximum(torch.minimum(wg, r * amax), -r * amax)
+        scale, zero = _group_params(c.reshape(-1, group_size), bits)
+        scale, zero = scale.reshape(out_f, n_g, 1), zero.reshape(out_f, n_g, 1)
+        codes = _codes(c, scale, zero, bits)
+        q = (codes - zero) * scale
+        d = wg - q
+        err = torch.einsum("ogi,gij,ogj->og", d, hb, d)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        m = better[..., None]
+        for k, v in enumerate((q, codes, scale, zero)):
+            best[k] = torch.where(m, v, best[k])
+    q, codes, scale, zero = best
+    return q.reshape(out_f, in_f), codes.reshape(out_f, in_f), scale.reshape(out_f, n_g), zero.reshape(out_f, n_g)
+
+
 def awq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int = 128,
-                 grid: int = AWQ_GRID):
-    """AWQ (Lin et al., 2024), the scale search: per input channel s_j = m_j^alpha / sqrt(max m * min m)
-    with m = :func:`activation_magnitude` (H); for alpha in {0, 1/grid, ..., (grid-1)/grid} quantize
-    W diag(s) with group-wise RTN, undo the scale, and keep the alpha with the smallest output error
-    tr(dW H dW^T) on the calibration inputs (alpha = 0 is plain RTN, so AWQ never does worse than
-    RTN on them). The reference code also searches a clipping range per group; that step is left out.
+                 grid: int = AWQ_GRID, clip: bool = True, max_shrink: float = 0.5):
+    """AWQ (Lin et al., 2024): activation-aware scaling, then clipping, both searched on calibration data.
+
+    1. Scale search: per input channel s_j = m_j^alpha / sqrt(max m * min m) with m =
+       :func:`activation_magnitude` (H); for alpha in {0, 1/grid, ..., (grid-1)/grid} quantize
+       W diag(s) with group-wise RTN, undo the scale, and keep the alpha with the smallest output error
+       tr(dW H dW^T) on the calibration inputs (alpha = 0 is plain RTN).
+    2. Clip search (``clip=True``, as the reference code's ``auto_clip``): for each output row and group
+       of W diag(s), shrink the range to r x max|w| for r in {1, 1 - max_shrink/grid, ...} and keep the r
+       whose rounding costs that group's share of the output least (d H_gg d^T).
 
     weight: (out, in); hessian: (in, in) = X^T X / n; bits in [2, 8]; group_size divides in;
-    grid >= 1. Returns (w_hat, codes, scales, zeros, s, alpha): as :func:`rtn_quantize` (codes are
-    those of W diag(s)), plus s (in,) float32, the per-channel factor a deployment folds into the
-    previous operation (inputs divided by s), and the chosen alpha.
+    grid >= 1; max_shrink in [0, 1). Returns (w_hat, codes, scales, zeros, s, alpha): as
+    :func:`rtn_quantize` (codes are those of W diag(s)), plus s (in,) float32, the per-channel factor a
+    deployment folds into the previous operation (inputs divided by s), and the chosen alpha.
     """
     _check_weight(weight)
     out_f, in_f = weight.shape
@@ -224,6 +260,7 @@ def awq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gro
     bits = _check_bits(bits)
     group_size = _check_group(in_f, group_size)
     grid = positive_int("grid", grid)
+    max_shrink = number_in("max_shrink", max_shrink, 0, 1, hi_open=True)
     m = activation_magnitude(hessian).clamp_min(1e-8)
     w = weight.detach().double()
     h = hessian.double()
@@ -232,13 +269,20 @@ def awq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gro
         alpha = i / grid
         s = m ** alpha
         s = (s / (s.max() * s.min()).sqrt()).half().double()  # float16, as the artifact stores it
-        w_hat, codes, scales, zeros = _scaled_rtn(w, s, bits, group_size)
+        w_hat = _scaled_rtn(w, s, bits, group_size)[0]
         d = w - w_hat
         err = float(torch.trace(d @ h @ d.T))
         if best is None or err < best[0]:
-            best = (err, w_hat, codes, scales, zeros, s, alpha)
-    _, w_hat, codes, scales, zeros, s, alpha = best
-    return w_hat.float(), codes, scales, zeros, s.float(), alpha
+            best = (err, s, alpha)
+    _, s, alpha = best
+    ws = w * s[None, :]
+    if clip:  # the scaled layer's inputs are X diag(s)^-1: their Hessian is diag(1/s) H diag(1/s)
+        hs = h / s[:, None] / s[None, :]
+        q, codes, scales, zeros = _clip_search(ws, hs, bits, group_size, grid, max_shrink)
+    else:
+        q, codes, scales, zeros = (t.double() for t in rtn_quantize(ws, bits, group_size))
+    w_hat = q / s[None, :]
+    return (w_hat.float(), codes.to(torch.uint8), scales.float(), zeros.float(), s.float(), alpha)
 
 
 # ---------------------------------------------------------------- calibration Hessians

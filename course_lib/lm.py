@@ -508,8 +508,9 @@ def record(name: str, model: nn.Module, chunks: torch.Tensor, nll: torch.Tensor,
     from . import records
     acc = chunk_accuracy(model, chunks)
     ppl, lo, hi = perplexity_interval(nll)
+    moved = [m for m in model.modules() if hasattr(m, "run") and hasattr(m, "in_features")]  # e.g. deploy.OrtLinear
     n_weights = sum(p.numel() for p in model.parameters()) + sum(
-        m.in_features * m.out_features for m in model.modules() if hasattr(m, "run") and hasattr(m, "in_features"))
+        m.in_features * m.out_features + (m.bias.numel() if getattr(m, "bias", None) is not None else 0) for m in moved)
     macs = linear_macs_per_token(model) if macs is None else macs
     rec = records.record(name, accuracy=float(acc.mean()), n_test=int(chunks.shape[0] * (chunks.shape[1] - 1)),
                          size_bytes=size_bytes, params=n_weights, nonzero=n_weights, macs=macs, latency_ms=latency_ms,

@@ -3,7 +3,8 @@ and of the off-the-shelf recipes, side by side, measured in ONE run against the 
 
     python -m benchmarks [--dataset mnist5k] [--seed 0] [--out build/bench]
 
-Two parts. First the chapters' TARGETS (``benchmarks/targets.py``): each measured with the chapter's
+Two parts. First the chapters' TARGETS (``benchmarks/targets.py``; chapter 07's language-model and
+4-bit-kernel targets in ``benchmarks/llm.py``): each measured with the chapter's
 recipe over the chapter's seeds, with its interval and a verdict, latency against the baseline's
 fastest fp32 configuration; written to ``<out>/../bench.md`` and ``<out>/../bench.json`` (by default
 ``build/bench.md`` and ``build/bench.json``). Then the overview TABLE of every technique, one seed.
@@ -25,6 +26,7 @@ import torch
 
 from course_lib import deploy, recipes, records, storage
 
+from .llm import measure_llm_targets
 from .targets import as_json, format_targets, measure_targets
 from course_lib import quantization as Q
 from course_lib.data import load_dataset
@@ -52,6 +54,7 @@ def main(argv=None) -> int:
 
     print("chapter targets (the chapters' recipes and seeds, single thread, batch 64):", flush=True)
     found, rows = measure_targets(s, base, out, quick=args.limit is not None)
+    found += measure_llm_targets(quick=args.limit is not None, seed=args.seed)  # chapter 07: its own model and data
     table = format_targets(found)
     print(table)
     print(deploy.format_latency_table(rows))

@@ -76,3 +76,38 @@ def test_checkers_leave_the_global_random_state_alone():
     llm.check_pack_nibbles(lambda c, bs: c, verbose=False)
     llm.check_roofline_prediction(lambda *a: 0.0, verbose=False)
     assert torch.equal(state, torch.get_rng_state())
+
+
+def library_unpack(packed, scales, zeros, block_size):
+    """The library's unpacker (written for MatMulNBits' own layout) and the dequantization of weight_only."""
+    codes, _ = Q.unpack_matmulnbits(packed)
+    z = zeros.double().repeat_interleave(block_size, 1)
+    return ((codes.double() - z) * scales.double().repeat_interleave(block_size, 1)).float()
+
+
+def test_unpack_dequantize_checker():
+    assert llm.check_unpack_dequantize(library_unpack, verbose=False)
+    assert llm.check_unpack_dequantize(llm.reference_unpack_dequantize, verbose=False)
+
+    def codes_of(p):
+        b = p.to(torch.int32)
+        return torch.stack([b & 15, b >> 4], -1).reshape(p.shape[0], -1).double()
+
+    def expand(t, bs):
+        return t.double().repeat_interleave(bs, 1)
+    _says(llm.check_unpack_dequantize,
+          lambda p, s, z, bs: ((torch.stack([p.to(torch.int32) >> 4, p.to(torch.int32) & 15], -1).reshape(p.shape[0], -1)
+                                - expand(z, bs)) * expand(s, bs)).float(), "nibbles are swapped")
+    _says(llm.check_unpack_dequantize, lambda p, s, z, bs: (codes_of(p) * expand(s, bs)).float(), "zero point")
+    _says(llm.check_unpack_dequantize, lambda p, s, z, bs: ((codes_of(p) - 8) * expand(s, bs)).float(), "instead of")
+    _says(llm.check_unpack_dequantize,
+          lambda p, s, z, bs: ((codes_of(p) - expand(z, bs)) * s.double()[:, :1]).float(), "one scale per row")
+    _says(llm.check_unpack_dequantize,
+          lambda p, s, z, bs: ((codes_of(p) - z.double().repeat(1, bs)) * s.double().repeat(1, bs)).float(),
+          "repeat_interleave")
+    _says(llm.check_unpack_dequantize,
+          lambda p, s, z, bs: (torch.where(codes_of(p) > 7, codes_of(p) - 16, codes_of(p)) - expand(z, bs)) * expand(s, bs),
+          "signed")
+    _says(llm.check_unpack_dequantize, lambda p, s, z, bs: codes_of(p).to(torch.uint8), "floats")
+    _says(llm.check_unpack_dequantize,
+          lambda p, s, z, bs: library_unpack(p, s, z, bs).reshape(-1), "shape")

@@ -1,7 +1,8 @@
 """Checkers for chapter 07 (LLM-era weight quantization on a laptop CPU, ``course_lib.roofline``):
 packing 4-bit codes two per byte in onnxruntime's ``MatMulNBits`` layout
-(``quantization.pack_matmulnbits``) and the roofline prediction of a kernel's time
-(``roofline.roofline_bound_ms``).
+(``quantization.pack_matmulnbits``), unpacking and dequantizing them with group scales and zero points
+(what a 4-bit kernel does in registers, ``quantization.unpack_matmulnbits``), and the roofline
+prediction of a kernel's time (``roofline.roofline_bound_ms``).
 
 The references below are written independently of the library on purpose (the tests cross-check
 them against it). Random cases come from a local generator with a fixed seed per checker: the
@@ -14,8 +15,8 @@ import torch
 
 from . import Wrong, checker, expect_dtype, expect_shape
 
-__all__ = ["check_pack_nibbles", "check_roofline_prediction", "reference_pack_nibbles",
-           "reference_roofline_ms"]
+__all__ = ["check_pack_nibbles", "check_unpack_dequantize", "check_roofline_prediction", "reference_pack_nibbles",
+           "reference_unpack_dequantize", "reference_roofline_ms"]
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -144,3 +145,74 @@ def check_roofline_prediction(fn):
     (b, f, bw, peak), got, want = next((c, g, w) for c, g, w in zip(cases, gots, wants) if not close(g, w))
     raise Wrong(f"for {b:.3g} bytes, {f:.3g} FLOPs, {bw} GB/s and {peak} GFLOP/s the bound is {want:.4g} ms, "
                 f"you returned {got:.4g}.")
+
+
+def reference_unpack_dequantize(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                                block_size: int) -> torch.Tensor:
+    """packed uint8 (N, K / bs, bs / 2) in the MatMulNBits layout, scales float (N, K / bs), zeros integers in
+    [0, 15] (N, K / bs) -> W_hat float32 (N, K) = (code - zero) * scale, per block of bs input columns."""
+    b = packed.to(torch.int32)
+    codes = torch.stack([b & 15, b >> 4], dim=-1).reshape(packed.shape[0], -1)
+    z = zeros.to(torch.float64).repeat_interleave(block_size, 1)
+    s = scales.to(torch.float64).repeat_interleave(block_size, 1)
+    return ((codes.to(torch.float64) - z) * s).float()
+
+
+def _unpack_cases():
+    g = _gen(73)
+    for n, k, bs in ((3, 64, 32), (4, 128, 16), (2, 256, 128)):
+        codes = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
+        codes[0, :2] = torch.tensor([15, 0], dtype=torch.uint8)
+        zeros = torch.randint(0, 16, (n, k // bs), generator=g, dtype=torch.uint8)
+        scales = torch.rand(n, k // bs, generator=g) * 0.1 + 0.01
+        scales[0, 0] = 0.5  # groups of very different scales: a per-row scale cannot pass
+        yield reference_pack_nibbles(codes, bs), scales, zeros, bs, codes
+
+
+def _unpack_mistakes(packed, scales, zeros, bs, codes):
+    """(wrong answer, what went wrong) pairs for the common unpacking mistakes, on the same case."""
+    n, k = codes.shape
+    c = codes.to(torch.float64)
+    z = zeros.to(torch.float64).repeat_interleave(bs, 1)
+    s = scales.to(torch.float64).repeat_interleave(bs, 1)
+    swapped = c.reshape(n, k // 2, 2).flip(-1).reshape(n, k)
+    signed = torch.where(c > 7, c - 16, c)
+    return [
+        ((swapped - z) * s, "the nibbles are swapped: code 2j is in the LOW nibble (byte & 15), code 2j + 1 in the "
+                            "HIGH nibble (byte >> 4)."),
+        ((signed - z) * s, "you read the codes as signed (values above 7 made negative): MatMulNBits codes are "
+                           "unsigned, 0 to 15; the zero point does the centring."),
+        (c * s, "you forgot the zero point: w_hat = (code - zero) * scale."),
+        ((c - 8) * s, "you subtracted 8 instead of each group's zero point: use zeros, one per block."),
+        ((c - z) * scales.to(torch.float64)[:, :1], "one scale per row: every block of block_size input columns has "
+                                                     "its own scale (scales[:, j // block_size])."),
+        ((c - zeros.to(torch.float64).repeat(1, bs)) * scales.to(torch.float64).repeat(1, bs),
+         "the scales and zeros are expanded in the wrong order: block b covers columns b * block_size to "
+         "(b + 1) * block_size - 1, so repeat each one block_size times in place (repeat_interleave), not tile."),
+    ]
+
+
+@checker("unpacking and dequantizing 4-bit weights")
+def check_unpack_dequantize(fn):
+    for packed, scales, zeros, bs, codes in _unpack_cases():
+        got = fn(packed.clone(), scales.clone(), zeros.clone(), bs)
+        want = reference_unpack_dequantize(packed, scales, zeros, bs)
+        if not torch.is_tensor(got):
+            raise Wrong(f"return a torch.Tensor of floats, got {type(got).__name__}.")
+        if tuple(got.shape) != tuple(want.shape):
+            if got.numel() == want.numel():
+                raise Wrong(f"the result has shape {tuple(got.shape)}: return (N, K) = {tuple(want.shape)}, "
+                            "one row per output feature (reshape the two nibbles of each byte into neighbouring columns).")
+            expect_shape(got, want.shape, "the dequantized weight (N, K)")
+        if not got.is_floating_point():
+            raise Wrong(f"the result is {got.dtype}: dequantized weights are floats (convert the codes before "
+                        "subtracting the zero point, or uint8 arithmetic wraps around).")
+        g64 = got.detach().to(torch.float64)
+        if torch.allclose(g64, want.to(torch.float64), rtol=1e-5, atol=1e-6):
+            continue
+        for alt, msg in _unpack_mistakes(packed, scales, zeros, bs, codes):
+            if torch.allclose(g64, alt, rtol=1e-5, atol=1e-6):
+                raise Wrong(msg)
+        bad = int((~torch.isclose(g64, want.to(torch.float64), rtol=1e-5, atol=1e-6)).sum())
+        raise Wrong(f"{bad} of {want.numel()} weights differ from (code - zero) * scale (N={codes.shape[0]}, "
+                    f"K={codes.shape[1]}, block_size={bs}).")

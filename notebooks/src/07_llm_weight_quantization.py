@@ -208,11 +208,36 @@ def pack_nibbles(codes, block_size):
 # %% nbgrader={"grade": true, "grade_id": "check_pack_nibbles", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_pack_nibbles(pack_nibbles)
 
+
+# %% [markdown]
+# ### Exercise 3: unpack and dequantize, as the kernel does in registers
+# The other half of a 4-bit kernel: read the bytes back into codes and turn them into weights,
+# $\hat w = (q - z)\,s$ with one scale $s$ and one zero point $z$ per block of `block_size` input
+# columns. Given `packed` (N, K / block_size, block_size / 2) uint8 in the layout above, `scales`
+# (N, K / block_size) float and `zeros` (N, K / block_size) integers in [0, 15], return the (N, K) float
+# weight. (`MatMulNBits` also packs the zero points two per byte; here they come unpacked.)
+
+# %% nbgrader={"grade": false, "grade_id": "unpack_dequantize", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def unpack_dequantize(packed, scales, zeros, block_size):
+    # Hint: low = packed & 15 and high = packed >> 4 (in a wider integer type); stack them on a new last axis.
+    # Hint: reshape to (N, K), then expand scales and zeros to (N, K) with repeat_interleave(block_size, dim=1).
+    ### BEGIN SOLUTION
+    b = packed.to(torch.int32)
+    codes = torch.stack([b & 15, b >> 4], dim=-1).reshape(packed.shape[0], -1).float()
+    z = zeros.float().repeat_interleave(block_size, 1)
+    return (codes - z) * scales.float().repeat_interleave(block_size, 1)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "check_unpack_dequantize", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+checks.check_unpack_dequantize(unpack_dequantize)
+
 # %% [markdown]
 # The library's `Q.pack_matmulnbits` does the same for the codes and the zero points; the tests check it
 # byte for byte against onnxruntime's own packer. Here, the proof that the layout is right: your bytes
-# equal the library's for the codes of a round-to-nearest 4-bit weight, and onnxruntime, given those
-# bytes, computes the same product as the dequantized weight does in float64 (`accuracy_level` 0: no
+# equal the library's for the codes of a round-to-nearest 4-bit weight, your unpacking gives back its
+# dequantized weight, and onnxruntime, given those bytes, computes the same product as that weight does in
+# float64 (`accuracy_level` 0: no
 # activation rounding, so only float32 round-off remains).
 
 # %%
@@ -224,6 +249,8 @@ run = deploy.linear_runner(deploy.matmulnbits_model(codes, scales, zeros, 128, a
 x = torch.randn(3, 512, generator=g)
 y = torch.from_numpy(run(x)).double()
 print("our packing equals the library's:", torch.equal(pack_nibbles(codes, 128), Q.pack_matmulnbits(codes, zeros, 128)[0]))
+print("unpacking gives back the dequantized weight:",
+      torch.allclose(unpack_dequantize(pack_nibbles(codes, 128), scales, zeros, 128), w_hat, atol=1e-6))
 print(f"onnxruntime's 4-bit output vs float64 x @ w_hat.T: max abs difference {float((y - x.double() @ w_hat.double().T).abs().max()):.1e}")
 
 # %% [markdown]

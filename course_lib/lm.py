@@ -289,6 +289,9 @@ def load_lm(path=None) -> tuple[TinyGPT, CharTokenizer]:
     if "course_lib.lm.LMConfig" not in meta:
         raise ValueError(f"{path} has no 'course_lib.lm.LMConfig' metadata: not written by save_lm")
     cfg = LMConfig(**json.loads(meta["course_lib.lm.LMConfig"]))
+    if cfg.vocab_size > len(VOCAB):
+        raise ValueError(f"{path}: vocab_size={cfg.vocab_size} exceeds the course's {len(VOCAB)}-character vocabulary; "
+                         "the model could produce ids no character stands for")
     model = TinyGPT(cfg)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
@@ -299,7 +302,7 @@ def load_lm(path=None) -> tuple[TinyGPT, CharTokenizer]:
         raise ValueError(f"{path}: tensors do not match the config {cfg}: missing {missing[:5]}, "
                          f"unexpected {extra[:5]}, wrong shape {[(k, got[k], want[k]) for k in wrong[:5]]}")
     model.load_state_dict({k: v.float() for k, v in state.items()})
-    return model.eval(), CharTokenizer(VOCAB[:cfg.vocab_size] if cfg.vocab_size <= len(VOCAB) else VOCAB)
+    return model.eval(), CharTokenizer(VOCAB[:cfg.vocab_size])
 
 
 # ------------------------------------------------------------------------------------------- corpus
@@ -391,11 +394,13 @@ def perplexity(nll) -> float:
 
 
 def perplexity_interval(nll_per_chunk, level: float = 0.95, resamples: int = 2000,
-                        seed: int = 0) -> tuple[float, float, float]:
+                        seed: int = 0, groups=None) -> tuple[float, float, float]:
     """(perplexity, lo, hi): exp of the mean per-chunk NLL and exp of its percentile-bootstrap
-    interval over chunks (:func:`course_lib.stats.bootstrap_mean_interval`). level in (0, 1),
-    resamples >= 100. Chunks should be equally long so that each carries equal weight."""
-    lo, hi = stats.bootstrap_mean_interval(nll_per_chunk, level=level, resamples=resamples, seed=seed)
+    interval (:func:`course_lib.stats.bootstrap_mean_interval`): over chunks, or, with ``groups``
+    (one label per chunk, e.g. :func:`eval_chunk_files`), over groups of chunks (files), which is
+    wider and right when chunks of a group are correlated. level in (0, 1), resamples >= 100. Chunks
+    should be equally long so that each carries equal weight."""
+    lo, hi = stats.bootstrap_mean_interval(nll_per_chunk, level=level, resamples=resamples, seed=seed, groups=groups)
     return perplexity(nll_per_chunk), math.exp(lo), math.exp(hi)
 
 
@@ -469,6 +474,20 @@ def eval_chunks(tokenizer: CharTokenizer, n_chunks: int = EVAL_CHUNKS, length: i
     n_chunks = V.int_in("n_chunks", n_chunks, 1, all_chunks.shape[0])
     pick = torch.linspace(0, all_chunks.shape[0] - 1, n_chunks).round().long()
     return all_chunks[pick]
+
+
+def eval_chunk_files(n_chunks: int = EVAL_CHUNKS, length: int = 256) -> torch.Tensor:
+    """For the chunks :func:`eval_chunks` returns (same ``n_chunks`` and ``length``): the index of the
+    held-out FILE each chunk starts in (LongTensor (n_chunks,)), read from the ``# file:`` header lines
+    of the held-out text. Chunks of one file are correlated (one module's style and names), so the
+    bootstrap resamples files, not chunks (``stats.bootstrap_mean_interval(..., groups=...)``)."""
+    text = load_corpus("heldout")
+    starts = [i for i in range(len(text)) if text.startswith("# file: ", i) and (i == 0 or text[i - 1] == "\n")]
+    n_all = (len(text) - length) // length + 1
+    n_chunks = V.int_in("n_chunks", n_chunks, 1, n_all)
+    pick = torch.linspace(0, n_all - 1, n_chunks).round().long()
+    bounds = torch.tensor(starts)
+    return torch.searchsorted(bounds, pick * length, right=True) - 1
 
 
 @torch.no_grad()

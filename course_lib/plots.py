@@ -491,28 +491,31 @@ def accuracy_vs_speed(records: list[dict], reference: str = "baseline", title: s
 
 
 # ---------------------------------------------------------------- chapter 7: the roofline
-def roofline(rows: list[dict], bandwidth_gbs: float, peak_gflops: float,
+def roofline(rows: list[dict], bandwidth_gbs: float, peak_gflops,
              title: str = "roofline: attainable GFLOP/s vs arithmetic intensity", figsize=(7.5, 4.8)):
     """The roofline model with measured kernels on it, log-log.
 
     rows: dicts with ``intensity`` (FLOP/byte), ``gflops`` (achieved GFLOP/s), ``format`` and ``batch``
     (e.g. ``roofline.time_formats`` rows; rows with N and K are labelled with the shape only when there
-    are several shapes). The line is min(peak, intensity x bandwidth): a sloped memory roof at
-    ``bandwidth_gbs`` (GB/s), a flat compute roof at ``peak_gflops``, meeting at the ridge point
-    peak / bandwidth FLOP/byte. Each point is coloured by format and labelled with its batch.
-    Returns the Figure."""
+    are several shapes). peak_gflops: one compute peak (GFLOP/s), or {label: peak} for several (e.g. fp32,
+    bf16 and int8: a kernel's roof is the peak of the arithmetic it uses). Each roof is
+    min(peak, intensity x bandwidth): a sloped memory roof at ``bandwidth_gbs`` (GB/s), a flat compute roof
+    at the peak, meeting at the ridge point peak / bandwidth FLOP/byte. Each point is coloured by format
+    and labelled with its batch. Returns the Figure."""
     if not rows:
         raise ValueError("rows is empty: give measured points (e.g. roofline.time_formats(...))")
-    if not bandwidth_gbs > 0 or not peak_gflops > 0:
+    peaks = dict(peak_gflops) if isinstance(peak_gflops, dict) else {"": peak_gflops}
+    if not peaks or not bandwidth_gbs > 0 or not all(isinstance(v, (int, float)) and v > 0 for v in peaks.values()):
         raise ValueError(f"bandwidth_gbs={bandwidth_gbs!r} and peak_gflops={peak_gflops!r} must be > 0")
     xs = np.array([r["intensity"] for r in rows], float)
-    ridge = peak_gflops / bandwidth_gbs
-    lo, hi = min(xs.min(), ridge) / 3, max(xs.max(), ridge) * 3
+    ridges = [p / bandwidth_gbs for p in peaks.values()]
+    lo, hi = min(xs.min(), *ridges) / 3, max(xs.max(), *ridges) * 3
     grid = np.geomspace(lo, hi, 200)
     fig, ax = plt.subplots(figsize=figsize)
-    ax.plot(grid, np.minimum(peak_gflops, grid * bandwidth_gbs), "k-", lw=1.5,
-            label=f"roofline ({bandwidth_gbs:.0f} GB/s, {peak_gflops:.0f} GFLOP/s)")
-    ax.axvline(ridge, color="k", ls=":", lw=0.8)
+    for j, (name, peak) in enumerate(sorted(peaks.items(), key=lambda kv: kv[1])):
+        ax.plot(grid, np.minimum(peak, grid * bandwidth_gbs), "k-", lw=1.5 - 0.4 * j, alpha=1 - 0.25 * j,
+                label=f"roof{' ' + name if name else ''} ({bandwidth_gbs:.0f} GB/s, {peak:.0f} GFLOP/s)")
+        ax.axvline(peak / bandwidth_gbs, color="k", ls=":", lw=0.6)
     shapes = {(r.get("N"), r.get("K")) for r in rows}
     formats = list(dict.fromkeys(r["format"] for r in rows))
     for i, fmt in enumerate(formats):

@@ -45,7 +45,7 @@ from .measure import num_threads, time_fn
 from .quantization.weight_only import rtn_quantize
 
 __all__ = ["llc_bytes", "memory_bandwidth_gbs", "PEAK_DTYPES", "peak_gflops", "roofline_bound_ms",
-           "attainable_gflops", "linear_flops", "WeightFormat", "FORMATS", "DEFAULT_FORMATS", "bytes_moved",
+           "attainable_gflops", "linear_flops", "WeightFormat", "FORMATS", "COMPUTE_DTYPE", "DEFAULT_FORMATS", "bytes_moved",
            "DEFAULT_SHAPES", "DEFAULT_BATCHES", "DEFAULT_POOL_BYTES", "pool_size", "time_formats",
            "format_rows", "LLAMA7B_LINEARS", "decoder_layer_ms", "project_tokens_per_s",
            "bandwidth_bound_tokens_per_s"]
@@ -98,6 +98,8 @@ def _pool_target_bytes(pool_factor: float) -> int:
 def memory_bandwidth_gbs(total_mb: float | None = None, threads: int = 1, repeats: int = 10) -> dict:
     """Sustained memory bandwidth in GB/s (1 GB = 1e9 bytes), STREAM-like, with PyTorch kernels.
 
+    - read: ``a.sum()``, counted as 4 x n bytes (read only: what a matrix-vector product does to its
+      weights, so the roof for streaming weights);
     - copy: ``b.copy_(a)``, counted as 2 x 4 x n bytes (a read, b written);
     - triad: ``torch.add(b, c, alpha=3.0, out=a)`` (a = b + 3 c in one pass), counted as 3 x 4 x n bytes.
     STREAM's convention: the extra read that a CPU's write-allocate caches do before writing is NOT
@@ -106,7 +108,8 @@ def memory_bandwidth_gbs(total_mb: float | None = None, threads: int = 1, repeat
     total_mb: size of the three float32 arrays together, in MiB (default: 3 x 4 x the last-level cache,
     at least 96 MiB, so each array is 4x the cache and every pass goes to DRAM; smaller values measure
     a cache). threads >= 1 (one core rarely saturates DRAM; more threads get closer). repeats >= 1: the
-    median over calls is reported. Returns {"copy": GB/s, "triad": GB/s, "array_mb": MiB per array}.
+    three tests are interleaved and the best call of each is reported (STREAM's convention: the least
+    disturbed run). Returns {"read": GB/s, "copy": GB/s, "triad": GB/s, "array_mb": MiB per array}.
     """
     threads = V.positive_int("threads", threads)
     repeats = V.positive_int("repeats", repeats)
@@ -115,13 +118,14 @@ def memory_bandwidth_gbs(total_mb: float | None = None, threads: int = 1, repeat
     total_mb = V.number_in("total_mb", total_mb, 0, None, lo_open=True)
     n = max(1024, int(total_mb * 2 ** 20 / 3 / 4))
     a, b, c = torch.zeros(n), torch.ones(n), torch.full((n,), 2.0)
-    t_copy, t_triad = [], []
+    t_read, t_copy, t_triad = [], [], []
     with num_threads(threads), torch.inference_mode():
-        for _ in range(repeats):  # interleaved, so a burst of load hits both alike
+        for _ in range(repeats):  # interleaved, so a burst of load hits all alike
+            t_read += time_fn(lambda: c.sum(), 1, warmup=1)
             t_copy += time_fn(lambda: b.copy_(a), 1, warmup=1)
             t_triad += time_fn(lambda: torch.add(b, c, alpha=3.0, out=a), 1, warmup=1)
-    return {"copy": 2 * 4 * n / (min(t_copy) * 1e6), "triad": 3 * 4 * n / (min(t_triad) * 1e6),
-            "array_mb": 4 * n / 2 ** 20}
+    return {"read": 4 * n / (min(t_read) * 1e6), "copy": 2 * 4 * n / (min(t_copy) * 1e6),
+            "triad": 3 * 4 * n / (min(t_triad) * 1e6), "array_mb": 4 * n / 2 ** 20}
 
 
 def peak_gflops(dtype: str = "fp32", threads: int = 1, n: int = 1024, repeats: int = 5) -> float:
@@ -321,6 +325,11 @@ FORMATS: dict[str, WeightFormat] = {f.name: f for f in (
                  lambda n, k: n * k // 2 + 2 * 2 * n * (k // 128), 2,
                  _build_torch_int4(128), _bf16_input, _t_to_float),
 )}
+# the arithmetic each format computes in (its compute roof): MatMulNBits at accuracy_level 4 quantizes the
+# activations and multiplies in int8; at level 0 it dequantizes to float32; torch's int4 kernel takes bfloat16
+COMPUTE_DTYPE = {"torch fp32": "fp32", "torch bf16": "bf16", "onnxruntime fp32": "fp32", "onnxruntime int8": "int8",
+                 "onnxruntime int4": "int8", "onnxruntime int4 b32": "int8", "onnxruntime int4 L0": "fp32",
+                 "torch int4": "bf16"}
 _BLOCKS = {"onnxruntime int4": 128, "onnxruntime int4 b32": 32, "onnxruntime int4 L0": 128, "torch int4": 128}
 DEFAULT_FORMATS = ("torch fp32", "torch bf16", "onnxruntime fp32", "onnxruntime int8", "onnxruntime int4",
                    "onnxruntime int4 L0", "torch int4")

@@ -205,25 +205,47 @@ def _values_1d(name: str, values) -> torch.Tensor:
     return t
 
 
+def _group_index(name: str, groups, n: int) -> list[torch.Tensor]:
+    """Item indices of each group (groups: n labels, any hashable values or a tensor)."""
+    labels = groups.tolist() if isinstance(groups, torch.Tensor) else list(groups)
+    if len(labels) != n:
+        raise ValueError(f"{name} must hold one label per item: {len(labels)} labels for {n} items")
+    order = {}
+    for i, g in enumerate(labels):
+        order.setdefault(g, []).append(i)
+    return [torch.tensor(ix) for ix in order.values()]
+
+
 def bootstrap_mean_interval(values, level: float = 0.95, resamples: int = 2000,
-                            seed: int = 0) -> tuple[float, float]:
+                            seed: int = 0, groups=None) -> tuple[float, float]:
     """Percentile-bootstrap interval (lo, hi) of the mean of ``values`` (n >= 1 finite numbers,
     a tensor or sequence, any shape: flattened). Items are resampled with replacement
     ``resamples`` (>= 100) times with a private generator seeded with ``seed`` (deterministic, the
-    global generator is untouched). level in (0, 1). Constant values give a zero-width interval."""
+    global generator is untouched). level in (0, 1). Constant values give a zero-width interval.
+
+    groups: None (items independent), or one label per item: then whole groups are resampled (the
+    cluster bootstrap) and each resample's mean is over all items of the drawn groups. Use it when
+    items of a group are correlated (chunks of one file), or the interval comes out too narrow."""
     t = _values_1d("values", values)
     resamples = V.int_in("resamples", resamples, 100, None)
     level = V.number_in("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
     g = torch.Generator().manual_seed(int(seed))
-    idx = torch.randint(0, t.numel(), (resamples, t.numel()), generator=g)
-    boot = t[idx].mean(1)
+    if groups is None:
+        idx = torch.randint(0, t.numel(), (resamples, t.numel()), generator=g)
+        boot = t[idx].mean(1)
+    else:
+        parts = _group_index("groups", groups, t.numel())
+        sums = torch.stack([t[ix].sum() for ix in parts])
+        counts = torch.tensor([float(len(ix)) for ix in parts], dtype=torch.float64)
+        pick = torch.randint(0, len(parts), (resamples, len(parts)), generator=g)
+        boot = sums[pick].sum(1) / counts[pick].sum(1)
     lo = float(torch.quantile(boot, (1 - level) / 2))
     hi = float(torch.quantile(boot, (1 + level) / 2))
     m = float(t.mean())
     return min(lo, m), max(hi, m)
 
 
-def paired_bootstrap_diff(a, b, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict:
+def paired_bootstrap_diff(a, b, level: float = 0.95, resamples: int = 2000, seed: int = 0, groups=None) -> dict:
     """Paired comparison of continuous per-item values (e.g. per-chunk NLL of two models on the
     same chunks): a and b of equal length n >= 1, item i of a paired with item i of b.
 
@@ -231,12 +253,13 @@ def paired_bootstrap_diff(a, b, level: float = 0.95, resamples: int = 2000, seed
     (items resampled, ``resamples`` >= 100, private generator seeded with ``seed``), "n": n,
     "verdict"}: ``"higher"`` if the whole interval is above 0 (a's values are larger),
     ``"lower"`` if below 0, else ``"indistinguishable"``. level in (0, 1). For NLL, ``"lower"``
-    means a is the better model."""
+    means a is the better model. groups: as in :func:`bootstrap_mean_interval` (resample whole groups
+    of paired items, e.g. the files the chunks come from)."""
     ta = _values_1d("a", a)
     tb = _values_1d("b", b)
     if ta.numel() != tb.numel():
         raise ValueError(f"a and b must hold the same items: n={ta.numel()} vs n={tb.numel()}")
     d = ta - tb
-    lo, hi = bootstrap_mean_interval(d, level=level, resamples=resamples, seed=seed)
+    lo, hi = bootstrap_mean_interval(d, level=level, resamples=resamples, seed=seed, groups=groups)
     verdict = "higher" if lo > 0 else "lower" if hi < 0 else "indistinguishable"
     return {"diff": float(d.mean()), "ci": (lo, hi), "n": int(d.numel()), "verdict": verdict}

@@ -334,3 +334,15 @@ def test_chunk_accuracy_and_macs_and_record():
     assert math.isclose(r["accuracy"], float(acc.mean())) and r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]
     assert math.isclose(r["perplexity"], lm.perplexity(nll)) and "next-character" in r["metric"]
     assert r["params"] == sum(p.numel() for p in m.parameters()) and r["weight_bits"] == 32
+
+
+def test_eval_chunk_files_name_the_file_each_chunk_starts_in():
+    text = lm.load_corpus("heldout")
+    files = lm.eval_chunk_files(40)
+    n_all = (len(text) - 256) // 256 + 1
+    pick = torch.linspace(0, n_all - 1, 40).round().long()
+    headers = [i for i in range(len(text)) if text.startswith("# file: ", i) and (i == 0 or text[i - 1] == "\n")]
+    for f, p in zip(files.tolist(), pick.tolist()):
+        start = 256 * p
+        assert headers[f] <= start and (f + 1 == len(headers) or start < headers[f + 1])
+    assert files[0] == 0 and files[-1] == len(headers) - 1 and bool((files[1:] >= files[:-1]).all())

@@ -161,8 +161,8 @@ def test_roofline_formulas_by_hand():
 
 def test_machine_ceilings_are_positive_and_finite():
     bw = roofline.memory_bandwidth_gbs(total_mb=6, repeats=2)
-    assert set(bw) == {"copy", "triad", "array_mb"}
-    assert all(math.isfinite(bw[k]) and bw[k] > 0 for k in ("copy", "triad"))
+    assert set(bw) == {"read", "copy", "triad", "array_mb"}
+    assert all(math.isfinite(bw[k]) and bw[k] > 0 for k in ("read", "copy", "triad"))
     for dtype in roofline.PEAK_DTYPES:
         p = roofline.peak_gflops(dtype, n=128, repeats=2)
         assert math.isfinite(p) and p > 0
@@ -218,3 +218,14 @@ def test_no_technique_or_foundation_imports_roofline():
     graph = _graph()
     assert {"deploy", "quantization", "measure"} <= graph["roofline"]
     assert not [m for m in TECHNIQUES | FOUNDATIONS if "roofline" in graph.get(m, set())]
+
+
+def test_every_format_names_its_compute_dtype_and_the_figure_takes_several_roofs():
+    assert set(roofline.COMPUTE_DTYPE) == set(roofline.FORMATS)
+    assert set(roofline.COMPUTE_DTYPE.values()) <= set(roofline.PEAK_DTYPES)
+    rows = [{"intensity": 0.5, "gflops": 5.0, "format": "torch fp32", "batch": 1},
+            {"intensity": 4.0, "gflops": 60.0, "format": "onnxruntime int4", "batch": 1}]
+    fig = plots.roofline(rows, 20.0, {"fp32": 90.0, "int8": 400.0})
+    assert len([l for l in fig.axes[0].get_lines() if l.get_label().startswith("roof")]) == 2
+    with pytest.raises(ValueError, match="peak_gflops"):
+        plots.roofline(rows, 20.0, {"fp32": 0.0})

@@ -200,3 +200,20 @@ def test_paired_bootstrap_diff_symmetric_noise_is_indistinguishable():
 def test_bootstrap_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_cluster_bootstrap_resamples_whole_groups():
+    # two groups with very different means: item-level resampling sees 200 items and a narrow interval;
+    # resampling the 2 groups sees how little 2 independent units say
+    values = torch.cat([torch.zeros(100), torch.ones(100)]).double()
+    groups = [0] * 100 + [1] * 100
+    lo_i, hi_i = stats.bootstrap_mean_interval(values)
+    lo_g, hi_g = stats.bootstrap_mean_interval(values, groups=groups)
+    assert hi_i - lo_i < 0.2 and lo_g == 0.0 and hi_g == 1.0
+    # one group per item is the ordinary bootstrap (same resampling draws)
+    x = torch.randn(50, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert stats.bootstrap_mean_interval(x, groups=range(50)) == stats.bootstrap_mean_interval(x)
+    with pytest.raises(ValueError, match="one label per item"):
+        stats.bootstrap_mean_interval(x, groups=[0, 1])
+    d = stats.paired_bootstrap_diff(values + 1, values, groups=groups)
+    assert d["diff"] == 1.0 and d["ci"] == (1.0, 1.0) and d["verdict"] == "higher"

@@ -58,9 +58,12 @@ ROUNDS = 2 if LAB_MODE else 3                  # interleaved rounds of every ker
 lab_note(LAB_MODE, cuts=f"{EVAL_CHUNKS} held-out chunks (not {lm.EVAL_CHUNKS}) per perplexity, {ROUNDS} timing rounds (not 3), "
          "fewer kernel shapes", less_reliable="the perplexity intervals (wider), the verdicts between methods, "
          "the kernel timings and the projection")
-flags = cpu_flags() or set()
-print("int8 dot-product instructions:", sorted(f for f in flags if "vnni" in f or f in ("amx_int8", "asimddp")) or "none found",
-      "| AVX512:", "avx512f" in flags, "| AVX2:", "avx2" in flags)
+flags = cpu_flags()  # None where /proc/cpuinfo does not exist (macOS, Windows)
+if flags is None:
+    print("CPU flags: unknown on this system (no /proc/cpuinfo); the measurements below still say what it does")
+else:
+    print("int8 dot-product instructions:", sorted(f for f in flags if "vnni" in f or f in ("amx_int8", "asimddp")) or "none found",
+          "| AVX512:", "avx512f" in flags, "| AVX2:", "avx2" in flags)
 
 # %% [markdown] tags=["theory"]
 # ## 2. Where decoding time goes: bytes, not FLOPs
@@ -69,26 +72,28 @@ print("int8 dot-product instructions:", sorted(f for f in flags if "vnni" in f o
 # operations, and every one of the $NK$ weights is read from memory once. With $b$ bits per weight the
 # kernel moves about $NKb/8$ bytes, so its **arithmetic intensity** is
 # $$I = \frac{\text{FLOPs}}{\text{bytes}} \approx \frac{2 M N K}{N K b / 8} = \frac{16 M}{b}\ \text{FLOP/byte}$$
-# at batch $M$: 0.5 FLOP/byte for fp32 at batch 1, 4 for 4-bit weights. A CPU core does tens of FLOPs in
-# the time it reads one byte from DRAM, so at small batch the kernel waits for memory. The **roofline
+# at batch $M$: 0.5 FLOP/byte for fp32 at batch 1, 4 for 4-bit weights. A CPU core does several FLOPs in
+# the time it reads one byte from DRAM (the ridge point printed below says how many on this machine), so at
+# small batch the kernel waits for memory. The **roofline
 # model** (Williams, Waterman and Patterson, 2009) says the time is at least
 # $$t \;\ge\; \max\!\left(\frac{\text{bytes}}{\text{bandwidth}},\ \frac{\text{FLOPs}}{\text{peak}}\right),$$
 # the maximum because a good kernel overlaps loading and computing. Below the **ridge point**
-# $I^\ast = \text{peak}/\text{bandwidth}$ a kernel is memory-bound and fewer bytes per weight make it faster
-# in proportion; above it, only faster arithmetic helps. Batching $M$ rows reuses each weight $M$ times and
+# $I^\ast = \text{peak}/\text{bandwidth}$ a kernel is memory-bound: if it streams its weights at the memory
+# bandwidth, fewer bytes per weight make it faster in proportion; above it, only faster arithmetic helps. Batching $M$ rows reuses each weight $M$ times and
 # moves the kernel to the right.
 #
-# First the two ceilings of this machine, single thread: a STREAM-like copy and triad on arrays several
-# times the last-level cache, and a large square matrix product.
+# First the ceilings of this machine, single thread: STREAM-like read, copy and triad tests on arrays several
+# times the last-level cache (a matrix-vector product only *reads* its weights, so the read test is the memory
+# roof we use), and a large square matrix product in each arithmetic (fp32, bf16, int8).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 bw = roofline.memory_bandwidth_gbs(threads=1, repeats=5 if LAB_MODE else 10)
 peak = {d: roofline.peak_gflops(d, threads=1) for d in roofline.PEAK_DTYPES}
 llc = roofline.llc_bytes()
-BW = bw["triad"]
+BW = bw["read"]
 print(f"last-level cache: {llc / 2**20:.0f} MiB" if llc else "last-level cache: unknown")
-print(f"memory bandwidth, 1 thread: copy {bw['copy']:.1f} GB/s, triad {bw['triad']:.1f} GB/s "
+print(f"memory bandwidth, 1 thread: read {bw['read']:.1f} GB/s, copy {bw['copy']:.1f} GB/s, triad {bw['triad']:.1f} GB/s "
       f"(arrays of {bw['array_mb']:.0f} MiB)")
 print("peak, 1 thread: " + ", ".join(f"{d} {v:.1f} G{'OP' if d == 'int8' else 'FLOP'}/s" for d, v in peak.items()))
 print(f"ridge point, fp32: {peak['fp32'] / BW:.1f} FLOP/byte: kernels below it are memory-bound")
@@ -131,21 +136,43 @@ checks.check_roofline_prediction(roofline_ms)
 # NBVAL_IGNORE_OUTPUT
 SHAPES = roofline.DEFAULT_SHAPES[:1] if LAB_MODE else roofline.DEFAULT_SHAPES
 BATCHES = (1, 16) if LAB_MODE else roofline.DEFAULT_BATCHES
-rows = roofline.time_formats(SHAPES, BATCHES, roofline.DEFAULT_FORMATS, threads=1, rounds=ROUNDS,
-                             repeats=3 if LAB_MODE else 5)
-print(roofline.format_rows([r for r in rows if (r["N"], r["K"]) == (4096, 4096)]))
+# a CPU without fast bfloat16 arithmetic (no AVX512-BF16 or AMX) emulates it slowly: leave those formats out
+FORMATS = [f for f in roofline.DEFAULT_FORMATS if roofline.COMPUTE_DTYPE[f] != "bf16" or peak["bf16"] >= peak["fp32"] / 2]
+if len(FORMATS) < len(roofline.DEFAULT_FORMATS):
+    print("left out (bfloat16 is emulated on this CPU):", sorted(set(roofline.DEFAULT_FORMATS) - set(FORMATS)))
+rows = roofline.time_formats(SHAPES, BATCHES, FORMATS, threads=1, rounds=ROUNDS, repeats=3 if LAB_MODE else 5)
+print(roofline.format_rows(rows))
 
 # %%
-fig = plots.roofline([r for r in rows if (r["N"], r["K"]) == (4096, 4096)], BW, peak["fp32"],
-                     title="4096 x 4096 on this CPU, 1 thread: the measured kernels under the roofline")
+fig = plots.roofline(rows, BW, peak, title="LLaMA-7B's three shapes on this CPU, 1 thread: measured kernels under the roofs")
+own = [r["gflops"] / roofline.attainable_gflops(r["intensity"], BW, peak[roofline.COMPUTE_DTYPE[r["format"]]]) for r in rows]
+print(f"each kernel's share of its own roof (the peak of the arithmetic it uses): median {sorted(own)[len(own) // 2]:.2f}, "
+      f"largest {max(own):.2f}")
 
 # %% [markdown]
-# Read the figure from left to right. A point can never lie above the roof (the roof is what the machine
-# can do); how far below it a point sits is what the kernel wastes. At batch 1 the intensities are small
-# and the sloped memory roof bounds every format: what separates them is the bytes they move. As the batch
-# grows, the same weights serve more rows, the points move right, and once a kernel passes the ridge point
-# fewer bytes no longer buy time. The table's last columns give each format's speed-up against onnxruntime
+# Read the figure from left to right. Each kernel's roof is the memory slope and the flat peak of the
+# arithmetic it computes in (fp32, bf16 or int8: `roofline.COMPUTE_DTYPE`); how far below its roof a point
+# sits is what the kernel leaves on the table. A share above 1 printed under the figure would mean a ceiling
+# was measured too low (the bandwidth test on a disturbed run, say). At batch 1 the intensities are small and
+# the sloped memory roof bounds every format: a kernel that streams at bandwidth is separated from the others
+# by the bytes it moves, one that does not (it converts, or computes slowly) falls below the slope. As the
+# batch grows, the same weights serve more rows, the points move right, and once a kernel passes its ridge
+# point fewer bytes no longer buy time. The table's last columns give each format's speed-up against onnxruntime
 # fp32 and against the faster of the two fp32 runtimes at the same shape and batch.
+
+# %% [markdown]
+# **Predict, then measure.** Your `roofline_ms` from exercise 1 (the library's if your answer is not accepted
+# yet) predicts each kernel's least time from its bytes and FLOPs and this machine's ceilings; the ratio
+# measured / predicted says how close each kernel comes to what the hardware allows.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+predict = checks.mine_or_library(roofline_ms, checks.check_roofline_prediction, roofline.roofline_bound_ms, "roofline_ms")
+for r in rows:
+    if (r["N"], r["K"]) == (4096, 4096) and r["batch"] in (1, BATCHES[-1]):
+        ms = predict(r["bytes"], r["flops"], BW, peak[roofline.COMPUTE_DTYPE[r["format"]]])
+        print(f"batch {r['batch']:2d} {r['format']:20s} predicted {ms:7.3f} ms, measured {r['ms']:7.3f} ms "
+              f"(measured / predicted {r['ms'] / ms:5.2f})")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -155,8 +182,9 @@ bound = roofline.roofline_bound_ms(nb["bytes"], nb["flops"], BW, peak["int8"])
 print(f"MatMulNBits 4096x4096, batch 1: {nb['ms']:.3f} ms, {nb['x_vs_ort_fp32']:.1f}x faster than onnxruntime fp32, "
       f"{nb['x_vs_fastest_fp32']:.1f}x than the fastest fp32; roofline bound {bound:.3f} ms "
       f"({100 * bound / nb['ms']:.0f}% of it reached)")
-ti4 = by[4096, 4096, 1, "torch int4"]
-print(f"PyTorch's int4 kernel at batch 1: {ti4['ms']:.3f} ms = {ti4['x_vs_fastest_fp32']:.2f}x the fastest fp32's speed")
+if "torch int4" in FORMATS:
+    ti4 = by[4096, 4096, 1, "torch int4"]
+    print(f"PyTorch's int4 kernel at batch 1: {ti4['ms']:.3f} ms = {ti4['x_vs_fastest_fp32']:.2f}x the fastest fp32's speed")
 for b in BATCHES:
     r = by[4096, 4096, b, "onnxruntime int4"]
     print(f"batch {b:3d}: MatMulNBits {r['x_vs_ort_fp32']:.2f}x vs onnxruntime fp32, intensity {r['intensity']:.1f} "
@@ -165,21 +193,24 @@ for b in BATCHES:
 # %% [markdown]
 # ## 4. A format is not a kernel
 # Storing weights in 4 bits saves bytes on disk; it saves **time** only if a kernel reads the packed
-# weights and computes with them without first expanding them to fp32 in memory. The rows above show the
-# two failure modes and the success, on this machine:
+# weights and computes with them fast enough to keep up with the bytes. Three kernels for the same 4-bit
+# format:
 # - `MatMulNBits` at `accuracy_level` 0 dequantizes each block to fp32 inside the kernel and multiplies in
-#   fp32: it reads few bytes but spends its time converting;
-# - PyTorch's int4 CPU kernel exists (it backs torchao's int4 weight-only path on CPU) but is tuned for
-#   other shapes and batches; with float32 activations it is slower still, so we feed it bfloat16;
+#   fp32: few bytes, but a conversion and an fp32 multiply-add per weight;
+# - PyTorch's int4 CPU kernel (`aten._weight_int4pack_mm_for_cpu`, behind torchao's int4 weight-only path on
+#   CPU) takes bfloat16 activations; with float32 activations it takes a much slower path, so the course
+#   feeds it bfloat16 (a CPU without fast bfloat16 arithmetic leaves it out);
 # - `MatMulNBits` at level 4 quantizes the activation row to int8 once per block and runs int8 dot
-#   products on the unpacked nibbles, in registers: the 4-bit bytes are the only bytes that move.
+#   products on the unpacked nibbles, in registers.
 #
-# The price of level 4 is a second, small rounding: of the activations. The `error vs fp32` column
-# includes the weight rounding (the same for every 4-bit format) and the kernel's own.
+# Which is fastest, and by how much, depends on the CPU's instructions: the lines below say it for yours.
+# The price of level 4 is a second, small rounding, of the activations: the `error vs fp32` column includes
+# the weight rounding (the same for every 4-bit format) and, in parentheses, the kernel's own.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-for f in ("onnxruntime fp32", "onnxruntime int8", "onnxruntime int4 L0", "onnxruntime int4", "torch int4"):
+for f in [f for f in ("onnxruntime fp32", "onnxruntime int8", "onnxruntime int4 L0", "onnxruntime int4", "torch int4")
+          if f in FORMATS]:
     r = by[4096, 4096, 1, f]
     print(f"{f:22s} {r['ms']:7.3f} ms  {r['bytes'] / 1e6:6.1f} MB  {r['gbs']:6.1f} GB/s  {r['x_vs_ort_fp32']:5.2f}x vs "
           f"onnxruntime fp32  error vs fp32 {r['err_fp32']:.4f} (kernel alone {r['err_dequant']:.1e})")
@@ -248,9 +279,11 @@ _, zp = Q.pack_matmulnbits(codes, zeros, 128)
 run = deploy.linear_runner(deploy.matmulnbits_model(codes, scales, zeros, 128, accuracy_level=0))
 x = torch.randn(3, 512, generator=g)
 y = torch.from_numpy(run(x)).double()
-print("our packing equals the library's:", torch.equal(pack_nibbles(codes, 128), Q.pack_matmulnbits(codes, zeros, 128)[0]))
-print("unpacking gives back the dequantized weight:",
-      torch.allclose(unpack_dequantize(pack_nibbles(codes, 128), scales, zeros, 128), w_hat, atol=1e-6))
+pack = checks.mine_or_library(pack_nibbles, checks.check_pack_nibbles, checks.reference_pack_nibbles, "pack_nibbles")
+unpack = checks.mine_or_library(unpack_dequantize, checks.check_unpack_dequantize, checks.reference_unpack_dequantize,
+                                "unpack_dequantize")
+print("the packing equals the library's:", torch.equal(pack(codes, 128), Q.pack_matmulnbits(codes, zeros, 128)[0]))
+print("unpacking gives back the dequantized weight:", torch.allclose(unpack(pack(codes, 128), scales, zeros, 128), w_hat, atol=1e-6))
 print(f"onnxruntime's 4-bit output vs float64 x @ w_hat.T: max abs difference {float((y - x.double() @ w_hat.double().T).abs().max()):.1e}")
 
 # %% [markdown]
@@ -281,17 +314,18 @@ print("in_features of the quantized layers:", sorted({model.get_submodule(n).in_
 # ## 6. Perplexity, done properly
 # A language model assigns a probability to each next character. On held-out text $x_1, \dots, x_T$ the
 # mean negative log-likelihood and the perplexity are
-# $$\mathrm{NLL} = -
-# rac{1}{T}\sum_{t} \log p(x_t \mid x_{<t}),\qquad \mathrm{PPL} = e^{\mathrm{NLL}} .$$
+# $$\mathrm{NLL} = -\frac{1}{T}\sum_{t} \log p(x_t \mid x_{<t}),\qquad \mathrm{PPL} = e^{\mathrm{NLL}} .$$
 # A perplexity of $k$ means the model is as unsure as a fair choice among $k$ characters; a uniform guess
 # over the 96-character vocabulary scores 96. Per character, $\log_2 \mathrm{PPL}$ is the bits per
 # character a compressor built on the model would need.
 #
 # **Its interval.** Characters are not independent draws (a misread identifier costs several in a row),
-# so the unit of resampling is a **chunk** of 256 characters scored with its own context: we score
-# chunks spread evenly over the held-out text, and a percentile bootstrap over chunks gives the interval
-# of the mean NLL, hence of the perplexity. Two models scored on the **same** chunks are compared by a
-# paired bootstrap of their per-chunk differences, much tighter than two separate intervals.
+# and neither are the chunks of one file (one module's names and style). We score chunks of 256 characters,
+# each with its own context, spread evenly over the held-out text, and the percentile bootstrap resamples
+# **files** (all chunks of a drawn file together: the cluster bootstrap), which gives the interval of the
+# mean NLL, hence of the perplexity. Two models scored on the **same** chunks are compared by a paired
+# bootstrap of their per-chunk differences, again resampling files: much tighter than two separate
+# intervals, because what the two models share cancels.
 #
 # **Why a tenth can matter.** NLL is a mean log-loss: a perplexity 1% higher means 0.01 nats more per
 # character on average, spread over every prediction. For large language models, quantization papers
@@ -302,11 +336,13 @@ print("in_features of the quantized layers:", sorted({model.get_submodule(n).in_
 heldout_ids = tok.encode(lm.load_corpus("heldout"))
 all_chunks = lm.token_chunks(heldout_ids, cfg.context)
 eval_chunks = lm.eval_chunks(tok, EVAL_CHUNKS, cfg.context)  # spread evenly over the held-out files
+FILES = lm.eval_chunk_files(EVAL_CHUNKS, cfg.context)        # the file each chunk comes from: the bootstrap's unit
 calib = lm.calibration_batch(lm.CALIB_CHUNKS, cfg.context, seed=SEED)  # training text only
 nll = {"fp32": lm.chunk_nll(model, eval_chunks)}
-ppl_fp32 = lm.perplexity_interval(nll["fp32"])
+ppl_fp32 = lm.perplexity_interval(nll["fp32"], groups=FILES)
 uni = lm.unigram_nll(lm.load_corpus("train"), eval_chunks)
-print(f"held-out text: {len(heldout_ids):,} characters in {len(all_chunks)} chunks; {EVAL_CHUNKS} scored")
+print(f"held-out text: {len(heldout_ids):,} characters in {len(all_chunks)} chunks; {EVAL_CHUNKS} scored, "
+      f"from {FILES.unique().numel()} files")
 print(f"calibration: {calib.shape[0]} chunks of {calib.shape[1]} characters from the training split")
 print(f"fp32 perplexity {ppl_fp32[0]:.3f} [{ppl_fp32[1]:.3f}, {ppl_fp32[2]:.3f}] "
       f"({math.log2(ppl_fp32[0]):.2f} bits per character); unigram baseline {lm.perplexity(uni):.2f}")
@@ -322,18 +358,20 @@ print(f"fp32 perplexity {ppl_fp32[0]:.3f} [{ppl_fp32[1]:.3f}, {ppl_fp32[2]:.3f}]
 #   column's rounding error onto the columns not yet quantized, weighted by the inverse Hessian
 #   $H = X^\top X$ of the layer's calibration inputs, minimising $\lVert XW^\top - X\hat W^\top\rVert^2$.
 # - **AWQ** (Lin et al. 2024) keeps plain rounding but first multiplies each input channel $j$ of $W$
-#   by $s_j = m_j^{\alpha}$ (and divides the input by it, which a deployment folds into the previous
-#   LayerNorm or linear layer), where $m_j$ is the channel's typical activation magnitude. A channel
+#   by $s_j = m_j^{\alpha}$ (and divides the input by it: a deployment folds that into the previous LayerNorm
+#   or linear layer, and where a nonlinearity such as GELU stands in between, AWQ's code inserts a
+#   per-channel scaling before the layer), where $m_j$ is the channel's typical activation magnitude. A channel
 #   scaled up gets a relatively finer grid; the exponent $\alpha \in [0, 1)$ is searched per layer to
 #   minimise the same output error ($\alpha = 0$ is RTN). Then, as AWQ's reference code does, a **clipping**
-#   search: for each row and group, shrink the range to $r \cdot \max|w|$ ($r$ from 1 down to 0.5) where
+#   search: for each row and group, shrink the range to $r \cdot \max|w|$ ($r$ in 20 steps from 1 down to just above 0.5) where
 #   that lowers the group's share of the output error. A narrower range means finer steps for the many
 #   ordinary weights at the price of clipping the few largest.
 #
 # Both data-driven methods here are the non-sequential variants: every layer's $H$ comes from the fp32
 # model's activations. The output head (96 outputs) stays in float, as GPTQ and AWQ leave it. Smaller
-# groups cost more bytes: a float16 scale and a 4-bit zero point per group add $20/g$ bits per weight,
-# 0.16 at $g = 128$ and 0.63 at $g = 32$.
+# groups cost more bytes: a scale of $a$ bits and a zero point of $c$ bits per group add $(a + c)/g$ bits per
+# weight. The course's saved artifact uses float16 scales and uint8 zero points, $24/g$: 0.19 at $g = 128$,
+# 0.75 at $g = 32$; `MatMulNBits` keeps float32 scales and 4-bit zero points, $36/g$.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -351,7 +389,7 @@ for bits in BITS:
 
 
 def ppl_cell(key):
-    p, lo, hi = lm.perplexity_interval(nll[key])
+    p, lo, hi = lm.perplexity_interval(nll[key], groups=FILES)
     return f"{p:6.3f} [{lo:.3f}, {hi:.3f}]"
 
 
@@ -360,11 +398,11 @@ SAID = {"lower": "better than", "higher": "worse than", "indistinguishable": "in
 
 def versus(key, ref):
     """Paired bootstrap over chunks of the NLL difference, as a relative change of perplexity."""
-    c = stats.paired_bootstrap_diff(nll[key], nll[ref])
+    c = stats.paired_bootstrap_diff(nll[key], nll[ref], groups=FILES)
     return c, f"{100 * math.expm1(c['diff']):+5.1f}% [{100 * math.expm1(c['ci'][0]):+.1f}, {100 * math.expm1(c['ci'][1]):+.1f}]"
 
 
-print(f"perplexity on {EVAL_CHUNKS} held-out chunks, 95% bootstrap interval; fp32 {ppl_cell('fp32')}")
+print(f"perplexity on {EVAL_CHUNKS} held-out chunks, 95% bootstrap interval over files; fp32 {ppl_cell('fp32')}")
 print(f"{'bits':>4s} {'group':>5s} | " + " | ".join(f"{m:^24s}" for m in METHODS) + " | GPTQ vs RTN, AWQ vs RTN (paired)")
 verdicts = {}
 for bits in BITS:
@@ -379,7 +417,7 @@ for bits in BITS:
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
 for ax, group in zip(axes, GROUPS):
     for i, method in enumerate(METHODS):
-        pts = [lm.perplexity_interval(nll[f"w{b}-{method}-g{group}"]) for b in BITS]
+        pts = [lm.perplexity_interval(nll[f"w{b}-{method}-g{group}"], groups=FILES) for b in BITS]
         ax.errorbar([b + 0.08 * (i - 1) for b in BITS], [p[0] for p in pts],
                     yerr=[[p[0] - p[1] for p in pts], [p[2] - p[0] for p in pts]], marker="o", capsize=3, label=method)
     ax.axhline(ppl_fp32[0], color="k", ls=":", label="fp32")
@@ -392,7 +430,35 @@ fig.tight_layout()
 # %% [markdown]
 # The error bars are the intervals of each perplexity alone; the verdicts in the table come from the
 # paired comparison on the same chunks, which sees much smaller differences. At 8 bits every method
-# should be indistinguishable from fp32; the methods separate where rounding is coarse.
+# should stay within a fraction of a percent of fp32; the methods separate where rounding is coarse.
+
+# %% [markdown]
+# ### Does the calibration draw matter?
+# GPTQ and AWQ fit their codes to 32 chunks of training text drawn at random; another draw gives other codes.
+# The course's protocol asks for at least three draws of the randomness a method adds before a headline
+# number: the 4- and 3-bit, group-128 models again with two more calibration seeds (lab mode: one).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+CALIB_SEEDS = [SEED] if LAB_MODE else [SEED, SEED + 1, SEED + 2]
+seed_nll = {}
+for cs in CALIB_SEEDS:
+    h = hessians if cs == SEED else Q.collect_hessians(model, lm.calibration_batch(lm.CALIB_CHUNKS, cfg.context, seed=cs), NAMES)
+    for bits in (4, 3):
+        for method in ("gptq", "awq"):
+            key = f"w{bits}-{method}-g128"
+            seed_nll[key, cs] = nll[key] if cs == SEED else lm.chunk_nll(
+                Q.quantize_weights(model, method, bits, 128, hessians=h, names=NAMES)[0], eval_chunks)
+headline = {}
+for bits in (4, 3):
+    for method in ("gptq", "awq"):
+        key = f"w{bits}-{method}-g128"
+        rels = [100 * (lm.perplexity(seed_nll[key, cs]) / ppl_fp32[0] - 1) for cs in CALIB_SEEDS]
+        vs_rtn = [stats.paired_bootstrap_diff(seed_nll[key, cs], nll[f"w{bits}-rtn-g128"], groups=FILES)["verdict"]
+                  for cs in CALIB_SEEDS]
+        headline[key] = {"rel": stats.seed_summary(rels), "vs_rtn": vs_rtn}
+        print(f"{key}: perplexity vs fp32 per calibration seed " + ", ".join(f"{r:+.2f}%" for r in rels)
+              + f" (mean {headline[key]['rel']['mean']:+.2f}%); vs RTN, paired: {', '.join(vs_rtn)}")
 
 # %% [markdown] tags=["theory"]
 # ## 8. MIT Lab 4's ablation: which 1% of the weights matter?
@@ -403,7 +469,7 @@ fig.tight_layout()
 # We repeat the lab's steps at 3 bits, groups of 128: RTN; the salient 1% kept in float; a random 1% kept
 # in float (3 draws); the salient 1% scaled by 2 and by 4; the searched scales alone; the searched scales
 # and clipping (AWQ as in section 7). First in perplexity, then layer by layer in output error on the
-# calibration text, where smaller effects show.
+# held-out text, where smaller effects show.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -435,7 +501,9 @@ for name, v in ablation.items():
     print(f"{name:36s} perplexity {ppl_cell(f'ablation: {name}')}  " + (f"vs RTN {txt} {c['verdict']}" if c else ""))
 
 # %%
-# the same variants, one layer at a time: output error relative to RTN's, on the calibration inputs
+# the same variants, one layer at a time: output error relative to RTN's, on the HELD-OUT chunks (AWQ searched
+# its scales and clipping on the calibration text; judging it there would flatter it)
+held_h = Q.collect_hessians(model, eval_chunks, NAMES)
 variants = {
     "salient 1% in float": lambda n, w: Q.rtn_keep_channels(w, salient[n], 3, 128),
     "random 1% in float": lambda n, w: Q.rtn_keep_channels(w, Q.salient_channels(mag[n], 0.01, random=True, seed=0), 3, 128),
@@ -446,16 +514,16 @@ variants = {
 layer_err = {k: [] for k in variants}
 for n in NAMES:
     w = model.get_submodule(n).weight
-    base_err = Q.output_error(w, Q.rtn_quantize(w, 3, 128)[0], hessians[n])
+    base_err = Q.output_error(w, Q.rtn_quantize(w, 3, 128)[0], held_h[n])
     for k, f in variants.items():
-        layer_err[k].append(Q.output_error(w, f(n, w), hessians[n]) / base_err)
+        layer_err[k].append(Q.output_error(w, f(n, w), held_h[n]) / base_err)
 fig, ax = plt.subplots(figsize=(10, 3.2))
 for i, (k, v) in enumerate(layer_err.items()):
     ax.plot(range(len(NAMES)), v, "o-", label=k, color=f"C{i}")
 ax.axhline(1.0, color="k", ls=":", label="RTN")
 ax.set_xticks(range(len(NAMES)), [n.replace("blocks.", "") for n in NAMES], rotation=60, fontsize=7)
 ax.set_ylabel("output error / RTN's")
-ax.set_title("3 bits, groups of 128: each layer's output error on the calibration text, relative to RTN")
+ax.set_title("3 bits, groups of 128: each layer's output error on held-out text, relative to RTN")
 ax.legend(fontsize=7, ncol=3)
 fig.tight_layout()
 wins = sum(a < b for a, b in zip(layer_err["salient 1% in float"], layer_err["random 1% in float"]))
@@ -499,20 +567,25 @@ PROMPT, N_GEN = "def ", 32 if LAB_MODE else 64
 generators = {"fp32": model, "4-bit GPTQ, simulated": gptq4, "4-bit GPTQ on MatMulNBits": real4}
 for name, m in generators.items():
     print(f"--- {name}\n{PROMPT}{lm.generate(m, tok, PROMPT, 160, temperature=0.8, seed=SEED)}\n")
-gen_ms = measure.compare_latency({k: (lambda m=m: lm.generate(m, tok, PROMPT, N_GEN, seed=SEED)) for k, m in generators.items()},
+timed = {k: m for k, m in generators.items() if k != "4-bit GPTQ, simulated"}  # the simulated model computes as fp32 does
+gen_ms = measure.compare_latency({k: (lambda m=m: lm.generate(m, tok, PROMPT, N_GEN, seed=SEED)) for k, m in timed.items()},
                                  None, rounds=ROUNDS, repeats=2)
 tok_s = {k: N_GEN / (v / 1e3) for k, v in gen_ms.items()}
 print("tokens per second, batch 1, 1 thread: " + ", ".join(f"{k} {v:.0f}" for k, v in tok_s.items()))
+fp32_mb = sum(model.get_submodule(n).weight.numel() for n in NAMES) * 4 / 1e6
+print(f"the quantized layers' weights: {fp32_mb:.1f} MB in fp32; last-level cache: "
+      + (f"{llc / 1e6:.1f} MB" if llc else "unknown"))
 
 # %% [markdown]
-# The tiny model's weights take a few MB in fp32: they sit in the CPU's caches, the per-call overhead of
-# Python, PyTorch and onnxruntime dominates each step, and fewer bytes cannot show. The bytes decide only
-# when the weights are far larger than the cache, as for every real language model. The next section
-# measures that regime directly.
+# Compare the weights' size with the cache printed above. When a model's weights fit in the last-level
+# cache, decoding does not stream them from DRAM, and each step of this tiny model is mostly per-call
+# overhead (Python, PyTorch, one onnxruntime call per layer): fewer bytes then buy little or nothing. The
+# bytes decide when the weights are far larger than the cache, as for every real language model; the next
+# section measures that regime directly.
 #
 # ## 10. One decoder layer of a 7B-class model on this CPU, and a projection
 # LLaMA-7B has 32 decoder layers; each has seven linear layers (q, k, v, o: $4096\times4096$; gate and up:
-# $11008\times4096$; down: $4096\times11008$), 202M weights, 808 MB in fp32. We time the seven matrix-vector
+# $11008\times4096$; down: $4096\times11008$), 202M weights, about 810 MB in fp32. We time the seven matrix-vector
 # products of one layer with random weights in each format (batch 1, one thread, interleaved, weights
 # streamed from DRAM), and **project** tokens per second for 32 layers as $1/(32\,t_{\text{layer}})$, next
 # to the bandwidth bound $\text{bandwidth} / (32 \times \text{bytes per layer})$. A projection, not a
@@ -521,7 +594,8 @@ print("tokens per second, batch 1, 1 thread: " + ", ".join(f"{k} {v:.0f}" for k,
 # %%
 # NBVAL_IGNORE_OUTPUT
 LAYER_FORMATS = (("onnxruntime fp32", "onnxruntime int4") if LAB_MODE else
-                 ("torch fp32", "onnxruntime fp32", "onnxruntime int8", "onnxruntime int4", "onnxruntime int4 L0", "torch int4"))
+                 tuple(f for f in ("torch fp32", "onnxruntime fp32", "onnxruntime int8", "onnxruntime int4",
+                                   "onnxruntime int4 L0", "torch int4") if f in FORMATS))
 layer = roofline.decoder_layer_ms(LAYER_FORMATS, rounds=ROUNDS, repeats=3 if LAB_MODE else 5)
 proj = {f: (roofline.project_tokens_per_s(r["ms"]), roofline.bandwidth_bound_tokens_per_s(r["bytes"], BW))
         for f, r in layer.items()}
@@ -544,11 +618,14 @@ fig.tight_layout()
 # ## 11. Results
 # One record per model (`build/results/07_llm_weight_quantization.json`). Here `accuracy` is the
 # **next-character accuracy** on the held-out chunks (the `metric` field says so), with its interval from
-# the bootstrap over chunks; `perplexity` and `perplexity_ci` are the chapter's main measure; `macs` the
+# the bootstrap over chunks; `perplexity` and `perplexity_ci` (bootstrap over chunks) are the chapter's main
+# measure (the text above quotes the wider intervals over files); `macs` the
 # linear-layer multiply-accumulates per generated character; `size_bytes` the saved artifact (the fp32 state
 # dict, or the packed 4-bit artifact: two codes per byte, float16 scales, uint8 zero points; 3-bit codes
 # stored in 4-bit containers); `latency_ms` the time per generated character at batch 1 (`None` where not
-# timed).
+# timed: a simulated model computes exactly as fp32 does). There is no from-scratch control here: a smaller
+# language model trained to the same bytes would say whether quantizing this one beats training a smaller
+# one; the sizes say only what quantization saves.
 
 # %%
 ms_per_token = {k: v / N_GEN for k, v in gen_ms.items()}
@@ -560,8 +637,7 @@ for bits in (4, 3):
         qm, packed = qmodels[bits, method]
         recs.append(lm.record(f"w{bits}-{method}-g128", qm, **R, nll=nll[f"w{bits}-{method}-g128"],
                               size_bytes=Q.int4_bytes(qm, packed), weight_bits=bits,
-                              latency_ms=ms_per_token["4-bit GPTQ, simulated"] if (bits, method) == (4, "gptq") else None,
-                              method=f"{method}, group 128, simulated"))
+                              latency_ms=None, method=f"{method}, group 128, simulated"))
 recs.append(lm.record("w4-gptq-g128-matmulnbits", real4, **R, nll=nll["w4-gptq-g128 on MatMulNBits"],
                       size_bytes=Q.int4_bytes(gptq4, gptq4_packed), weight_bits=4, macs=lm.linear_macs_per_token(model),
                       latency_ms=ms_per_token["4-bit GPTQ on MatMulNBits"],
@@ -582,7 +658,7 @@ def rel(key):
 
 kern = {b: by[4096, 4096, b, "onnxruntime int4"]["x_vs_ort_fp32"] for b in BATCHES}
 fast4 = proj.get("onnxruntime int4", (float("nan"),))[0]
-fp32p = proj.get("onnxruntime fp32", (float("nan"),))[0]
+fp32p = max(proj[f][0] for f in ("torch fp32", "onnxruntime fp32") if f in proj)  # the fastest fp32
 print(f"- The fp32 model predicts held-out Python at perplexity {ppl_fp32[0]:.2f} per character, against "
       f"{lm.perplexity(uni):.1f} for character frequencies alone.")
 print(f"- 4 bits, groups of 128: RTN {rel('w4-rtn-g128'):+.1f}%, GPTQ {rel('w4-gptq-g128'):+.1f}%, "
@@ -598,16 +674,18 @@ print(f"- Lab 4's ablation at 3 bits, in perplexity: the salient 1% kept in floa
       f"{sorted(layer_err['AWQ'])[len(NAMES) // 2]:.2f}x.")
 print(f"- The 4-bit kernel: MatMulNBits at 4096 x 4096 is "
       + ", ".join(f"{x:.1f}x (batch {b})" for b, x in kern.items())
-      + " faster than onnxruntime fp32; PyTorch's int4 kernel "
-      f"{by[4096, 4096, 1, 'torch int4']['x_vs_fastest_fp32']:.1f}x the fastest fp32 at batch 1.")
+      + " faster than onnxruntime fp32" + (f"; PyTorch's int4 kernel {by[4096, 4096, 1, 'torch int4']['x_vs_fastest_fp32']:.1f}x "
+                                          "the fastest fp32 at batch 1." if "torch int4" in FORMATS else "."))
+print(f"- Over {len(CALIB_SEEDS)} calibration seed(s), 4-bit GPTQ is {headline['w4-gptq-g128']['rel']['mean']:+.2f}% and "
+      f"AWQ {headline['w4-awq-g128']['rel']['mean']:+.2f}% from fp32 on average.")
 print(f"- Projected for a 32-layer 7B-class model on one core: {fp32p:.2f} tokens/s in fp32, {fast4:.2f} in 4 bits.")
 
 # %% [markdown] tags=["theory"]
 # ## 12. Checks
 # Invariants everywhere; the chapter's targets asserted in the full run (reported in lab mode): 4-bit
-# group-128 GPTQ and AWQ within 5% of fp32 perplexity; at 3 bits both better than RTN beyond the paired
-# interval; 8 bits indistinguishable from fp32; the model on the real 4-bit kernel as good as the simulated
-# one. Speed: the strict target (`MatMulNBits` at least 6x faster than onnxruntime fp32 at batch 1 and at
+# group-128 GPTQ and AWQ within 5% of fp32 perplexity (mean over the calibration seeds); at 3 bits both better
+# than RTN beyond the paired interval for every calibration seed; 8 bits within 1% of fp32; the model on the
+# real 4-bit kernel as good as the simulated one. Speed: the strict target (`MatMulNBits` at least 6x faster than onnxruntime fp32 at batch 1 and at
 # least half the bandwidth bound) is printed below and verified by `make bench`; the assertion only checks a
 # sanity floor at half the target.
 
@@ -623,20 +701,21 @@ assert all(model.get_submodule(n).in_features % 128 == 0 for n in NAMES)
 assert eval_chunks.shape == (EVAL_CHUNKS, cfg.context) and calib.shape == (lm.CALIB_CHUNKS, cfg.context)
 assert ppl_fp32[0] < lm.perplexity(uni) / 2, "the model should beat character frequencies by far"
 for method in METHODS:
-    assert abs(rel(f"w8-{method}-g128")) < 1.0, f"8-bit {method} should be indistinguishable from fp32"
+    assert abs(rel(f"w8-{method}-g128")) < 1.0, f"8-bit {method} should stay within 1% of fp32"
 assert abs(rel("w4-gptq-g128 on MatMulNBits") - rel("w4-gptq-g128")) < 2.0, "the real kernel should match the simulation"
 assert all(r["size_bytes"] < 0.35 * recs[0]["size_bytes"] for r in recs[1:]), "4-bit artifacts should be far smaller"
 report_targets({
-    "4-bit g128 GPTQ within 5% of fp32 perplexity": rel("w4-gptq-g128") <= 5.0,
-    "4-bit g128 AWQ within 5% of fp32 perplexity": rel("w4-awq-g128") <= 5.0,
-    "3-bit g128 GPTQ better than RTN beyond the paired interval": verdicts[3, 128, "gptq"]["verdict"] == "lower",
-    "3-bit g128 AWQ better than RTN beyond the paired interval": verdicts[3, 128, "awq"]["verdict"] == "lower",
+    "4-bit g128 GPTQ within 5% of fp32 perplexity (mean over calibration seeds)": headline["w4-gptq-g128"]["rel"]["mean"] <= 5.0,
+    "4-bit g128 AWQ within 5% of fp32 perplexity (mean over calibration seeds)": headline["w4-awq-g128"]["rel"]["mean"] <= 5.0,
+    "3-bit g128 GPTQ better than RTN beyond the paired interval, every seed": set(headline["w3-gptq-g128"]["vs_rtn"]) == {"lower"},
+    "3-bit g128 AWQ better than RTN beyond the paired interval, every seed": set(headline["w3-awq-g128"]["vs_rtn"]) == {"lower"},
 }, asserted=not LAB_MODE)
 lab4 = {"MIT Lab 4's ablation in perplexity: the salient 1% kept in float better than RTN and than a random 1% "
-        "(reported, not asserted: it needs the outlier channels of large models, section 8)":
+        "(reported, not asserted: section 8 discusses why it may not reproduce on a model this small)":
         abl_verdict["salient 1% kept in float"]["verdict"] == "lower"
         and stats.paired_bootstrap_diff(ablation["salient 1% kept in float"],
-                                        torch.stack([ablation[f"random 1% kept in float (draw {i})"] for i in range(3)]).mean(0))["verdict"] == "lower"}
+                                        torch.stack([ablation[f"random 1% kept in float (draw {i})"] for i in range(3)]).mean(0),
+                                        groups=FILES)["verdict"] == "lower"}
 report_targets(lab4, asserted=False)
 if not LAB_MODE:  # timings from few rounds are too noisy to assert in lab mode
     assert x1 >= 3.0, f"MatMulNBits only {x1:.2f}x faster than onnxruntime fp32 at batch 1 (sanity floor 3x)"

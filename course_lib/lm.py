@@ -368,18 +368,22 @@ def chunk_nll(model: nn.Module, chunks: torch.Tensor, batch_size: int = 16) -> t
     tokens 0..t-1, and the L-1 losses of a chunk are averaged. Returns float64 (n_chunks,).
     Runs without gradients, in eval mode (the model's previous mode is restored afterwards);
     deterministic for a given model and machine. batch_size >= 1."""
+    def score(logits, targets):
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+        return nll.view(targets.shape[0], -1).double().mean(1)
+    return _per_chunk(model, chunks, batch_size, score)
+
+
+@torch.no_grad()
+def _per_chunk(model: nn.Module, chunks, batch_size: int, score) -> torch.Tensor:
+    """score(logits (b, L-1, V) float32, targets (b, L-1)) -> (b,) for every batch of chunks, in eval mode
+    (the previous mode restored), concatenated: float64 (n_chunks,)."""
     chunks = _check_chunks(model, chunks)
     batch_size = V.positive_int("batch_size", batch_size)
     was_training = model.training
     model.eval()
     try:
-        out = []
-        for i in range(0, chunks.shape[0], batch_size):
-            x = chunks[i:i + batch_size]
-            logits = model(x[:, :-1]).float()
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="none")
-            out.append(nll.view(x.shape[0], -1).double().mean(1))
-        return torch.cat(out)
+        return torch.cat([score(model(x[:, :-1]).float(), x[:, 1:]) for x in chunks.split(batch_size)])
     finally:
         model.train(was_training)
 
@@ -494,18 +498,7 @@ def eval_chunk_files(n_chunks: int = EVAL_CHUNKS, length: int = 256) -> torch.Te
 def chunk_accuracy(model: nn.Module, chunks: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     """Next-character top-1 accuracy of each chunk (tokens 1..L-1 predicted from their prefixes, as in
     :func:`chunk_nll`): float64 (n_chunks,) in [0, 1]. Eval mode; the previous mode is restored."""
-    chunks = _check_chunks(model, chunks)
-    batch_size = V.positive_int("batch_size", batch_size)
-    was_training = model.training
-    model.eval()
-    try:
-        out = []
-        for i in range(0, chunks.shape[0], batch_size):
-            x = chunks[i:i + batch_size]
-            out.append((model(x[:, :-1]).argmax(-1) == x[:, 1:]).double().mean(1))
-        return torch.cat(out)
-    finally:
-        model.train(was_training)
+    return _per_chunk(model, chunks, batch_size, lambda logits, t: (logits.argmax(-1) == t).double().mean(1))
 
 
 def linear_macs_per_token(model: nn.Module) -> int:

@@ -37,6 +37,15 @@ def _check_weight(weight) -> None:
         raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(getattr(weight, 'shape', ()))}")
 
 
+def _check_weight_hessian(weight, hessian) -> tuple[int, int]:
+    """(out, in) of a 2-D weight whose calibration Hessian must be (in, in)."""
+    _check_weight(weight)
+    out_f, in_f = weight.shape
+    if hessian.shape != (in_f, in_f):
+        raise ValueError(f"hessian has shape {tuple(hessian.shape)}, expected ({in_f}, {in_f}) for weight {tuple(weight.shape)}")
+    return out_f, in_f
+
+
 def _check_bits(bits) -> int:
     return int_in("bits", bits, *WEIGHT_ONLY_BITS)
 
@@ -99,10 +108,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
     diagonal added to H. Columns are processed in blocks of ``block_size`` (rounded to a multiple of
     group_size) with lazy updates of the rest. Same returns as :func:`rtn_quantize`.
     """
-    _check_weight(weight)
-    out_f, in_f = weight.shape
-    if hessian.shape != (in_f, in_f):
-        raise ValueError(f"hessian has shape {tuple(hessian.shape)}, expected ({in_f}, {in_f}) for weight {tuple(weight.shape)}")
+    out_f, in_f = _check_weight_hessian(weight, hessian)
     bits = _check_bits(bits)
     group_size = _check_group(in_f, group_size)
     number_in("damp", damp, 0, 1, lo_open=True)
@@ -253,10 +259,7 @@ def awq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gro
     :func:`rtn_quantize` (codes are those of W diag(s)), plus s (in,) float32, the per-channel factor a
     deployment folds into the previous operation (inputs divided by s), and the chosen alpha.
     """
-    _check_weight(weight)
-    out_f, in_f = weight.shape
-    if hessian.shape != (in_f, in_f):
-        raise ValueError(f"hessian has shape {tuple(hessian.shape)}, expected ({in_f}, {in_f}) for weight {tuple(weight.shape)}")
+    out_f, in_f = _check_weight_hessian(weight, hessian)
     bits = _check_bits(bits)
     group_size = _check_group(in_f, group_size)
     grid = positive_int("grid", grid)

@@ -110,8 +110,10 @@ def test_wheel_holds_every_subpackage_and_the_data(tmp_path):
     names = set(zipfile.ZipFile(build_wheel(tmp_path)).namelist())
     packages = {str(p.parent.relative_to(ROOT).as_posix()) for p in (ROOT / "course_lib").rglob("__init__.py")}
     assert {f"{p}/__init__.py" for p in packages} <= names, "a subpackage is missing from [tool.setuptools] packages"
-    data = {f"course_lib/_data/{n}" for n in ("mnist5k.npz", "SHA256SUMS", "sentences.tsv")}
-    assert data <= names
+    shipped = [line.split()[1] for line in (ROOT / "data" / "SHA256SUMS").read_text().splitlines() if line.strip()]
+    data = {f"course_lib/_data/{n}" for n in ("SHA256SUMS", *shipped)}
+    assert data <= names, f"missing from the wheel: {sorted(data - names)}"
+    assert "course_lib/_data/pystdlib_manifest.json" in names
     read = re.findall(r'DATA_DIR / "?([\w.]+)"?', "".join(p.read_text() for p in (ROOT / "course_lib").rglob("*.py")))
     assert all(f"course_lib/_data/{n}" in names for n in read if "." in n), read
 

@@ -13,8 +13,9 @@
 # - judge every model by the cosine similarity of its embeddings to the original's, a paraphrase
 #   retrieval score, its size on disk and its single-thread latency.
 #
-# **Run time:** about 2 minutes on a 2-core laptop CPU (the instructor guide lists measured times; the
-# model load, GPTQ, head scoring, distillation and the latency measurements take a similar share each).
+# **Run time:** about a minute on a 2-core laptop CPU (`docs/timings.md` lists the measured times, full and
+# lab mode; the model load, GPTQ, head scoring, distillation and the latency measurements take a similar
+# share each).
 
 # %%
 # Hosted notebooks (Colab, Kaggle) start without the course: this cell installs it there, beside their own
@@ -315,13 +316,17 @@ print(f"whole model on disk {bert.model_bytes(model) / 2**20:.1f} MiB -> {bert.m
 # %% [markdown]
 # ## 6. 4-bit weights: round-to-nearest vs GPTQ
 # At 4 bits one scale per row is far too coarse, so the weights get one asymmetric (scale, zero) per
-# **group** of $g$ consecutive input columns: $q = \mathrm{clamp}(\lfloor w/s \rceil + z, 0, 15)$,
-# $\hat w = s(q - z)$ with $s = (\max - \min)/15$ over the group. Storage: 4 bits per weight plus a
-# float16 scale and a 4-bit zero per group, about 4.2 bits per weight at $g = 128$.
+# **group** of $g$ consecutive input columns. With $b$ bits, over each group (its min clamped to $\le 0$ and
+# its max to $\ge 0$, so that 0 is on the grid):
+# $$s = \frac{\max - \min}{2^b - 1},\qquad z = \mathrm{round}\!\left(\frac{-\min}{s}\right),\qquad
+# q = \mathrm{clamp}\big(\mathrm{round}(w/s) + z,\ 0,\ 2^b - 1\big),\qquad \hat w = s\,(q - z) .$$
+# $z$ is the **zero point**: the integer code that stands for the weight 0. At $b = 4$ the codes run from 0
+# to 15. Storage in the course's artifact (`Q.int4_state`): two 4-bit codes per byte, plus a float16 scale and
+# a uint8 zero point per group, $4 + 24/g$ bits per weight: about 4.19 at $g = 128$.
 #
 # ### Exercise 3: group-wise round-to-nearest
 # Return the dequantized weight $\hat W$ (same shape as `w`, (out, in)) with one $(s, z)$ per group
-# of `group_size` columns of each row, as defined above (min clamped to $\le 0$, max to $\ge 0$).
+# of `group_size` columns of each row, as defined above, for any number of `bits`.
 
 # %% nbgrader={"grade": false, "grade_id": "group_rtn", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def group_rtn(w, bits, group_size):
@@ -385,16 +390,22 @@ print(f"fraction of layers where GPTQ's error is lower: {sum(g < r for g, r in z
       f"median error ratio GPTQ / RTN {float(torch.tensor(err_gptq).div(torch.tensor(err_rtn)).median()):.2f}")
 
 # %% [markdown]
-# These 4-bit models compute with the dequantized float weights (simulated quantization: exactly the
-# numbers an int4 kernel would produce). PyTorch's CPU build has no int4 matmul kernel, so their latency
-# is not measured (recorded as `None`); their size is measured on the real packed artifact
-# (`Q.int4_bytes`: two codes per byte, float16 scales). torchao's int4 weight-only configs and
-# llama.cpp-style kernels are where this runs fast.
+# These 4-bit models compute with the dequantized float weights (simulated quantization: the numbers a
+# 4-bit kernel computes with, up to its own rounding of the activations). Real 4-bit kernels exist on the
+# CPU: onnxruntime's `MatMulNBits` (already a dependency of the course) and PyTorch's
+# `aten._weight_int4pack_mm_for_cpu` (behind torchao's int4 weight-only configs). Chapter 07 runs this same
+# format on them and measures when they pay; here the latency is not measured (recorded as `None`). The
+# size is measured on the real packed artifact (`Q.int4_bytes`: two codes per byte, float16 scales, uint8
+# zero points; everything else, the embedding table included, stays float32).
 
 # %%
 size_fp32 = bert.model_bytes(model)
 size_rtn, size_gptq = Q.int4_bytes(rtn4, rtn_packed), Q.int4_bytes(gptq4, gptq_packed)
-print(f"artifact: fp32 {size_fp32 / 2**20:.1f} MiB, 4-bit linear layers {size_gptq / 2**20:.1f} MiB")
+lin_4bit = sum(v.numel() * v.element_size() for k, v in Q.int4_state(gptq4, gptq_packed).items()
+               if k.endswith((".qweight", ".scales", ".zeros")))
+print(f"artifact: fp32 {size_fp32 / 2**20:.1f} MiB; 4-bit artifact {size_gptq / 2**20:.1f} MiB, of which the 4-bit "
+      f"linear layers {lin_4bit / 2**20:.1f} MiB and the float rest (embedding table, norms, biases) "
+      f"{(size_gptq - lin_4bit) / 2**20:.1f} MiB")
 
 # %% [markdown]
 # ## 7. Pruning attention heads

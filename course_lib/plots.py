@@ -496,8 +496,8 @@ def roofline(rows: list[dict], bandwidth_gbs: float, peak_gflops,
     """The roofline model with measured kernels on it, log-log.
 
     rows: dicts with ``intensity`` (FLOP/byte), ``gflops`` (achieved GFLOP/s), ``format`` and ``batch``
-    (e.g. ``roofline.time_formats`` rows; rows with N and K are labelled with the shape only when there
-    are several shapes). peak_gflops: one compute peak (GFLOP/s), or {label: peak} for several (e.g. fp32,
+    (e.g. ``roofline.time_formats`` rows, of one or several shapes: each format's points are labelled
+    once per batch). peak_gflops: one compute peak (GFLOP/s), or {label: peak} for several (e.g. fp32,
     bf16 and int8: a kernel's roof is the peak of the arithmetic it uses). Each roof is
     min(peak, intensity x bandwidth): a sloped memory roof at ``bandwidth_gbs`` (GB/s), a flat compute roof
     at the peak, meeting at the ridge point peak / bandwidth FLOP/byte. Each point is coloured by format
@@ -516,15 +516,17 @@ def roofline(rows: list[dict], bandwidth_gbs: float, peak_gflops,
         ax.plot(grid, np.minimum(peak, grid * bandwidth_gbs), "k-", lw=1.5 - 0.4 * j, alpha=1 - 0.25 * j,
                 label=f"roof{' ' + name if name else ''} ({bandwidth_gbs:.0f} GB/s, {peak:.0f} GFLOP/s)")
         ax.axvline(peak / bandwidth_gbs, color="k", ls=":", lw=0.6)
-    shapes = {(r.get("N"), r.get("K")) for r in rows}
     formats = list(dict.fromkeys(r["format"] for r in rows))
     for i, fmt in enumerate(formats):
         pts = [r for r in rows if r["format"] == fmt]
         ax.plot([r["intensity"] for r in pts], [r["gflops"] for r in pts], "o", color=f"C{i % 10}", ms=5,
                 label=fmt)
-        for r in pts:
-            label = f"b{r['batch']}" + (f" {r['N']}x{r['K']}" if len(shapes) > 1 and r.get("N") else "")
-            ax.annotate(label, (r["intensity"], r["gflops"]), fontsize=6, xytext=(3, 2),
+        labelled = set()
+        for r in pts:  # one batch label per format (the shapes of one batch sit close together)
+            if r["batch"] in labelled:
+                continue
+            labelled.add(r["batch"])
+            ax.annotate(f"b{r['batch']}", (r["intensity"], r["gflops"]), fontsize=6, xytext=(3, 2),
                         textcoords="offset points", color=f"C{i % 10}")
     ax.set_xscale("log")
     ax.set_yscale("log")

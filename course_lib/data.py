@@ -282,19 +282,30 @@ def is_user_dataset(name) -> bool:
     return isinstance(name, (str, os.PathLike)) and str(name).lower().endswith(_USER_SUFFIXES)
 
 
+def expected_sha256(path) -> str | None:
+    """The SHA-256 that the ``SHA256SUMS`` beside ``path`` lists for it (lower-case hex), or None when
+    there is no such file or it does not list ``path``. Format as ``sha256sum`` writes it:
+    ``<hex digest>  <file name>`` per line (a ``*`` before the name, binary mode, is accepted)."""
+    path = Path(path)
+    sums = path.parent / "SHA256SUMS"
+    if sums.is_file():
+        for line in sums.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[1].lstrip("*") == path.name:
+                return parts[0].lower()
+    return None
+
+
 def _verify_user_checksum(path: Path) -> str:
     """SHA-256 of ``path``, checked against a ``SHA256SUMS`` file beside it when that file lists it.
 
     ``SHA256SUMS`` has the format ``sha256sum`` writes (``<hex digest>  <file name>`` per line), so
     ``sha256sum mydata.npz > SHA256SUMS`` registers a file; a mismatch raises ``ValueError``."""
     digest = sha256_file(path)
-    sums = path.parent / "SHA256SUMS"
-    if sums.exists():
-        for line in sums.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[1].lstrip("*") == path.name and parts[0].lower() != digest:
-                raise ValueError(f"dataset file {path}: checksum mismatch with {sums}: expected sha256 "
-                                 f"{parts[0]}, got {digest}. The file changed since it was registered.")
+    expected = expected_sha256(path)
+    if expected is not None and expected != digest:
+        raise ValueError(f"dataset file {path}: checksum mismatch with {path.parent / 'SHA256SUMS'}: expected sha256 "
+                         f"{expected}, got {digest}. The file changed since it was registered.")
     return digest
 
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from . import _validate as V
 from . import stats
-from .data import DATA_DIR, sha256_file
+from .data import DATA_DIR, expected_sha256, sha256_file
 
 VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
 WEIGHTS_FILE = "tiny_lm.safetensors"
@@ -238,16 +238,6 @@ def save_lm(model: TinyGPT, path) -> int:
     return path.stat().st_size
 
 
-def _expected_sha256(path: Path) -> str | None:
-    sums = path.parent / "SHA256SUMS"
-    if sums.is_file():
-        for line in sums.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[1].lstrip("*") == path.name:
-                return parts[0].lower()
-    return None
-
-
 def verify_checksum(path) -> str:
     """SHA-256 of ``path``, checked against the ``SHA256SUMS`` beside it when that lists the file.
 
@@ -257,7 +247,7 @@ def verify_checksum(path) -> str:
     if not path.is_file():
         raise ValueError(f"file {path} does not exist")
     digest = sha256_file(path)
-    expected = _expected_sha256(path)
+    expected = expected_sha256(path)
     if expected is not None and expected != digest:
         raise ValueError(f"checksum mismatch for {path}: expected sha256 {expected}, got {digest} "
                          f"(the file is corrupted, truncated or was replaced; see data/README.md to rebuild it)")
@@ -475,9 +465,13 @@ def eval_chunks(tokenizer: CharTokenizer, n_chunks: int = EVAL_CHUNKS, length: i
     text, spread evenly over it (first and last included), so every held-out file is represented.
     Returns LongTensor (n_chunks, length)."""
     all_chunks = token_chunks(tokenizer.encode(load_corpus("heldout")), length)
-    n_chunks = V.int_in("n_chunks", n_chunks, 1, all_chunks.shape[0])
-    pick = torch.linspace(0, all_chunks.shape[0] - 1, n_chunks).round().long()
-    return all_chunks[pick]
+    return all_chunks[_eval_pick(all_chunks.shape[0], n_chunks)]
+
+
+def _eval_pick(n_all: int, n_chunks: int) -> torch.Tensor:
+    """Indices of ``n_chunks`` (in [1, n_all]) of ``n_all`` chunks, spread evenly, first and last included."""
+    n_chunks = V.int_in("n_chunks", n_chunks, 1, n_all)
+    return torch.linspace(0, n_all - 1, n_chunks).round().long()
 
 
 def eval_chunk_files(n_chunks: int = EVAL_CHUNKS, length: int = 256) -> torch.Tensor:
@@ -487,9 +481,7 @@ def eval_chunk_files(n_chunks: int = EVAL_CHUNKS, length: int = 256) -> torch.Te
     bootstrap resamples files, not chunks (``stats.bootstrap_mean_interval(..., groups=...)``)."""
     text = load_corpus("heldout")
     starts = [i for i in range(len(text)) if text.startswith("# file: ", i) and (i == 0 or text[i - 1] == "\n")]
-    n_all = (len(text) - length) // length + 1
-    n_chunks = V.int_in("n_chunks", n_chunks, 1, n_all)
-    pick = torch.linspace(0, n_all - 1, n_chunks).round().long()
+    pick = _eval_pick((len(text) - length) // length + 1, n_chunks)  # the chunks eval_chunks takes
     bounds = torch.tensor(starts)
     return torch.searchsorted(bounds, pick * length, right=True) - 1
 

@@ -275,7 +275,22 @@ def distill_student(student: nn.Module, teacher: nn.Module, train, val=None, epo
 
 
 # ---------------------------------------------------------------- chapter 5: putting it together
-def deep_compression_prune(model: nn.Module, train, val=None, sparsity: float = 0.95, epochs: int = 12,
+# Chapter 5's budget, fixed before the run (not tuned on the test split): Deep Compression prunes for
+# DC_EPOCHS, then trains its shared centroids for CENTROID_EPOCHS (Han et al.'s trained quantization) at
+# chapter 2's centroid rate (KMEANS_LR, chosen there on validation for 3 and 4 levels; not re-tuned for
+# the 32 and 256 levels here, where chapter 2 found the rate hardly matters). Per-layer bits as Han et al. used
+# for LeNet: 8 for conv (256 shared values), 5 for fc (32); the relative-index gaps the same widths.
+# Every off-the-shelf peer gets the same number of epochs after the baseline (PEER_EPOCHS) with the
+# course's FINETUNE recipe; the latency model and its controls get LATENCY_EPOCHS each.
+DC_EPOCHS = 12
+CENTROID_EPOCHS = 1
+CENTROID_LR = KMEANS_LR[4]
+DC_BITS = {"conv1": 8, "conv2": 8, "fc1": 5, "fc2": 5}
+PEER_EPOCHS = DC_EPOCHS + CENTROID_EPOCHS
+LATENCY_EPOCHS = 10
+
+
+def deep_compression_prune(model: nn.Module, train, val=None, sparsity: float = 0.95, epochs: int = DC_EPOCHS,
                            seed: int = 0, **fit_kw) -> nn.Module:
     """Stage 1 of Deep Compression: a copy of ``model`` pruned gradually to ``sparsity`` during ``epochs``
     (one-cycle schedule, the sparsity ramps over the first 70% of the steps), masks made permanent."""
@@ -284,23 +299,50 @@ def deep_compression_prune(model: nn.Module, train, val=None, sparsity: float = 
     return m
 
 
-def deep_compression(model: nn.Module, train, val=None, sparsity: float = 0.95, bits=4, epochs: int = 12,
-                     seed: int = 0, **fit_kw) -> nn.Module:
-    """Han et al. (2016), rebuilt: ``deep_compression_prune``, then share each layer's non-zero weights
-    with 2**bits values (int or {layer: bits}, ``quantization.share_weights``). Returns a new model holding
-    only zeros and codebook values, ready for ``storage.save_compressed``."""
+def train_centroids(pruned: nn.Module, train, bits=None, epochs: int = CENTROID_EPOCHS, lr: float = CENTROID_LR,
+                    seed: int = 0, **fit_kw) -> nn.Module:
+    """Stage 2 of Deep Compression, trained quantization: share the non-zero weights of each layer of a copy of
+    ``pruned`` through a codebook of 2**bits values (``Q.shared_weights_model``; bits an int or {layer: bits},
+    default ``DC_BITS``), train the codebooks only for ``epochs`` >= 0 (the indices and the zeros stay fixed;
+    autograd sums the gradients of the weights sharing a centroid; shifts, AdamW at ``lr``), and return an
+    ordinary model holding only zeros and codebook values (``Q.bake_shared``)."""
+    epochs = int(epochs)
+    if epochs < 0:
+        raise ValueError(f"epochs={epochs} must be >= 0")
+    q = Q.shared_weights_model(pruned, DC_BITS if bits is None else bits)
+    if epochs:
+        books = [p for n, p in q.named_parameters() if n.endswith("codebook")]
+        seed_everything(seed)
+        fit(q, train, epochs=epochs, lr=lr, params=books, seed=seed,
+            **({"augment": 1, "optimizer": "adamw", "weight_decay": 0.0, "desc": "centroids"} | fit_kw))
+    return Q.bake_shared(q.cpu())
+
+
+def deep_compression(model: nn.Module, train, val=None, sparsity: float = 0.95, bits=None, epochs: int = DC_EPOCHS,
+                     seed: int = 0, centroid_epochs: int = CENTROID_EPOCHS, centroid_lr: float = CENTROID_LR,
+                     **fit_kw) -> nn.Module:
+    """Han et al. (2016), rebuilt: ``deep_compression_prune`` for ``epochs``, then ``train_centroids``
+    (bits an int or {layer: bits}, default ``DC_BITS``: 8 for conv, 5 for fc) for ``centroid_epochs``
+    (0: plain k-means sharing). Returns a new model holding only zeros and codebook values, ready for
+    ``storage.save_compressed``."""
     m = deep_compression_prune(model, train, val, sparsity, epochs, seed, **fit_kw)
-    Q.share_weights(m, bits)
-    return m
+    return train_centroids(m, train, bits, centroid_epochs, centroid_lr, seed, device=fit_kw.get("device"))
 
 
-def latency_model(teacher: nn.Module, train, val=None, ratio=None, epochs: int = 10, seed: int = 0,
-                  lr: float = 2e-3, temperature: float = 4.0, alpha: float = 0.7, **fit_kw) -> nn.Module:
+def latency_model(teacher: nn.Module, train, val=None, ratio=None, epochs: int = LATENCY_EPOCHS, seed: int = 0,
+                  lr: float = 2e-3, temperature: float = 4.0, alpha: float = 0.7, scratch: bool = False,
+                  **fit_kw) -> nn.Module:
     """Channel-prune a copy of ``teacher`` (``ratio``, default ``LATENCY_RATIO``), then fine-tune it
-    by distillation from ``teacher`` (one-cycle AdamW with shifts). Returns the small model."""
+    by distillation from ``teacher`` (one-cycle AdamW with shifts). Returns the small model.
+
+    The controls use the same recipe and budget: ``alpha=0.0`` trains on the labels only (pruning
+    without distillation); ``scratch=True`` starts the same architecture from random weights (drawn
+    from ``seed``) instead of the pruned teacher's (with ``alpha=0.0``: no distillation either)."""
     ratio = LATENCY_RATIO if ratio is None else ratio
     seed_everything(seed)
     small = pruning.channel_prune(copy.deepcopy(teacher), ratio)
+    if scratch:
+        small = type(small)(**small.config)
     kw = dict(optimizer="adamw", weight_decay=1e-4, schedule="onecycle", augment=1, desc="distill") | fit_kw
     distill(teacher, small, train, val, epochs=epochs, temperature=temperature, alpha=alpha, lr=lr, seed=seed, **kw)
     return small.eval()

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _validate as V
+from .stats import accuracy_interval
 from .training import predict
 
 
@@ -74,7 +75,8 @@ def robustness_table(models: dict, x: torch.Tensor, y: torch.Tensor, settings: l
 
     models: {name: callable mapping a float tensor batch to logits}. Returns one dict per
     (model, kind, level) with "accuracy" and "agreement" (fraction of predictions equal to the
-    reference model's on the same corrupted images), both in [0, 1].
+    reference model's on the same corrupted images), both in [0, 1], each with its 95% Wilson interval
+    on the n images ("accuracy_ci", "agreement_ci", ``stats.accuracy_interval``) and "n".
     """
     if reference not in models:
         raise ValueError(f"reference={reference!r} is not one of the models {sorted(models)}")
@@ -83,7 +85,9 @@ def robustness_table(models: dict, x: torch.Tensor, y: torch.Tensor, settings: l
         xc = x if kind == "clean" else corrupt(x, kind, level, mean, std)
         preds = {n: predict(m, xc) if isinstance(m, torch.nn.Module) else m(xc).argmax(1) for n, m in models.items()}
         for n, p in preds.items():
-            rows.append({"model": n, "kind": kind, "level": level,
-                         "accuracy": (p == y).float().mean().item(),
-                         "agreement": (p == preds[reference]).float().mean().item()})
+            acc = (p == y).float().mean().item()
+            agr = (p == preds[reference]).float().mean().item()
+            rows.append({"model": n, "kind": kind, "level": level, "n": len(y),
+                         "accuracy": acc, "accuracy_ci": accuracy_interval(acc, len(y)),
+                         "agreement": agr, "agreement_ci": accuracy_interval(agr, len(y))})
     return rows

@@ -38,7 +38,8 @@ from .models import MODELS, build_model
 
 __all__ = ["COMPRESSORS", "compress", "decompress", "size_bytes", "copy_model", "save_state", "zlib_file",
            "CorruptFileError", "sparse_encode", "sparse_decode", "sparse_bytes", "save_compressed",
-           "load_compressed", "tensor_streams", "stream_report"]
+           "load_compressed", "tensor_streams", "stream_report", "HAN_GAP_BITS", "relative_index",
+           "relative_positions", "min_width_bytes"]
 
 # ---------------------------------------------------------------- general-purpose compressors
 COMPRESSORS = {  # name: (compress, decompress); the course's presets, strongest settings
@@ -278,6 +279,8 @@ def _decode_tensor(entry: dict, payload: bytes, shape: tuple) -> torch.Tensor:
         raise CorruptFileError(f"unknown tensor encoding {entry['enc']!r}")
     lc, lg, _ = entry["parts"]
     cb = np.frombuffer(payload[:lc], dtype="<f4")
+    if "bits" in entry and cb.size > 2 ** int(entry["bits"]):
+        raise CorruptFileError(f"codebook of {cb.size} values does not fit the header's {entry['bits']} bits")
     gaps = huffman.decode(payload[lc:lc + lg])
     idx = huffman.decode(payload[lc + lg:])
     if gaps.size != entry["nnz"] or idx.size != entry["nnz"] or (idx.size and idx.max() >= cb.size):
@@ -290,18 +293,40 @@ def _decode_tensor(entry: dict, payload: bytes, shape: tuple) -> torch.Tensor:
     return torch.from_numpy(a).view(shape)
 
 
-def save_compressed(model: nn.Module, path: str | os.PathLike) -> int:
+def _layer_bits(model: nn.Module, bits) -> dict:
+    """{weight key: bits} from None, an int (every Conv2d/Linear weight) or {layer name: bits}."""
+    if bits is None:
+        return {}
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not isinstance(bits, dict):
+        bits = dict.fromkeys(layers, bits)
+    unknown = sorted(set(bits) - set(layers))
+    if unknown:
+        raise ValueError(f"bits names layers {unknown} that are not Conv2d/Linear layers of the model; "
+                         f"valid names: {layers}")
+    return {f"{n}.weight": V.int_in(f"bits[{n!r}]", b, 1, 16) for n, b in bits.items()}
+
+
+def save_compressed(model: nn.Module, path: str | os.PathLike, bits=None) -> int:
     """Write ``model`` (a course model: LeNet5, MLP, ResNet8) to ``path`` in the .ccz format; return bytes written.
 
     Float tensors whose non-zeros take few distinct values (after pruning and weight sharing) are
     stored as Huffman-coded gaps + codebook indices + a float32 codebook; other float tensors as raw
     float32; integer buffers (BatchNorm's num_batches_tracked) as raw int64. Lossless for float32
-    models.
+    models. bits: the index width of each shared layer (an int in 1..16 or {layer: bits}, e.g.
+    ``recipes.DC_BITS``), stored in the header (``"bits"``) and checked: a layer with more distinct
+    non-zero values than 2**bits raises ValueError, and ``load_compressed`` checks it again.
     """
     name = _model_name(model)
+    widths = _layer_bits(model, bits)
     entries, payloads = [], []
     for key, t in effective_state_dict(model).items():
         entry, payload = _encode_tensor(t)
+        if key in widths:
+            if entry["enc"] != "sparse_codebook" or entry["codebook"] > 2 ** widths[key]:
+                raise ValueError(f"{key} has more distinct non-zero values than bits={widths[key]} can index "
+                                 f"(2**{widths[key]}): share its weights first")
+            entry["bits"] = widths[key]
         entry.update(name=key, shape=list(t.shape))
         entries.append(entry)
         payloads.append(payload)
@@ -339,12 +364,61 @@ def load_compressed(path: str | os.PathLike) -> nn.Module:
     return model.eval()
 
 
-def stream_report(model: nn.Module) -> list[dict]:
-    """Per Conv2d/Linear weight: bytes of its gap and index streams stored three ways.
+# Han et al. (2016) store each gap in a fixed number of bits: 8 for conv layers, 5 for fc layers (LeNet).
+HAN_GAP_BITS = {"conv": 8, "fc": 5}
+
+
+def relative_index(gaps, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Han et al.'s relative index: ``gaps`` (zeros skipped before each non-zero, ints >= 0, shape (nnz,))
+    bounded to ``bits`` (1..16) bits. A gap g larger than 2**bits - 1 is split by g // 2**bits filler
+    entries (a stored zero weight at gap 2**bits - 1 each), then the real entry at gap g mod 2**bits.
+
+    Returns (entries, filler): the gaps of all stored entries (int64, every one < 2**bits) and a bool
+    array, True for the fillers. ``relative_positions`` inverts it."""
+    bits = V.int_in("bits", bits, 1, 16)
+    g = np.asarray(gaps, dtype=np.int64).ravel()
+    if g.size and g.min() < 0:
+        raise ValueError("gaps must be >= 0 (zeros skipped before each non-zero)")
+    span = 1 << bits
+    fillers = g // span
+    real_at = np.cumsum(fillers + 1) - 1                     # index of each real entry among all entries
+    entries = np.full(int(fillers.sum()) + g.size, span - 1, dtype=np.int64)
+    filler = np.ones(entries.size, dtype=bool)
+    entries[real_at] = g % span
+    filler[real_at] = False
+    return entries, filler
+
+
+def relative_positions(entries, filler) -> np.ndarray:
+    """The flat positions of the real (non-filler) entries of a ``relative_index`` stream (int64, (nnz,))."""
+    e = np.asarray(entries, dtype=np.int64).ravel()
+    f = np.asarray(filler, dtype=bool).ravel()
+    if e.shape != f.shape:
+        raise ValueError(f"entries and filler must have the same length, got {e.size} and {f.size}")
+    return (np.cumsum(e + 1) - 1)[~f]
+
+
+def min_width_bytes(symbols) -> bytes:
+    """Non-negative integer ``symbols`` as little-endian bytes of the narrowest unsigned type that holds
+    them (uint8, uint16, uint32): what a general-purpose coder should be fed (not int32 with zero bytes)."""
+    s = np.asarray(symbols, dtype=np.int64).ravel()
+    if s.size and s.min() < 0:
+        raise ValueError("symbols must be >= 0")
+    top = int(s.max()) if s.size else 0
+    dtype = "<u1" if top < 1 << 8 else "<u2" if top < 1 << 16 else "<u4"
+    return s.astype(dtype).tobytes()
+
+
+def stream_report(model: nn.Module, gap_bits=None) -> list[dict]:
+    """Per Conv2d/Linear weight: bytes of its gap and index streams stored several ways.
 
     Each row: layer, nnz, codebook (K), and for gaps and indices: "fixed" (every symbol with the same
     number of bits, ceil(log2(max + 1))), "huffman" (``huffman.encode``, table included), "entropy"
-    (the Shannon bound, nnz * H / 8), "zlib" and "lzma" (general-purpose coders on int32 symbols).
+    (the Shannon bound, nnz * H / 8), "zlib" and "lzma" (general-purpose coders on the symbols as
+    ``min_width_bytes``: uint8 or uint16). Han et al.'s layout: "han_bits" (the gap width, from
+    ``gap_bits``: an int, {layer: bits}, or None for ``HAN_GAP_BITS``: 8 for conv, 5 for fc),
+    "han_entries" (non-zeros + fillers, ``relative_index``), "gaps_han" and "index_han" (every entry,
+    fillers included, with a fixed-width gap and a fixed-width index of ceil(log2 K) bits).
     All sizes in bytes (floats for the bound).
     """
     rows = []
@@ -355,11 +429,21 @@ def stream_report(model: nn.Module) -> list[dict]:
         row = {"layer": name, "nnz": int(idx.size), "codebook": int(cb.size)}
         for key, s in (("gaps", gaps), ("index", idx)):
             width = max(1, int(np.ceil(np.log2(int(s.max()) + 1)))) if s.size else 0
-            raw = s.astype("<i4").tobytes()
+            raw = min_width_bytes(s)
             row[f"{key}_fixed"] = int(np.ceil(s.size * width / 8))
             row[f"{key}_huffman"] = len(huffman.encode(s))
             row[f"{key}_entropy"] = s.size * huffman.entropy_bits(s) / 8 if s.size else 0.0
             row[f"{key}_zlib"] = len(compress(raw, "zlib"))
             row[f"{key}_lzma"] = len(compress(raw, "lzma"))
+        if isinstance(gap_bits, dict):
+            hb = gap_bits[name]
+        elif gap_bits is not None:
+            hb = gap_bits
+        else:
+            hb = HAN_GAP_BITS["conv" if isinstance(mod, nn.Conv2d) else "fc"]
+        entries, _ = relative_index(gaps, hb)
+        index_width = max(1, int(np.ceil(np.log2(max(cb.size, 2)))))
+        row.update(han_bits=int(hb), han_entries=int(entries.size),
+                   gaps_han=int(np.ceil(entries.size * hb / 8)), index_han=int(np.ceil(entries.size * index_width / 8)))
         rows.append(row)
     return rows

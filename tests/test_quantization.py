@@ -575,3 +575,33 @@ def test_quantization_figures():
         plots.quantizer_staircase(0.0, 0, -1, 1)
     with pytest.raises(ValueError, match="rows"):
         plots.accuracy_by_levels({})
+
+
+def test_shared_weights_model_trains_centroids_with_summed_gradients_and_keeps_zeros():
+    torch.manual_seed(0)
+    m = LeNet5(c1=4, c2=8, fc=16).eval()
+    with torch.no_grad():
+        m.fc1.weight[:, ::2] = 0
+    zeros = m.fc1.weight == 0
+    q = Q.shared_weights_model(m, {"fc1": 3, "conv2": 2})
+    assert isinstance(q.fc1, Q.KMeansWrapper) and isinstance(q.conv1, nn.Conv2d)  # conv1 not named: stays float
+    w = q.fc1.quantized_weight()
+    assert torch.equal(w == 0, zeros) and len(torch.unique(w[~zeros])) <= 8
+    idx = q.fc1.indices
+    assert idx[zeros].eq(-1).all() and idx[~zeros].ge(0).all()
+    # d loss / d centroid k = the sum of d loss / d w_j over the weights j sharing it: with loss = sum_j a_j w_j
+    # (so d loss / d w_j = a_j), the codebook's gradient must be the per-centroid sum of the a_j of non-zeros
+    a = torch.arange(w.numel(), dtype=torch.float32).view_as(w)
+    g = torch.autograd.grad((q.fc1.quantized_weight() * a).sum(), q.fc1.codebook)[0]
+    want = torch.zeros_like(q.fc1.codebook).index_add_(0, idx[~zeros], a[~zeros])
+    assert torch.allclose(g, want)
+    x = torch.randn(5, 1, 28, 28)
+    baked = Q.bake_shared(q)
+    assert type(baked.fc1) is nn.Linear and torch.equal(baked.fc1.weight, q.fc1.quantized_weight().detach())
+    assert torch.allclose(baked(x), q(x), atol=1e-6)
+    with pytest.raises(ValueError, match="fc3"):
+        Q.shared_weights_model(m, {"fc3": 4})
+    with torch.no_grad():
+        m.fc2.weight.zero_()
+    with pytest.raises(ValueError, match="all zero"):
+        Q.shared_weights_model(m, 4)

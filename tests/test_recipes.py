@@ -230,3 +230,30 @@ def test_conv2_sides_follow_the_input(shape, sides):
     assert recipes.chapter3_cp_ranks(m, shape)["conv2"] >= 1
     with pytest.raises(ValueError, match="input_shape=.*H >= 16"):
         recipes.conv2_sides(m, (1, 8, 8))
+
+
+def test_chapter5_trained_centroids_and_latency_controls(tiny, model):
+    pruned = pruning.magnitude_prune(copy.deepcopy(model), 0.9)
+    pruning.remove_masks(pruned)
+    before = copy.deepcopy(pruned)
+    plain = recipes.train_centroids(pruned, tiny.train, epochs=0)
+    trained = recipes.train_centroids(pruned, tiny.train, epochs=1, lr=1e-2)
+    assert _same_weights(pruned, before)
+    for (n, w0), (_, w1), (_, wp) in zip(measure.prunable_weights(plain), measure.prunable_weights(trained),
+                                         measure.prunable_weights(pruned)):
+        assert torch.equal(w1 != 0, wp != 0)  # the zeros stay, the survivors stay
+        assert len(torch.unique(w1[w1 != 0])) <= 2 ** recipes.DC_BITS[n]
+        for v in torch.unique(w0[w0 != 0]):  # the indices stay fixed: weights that shared a value still do
+            assert len(torch.unique(w1[w0 == v])) == 1
+    assert not torch.equal(plain.fc1.weight, trained.fc1.weight)  # the centroids moved
+    fast = recipes.latency_model(model, tiny.train, epochs=1)
+    no_kd = recipes.latency_model(model, tiny.train, epochs=1, alpha=0.0)
+    scratch = recipes.latency_model(model, tiny.train, epochs=1, scratch=True)
+    assert fast.config == no_kd.config == scratch.config
+    assert not torch.equal(fast.fc1.weight, no_kd.fc1.weight)
+    ref = pruning.channel_prune(copy.deepcopy(model), recipes.LATENCY_RATIO)
+    # the pruned start is the teacher's filters; the scratch start is not
+    assert (fast.conv1.weight - ref.conv1.weight).abs().mean() < (scratch.conv1.weight - ref.conv1.weight).abs().mean()
+    assert recipes.PEER_EPOCHS == recipes.DC_EPOCHS + recipes.CENTROID_EPOCHS
+    with pytest.raises(ValueError, match="epochs"):
+        recipes.train_centroids(pruned, tiny.train, epochs=-1)

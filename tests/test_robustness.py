@@ -78,3 +78,16 @@ def test_table(xy):
     assert any(r["agreement"] < 1.0 for r in rows[1::2])  # two different random nets disagree somewhere
     with pytest.raises(ValueError, match="reference"):
         rb.robustness_table({"a": m}, x, y, [("clean", 0)], MEAN, STD)
+
+
+def test_robustness_table_intervals():
+    from course_lib import stats
+    torch.manual_seed(0)
+    x, y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
+    m, other = MLP(hidden=(8,)), MLP(hidden=(8,))
+    rows = rb.robustness_table({"baseline": m, "other": other}, x, y, [("clean", 0)], MEAN, STD)
+    for r in rows:
+        assert r["n"] == 40
+        assert r["accuracy_ci"] == stats.accuracy_interval(r["accuracy"], 40)
+        assert r["agreement_ci"] == stats.accuracy_interval(r["agreement"], 40)
+        assert r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]

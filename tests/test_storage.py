@@ -1,6 +1,8 @@
 """Files and their sizes: the .ccz compact model file (exact round trips, real compression, refusal of
 corrupt files), the sparse formats, size_bytes and the compressors, the plain-file helpers."""
+import json
 import os
+import struct
 import pickle
 
 import numpy as np
@@ -214,3 +216,61 @@ def test_save_state_copy_model_and_zlib_file(tmp_path):
     assert torch.equal(loaded["net.0.weight"], model.net[0].weight)
     z = storage.zlib_file(f, tmp_path / "m.zlib")
     assert storage.decompress(z.read_bytes(), "zlib") == f.read_bytes()
+
+
+# ---------------------------------------------------------------- Han's relative index, fair coder inputs
+@pytest.mark.parametrize("bits", [1, 3, 5, 8])
+def test_relative_index_bounds_gaps_and_round_trips(bits):
+    rng = np.random.default_rng(bits)
+    gaps = np.r_[0, (1 << bits) - 1, 1 << bits, 3 * (1 << bits) + 2, rng.integers(0, 300, 200)]
+    entries, filler = storage.relative_index(gaps, bits)
+    assert entries.dtype == np.int64 and entries.max() < 2 ** bits and entries.min() >= 0
+    assert (~filler).sum() == gaps.size and filler.sum() == int((gaps // 2 ** bits).sum())
+    assert np.array_equal(storage.relative_positions(entries, filler), np.cumsum(gaps + 1) - 1)
+
+
+def test_relative_index_example_and_errors():
+    entries, filler = storage.relative_index([0, 3, 9], 3)   # 9 = one filler (8 positions) + gap 1
+    assert entries.tolist() == [0, 3, 7, 1] and filler.tolist() == [False, False, True, False]
+    with pytest.raises(ValueError, match="bits"):
+        storage.relative_index([1], 0)
+    with pytest.raises(ValueError, match=">= 0"):
+        storage.relative_index([-1], 4)
+    with pytest.raises(ValueError, match="same length"):
+        storage.relative_positions([0, 1], [False])
+
+
+def test_min_width_bytes_picks_the_narrowest_unsigned_type():
+    assert storage.min_width_bytes([0, 255]) == bytes([0, 255])
+    assert len(storage.min_width_bytes([0, 256])) == 4 and len(storage.min_width_bytes([70000])) == 4
+    assert np.array_equal(np.frombuffer(storage.min_width_bytes([1, 300]), "<u2"), [1, 300])
+    with pytest.raises(ValueError, match=">= 0"):
+        storage.min_width_bytes([-1])
+
+
+def test_stream_report_han_columns_and_fair_general_coders():
+    m = _pruned_shared()
+    rows = storage.stream_report(m)
+    for r, mod in zip(rows, (m.conv1, m.conv2, m.fc1, m.fc2)):
+        gaps, idx, cb = storage.tensor_streams(mod.weight)
+        bits = 8 if isinstance(mod, torch.nn.Conv2d) else 5
+        entries, _ = storage.relative_index(gaps, bits)
+        assert r["han_bits"] == bits and r["han_entries"] == entries.size >= r["nnz"]
+        width = max(1, int(np.ceil(np.log2(max(cb.size, 2)))))
+        assert r["gaps_han"] == -(-entries.size * bits // 8) and r["index_han"] == -(-entries.size * width // 8)
+        assert r["index_zlib"] == len(storage.compress(idx.astype("<u1").tobytes(), "zlib"))
+    assert storage.stream_report(m, gap_bits=3)[2]["han_bits"] == 3
+
+
+def test_save_compressed_stores_and_checks_bits(tmp_path):
+    m = _pruned_shared(levels=16)
+    n = storage.save_compressed(m, tmp_path / "b.ccz", bits={"fc1": 4, "conv2": 4})
+    raw = (tmp_path / "b.ccz").read_bytes()
+    header = json.loads(raw[8:8 + struct.unpack("<I", raw[4:8])[0]])
+    got = {e["name"]: e.get("bits") for e in header["tensors"]}
+    assert got["fc1.weight"] == 4 and got["conv2.weight"] == 4 and got["conv1.weight"] is None and n == len(raw)
+    assert torch.equal(storage.load_compressed(tmp_path / "b.ccz").fc1.weight, m.fc1.weight)
+    with pytest.raises(ValueError, match="more distinct"):
+        storage.save_compressed(m, tmp_path / "c.ccz", bits={"fc1": 1})  # its 4 values need 2 bits
+    with pytest.raises(ValueError, match="fc3"):
+        storage.save_compressed(m, tmp_path / "c.ccz", bits={"fc3": 4})

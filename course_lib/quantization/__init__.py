@@ -24,7 +24,7 @@ from .calibration import (CALIBRATION_METHODS, MSE_SEARCH_MAX_SAMPLES, TWN_THRES
 from .integer import (ACC_MAX_TERMS, fixed_point_multiplier, integer_conv2d, integer_linear, output_multiplier,
                       quantize_bias, quantized_conv2d, quantized_linear, requantize, requantize_fixed_point)
 from .fakequant import FLOAT_BITS, QuantWrapper, calibrate_model, observing_float_inputs, ptq, qat, quantize_model
-from .kmeans import KMeansWrapper, kmeans_model, kmeans_quantize, share_weights
+from .kmeans import KMeansWrapper, bake_shared, kmeans_model, kmeans_quantize, share_weights, shared_weights_model
 from .packing import (MATMULNBITS_BLOCK_SIZES, check_block_size, load_packed, pack_bits, pack_int4,
                       pack_matmulnbits, packed_size_bytes, packed_state_dict, unpack_bits, unpack_int4,
                       unpack_matmulnbits)
@@ -41,7 +41,7 @@ __all__ = [
     "ACC_MAX_TERMS", "integer_linear", "integer_conv2d", "quantize_bias", "output_multiplier", "requantize",
     "fixed_point_multiplier", "requantize_fixed_point", "quantized_linear", "quantized_conv2d",
     "FLOAT_BITS", "QuantWrapper", "quantize_model", "observing_float_inputs", "calibrate_model", "ptq", "qat",
-    "kmeans_quantize", "KMeansWrapper", "kmeans_model", "share_weights",
+    "kmeans_quantize", "KMeansWrapper", "kmeans_model", "share_weights", "shared_weights_model", "bake_shared",
     "pack_bits", "unpack_bits", "pack_int4", "unpack_int4", "packed_state_dict", "packed_size_bytes", "load_packed",
     "MATMULNBITS_BLOCK_SIZES", "check_block_size", "pack_matmulnbits", "unpack_matmulnbits",
     "WEIGHT_ONLY_BITS", "WEIGHT_ONLY_METHODS", "rtn_quantize", "gptq_quantize", "collect_hessians", "output_error",

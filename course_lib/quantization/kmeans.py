@@ -9,9 +9,11 @@ from torch import nn
 
 from .._validate import finite_tensor, int_in
 from .affine import check_bits
+from ..models import replace_module
 from .fakequant import layer_forward, replace_layers
 
-__all__ = ["kmeans_quantize", "KMeansWrapper", "kmeans_model", "share_weights"]
+__all__ = ["kmeans_quantize", "KMeansWrapper", "kmeans_model", "share_weights", "shared_weights_model",
+           "bake_shared"]
 
 
 def _levels(bits: int, levels) -> int:
@@ -64,20 +66,36 @@ class KMeansWrapper(nn.Module):
 
     The codebook is an ``nn.Parameter`` (fine-tuning it sums, per centroid, the gradients of all the
     weights that share it, as in Deep Compression); indices are a fixed buffer; the bias stays float.
+    keep_zeros=True (a pruned layer): only the non-zero weights are clustered; the zeros stay exactly
+    zero whatever the codebook becomes (their index is -1), so training the centroids keeps the sparsity.
     """
 
-    def __init__(self, layer: nn.Module, bits: int, iters: int = 30, levels: int | None = None):
+    def __init__(self, layer: nn.Module, bits: int, iters: int = 30, levels: int | None = None,
+                 keep_zeros: bool = False):
         super().__init__()
         if not isinstance(layer, (nn.Conv2d, nn.Linear)):
             raise TypeError(f"KMeansWrapper wraps nn.Conv2d or nn.Linear, not {type(layer).__name__}")
         self.layer, self.bits = layer, check_bits(bits)
         self.levels = _levels(self.bits, levels)
-        codebook, indices = kmeans_quantize(layer.weight, bits, iters, self.levels)
+        self.keep_zeros = bool(keep_zeros)
+        w = layer.weight.detach()
+        if self.keep_zeros:
+            nz = w != 0
+            if not bool(nz.any()):
+                raise ValueError("keep_zeros=True on a layer whose weights are all zero: nothing to cluster")
+            codebook, idx = kmeans_quantize(w[nz], bits, iters, self.levels)
+            indices = torch.full(w.shape, -1, dtype=torch.int64)
+            indices[nz] = idx
+        else:
+            codebook, indices = kmeans_quantize(w, bits, iters, self.levels)
         self.codebook = nn.Parameter(codebook)
         self.register_buffer("indices", indices)
         layer.weight.requires_grad_(False)
 
     def quantized_weight(self) -> torch.Tensor:
+        if self.keep_zeros:
+            keep = self.indices >= 0
+            return torch.where(keep, self.codebook[self.indices.clamp(min=0)], torch.zeros((), dtype=self.codebook.dtype))
         return self.codebook[self.indices]
 
     def forward(self, x):
@@ -125,3 +143,40 @@ def share_weights(model: nn.Module, bits, iters: int = 30) -> dict:
         w[nz] = cb[idx]
         books[name] = cb
     return books
+
+
+def shared_weights_model(model: nn.Module, bits, iters: int = 30) -> nn.Module:
+    """Deep Compression's *trained* quantization, set up: a deep copy of ``model`` whose Conv2d/Linear
+    layers share their NON-ZERO weights through a trainable per-layer codebook (``KMeansWrapper`` with
+    ``keep_zeros=True``; pruned zeros stay zero). bits: int in 1..16 for every layer, or {layer: bits}
+    (e.g. Han et al.'s 8 for conv and 5 for fc; layers not named stay float). Train the centroids with
+    ``training.fit(q, ..., params=[p for n, p in q.named_parameters() if n.endswith("codebook")])``
+    (autograd sums the gradients of the weights that share a centroid), then ``bake_shared``."""
+    q = copy.deepcopy(model).cpu().eval()
+    layers = [n for n, m in q.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if isinstance(bits, dict):
+        unknown = sorted(set(bits) - set(layers))
+        if unknown:
+            raise ValueError(f"bits names layers {unknown} that are not Conv2d/Linear layers of the model; "
+                             f"valid names: {layers}")
+    for name in layers:
+        b = bits.get(name) if isinstance(bits, dict) else bits
+        if b is not None:
+            replace_module(q, name, KMeansWrapper(q.get_submodule(name), b, iters, keep_zeros=True))
+    return q
+
+
+@torch.no_grad()
+def bake_shared(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with every ``KMeansWrapper`` replaced by its plain layer holding the
+    shared weights (``codebook[indices]``, zeros kept): an ordinary model again, whose non-zeros take
+    at most ``levels`` distinct values per layer, ready for ``storage.save_compressed``."""
+    q = copy.deepcopy(model)
+    names = [n for n, m in q.named_modules() if isinstance(m, KMeansWrapper)]
+    for name in names:
+        w = q.get_submodule(name)
+        layer = w.layer
+        layer.weight.copy_(w.quantized_weight().to(layer.weight.dtype))
+        layer.weight.requires_grad_(True)
+        replace_module(q, name, layer)
+    return q.eval()

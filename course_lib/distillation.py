@@ -25,7 +25,8 @@ from . import _validate as V
 from .training import History, fit, get_device
 
 __all__ = ["soften", "kd_loss", "hint_loss", "FeatureHint", "TeacherCache", "distill", "teacher_probabilities",
-           "pseudo_label_dataset", "labelled_subset", "over_seeds"]
+           "pseudo_label_dataset", "labelled_subset", "over_seeds", "stratified_halves", "drop_classes",
+           "shift_class_bias", "choose_bias_shift", "choose_budget", "evaluate_runs"]
 # plot_soft_targets moved to plots.soft_targets.
 
 
@@ -255,22 +256,61 @@ def over_seeds(build, train, seeds, test) -> dict:
     sequence of ints (each run starts with ``seed_everything(seed)``, so it is reproducible).
     test: the evaluation data. Returns {"accs": [accuracy per seed in [0, 1]], "mean", "std"
     (sample standard deviation, ddof=1; 0 for one seed), "seeds": list, "models": the trained
-    model of each seed, "model": the last one}.
+    model of each seed, "model": the last one, "correct": per-image correctness on ``test``, bool
+    (seeds, n), what ``stats.paired_over_seeds`` compares}.
     """
-    from .training import evaluate, seed_everything
+    from .training import seed_everything
     seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed")
-    accs, models = [], []
+    models = []
     for s in seeds:
         seed_everything(s)
         model = build()
         train(model, s)
         models.append(model)
-        accs.append(float(evaluate(model, test)))
+    return evaluate_runs(models, seeds, test)
+
+
+def evaluate_runs(models, seeds, test) -> dict:
+    """``over_seeds``' result for models already trained (one per seed, in the order of ``seeds``),
+    evaluated on ``test``: how a model trained once is read on another split (validation first, then
+    the test split once, for the chosen configuration only)."""
+    from .training import correct
+    models, seeds = list(models), list(seeds)
+    if not models or len(models) != len(seeds):
+        raise ValueError(f"give one trained model per seed: {len(models)} model(s) for {len(seeds)} seed(s)")
+    rows = [correct(m, test) for m in models]
+    accs = [float(r.float().mean()) for r in rows]
     mean = sum(accs) / len(accs)
     std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
-    return {"accs": accs, "mean": mean, "std": std, "seeds": seeds, "models": models, "model": models[-1]}
+    return {"accs": accs, "mean": mean, "std": std, "seeds": seeds, "models": models, "model": models[-1],
+            "correct": torch.stack(rows)}
+
+
+def choose_budget(val_curves: dict) -> int:
+    """Chapter 4's rule, fixed before any run: the training budget (epochs) with the highest validation
+    accuracy averaged over the methods compared and their seeds, so the rule favours no method; a tie
+    goes to the shorter budget.
+
+    val_curves: {method: {epochs: [validation accuracy per seed]}}, every method with the same budgets
+    (positive ints) and at least one accuracy each. Returns the chosen number of epochs.
+    """
+    if not val_curves:
+        raise ValueError("val_curves is empty: give {method: {epochs: [val accuracy per seed]}}")
+    budgets = None
+    for method, curve in val_curves.items():
+        b = sorted(curve)
+        if budgets is None:
+            budgets = b
+        if b != budgets or not b:
+            raise ValueError(f"every method needs the same budgets: {method!r} has {b}, expected {budgets}")
+        for e, accs in curve.items():
+            V.positive_int(f"val_curves[{method!r}] epochs", e)
+            if not len(accs):
+                raise ValueError(f"val_curves[{method!r}][{e}] holds no accuracy")
+    score = {e: sum(sum(c[e]) / len(c[e]) for c in val_curves.values()) / len(val_curves) for e in budgets}
+    return max(budgets, key=lambda e: (score[e], -e))
 
 
 def labelled_subset(labels: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
@@ -308,6 +348,93 @@ def pseudo_label_dataset(x: torch.Tensor, y: torch.Tensor, labelled: torch.Tenso
         new_y = predict(teacher, x, batch_size=batch_size).to(y.dtype)
     new_y[labelled] = y[labelled]
     return torch.utils.data.TensorDataset(x, new_y)
+
+
+def stratified_halves(labels: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split example indices into two disjoint halves with the same class proportions.
+
+    labels: int64 (N,) with N >= 2. Each class's examples are shuffled (a private generator seeded
+    with ``seed``) and dealt alternately, so the halves differ in size by at most one per class.
+    Returns (idx_a, idx_b): sorted int64 indices, disjoint, together all of range(N). Chapter 4 trains
+    a teacher on one half and lets it label the other, so it never saw the images it labels.
+    """
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+        raise ValueError(f"labels must be a 1-D int64 tensor of class labels, got "
+                         f"{type(labels).__name__} of shape {tuple(getattr(labels, 'shape', ()))}")
+    if len(labels) < 2:
+        raise ValueError(f"labels must hold at least 2 examples to split in halves, got {len(labels)}")
+    g = torch.Generator().manual_seed(int(seed))
+    a, b = [], []
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        a.append(idx[0::2])
+        b.append(idx[1::2])
+    return torch.sort(torch.cat(a)).values, torch.sort(torch.cat(b)).values
+
+
+def drop_classes(data: torch.utils.data.TensorDataset, classes) -> torch.utils.data.TensorDataset:
+    """A copy of (x, y) ``data`` without the examples whose label is in ``classes`` (ints, at least one
+    present in the labels): the transfer set of Hinton et al.'s omitted-digit experiment."""
+    x, y = data.tensors
+    classes = [int(c) for c in classes]
+    present = set(torch.unique(y).tolist())
+    if not classes or not set(classes) & present:
+        raise ValueError(f"classes must name at least one label present in the data ({sorted(present)}), "
+                         f"got {classes}")
+    keep = ~torch.isin(y, torch.tensor(classes, dtype=y.dtype))
+    return torch.utils.data.TensorDataset(x[keep], y[keep])
+
+
+def _output_layer(model: nn.Module) -> nn.Linear:
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not last or last[-1].bias is None:
+        raise ValueError("the model needs a final nn.Linear layer with a bias (its logits' biases)")
+    return last[-1]
+
+
+def shift_class_bias(model: nn.Module, cls: int, delta: float) -> nn.Module:
+    """A copy of ``model`` whose logit for class ``cls`` is raised by ``delta`` on every input (the bias of
+    its last ``nn.Linear`` layer, which must produce the logits). cls in [0, classes); delta finite."""
+    import copy
+    layer = _output_layer(model)
+    V.int_in("cls", cls, 0, layer.out_features - 1)
+    V.number_in("delta", delta)
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        _output_layer(m).bias[cls] += float(delta)
+    return m.eval()
+
+
+@torch.no_grad()
+def choose_bias_shift(model: nn.Module, val, cls: int, shifts=None) -> tuple[float, dict]:
+    """The raise of class ``cls``'s logit that maximises accuracy on ``val`` (the validation split: the
+    choice is a decision, so never the test split). Hinton et al. (2015, section 3) raised the omitted 3's
+    bias by 3.5 after distillation without any 3 in the transfer set.
+
+    shifts: candidate raises (default 0 to 10 in steps of 0.25); ties go to the smallest. Returns
+    (best shift, {shift: validation accuracy}).
+    """
+    from .training import _as_loader, _labels
+    layer = _output_layer(model)
+    V.int_in("cls", cls, 0, layer.out_features - 1)
+    shifts = [0.25 * i for i in range(41)] if shifts is None else [float(s) for s in shifts]
+    if not shifts:
+        raise ValueError("shifts must hold at least one candidate raise")
+    loader = _as_loader(val, 512)
+    labels = _labels(loader)
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    logits = torch.cat([model(x.to(dev)).cpu() for x, _ in loader])
+    model.train(was)
+    accs = {}
+    for s in shifts:
+        z = logits.clone()
+        z[:, cls] += s
+        accs[s] = (z.argmax(1) == labels).float().mean().item()
+    best = max(shifts, key=lambda s: (accs[s], -abs(s)))
+    return best, accs
 
 
 # ---------------------------------------------------------------- sentence encoders (chapter 6)

@@ -263,3 +263,42 @@ def paired_bootstrap_diff(a, b, level: float = 0.95, resamples: int = 2000, seed
     lo, hi = bootstrap_mean_interval(d, level=level, resamples=resamples, seed=seed, groups=groups)
     verdict = "higher" if lo > 0 else "lower" if hi < 0 else "indistinguishable"
     return {"diff": float(d.mean()), "ci": (lo, hi), "n": int(d.numel()), "verdict": verdict}
+
+
+def paired_over_seeds(correct_a, correct_b, level: float = 0.95, resamples: int = 4000,
+                      seed: int = 0) -> dict:
+    """Method A against method B when both ran with the same seeds (seed s of A paired with seed s of B:
+    same initialisation and data order) on the same n images. Two sources of noise, two intervals:
+
+    - over seeds: the per-seed differences acc(A_s) - acc(B_s), their mean and Student-t interval
+      (``seed_summary``): how much the method's own randomness moves the gain;
+    - over images: ``paired_compare`` of the seed-averaged correctness (paired bootstrap over images):
+      how much a different test sample of the same size would move it.
+
+    correct_a, correct_b: bool or 0/1 of shape (seeds, n), the same seeds in the same order (k >= 1).
+    Returns {"diffs": per-seed differences, "diff": their mean, "seed_ci", "image_ci", "verdict"}: the
+    verdict is ``better`` / ``worse`` only if BOTH intervals lie above / below zero, else
+    ``indistinguishable`` (with one seed the seed interval is a point and only the image interval counts).
+    """
+    a = _correct_matrix("correct_a", correct_a)
+    b = _correct_matrix("correct_b", correct_b)
+    if a.shape != b.shape:
+        raise ValueError(f"correct_a and correct_b must hold the same seeds and images: shapes "
+                         f"{tuple(a.shape)} vs {tuple(b.shape)}")
+    diffs = (a.mean(1) - b.mean(1)).tolist()
+    summ = seed_summary(diffs, level)
+    img = paired_compare(a, b, level=level, resamples=resamples, seed=seed)
+    lo = min(summ["ci"][0], img.ci[0]) if len(diffs) > 1 else img.ci[0]
+    hi = max(summ["ci"][1], img.ci[1]) if len(diffs) > 1 else img.ci[1]
+    verdict = "better" if lo > 0 else "worse" if hi < 0 else "indistinguishable"
+    return {"diffs": diffs, "diff": summ["mean"], "seed_ci": summ["ci"], "image_ci": img.ci,
+            "verdict": verdict, "seeds": len(diffs), "n": img.n}
+
+
+def format_paired(cmp: dict) -> str:
+    """'+0.40 pt (per seed +0.3, +0.5, +0.4; seeds [+0.15, +0.65], images [-0.10, +0.90]): indistinguishable'."""
+    lo_s, hi_s = cmp["seed_ci"]
+    lo_i, hi_i = cmp["image_ci"]
+    per = ", ".join(f"{100 * d:+.1f}" for d in cmp["diffs"])
+    return (f"{100 * cmp['diff']:+.2f} pt (per seed {per}; 95% interval over seeds [{100 * lo_s:+.2f}, "
+            f"{100 * hi_s:+.2f}], over images [{100 * lo_i:+.2f}, {100 * hi_i:+.2f}]): {cmp['verdict']}")

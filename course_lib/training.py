@@ -1,6 +1,7 @@
 """Seeding, device choice, the training loop, evaluation and the cached baseline."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -303,7 +304,7 @@ def train_baseline(splits: Splits, seed: int = 0, recipe: dict | None = None, de
     r = {**BASELINE_RECIPE, **(recipe or {})}
     seed_everything(seed)
     model = build_model(r["model"], splits.input_shape, splits.num_classes, **r.get("model_kw", {}))
-    kw = {k: v for k, v in r.items() if k not in ("model", "model_kw")}
+    kw = {k: v for k, v in r.items() if k not in ("model", "model_kw", "train_subset")}
     hist = fit(model, splits.train, splits.val, seed=seed, device=device, progress=progress,
                flip=splits.input_shape[0] == 3, desc="baseline", **kw)
     return model.cpu().eval(), hist
@@ -311,7 +312,8 @@ def train_baseline(splits: Splits, seed: int = 0, recipe: dict | None = None, de
 
 def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False, device=None,
                   splits: Splits | None = None, progress: bool | None = None,
-                  epochs: int | None = None, model_kw: dict | None = None) -> tuple[nn.Module, dict]:
+                  epochs: int | None = None, model_kw: dict | None = None,
+                  train_indices: torch.Tensor | None = None) -> tuple[nn.Module, dict]:
     """The trained baseline for ``dataset``: loaded from the cache, or trained and cached.
 
     Returns (model on the CPU in eval mode, info) where info has "history" (per-epoch),
@@ -321,15 +323,26 @@ def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False
     model_kw: constructor arguments of the model (e.g. ``dict(c1=10, c2=25, fc=250)`` for a narrower
     LeNet-5): the course's from-scratch *controls* are trained with the baseline recipe this way and
     cached under their own key.
+    train_indices: train on these rows of the training split only (int64 indices; chapter 4's teacher
+    that never saw the images it labels); cached under a key that includes the indices.
     """
     recipe = dict(BASELINE_RECIPE) if epochs is None else {**BASELINE_RECIPE, "epochs": epochs}
     if model_kw:
         recipe["model_kw"] = dict(sorted(model_kw.items()))
+    if splits is None:
+        splits = load_dataset(dataset)
+    if train_indices is not None:
+        idx = torch.as_tensor(train_indices, dtype=torch.int64).reshape(-1)
+        n = len(splits.train)
+        if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= n or len(torch.unique(idx)) != idx.numel():
+            raise ValueError(f"train_indices must be distinct indices in [0, {n}) of the training split, "
+                             f"got {idx.numel()} value(s)")
+        recipe["train_subset"] = hashlib.sha256(idx.numpy().tobytes()).hexdigest()[:16]
+        x, y = splits.train.tensors
+        splits = dataclasses.replace(splits, train=torch.utils.data.TensorDataset(x[idx], y[idx]))
     key = _recipe_key(dataset_key(dataset), seed, recipe)
     path = cache_dir() / f"{key}.pt"
     meta_path = path.with_suffix(".json")
-    if splits is None:
-        splits = load_dataset(dataset)
     model = build_model(recipe["model"], splits.input_shape, splits.num_classes, **recipe.get("model_kw", {}))
     if not retrain and (cached := _read_cached(model, path, meta_path)) is not None:
         return cached

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from course_lib.distillation import (FeatureHint, TeacherCache, distill, hint_loss, kd_loss, labelled_subset,
-                                     over_seeds,
-                                     pseudo_label_dataset, soften, teacher_probabilities)
+from course_lib.distillation import (FeatureHint, TeacherCache, choose_bias_shift, choose_budget, distill,
+                                     drop_classes, evaluate_runs, hint_loss, kd_loss, labelled_subset,
+                                     over_seeds, pseudo_label_dataset, shift_class_bias, soften,
+                                     stratified_halves, teacher_probabilities)
 from course_lib.models import LeNet5, MLP
 from course_lib.training import evaluate, fit, seed_everything
 
@@ -382,3 +383,124 @@ def test_over_seeds_mean_std_and_reproducible():
 
 
 # (plots.soft_targets, formerly plot_soft_targets, is tested in test_plots.py)
+
+
+# ---------------------------------------------------------------- chapter 4: protocol, controls, omitted class
+def test_evaluate_runs_is_over_seeds_on_another_split():
+    x, y = _tiny_data(48)
+    xv, yv = _tiny_data(40, seed=3)
+
+    def train(m, s):
+        fit(m, (x, y), epochs=1, batch_size=16, seed=s, progress=False)
+
+    r = over_seeds(lambda: MLP(hidden=(4,)), train, [0, 1], (x, y))
+    v = evaluate_runs(r["models"], r["seeds"], (xv, yv))
+    assert v["accs"] == [float(evaluate(m, (xv, yv))) for m in r["models"]]
+    assert v["correct"].shape == (2, 40) and v["correct"].dtype == torch.bool
+    assert v["correct"].float().mean(1).tolist() == pytest.approx(v["accs"])
+    assert r["correct"].shape == (2, 48) and r["correct"].float().mean(1).tolist() == pytest.approx(r["accs"])
+    with pytest.raises(ValueError, match="one trained model per seed"):
+        evaluate_runs(r["models"], [0], (xv, yv))
+
+
+def test_choose_budget_favours_no_method_and_breaks_ties_to_the_shorter():
+    # kd's best is 40, scratch's best is 10; the rule averages both methods
+    curves = {"scratch": {10: [0.97, 0.97], 20: [0.96, 0.96], 40: [0.95, 0.95]},
+              "kd": {10: [0.95, 0.95], 20: [0.965, 0.965], 40: [0.98, 0.98]}}
+    # means over methods: 10 -> 0.96, 20 -> 0.9625, 40 -> 0.965
+    assert choose_budget(curves) == 40
+    tie = {"a": {5: [0.9], 10: [0.9]}, "b": {5: [0.8], 10: [0.8]}}
+    assert choose_budget(tie) == 5
+    assert choose_budget({"a": {3: [0.5, 0.7], 6: [0.6, 0.59]}}) == 3  # mean 0.6 vs 0.595
+    with pytest.raises(ValueError, match="same budgets"):
+        choose_budget({"a": {5: [0.9]}, "b": {10: [0.9]}})
+    with pytest.raises(ValueError, match="empty"):
+        choose_budget({})
+    with pytest.raises(ValueError, match="epochs"):
+        choose_budget({"a": {0: [0.9]}})
+
+
+def test_stratified_halves_are_disjoint_balanced_and_seeded():
+    y = torch.tensor([0] * 10 + [1] * 7 + [2] * 4)
+    a, b = stratified_halves(y, seed=0)
+    assert set(a.tolist()).isdisjoint(b.tolist()) and sorted(a.tolist() + b.tolist()) == list(range(len(y)))
+    for c, n in ((0, 10), (1, 7), (2, 4)):
+        na, nb = int((y[a] == c).sum()), int((y[b] == c).sum())
+        assert na + nb == n and abs(na - nb) <= 1
+    a2, _ = stratified_halves(y, seed=0)
+    a3, _ = stratified_halves(y, seed=1)
+    assert torch.equal(a, a2) and not torch.equal(a, a3)
+    with pytest.raises(ValueError, match="labels"):
+        stratified_halves([0, 1, 1])
+
+
+def test_drop_classes_removes_only_those_labels():
+    x = torch.arange(8.0).reshape(8, 1)
+    y = torch.tensor([0, 3, 1, 3, 2, 0, 3, 1])
+    d = drop_classes(torch.utils.data.TensorDataset(x, y), [3])
+    assert d.tensors[1].tolist() == [0, 1, 2, 0, 1] and d.tensors[0].flatten().tolist() == [0, 2, 4, 5, 7]
+    with pytest.raises(ValueError, match="classes"):
+        drop_classes(torch.utils.data.TensorDataset(x, y), [9])
+
+
+def test_bias_shift_raises_one_logit_and_is_chosen_on_the_given_split():
+    torch.manual_seed(0)
+    m = MLP(hidden=(8,)).eval()
+    x, _ = _tiny_data(64)
+    with torch.no_grad():
+        z = m(x)
+    shifted = shift_class_bias(m, 3, 2.5)
+    with torch.no_grad():
+        z2 = shifted(x)
+    assert torch.allclose(z2[:, 3], z[:, 3] + 2.5) and torch.equal(torch.cat([z2[:, :3], z2[:, 4:]], 1),
+                                                                  torch.cat([z[:, :3], z[:, 4:]], 1))
+    assert torch.equal(m(x), z)  # the original is untouched
+    # labels that say "3" wherever raising the 3 logit by about 1.5 would make it the argmax:
+    # the chosen raise is the smallest grid value that makes all of them right
+    gap = z.max(1).values - z[:, 3]
+    y = torch.where(gap < 1.4, torch.full_like(gap, 3, dtype=torch.long), z.argmax(1))
+    best, accs = choose_bias_shift(m, (x, y), 3, shifts=[0, 0.5, 1.0, 1.5, 2.0, 5.0])
+    assert accs[best] == max(accs.values())
+    assert accs[0] < 1.0 or (gap < 1.4).sum() == 0
+    assert best == min(s for s in accs if accs[s] == max(accs.values()))
+    with pytest.raises(ValueError, match="cls"):
+        shift_class_bias(m, 10, 1.0)
+
+
+def test_smoothed_student_is_scratch_with_soft_labels():
+    from course_lib import recipes
+    from course_lib.data import load_dataset
+    tiny = load_dataset("mnist5k", limit=128)
+    a, b, c = (LeNet5(c1=2, c2=3, fc=8) for _ in range(3))
+    b.load_state_dict(a.state_dict())
+    c.load_state_dict(a.state_dict())
+    ha = recipes.scratch_student(a, tiny.train, epochs=1, progress=False)
+    hb = recipes.smoothed_student(b, tiny.train, epochs=1, smoothing=0.0, progress=False)
+    assert ha.lr == hb.lr and all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    recipes.smoothed_student(c, tiny.train, epochs=1, smoothing=0.1, progress=False)
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+    with pytest.raises(ValueError, match="smoothing"):
+        recipes.smoothed_student(c, tiny.train, epochs=1, smoothing=1.0)
+
+
+def test_chapter4_notebook_uses_the_recipes_budgets():
+    """`make bench` measures chapter 4's targets with recipes.CH4_BUDGETS, STUDENT_EPOCHS and CH4_STUDENT:
+    the notebook's parameters must be the same numbers, or the benchmark measures another experiment."""
+    import ast
+    from pathlib import Path
+
+    from course_lib import recipes
+    src = (Path(__file__).resolve().parents[1] / "notebooks" / "src" / "04_distillation.py").read_text()
+    values = {}
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                values.setdefault(node.targets[0].id, ast.literal_eval(node.value))
+            except ValueError:
+                pass
+    assert values["BUDGETS"] == recipes.CH4_BUDGETS and values["EPOCHS"] == recipes.STUDENT_EPOCHS
+    assert values["SEEDS"] == recipes.SEEDS
+    students = next(n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Assign)
+                    and getattr(n.targets[0], "id", None) == "STUDENTS")
+    assert ast.unparse(students.value).startswith("{'lenet-4-8-32': dict(c1=4, c2=8, fc=32)")
+    assert recipes.CH4_STUDENT == dict(c1=4, c2=8, fc=32)

@@ -217,3 +217,33 @@ def test_cluster_bootstrap_resamples_whole_groups():
         stats.bootstrap_mean_interval(x, groups=[0, 1])
     d = stats.paired_bootstrap_diff(values + 1, values, groups=groups)
     assert d["diff"] == 1.0 and d["ci"] == (1.0, 1.0) and d["verdict"] == "higher"
+
+
+def test_paired_over_seeds_hand_computed_and_verdicts():
+    n = 200
+    base = torch.zeros(3, n, dtype=torch.bool)
+    base[:, :150] = True                     # 75% for every seed
+    better = base.clone()
+    better[0, 150:170] = True                # +10 points
+    better[1, 150:166] = True                # +8
+    better[2, 150:174] = True                # +12
+    r = stats.paired_over_seeds(better, base)
+    assert r["diffs"] == pytest.approx([0.10, 0.08, 0.12])
+    assert r["diff"] == pytest.approx(0.10)
+    half = 4.302653 * 0.02 / 3 ** 0.5        # t_{0.975,2} * sd / sqrt(k): hand-computed
+    assert r["seed_ci"] == pytest.approx((0.10 - half, 0.10 + half), abs=1e-5)
+    assert r["image_ci"][0] > 0 and r["verdict"] == "better" and r["seeds"] == 3 and r["n"] == n
+    assert stats.paired_over_seeds(base, better)["verdict"] == "worse"
+    # consistent on the images but not over seeds: one seed far worse -> the seed interval spans 0
+    noisy = base.clone()
+    noisy[0, 150:190] = True                 # +20
+    noisy[1, 150:154] = True                 # +2
+    noisy[2, :30] = False                    # -15
+    r2 = stats.paired_over_seeds(noisy, base)
+    assert r2["seed_ci"][0] < 0 < r2["seed_ci"][1] and r2["verdict"] == "indistinguishable"
+    # one seed: only the image interval counts
+    assert stats.paired_over_seeds(better[:1], base[:1])["verdict"] == "better"
+    s = stats.format_paired(r)
+    assert s.startswith("+10.00 pt (per seed +10.0, +8.0, +12.0;") and s.endswith("better")
+    with pytest.raises(ValueError, match="same seeds and images"):
+        stats.paired_over_seeds(better[:2], base)

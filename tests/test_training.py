@@ -1,5 +1,7 @@
 """Training: seeding, device choice, fit/evaluate/predict, augmentation, the cached baseline."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -222,3 +224,24 @@ def test_progress_bar_is_text_in_a_terminal_and_off_under_test(monkeypatch, caps
     assert not bar.disable and not isinstance(bar, tqdm.notebook.tqdm)
     list(bar)
     assert "epochs" in capsys.readouterr().err
+
+
+def test_load_baseline_on_a_subset_trains_on_those_rows_only_and_caches_them_apart(tmp_path, monkeypatch, tiny):
+    """Chapter 4's teacher that never saw half B: trained on half A only, cached under its own key."""
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    monkeypatch.setitem(training.BASELINE_RECIPE, "epochs", 1)
+    half = torch.arange(0, len(tiny.train), 2)
+    m, info = load_baseline("mnist5k", seed=0, splits=tiny, progress=False, train_indices=half)
+    assert info["cached"] is False and "train_subset" in info["recipe"]
+    # the same as training the baseline recipe by hand on those rows
+    x, y = tiny.train.tensors
+    sub = dataclasses.replace(tiny, train=torch.utils.data.TensorDataset(x[half], y[half]))
+    ref, _ = training.train_baseline(sub, seed=0, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), ref.state_dict().values()))
+    full, info_full = load_baseline("mnist5k", seed=0, splits=tiny, progress=False)
+    assert info_full["cached"] is False and len(list(tmp_path.glob("*.pt"))) == 2
+    _, again = load_baseline("mnist5k", seed=0, splits=tiny, train_indices=half)
+    assert again["cached"] is True
+    for bad in (torch.tensor([0, 0]), torch.tensor([len(tiny.train)]), torch.tensor([], dtype=torch.long)):
+        with pytest.raises(ValueError, match="train_indices"):
+            load_baseline("mnist5k", seed=0, splits=tiny, train_indices=bad)

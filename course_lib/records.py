@@ -202,6 +202,33 @@ def format_table(records: list[dict], columns=("name", "accuracy", "size_bytes",
     return "\n".join(lines)
 
 
+def controls_beside(records: list) -> list:
+    """The records reordered so that each control (a record with ``control_of`` naming another record of
+    the list) comes right after the model it controls; everything else keeps its order. A control whose
+    model is not in the list stays where it was."""
+    names = {r.get("name") for r in records}
+    controls = {}
+    for r in records:
+        if r.get("control_of") in names and r.get("control_of") != r.get("name"):
+            controls.setdefault(r["control_of"], []).append(r)
+    placed = {id(c) for cs in controls.values() for c in cs}
+    out = []
+
+    def emit(r, seen):
+        out.append(r)
+        for c in controls.get(r.get("name"), []):
+            if id(c) not in seen:
+                seen.add(id(c))
+                emit(c, seen)
+
+    seen = set()
+    for r in records:
+        if id(r) not in placed:
+            emit(r, seen)
+    out += [c for cs in controls.values() for c in cs if id(c) not in seen]  # cycles: never lose a row
+    return out
+
+
 def assemble(root: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> Path:
     """Gather every <stem>.json under ``root`` into one Markdown page (build/results.md)."""
     root = Path(root) if root is not None else results_dir()
@@ -212,12 +239,13 @@ def assemble(root: str | os.PathLike | None = None, out: str | os.PathLike | Non
              "seeds, ± the standard deviation over seeds when there are several, and the 95% Wilson interval "
              "on the test images. Size is bytes of the saved artifact; latency is the median single-thread "
              "time of a batch of 64, and `x faster` is against the baseline's fastest fp32 configuration "
-             "measured in the same table.", ""]
+             "measured in the same table. A control (a model trained from scratch, or another matched "
+             "comparison) sits right under the model it controls, named in `control_of`.", ""]
     files = sorted(root.glob("*.json"))
     if not files:
         parts.append("No results yet: run the notebooks (`make run`).")
     for f in files:
-        records = json.loads(f.read_text())
+        records = controls_beside(json.loads(f.read_text()))
         extra = [k for k in ("cosine", "perplexity", "sparsity", "weight_bits", "activation_bits", "method",
                             "latency_config", "control_of", "file")
                  if any(k in r for r in records)]

@@ -130,3 +130,14 @@ def test_artifacts_dir_follows_the_environment(tmp_path, monkeypatch):
     assert R.artifacts_dir("02_quantization") == tmp_path / "b" / "artifacts" / "02_quantization"
     with pytest.raises(ValueError, match="chapter='../x' must be a plain name"):
         R.artifacts_dir("../x")
+
+
+def test_controls_sit_right_under_the_model_they_control():
+    recs = [{"name": "baseline"}, {"name": "scratch", "control_of": "kd"}, {"name": "other"},
+            {"name": "kd"}, {"name": "smooth", "control_of": "kd"}, {"name": "orphan", "control_of": "gone"}]
+    out = results.controls_beside(recs)
+    assert [r["name"] for r in out] == ["baseline", "other", "kd", "scratch", "smooth", "orphan"]
+    assert len(out) == len(recs)
+    # a cycle never loses a row
+    cyc = [{"name": "a", "control_of": "b"}, {"name": "b", "control_of": "a"}]
+    assert sorted(r["name"] for r in results.controls_beside(cyc)) == ["a", "b"]

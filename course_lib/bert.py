@@ -372,15 +372,30 @@ def count_weights(model: nn.Module) -> tuple[int, int]:
 
 def record(name: str, model: nn.Module, eval_batch: dict, groups: torch.Tensor, ref: torch.Tensor,
            latency_ms: float | None, size_bytes: int, weight_bits: int, method: str,
-           activation_bits: int = 32, emb: torch.Tensor | None = None, **extra) -> dict:
-    """One results record (``records.record``) for a compressed encoder: ``accuracy`` is the paraphrase
-    retrieval score (top-1, in [0, 1], ``metric`` says so) on the evaluation sentences, ``cosine`` the
-    mean cosine similarity to the fp32 embeddings ``ref``, ``macs`` the linear-layer MACs per token,
-    ``params``/``nonzero`` as counted by :func:`count_weights`, ``size_bytes`` and ``latency_ms`` as
-    given (None: not measured). emb: the model's embeddings of ``eval_batch`` if already computed."""
+           activation_bits: int = 32, emb: torch.Tensor | None = None, task: dict | None = None, **extra) -> dict:
+    """One results record (``records.record``) for a compressed encoder.
+
+    With ``task`` (the dict of ``retrieval.evaluate`` for this model), ``accuracy`` is the task metric:
+    recall@1 on the retrieval set with hard negatives, ``accuracy_ci`` its bootstrap interval over the
+    queries, ``n_test`` the number of queries, ``metric`` = ``retrieval.METRIC``; ``mrr`` (with
+    ``mrr_ci``), ``graded_spearman``, ``fp32_spearman`` and ``swap_accuracy`` are added. Without it,
+    ``accuracy`` is the paraphrase retrieval score (top-1, in [0, 1]) on the evaluation sentences.
+    Always: ``paraphrase_top1`` that score, ``cosine`` the mean cosine similarity to the fp32 embeddings
+    ``ref``, ``macs`` the linear-layer MACs per token, ``params``/``nonzero`` as counted by
+    :func:`count_weights`, ``size_bytes`` and ``latency_ms`` as given (None: not measured).
+    emb: the model's embeddings of ``eval_batch`` if already computed."""
     emb = encode(model, eval_batch) if emb is None else emb
     params, nonzero = count_weights(model)
-    return records.record(name, accuracy=retrieval_score(emb, groups), n_test=emb.shape[0], metric=METRIC, size_bytes=size_bytes,
-                          params=params, nonzero=nonzero, macs=linear_macs_per_token(model),
-                          latency_ms=latency_ms, cosine=mean_cosine(emb, ref), weight_bits=weight_bits,
-                          activation_bits=activation_bits, method=method, **extra)
+    top1 = retrieval_score(emb, groups)
+    if task is None:
+        score = dict(accuracy=top1, n_test=emb.shape[0], metric=METRIC)
+    else:
+        from . import retrieval
+        score = dict(accuracy=task["recall_at_1"], n_test=task["n"], metric=retrieval.METRIC,
+                     accuracy_ci=list(task["recall_ci"]), mrr=task["mrr"], mrr_ci=list(task["mrr_ci"]),
+                     graded_spearman=task["graded"], fp32_spearman=task.get("fp32_spearman"),
+                     swap_accuracy=task["swap"])
+    return records.record(name, **score, size_bytes=size_bytes, params=params, nonzero=nonzero,
+                          macs=linear_macs_per_token(model), latency_ms=latency_ms, cosine=mean_cosine(emb, ref),
+                          paraphrase_top1=top1, weight_bits=weight_bits, activation_bits=activation_bits,
+                          method=method, **extra)

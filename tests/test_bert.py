@@ -290,6 +290,21 @@ def test_record_is_valid(tiny, tmp_path):
     records.write_results("t", [rec, rq], root=tmp_path)
 
 
+def test_record_with_task_metric(tiny, tmp_path):
+    from course_lib import retrieval
+    model, b = tiny
+    ref = T.encode(model, b)
+    hits, rr = torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([1.0, 0.5, 1.0, 1.0])
+    task = {"recall_at_1": 0.75, "recall_ci": (0.25, 1.0), "mrr": 0.875, "mrr_ci": (0.6, 1.0), "n": 4,
+            "hits": hits, "rr": rr, "swap": 0.5, "graded": 0.3, "fp32_spearman": 1.0}
+    rec = T.record("baseline", model, b, torch.tensor([0, 0, 1, 1, 2, 2]), ref, latency_ms=1.0,
+                   size_bytes=T.model_bytes(model), weight_bits=32, method="fp32", task=task)
+    assert rec["accuracy"] == 0.75 and rec["accuracy_ci"] == [0.25, 1.0] and rec["n_test"] == 4
+    assert rec["metric"] == retrieval.METRIC and rec["mrr"] == 0.875 and rec["swap_accuracy"] == 0.5
+    assert 0 <= rec["paraphrase_top1"] <= 1
+    records.write_results("t", [rec], root=tmp_path)
+
+
 # ---------------------------------------------------------------- the real model (few, marked)
 @needs_model
 def test_pretrained_matches_sentence_transformers():

@@ -196,3 +196,68 @@ def format_targets(found: list[Target]) -> str:
 def as_json(found: list[Target]) -> list[dict]:
     return [asdict(t) | {"verdict": t.verdict} for t in found]
 
+
+
+# ---------------------------------------------------------------- chapter 5: putting it together
+def measure_ch5_targets(s, base, out, quick: bool = False) -> tuple[list[Target], dict]:
+    """Chapter 5's targets with the chapter's recipes and seeds (``recipes.SEEDS``); returns (targets, the
+    chapter's latency rows). Deep Compression (``recipes.deep_compression``: gradual pruning to 95%, trained
+    centroids at ``recipes.DC_BITS``) from ``.ccz`` files that load back: at least 50x smaller than the
+    baseline's state dict (the largest file of the seeds), mean loss at most 0.5 point; reported against the
+    dense LeNet with as many parameters as its non-zeros, from scratch, int8 in onnxruntime (about the same
+    bytes). The latency model (``recipes.latency_model``, fp32 or int8 in onnxruntime, whichever is faster):
+    at least 6x faster than the baseline's fastest fp32 configuration, mean loss at most 1 point; reported
+    against its architecture trained from scratch. quick=True: one-epoch budgets (numbers mean nothing)."""
+    from course_lib import storage
+    from course_lib.training import predict
+    shape, test, calib = s.input_shape, s.test, s.train.tensors[0][:512]
+    base_c = correct(base, test)
+    found: list[Target] = []
+
+    def control(widths, seed):
+        if quick:
+            return train_baseline(s, seed, {"model_kw": widths, "epochs": 1}, progress=False)[0]
+        return load_baseline(s.name, seed, splits=s, model_kw=widths, progress=False)[0]
+
+    base_bytes = storage.save_state(base, out / "ch5_baseline.pt")
+    dc_bytes, dcs = [], []
+    for seed in recipes.SEEDS:
+        m = recipes.deep_compression(base, s.train, seed=seed, epochs=1 if quick else recipes.DC_EPOCHS)
+        f = out / f"ch5_deep_compression_seed{seed}.ccz"
+        dc_bytes.append(storage.save_compressed(m, f, bits=recipes.DC_BITS))
+        loaded = storage.load_compressed(f)
+        if not torch.equal(predict(loaded, test), predict(m, test)):
+            raise AssertionError(f"{f} does not load back to the same predictions")
+        dcs.append(loaded)
+    cdc = torch.stack([correct(m, test) for m in dcs])
+    x = base_bytes / max(dc_bytes)
+    found.append(Target("05", "Deep Compression size", ">= 50x smaller than the state dict", f"{x:.1f}x",
+                        f"{base_bytes / max(dc_bytes):.1f}-{base_bytes / min(dc_bytes):.1f}x over seeds", x >= 50,
+                        f"largest .ccz {max(dc_bytes):,} bytes, state dict {base_bytes:,} bytes"))
+    found.append(_loss_target("05", "Deep Compression accuracy", 0.005, cdc, base_c))
+    small_w = lenet_widths_matching(measure.count_nonzero(dcs[0]), "params", shape, s.num_classes)
+    small8 = [deploy.OrtModule(recipes.int8_lenet_ort(control(small_w, seed), out / f"ch5_small_int8_{seed}.onnx",
+                                                      calib)) for seed in recipes.SEEDS]
+    found.append(_control_verdict("05", f"Deep Compression vs dense {small_w} from scratch + int8 (about the same bytes)",
+                                  cdc, torch.stack([correct(m, test) for m in small8])))
+
+    fast = [recipes.latency_model(base, s.train, seed=seed, epochs=1 if quick else recipes.LATENCY_EPOCHS)
+            for seed in recipes.SEEDS]
+    fast8 = [deploy.OrtModule(recipes.int8_lenet_ort(m, out / f"ch5_latency_int8_{seed}.onnx", calib))
+             for seed, m in zip(recipes.SEEDS, fast)]
+    c32 = torch.stack([correct(m, test) for m in fast])
+    c8 = torch.stack([correct(m, test) for m in fast8])
+    xb = torch.randn((64, *shape), generator=torch.Generator().manual_seed(0)).numpy()
+    s8 = fast8[0].session
+    rows = deploy.latency_table({
+        "baseline": base, "latency model fp32": fast[0],
+        "latency model int8": {"onnxruntime int8": lambda: s8.run(None, {fast8[0].input_name: xb})},
+    }, shape, rounds=2 if quick else 5, repeats=5 if quick else 20, workdir=out)
+    best = min(("latency model fp32", "latency model int8"), key=lambda n: rows[n]["latency_ms"])
+    found.append(_speed_target("05", "latency model speed", rows, best, 6.0))
+    found.append(_loss_target("05", f"latency model accuracy ({best})", 0.01, c8 if best.endswith("int8") else c32,
+                              base_c))
+    widths = {k: fast[0].config[k] for k in ("c1", "c2", "fc")}
+    scr = torch.stack([correct(control(widths, seed), test) for seed in recipes.SEEDS])
+    found.append(_control_verdict("05", f"latency model (fp32) vs its architecture {widths} from scratch", c32, scr))
+    return found, rows

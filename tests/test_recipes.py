@@ -214,7 +214,9 @@ def test_benchmark_runs_end_to_end_on_a_small_sample(tmp_path):
     # a comparison with a control is shown as "reported", never counted as met; every target is met or MISSED
     assert all((t["verdict"] == "reported") == t["target"].startswith("reported whatever") for t in bench["targets"])
     assert all(t["verdict"] in ("met", "MISSED", "reported") for t in bench["targets"])
-    assert sum(t["verdict"] == "reported" for t in bench["targets"]) == 6 + 2  # chapters 1-3, then chapter 4's two
+    assert {("05", "Deep Compression size"), ("05", "Deep Compression accuracy"), ("05", "latency model speed")} <= targets
+    assert sum(t["verdict"] == "reported" for t in bench["targets"]) == 6 + 2 + 2  # chapters 1-3, chapter 4's two, chapter 5's two
+    assert set(bench["latency_ch5"]) == {"baseline", "latency model fp32", "latency model int8"}
     assert set(bench["latency"]["baseline"]["by_config"]) == {"torch", "torch-channels-last", "onnxruntime"}
     assert "| ch. | target |" in (tmp_path / "bench.md").read_text() and "targets met" in r.stdout
 

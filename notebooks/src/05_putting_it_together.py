@@ -3,15 +3,17 @@
 #
 # **Learning goals**
 # - rebuild the Deep Compression pipeline (Han et al., 2016) from the chapters' parts: gradual pruning,
-#   per-layer k-means weight sharing, Huffman coding written from scratch, and a compact file format
-#   of the course's own that loads back bit-exactly;
+#   per-layer k-means weight sharing with **trained centroids** and Han's per-layer bit widths, Huffman coding
+#   written from scratch, Han's relative-index layout, and a compact file format of the course's own that
+#   loads back bit-exactly;
 # - build a *latency*-optimised model instead (channel pruning + distillation + int8 in onnxruntime) and
 #   see that "small on disk" and "fast" are different goals;
-# - compare everything with the off-the-shelf recipes on one Pareto figure, measured in the same run;
+# - compare everything with the off-the-shelf recipes **at the same training budget**, and with controls
+#   trained from scratch, on one Pareto figure measured in the same run, over 3 seeds, with intervals;
 # - check what compression does off the clean test set (noise, blur, contrast, shifts);
 # - export the final models to ONNX and check that onnxruntime computes what PyTorch computes.
 #
-# **Run time:** about 1.5 minutes on a 2-core laptop CPU.
+# **Run time:** about 3 minutes on a 2-core laptop CPU (about a minute in lab mode).
 
 # %%
 # Hosted notebooks (Colab, Kaggle) start without the course: this cell installs it there, beside their own
@@ -26,77 +28,115 @@ if importlib.util.find_spec("course_lib") is None and ("google.colab" in sys.mod
 # %% tags=["parameters"]
 DATASET = "mnist5k"
 SEED = 0
-EPOCHS = 12          # fine-tuning epochs of the gradual pruning stage
+EPOCHS = 12          # fine-tuning epochs of the gradual pruning stage (recipes.DC_EPOCHS)
 DEVICE = None
 LAB_MODE = None      # True: one seed and short budgets, about a minute (None: $COURSE_LAB_MODE, else False)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 import os
+import time
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from IPython.display import Markdown, display
 
-from course_lib import deploy, huffman, lowrank, measure, plots, pruning, recipes, records, storage
+from course_lib import deploy, lowrank, measure, models, plots, pruning, recipes, records, stats, storage
 from course_lib import quantization as Q
 from course_lib import robustness as rb
-from course_lib.data import DATASETS, REPO_ROOT, load_dataset
+from course_lib.data import REPO_ROOT, load_dataset
 from course_lib.env import data_note, lab_mode, lab_note, start_chapter, targets_asserted
-from course_lib.training import evaluate, load_baseline, predict
+from course_lib.training import correct, evaluate, load_baseline, predict
 
 env, device = start_chapter(SEED, DEVICE)
+T_START = time.perf_counter()
 LAB_MODE = lab_mode(LAB_MODE)
-EPOCHS = min(EPOCHS, 3) if LAB_MODE else EPOCHS  # gradual pruning fine-tuning epochs
-FAST_EPOCHS, TP_EPOCHS, LR_EPOCHS = (3, 1, 1) if LAB_MODE else (10, 3, 2)  # latency model, torch.prune, low-rank
-lab_note(LAB_MODE, cuts=f"{EPOCHS} pruning fine-tuning epochs, {FAST_EPOCHS} for the latency model, "
-         f"{TP_EPOCHS} for torch.prune and {LR_EPOCHS} for low-rank",
-         less_reliable="every accuracy after compression (shorter fine-tuning) and the latencies")
+SEEDS = recipes.SEEDS[:1] if LAB_MODE else recipes.SEEDS  # every headline model and control: one run per seed
+EPOCHS = min(EPOCHS, 3) if LAB_MODE else EPOCHS
+CENTROID_EPOCHS = recipes.CENTROID_EPOCHS
+FAST_EPOCHS = 3 if LAB_MODE else recipes.LATENCY_EPOCHS   # the latency model and its three controls
+PEER_EPOCHS = EPOCHS + CENTROID_EPOCHS                     # every peer: Deep Compression's epochs after the baseline
+TUTORIAL_EPOCHS = 1 if LAB_MODE else 3                     # the as-documented tutorial row
+ROUNDS, REPEATS = (2, 5) if LAB_MODE else (3, 10)          # the one latency table
+lab_note(LAB_MODE, cuts=f"one seed instead of {len(recipes.SEEDS)}, {EPOCHS} pruning epochs, {FAST_EPOCHS} for the "
+         f"latency model and its controls, {PEER_EPOCHS} for the peers, {ROUNDS} timing rounds",
+         less_reliable="every accuracy after compression (shorter fine-tuning, one seed), every verdict, the latencies")
 ART = records.artifacts_dir("05_putting_it_together")  # build/artifacts/..., git-ignored; records give paths into it
 
 # %% [markdown]
 # ## 1. The baseline and what it weighs
-# Bytes on disk are counted from real files: the baseline's state dict as `torch.save` writes it.
+# Bytes on disk are counted from real files: the baseline's state dict as `torch.save` writes it. Decisions in
+# this chapter (stage by stage) are looked at on the **validation** split; the test split is evaluated once per
+# final model, in section 8.
 
 # %%
 splits = load_dataset(DATASET)
 data_note(splits)  # prints only for data other than the course's
 SHAPE = splits.input_shape
 baseline, _ = load_baseline(DATASET, SEED, splits=splits, device=device)
-base_acc = evaluate(baseline, splits.test)
 base_file = ART / "baseline.pt"
 base_bytes = storage.save_state(baseline, base_file)
-base_lat = measure.latency_ms(baseline, SHAPE)
-print(f"baseline: {100 * base_acc:.2f}% test accuracy, {base_bytes:,} bytes on disk, "
-      f"{measure.macs(baseline, SHAPE):,} MACs, {base_lat:.2f} ms per batch of 64 (1 thread)")
+print(f"baseline: {100 * evaluate(baseline, splits.val):.1f}% validation accuracy, {base_bytes:,} bytes on disk, "
+      f"{measure.macs(baseline, SHAPE):,} MACs")
 
 # %% [markdown]
 # ## 2. Deep Compression, stage 1: gradual pruning
 # Chapter 1's polynomial schedule (Zhu & Gupta) raises the global sparsity from 0 to $s_f = 95\%$ over
 # the first 70% of the fine-tuning steps, $s_t = s_f\,(1 - (1 - t/n)^3)$, and the network recovers at
-# the final sparsity for the rest. Only 5% of the weights survive.
+# the final sparsity for the rest. Only 5% of the weights survive. Every headline model of this chapter
+# is trained once per seed of `recipes.SEEDS` (the randomness the method adds: batch order, shifts), all
+# from the same seed-0 baseline.
 
 # %%
-pruned = recipes.deep_compression_prune(baseline, splits.train, splits.val, sparsity=0.95, epochs=EPOCHS,
-                                        seed=SEED, device=device)
-pruned_acc = evaluate(pruned, splits.test)
-print(f"pruned: sparsity {100 * measure.sparsity(pruned):.1f}%, test accuracy {100 * pruned_acc:.2f}%")
-for name, w in measure.prunable_weights(pruned):
+# NBVAL_IGNORE_OUTPUT
+t0 = time.perf_counter()
+pruned = {s: recipes.deep_compression_prune(baseline, splits.train, sparsity=0.95, epochs=EPOCHS, seed=s,
+                                            device=device) for s in SEEDS}
+print(f"{len(SEEDS)} gradual prunings of {EPOCHS} epochs: {time.perf_counter() - t0:.0f} s")
+
+# %%
+p0 = pruned[SEEDS[0]]
+print(f"pruned: sparsity {100 * measure.sparsity(p0):.1f}%, validation accuracy per seed "
+      + ", ".join(f"{100 * evaluate(m, splits.val):.1f}%" for m in pruned.values()))
+for name, w in measure.prunable_weights(p0):
     print(f"  {name:5s} keeps {100 * (w != 0).float().mean().item():5.1f}% of {w.numel():,} weights")
 
 # %% [markdown]
-# ## 3. Stage 2: weight sharing
+# ## 3. Stage 2: trained weight sharing
 # Chapter 2's k-means, applied to the *non-zero* weights of each layer: each survivor is replaced by the
-# nearest of $K = 2^4 = 16$ shared values, so a weight is stored as a 4-bit index into a per-layer
-# codebook. Zeros stay zeros: their information is in the positions, not the values.
+# nearest of $K = 2^b$ shared values, so a weight is stored as a $b$-bit index into a per-layer codebook.
+# Zeros stay zeros: their information is in the positions, not the values. As in Han et al., the widths
+# differ per layer type: $b = 8$ for the convolutions (256 shared values) and $b = 5$ for the fully
+# connected layers (32), `recipes.DC_BITS`.
+#
+# Han et al.'s quantization is **trained**: after clustering, the centroids are fine-tuned. Weight $w_j$ of
+# a layer equals centroid $c_{k(j)}$, so $\partial L/\partial c_k = \sum_{j:\,k(j)=k} \partial L/\partial w_j$:
+# each centroid moves with the summed gradient of the weights that share it. `quantization.shared_weights_model`
+# wraps every layer so that autograd computes exactly this sum (the indices and the zeros stay fixed), and
+# `recipes.train_centroids` trains only the codebooks for `recipes.CENTROID_EPOCHS` epoch(s) at chapter 2's rate.
 
 # %%
-shared = storage.copy_model(pruned)
-books = Q.share_weights(shared, bits=4)
-shared_acc = evaluate(shared, splits.test)
-print(f"shared: {', '.join(f'{k}: {len(v)} values' for k, v in books.items())}; "
-      f"test accuracy {100 * shared_acc:.2f}%")
+# NBVAL_IGNORE_OUTPUT
+t0 = time.perf_counter()
+untrained = {s: recipes.train_centroids(m, splits.train, epochs=0) for s, m in pruned.items()}
+shared = {s: recipes.train_centroids(m, splits.train, seed=s, device=device) for s, m in pruned.items()}
+print(f"centroid training, {len(SEEDS)} seeds: {time.perf_counter() - t0:.0f} s")
+for s in SEEDS:
+    print(f"seed {s}: validation accuracy pruned {100 * evaluate(pruned[s], splits.val):.1f}%, "
+          f"k-means only {100 * evaluate(untrained[s], splits.val):.1f}%, trained centroids "
+          f"{100 * evaluate(shared[s], splits.val):.1f}%")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+s0 = shared[SEEDS[0]]
+print("shared values per layer (at most 2^bits):",
+      ", ".join(f"{n}: {len(torch.unique(w[w != 0]))} <= 2^{recipes.DC_BITS[n]}" for n, w in measure.prunable_weights(s0)))
+assert all(len(torch.unique(w[w != 0])) <= 2 ** recipes.DC_BITS[n] for m in shared.values()
+           for n, w in measure.prunable_weights(m))
+assert all(torch.equal(a != 0, b != 0) for s in SEEDS
+           for (_, a), (_, b) in zip(measure.prunable_weights(pruned[s]), measure.prunable_weights(shared[s])))
 
 
 # %% [markdown]
@@ -144,59 +184,84 @@ def entropy_bits(symbols):
 checks.check_entropy_bits(entropy_bits)
 
 # %% [markdown]
-# The table compares, for every layer and both streams, fixed-width codes ($\lceil\log_2(\max+1)\rceil$
-# bits per symbol), the entropy bound, our Huffman coder (`course_lib.huffman`, code table included) and
-# the general-purpose coders zlib and lzma on the same symbols. Huffman cannot beat the bound and lands
-# a little above it (whole bits per symbol, plus its code table); zlib and lzma, which hunt for repeated
-# byte strings, find little to exploit in these nearly memoryless streams.
+# The table compares, for every layer and both streams:
+# - **fixed**: every symbol in $\lceil\log_2(\max+1)\rceil$ bits (for gaps, the widest gap sets the width);
+# - **Han**: Han et al.'s relative index, every gap in a fixed $b$ bits (8 for conv, 5 for fc): a gap
+#   wider than $2^b - 1$ is bridged by *filler* entries (a stored zero), and every entry, fillers included,
+#   also carries a $\lceil\log_2 K\rceil$-bit index (`storage.relative_index`);
+# - **entropy**, the bound no code can beat; our **Huffman** coder (`course_lib.huffman`, code table included);
+# - the general-purpose coders **zlib** and **lzma** on the same symbols as uint8 or uint16 bytes
+#   (`storage.min_width_bytes`: no padding bytes for them to find).
 
 # %%
-report = storage.stream_report(shared)
-print(f"{'layer':6s} {'kept':>6s} {'stream':6s} {'fixed':>8s} {'entropy':>9s} {'huffman':>8s} {'zlib':>8s} {'lzma':>8s}  (KiB)")
+# NBVAL_IGNORE_OUTPUT
+report = storage.stream_report(s0)
+print(f"{'layer':6s} {'stream':6s} {'fixed':>8s} {'Han':>8s} {'entropy':>9s} {'huffman':>8s} {'zlib':>8s} {'lzma':>8s}  (KiB)")
 for r in report:
     for key in ("gaps", "index"):
-        kept = 100 * r["nnz"] / dict(measure.prunable_weights(shared))[r["layer"]].numel()
-        print(f"{r['layer']:6s} {kept:5.1f}% {key:6s} {r[key + '_fixed'] / 1024:8.2f} {r[key + '_entropy'] / 1024:9.2f} "
-              f"{r[key + '_huffman'] / 1024:8.2f} {r[key + '_zlib'] / 1024:8.2f} {r[key + '_lzma'] / 1024:8.2f}")
+        print(f"{r['layer']:6s} {key:6s} {r[key + '_fixed'] / 1024:8.2f} {r[key + '_han'] / 1024:8.2f} "
+              f"{r[key + '_entropy'] / 1024:9.2f} {r[key + '_huffman'] / 1024:8.2f} {r[key + '_zlib'] / 1024:8.2f} "
+              f"{r[key + '_lzma'] / 1024:8.2f}")
+    print(f"{'':6s} Han: {r['han_bits']}-bit gaps, {r['han_entries'] - r['nnz']:,} fillers for {r['nnz']:,} non-zeros")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+tot = {k: sum(r[f"gaps_{k}"] + r[f"index_{k}"] for r in report) for k in ("fixed", "han", "huffman", "zlib", "lzma")}
+best_general = min(("zlib", "lzma"), key=tot.get)
+display(Markdown(
+    f"**Reading the table (seed {SEEDS[0]}).** Gaps and indices of all layers together: fixed width "
+    f"{tot['fixed'] / 1024:.1f} KiB, Han's bounded relative index {tot['han'] / 1024:.1f} KiB, Huffman "
+    f"{tot['huffman'] / 1024:.1f} KiB, {best_general} (the better general-purpose coder, fed uint8/uint16) "
+    f"{tot[best_general] / 1024:.1f} KiB. Bounding the gaps makes the fixed-width layout "
+    f"{tot['fixed'] / tot['han']:.2f}x smaller than the widest-gap width; Huffman is "
+    f"{tot['han'] / tot['huffman']:.2f}x smaller than Han's layout. Against {best_general}, fed minimal-width bytes, "
+    + (f"Huffman is {tot[best_general] / tot['huffman']:.2f}x smaller: on these nearly memoryless streams the symbol "
+       "frequencies are what there is to exploit, and a coder built for them wins."
+       if tot["huffman"] < tot[best_general] else
+       f"Huffman is {tot['huffman'] / tot[best_general]:.2f}x LARGER: lzma models the bytes with context (and has no "
+       "code table to store per stream), which on these streams is worth more than coding each symbol on its own.")))
 
 # %% [markdown]
 # ## 5. The course's file format
 # `storage.save_compressed` writes a `.ccz` file: a JSON header (model name and configuration, one entry
-# per tensor), the Huffman-coded gap and index streams with their float32 codebooks, raw float32 for the
-# biases, and a SHA-256 of everything. `load_compressed` checks the hash, rebuilds the model from its
-# configuration and fills it from arrays: nothing is unpickled, and a truncated or altered file is
-# refused. It must predict exactly what the in-memory model predicts.
+# per tensor with its index width in bits), the Huffman-coded gap and index streams with their float32
+# codebooks, raw float32 for the biases, and a SHA-256 of everything. `load_compressed` checks the hash,
+# rebuilds the model from its configuration and fills it from arrays: nothing is unpickled, and a truncated
+# or altered file is refused. It must predict exactly what the in-memory model predicts. One file per seed.
 
 # %%
-dc_file = ART / "deep_compression.ccz"
-dc_bytes = storage.save_compressed(shared, dc_file)
-loaded = storage.load_compressed(dc_file)
-same = torch.equal(predict(loaded, splits.test), predict(shared, splits.test))
-dc_acc = evaluate(loaded, splits.test)
-print(f"{dc_file.name}: {os.path.getsize(dc_file) / 1024:.1f} KiB on disk, {base_bytes / dc_bytes:.1f}x smaller than "
-      f"the baseline; loaded model: {100 * dc_acc:.2f}% accuracy, identical predictions: {same}")
+dc_files = {s: ART / f"deep_compression_seed{s}.ccz" for s in SEEDS}
+dc_bytes = {s: storage.save_compressed(shared[s], dc_files[s], bits=recipes.DC_BITS) for s in SEEDS}
+loaded = {s: storage.load_compressed(f) for s, f in dc_files.items()}
+same = all(torch.equal(predict(loaded[s], splits.test), predict(shared[s], splits.test)) for s in SEEDS)
+dc_worst = max(dc_bytes.values())
+print(f"{len(SEEDS)} .ccz files, the largest {dc_worst / 1024:.1f} KiB: {base_bytes / dc_worst:.1f}x smaller than the "
+      f"baseline's state dict; every loaded model predicts exactly like the in-memory one: {same}")
 
 # %% [markdown]
 # Where the bytes went, stage by stage (as in Han et al.'s Figure 1): dense float32; pruned, stored as a
-# bitmask plus float32 non-zeros; shared values stored with fixed-width indices and gaps; Huffman-coded.
+# bitmask plus float32 non-zeros; shared values with fixed-width indices and gaps (the widest gap sets the
+# width); Han's relative index (bounded gaps with fillers); Huffman-coded (the `.ccz` file).
 
 # %%
+biases = 4 * sum(m.bias.numel() for _, m in pruning.prunable_layers(s0).items())
+books = 4 * sum(r["codebook"] for r in report)
 stages = {
     "dense fp32 (torch.save)": base_bytes,
-    "pruned: bitmask + fp32": storage.sparse_bytes(pruned, fmt="bitmask", compress=None),
-    "+ sharing: fixed-width": sum(r["gaps_fixed"] + r["index_fixed"] + 4 * r["codebook"] for r in report)
-    + 4 * sum(m.bias.numel() for _, m in pruning.prunable_layers(shared).items()),
-    "+ Huffman (.ccz file)": dc_bytes,
+    "pruned: bitmask + fp32": storage.sparse_bytes(pruned[SEEDS[0]], fmt="bitmask", compress=None),
+    "+ sharing: fixed-width": tot["fixed"] + books + biases,
+    "+ sharing: Han's relative index": tot["han"] + books + biases,
+    "+ Huffman (.ccz file)": dc_bytes[SEEDS[0]],
 }
-fig, ax = plt.subplots(figsize=(7, 2.6))
-ax.barh(list(stages)[::-1], [v / 1024 for v in stages.values()][::-1], color=["C2", "C1", "C0", "C7"])
+fig, ax = plt.subplots(figsize=(7, 2.8))
+ax.barh(list(stages)[::-1], [v / 1024 for v in stages.values()][::-1], color=["C2", "C4", "C1", "C0", "C7"])
 ax.set(xscale="log", xlabel="KiB (log scale)", title="Deep Compression, stage by stage")
 for i, v in enumerate(list(stages.values())[::-1]):
     ax.text(v / 1024, i, f" {base_bytes / v:.0f}x", va="center")
 fig.tight_layout()
 
 # %% [markdown]
-# ## 6. A latency-optimised model
+# ## 6. A latency-optimised model, and its controls
 # Small files do not make fast models: the Deep-Compression model still runs dense kernels, so it
 # takes as long as the baseline. For *speed*, the course's techniques combine differently:
 # 1. **channel pruning** (chapter 1) removes whole filters, so every kernel does less work;
@@ -205,128 +270,331 @@ fig.tight_layout()
 # 3. **deployment** in onnxruntime, in float32 and with static int8 quantization, using chapter 2's
 #    recipe (`recipes.int8_lenet_ort`: conv1, with its single input channel, stays float and pools before its
 #    ReLU; everything else runs int8 kernels).
+#
+# Three controls, each with the same recipe, budget and seeds, say what each ingredient buys:
+# - `prune-no-kd`: the same channel pruning, fine-tuned on the labels only ($\alpha = 0$);
+# - `scratch-kd`: the same architecture from **random** weights, trained by distillation from the baseline;
+# - `scratch`: the same architecture trained from scratch with the baseline's own recipe (20 epochs, cached).
 
 # %%
-fast = recipes.latency_model(baseline, splits.train, splits.val, epochs=FAST_EPOCHS, seed=SEED, device=device)
-fast_acc = evaluate(fast, splits.test)
-fast_fp32_onnx = deploy.export_onnx(fast, ART / "latency_fp32.onnx", SHAPE)
-fast_int8_onnx = recipes.int8_lenet_ort(fast, ART / "latency_int8.onnx", splits.train.tensors[0][:512])
-fast_ort32, fast_ort8 = deploy.OrtModule(fast_fp32_onnx), deploy.OrtModule(fast_int8_onnx)
-print(f"channel-pruned + distilled LeNet-5: conv {fast.config['c1']}/{fast.config['c2']} filters, "
-      f"fc {fast.config['fc']} units, {measure.count_params(fast):,} parameters, {measure.macs(fast, SHAPE):,} MACs")
-print(f"test accuracy: torch {100 * fast_acc:.2f}%, onnxruntime fp32 {100 * evaluate(fast_ort32, splits.test):.2f}%, "
-      f"onnxruntime int8 {100 * evaluate(fast_ort8, splits.test):.2f}%")
+# NBVAL_IGNORE_OUTPUT
+t0 = time.perf_counter()
+fast = {s: recipes.latency_model(baseline, splits.train, epochs=FAST_EPOCHS, seed=s, device=device) for s in SEEDS}
+no_kd = {s: recipes.latency_model(baseline, splits.train, epochs=FAST_EPOCHS, seed=s, alpha=0.0, device=device)
+         for s in SEEDS}
+scratch_kd = {s: recipes.latency_model(baseline, splits.train, epochs=FAST_EPOCHS, seed=s, scratch=True, device=device)
+              for s in SEEDS}
+FAST_W = {k: fast[SEEDS[0]].config[k] for k in ("c1", "c2", "fc")}
+scratch = {s: load_baseline(DATASET, s, splits=splits, device=device, model_kw=FAST_W)[0] for s in SEEDS}
+calib = splits.train.tensors[0][:512]
+fast_int8 = {s: recipes.int8_lenet_ort(m, ART / f"latency_int8_seed{s}.onnx", calib) for s, m in fast.items()}
+print(f"latency model and controls, {len(SEEDS)} seeds: {time.perf_counter() - t0:.0f} s")
+
+# %%
+f0 = fast[SEEDS[0]]
+fast_fp32_onnx = deploy.export_onnx(f0, ART / "latency_fp32.onnx", SHAPE)
+print(f"channel-pruned + distilled LeNet-5: conv {FAST_W['c1']}/{FAST_W['c2']} filters, fc {FAST_W['fc']} units, "
+      f"{measure.count_params(f0):,} parameters, {measure.macs(f0, SHAPE):,} MACs")
 
 # %% [markdown]
-# ## 7. The off-the-shelf recipes, in the same run
-# - `torch.nn.utils.prune.global_unstructured` at 90% plus `TP_EPOCHS` epochs of fine-tuning;
-# - `torch.ao` dynamic int8 (linear layers only; deprecated in torch 2.13 in favour of torchao);
-# - onnxruntime static int8 of the baseline;
-# - onnxruntime static int8 of the torch-pruned model, zlib-compressed on disk.
-#
-# And one more technique of the course: low-rank factorization (chapter 3) with `LR_EPOCHS` epochs of fine-tuning.
+# ## 7. The off-the-shelf recipes and the other peers, at the same budget
+# Every peer that trains gets `PEER_EPOCHS` epochs after the baseline (what Deep Compression gets: its pruning
+# plus its centroid epochs) with the course's fine-tuning recipe (`recipes.FINETUNE`: AdamW, cosine decay,
+# shifts); one seed each (`SEED`), so their verdicts carry the noise of one run:
+# - `torch.nn.utils.prune.global_unstructured` at Deep Compression's 95%, then onnxruntime static int8 and lzma
+#   on disk (the competent container for an off-the-shelf pipeline);
+# - the same at 90% with the budget and recipe most tutorials document (`TUTORIAL_EPOCHS` epochs of Adam
+#   at a constant rate, no augmentation), int8 and zlib: a second, labelled row;
+# - `torch.ao` dynamic int8 (linear layers only; deprecated since torch 2.9 and scheduled for removal in
+#   favour of torchao) and onnxruntime static int8 of the baseline (no training);
+# - the baseline itself in onnxruntime fp32 (the runtime alone, no compression);
+# - low-rank factorization (chapter 3), fine-tuned with the same budget and recipe;
+# - the **size control** of Deep Compression: a dense LeNet-5 with as many parameters as Deep Compression
+#   keeps non-zeros (`models.lenet_widths_matching`), trained from scratch with the baseline recipe (cached),
+#   then int8 in onnxruntime, so its file is about as large as the `.ccz` file.
 
 # %%
-# this chapter's peer budget: 3 epochs of Adam at 5e-4 with a cosine decay, no augmentation
-tp = recipes.torch_prune_finetune(baseline, splits.train, splits.val, amount=0.9, epochs=TP_EPOCHS, seed=SEED, device=device,
-                                  lr=5e-4, schedule="cosine")
-tp_file = ART / "torch_pruned.pt"
-tp_bytes = storage.save_state(tp, tp_file)
+# NBVAL_IGNORE_OUTPUT
+t0 = time.perf_counter()
+tp = recipes.torch_prune_finetune(baseline, splits.train, amount=0.95, epochs=PEER_EPOCHS, seed=SEED, device=device,
+                                  **recipes.FINETUNE)
+tp_int8 = deploy.ort_quantize_static(deploy.export_onnx(tp, ART / "torch_pruned95_fp32.onnx", SHAPE),
+                                     ART / "torch_pruned95_int8.onnx", calib)
+tp_int8_lz = ART / "torch_pruned95_int8.onnx.lzma"
+tp_int8_lz.write_bytes(storage.compress(Path(tp_int8).read_bytes(), "lzma"))
+tut = recipes.torch_prune_finetune(baseline, splits.train, amount=0.9, epochs=TUTORIAL_EPOCHS, seed=SEED, device=device)
+tut_int8 = deploy.ort_quantize_static(deploy.export_onnx(tut, ART / "torch_pruned90_tutorial_fp32.onnx", SHAPE),
+                                      ART / "torch_pruned90_tutorial_int8.onnx", calib)
+tut_int8_z = storage.zlib_file(tut_int8, ART / "torch_pruned90_tutorial_int8.onnx.zlib")
+lr_model = recipes.lowrank_finetune(baseline, splits.train, epochs=PEER_EPOCHS, seed=SEED, device=device,
+                                    **recipes.FINETUNE)
+lr_file = ART / "low_rank.pt"
+storage.save_state(lr_model, lr_file)
 ao_dyn, _ = Q.torch_ao_dynamic(baseline)
 ao_file = ART / "torch_ao_dynamic.pt"
-ao_bytes = storage.save_state(ao_dyn, ao_file)
-base_int8 = deploy.ort_quantize_static(deploy.export_onnx(baseline, ART / "baseline_fp32.onnx", SHAPE),
-                                       ART / "baseline_int8.onnx", splits.train.tensors[0][:512])
-tp_int8 = deploy.ort_quantize_static(deploy.export_onnx(tp, ART / "torch_pruned_fp32.onnx", SHAPE),
-                                     ART / "torch_pruned_int8.onnx", splits.train.tensors[0][:512])
-tp_int8_z = storage.zlib_file(tp_int8, ART / "torch_pruned_int8.onnx.zlib")
-lr_model = recipes.lowrank_finetune(baseline, splits.train, splits.val, epochs=LR_EPOCHS, seed=SEED, device=device,
-                                    lr=5e-4, optimizer="adam", weight_decay=0.0, augment=0)  # this chapter's budget
-lr_file = ART / "low_rank.pt"
-lr_bytes = storage.save_state(lr_model, lr_file)
-print("ranks of the factorized layers:", lowrank.factorized_ranks(lr_model))
-
-
-# %% [markdown]
-# ## 8. Every model, measured the same way
-# Accuracy on the test split, bytes of the file on disk, single-thread latency of a batch of 64 in the
-# runtime that executes the model (median of 30 runs after 5 warm-ups).
+storage.save_state(ao_dyn, ao_file)
+base_fp32_onnx = deploy.export_onnx(baseline, ART / "baseline_fp32.onnx", SHAPE)
+base_int8 = deploy.ort_quantize_static(base_fp32_onnx, ART / "baseline_int8.onnx", calib)
+DC_NNZ = measure.count_nonzero(s0)
+SMALL_W = models.lenet_widths_matching(DC_NNZ, "params", SHAPE, splits.num_classes)
+small = {s: load_baseline(DATASET, s, splits=splits, device=device, model_kw=SMALL_W)[0] for s in SEEDS}
+small_int8 = {s: recipes.int8_lenet_ort(m, ART / f"small_dense_int8_seed{s}.onnx", calib) for s, m in small.items()}
+print(f"peers and the size control: {time.perf_counter() - t0:.0f} s")
 
 # %%
-def rec(name, model, file, method, **extra):
-    return records.record(name, model, test=splits.test, input_shape=SHAPE, file=file, method=method, **extra)
+print(f"size control: dense LeNet-5 {SMALL_W['c1']}/{SMALL_W['c2']}/{SMALL_W['fc']}, "
+      f"{measure.count_params(small[SEEDS[0]]):,} parameters for Deep Compression's {DC_NNZ:,} non-zeros")
+print("ranks of the factorized layers:", lowrank.factorized_ranks(lr_model))
+
+# %% [markdown]
+# ## 8. The test split, once per final model
+# Per-image correctness (`training.correct`) of every final model, one row per seed, so that two models can be
+# compared image by image (`stats.paired_compare`: the mean difference over seeds, a paired-bootstrap 95%
+# interval over the test images, and a verdict: better, worse or indistinguishable). The int8 models run in
+# onnxruntime; the Deep Compression models are the ones loaded back from their files.
+
+# %%
+DC, LAT8 = "deep-compression", "latency-ort-int8"
+finals = {
+    "baseline": [baseline],
+    DC: [loaded[s] for s in SEEDS],
+    "latency-fp32": [fast[s] for s in SEEDS],
+    LAT8: [deploy.OrtModule(fast_int8[s]) for s in SEEDS],
+    "prune-no-kd": [no_kd[s] for s in SEEDS],
+    "scratch-kd": [scratch_kd[s] for s in SEEDS],
+    "scratch": [scratch[s] for s in SEEDS],
+    "small-dense-int8": [deploy.OrtModule(small_int8[s]) for s in SEEDS],
+    "baseline-ort-fp32": [deploy.OrtModule(base_fp32_onnx)],
+    "ort-static-int8": [deploy.OrtModule(base_int8)],
+    "torch-ao-dynamic-int8": [ao_dyn],
+    "torch-prune-95+ort-int8+lzma": [deploy.OrtModule(tp_int8)],
+    "torch-prune-90-tutorial+ort-int8+zlib": [deploy.OrtModule(tut_int8)],
+    "low-rank": [lr_model],
+}
+ok_test = {name: torch.stack([correct(m, splits.test) for m in ms]) for name, ms in finals.items()}
+N_TEST = len(splits.test)
+print(f"{'model (test split)':40s} {'mean':>7s} {'sd':>6s}   per seed")
+for name, ok in ok_test.items():
+    accs = ok.float().mean(1).tolist()
+    sm = stats.seed_summary(accs)
+    print(f"{name:40s} {100 * sm['mean']:6.2f}% {100 * sm['std']:5.2f}   " + " ".join(f"{100 * a:.2f}" for a in accs))
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+PAIRS = [(DC, "baseline"), (DC, "small-dense-int8"), (DC, "torch-prune-95+ort-int8+lzma"),
+         (DC, "torch-prune-90-tutorial+ort-int8+zlib"), (LAT8, "baseline"), (LAT8, "latency-fp32"),
+         ("latency-fp32", "prune-no-kd"), ("latency-fp32", "scratch-kd"), ("latency-fp32", "scratch"),
+         (LAT8, "low-rank"), ("baseline-ort-fp32", "baseline")]
+verdicts = {(a, b): stats.paired_compare(ok_test[a], ok_test[b]) for a, b in PAIRS}
+print("paired comparisons on the test split (A - B, 95% interval over images, seeds averaged per image):")
+for (a, b), cmp in verdicts.items():
+    print(f"  {a:22s} vs {b:38s} {cmp}")
+
+# %% [markdown]
+# ## 9. Speed: one latency table
+# Every model of the results is timed in **one interleaved measurement** (`deploy.latency_table`, the course's
+# protocol): single thread, batch 64; each PyTorch fp32 model in three configurations (eager NCHW,
+# channels-last, onnxruntime fp32), each model's fastest configuration counts; int8 and onnxruntime models as
+# their onnxruntime session. `x faster` is against the **baseline's fastest fp32 configuration**. Seeds share
+# an architecture, so the seed-0 model is timed; the three latency controls have the latency model's
+# architecture, hence its fp32 speed (`latency-fp32`), and are not timed again.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+X64 = np.random.default_rng(0).standard_normal((64, *SHAPE)).astype(np.float32)
 
 
-recs = [
-    rec("baseline", baseline, base_file, "fp32", weight_bits=32, activation_bits=32),
-    rec("deep-compression", loaded, dc_file, "prune95+kmeans4+huffman", weight_bits=4, activation_bits=32),
-    rec("latency-ort-fp32", fast_ort32, fast_fp32_onnx, "channel-prune+kd+onnxruntime", counts_from=fast,
-        weight_bits=32, activation_bits=32),
-    rec("latency-ort-int8", fast_ort8, fast_int8_onnx, "channel-prune+kd+onnxruntime-int8 (conv1 float)", counts_from=fast,
-        weight_bits=8, activation_bits=8),
-    rec("low-rank", lr_model, lr_file, "svd+tucker2+finetune", weight_bits=32, activation_bits=32),
-    rec("torch-prune-90", tp, tp_file, "torch.nn.utils.prune", weight_bits=32, activation_bits=32),
-    rec("torch-ao-dynamic-int8", ao_dyn, ao_file, "torch.ao.quantize_dynamic", counts_from=baseline,
-        weight_bits=8, activation_bits=32),
-    rec("ort-static-int8", deploy.OrtModule(base_int8), base_int8, "onnxruntime.quantize_static",
-        counts_from=baseline, weight_bits=8, activation_bits=8),
-    rec("torch-prune-90+ort-int8+zlib", deploy.OrtModule(tp_int8), tp_int8_z,
-        "torch.nn.utils.prune+onnxruntime int8+zlib", counts_from=tp, weight_bits=8, activation_bits=8),
-]
+def ort_runner(path, label="onnxruntime int8"):
+    sess = deploy.ort_session(path, threads=1)
+    name = sess.get_inputs()[0].name
+    return {label: lambda: sess.run(None, {name: X64})}
+
+
+x64 = torch.from_numpy(X64)
+to_time = {
+    "baseline": baseline, DC: loaded[SEEDS[0]], "latency-fp32": f0, LAT8: ort_runner(fast_int8[SEEDS[0]]),
+    "small-dense-int8": ort_runner(small_int8[SEEDS[0]]), "baseline-ort-fp32": ort_runner(base_fp32_onnx, "onnxruntime"),
+    "ort-static-int8": ort_runner(base_int8), "torch-ao-dynamic-int8": {"torch.ao": lambda: ao_dyn(x64)},
+    "torch-prune-95+ort-int8+lzma": ort_runner(tp_int8), "torch-prune-90-tutorial+ort-int8+zlib": ort_runner(tut_int8),
+    "low-rank": lr_model,
+}
+with torch.no_grad():
+    lat = deploy.latency_table(to_time, SHAPE, reference="baseline", rounds=ROUNDS, repeats=REPEATS, workdir=ART)
+print(deploy.format_latency_table(lat))
+for ctrl in ("prune-no-kd", "scratch-kd", "scratch"):
+    lat[ctrl] = lat["latency-fp32"]  # the same architecture: the same kernels
+
+# %% [markdown]
+# ## 10. Every model, measured the same way
+# Accuracy is the mean over the seeds with its spread and the 95% interval on the test images; `size_bytes` is the
+# size of the file the model loads back from (the seed-0 file; Deep Compression's files differ by a few bytes
+# between seeds); counts on the PyTorch model the file came from; latency from the table above.
+
+# %%
+PT = {"latency-fp32": fast_fp32_onnx, "baseline-ort-fp32": base_fp32_onnx, "ort-static-int8": base_int8}
+METHOD = {
+    "baseline": ("fp32, 20 ep (baseline recipe)", baseline, base_file, 32, 32, None),
+    DC: (f"gradual prune 95% ({EPOCHS} ep) + trained k-means {recipes.DC_BITS} ({CENTROID_EPOCHS} ep) + Huffman .ccz",
+         s0, dc_files[SEEDS[0]], "8 conv / 5 fc", 32, None),
+    "latency-fp32": (f"channel prune {recipes.LATENCY_RATIO} + KD ({FAST_EPOCHS} ep), onnx fp32", f0, fast_fp32_onnx,
+                     32, 32, None),
+    LAT8: (f"channel prune + KD ({FAST_EPOCHS} ep), onnxruntime int8 (conv1 float)", f0, fast_int8[SEEDS[0]], 8, 8, None),
+    "prune-no-kd": (f"channel prune + {FAST_EPOCHS} ep on the labels only (no KD)", no_kd[SEEDS[0]], None, 32, 32,
+                    "latency-fp32"),
+    "scratch-kd": (f"latency architecture from random weights + KD ({FAST_EPOCHS} ep)", scratch_kd[SEEDS[0]], None,
+                   32, 32, "latency-fp32"),
+    "scratch": ("latency architecture from scratch, 20 ep (baseline recipe)", scratch[SEEDS[0]], None, 32, 32,
+                "latency-fp32"),
+    "small-dense-int8": (f"dense LeNet-5 {SMALL_W} from scratch (baseline recipe) + onnxruntime int8",
+                         small[SEEDS[0]], small_int8[SEEDS[0]], 8, 8, DC),
+    "baseline-ort-fp32": ("the baseline in onnxruntime fp32", baseline, base_fp32_onnx, 32, 32, None),
+    "ort-static-int8": ("onnxruntime.quantize_static of the baseline", baseline, base_int8, 8, 8, None),
+    "torch-ao-dynamic-int8": ("torch.ao.quantize_dynamic (linear layers)", baseline, ao_file, 8, 32, None),
+    "torch-prune-95+ort-int8+lzma": (f"torch.nn.utils.prune 95% + {PEER_EPOCHS} ep (FINETUNE) + ort int8 + lzma", tp,
+                                     tp_int8_lz, 8, 8, None),
+    "torch-prune-90-tutorial+ort-int8+zlib": (f"torch.nn.utils.prune 90% + {TUTORIAL_EPOCHS} ep (tutorial recipe) + "
+                                              "ort int8 + zlib", tut, tut_int8_z, 8, 8, None),
+    "low-rank": (f"SVD fc1 + Tucker-2 conv2 + {PEER_EPOCHS} ep (FINETUNE)", lr_model, lr_file, 32, 32, None),
+}
+recs = []
+for name, (method, counted, file, wb, ab, control_of) in METHOD.items():
+    extra = {"control_of": control_of} if control_of else {}
+    if file is None:
+        file = ART / f"{name}_seed{SEEDS[0]}.pt"
+        storage.save_state(counted, file)
+    recs.append(records.record(name, counts_from=counted, input_shape=SHAPE, file=file, n_test=N_TEST,
+                               accuracy=ok_test[name].float().mean(1).tolist(), latency_ms=lat[name]["latency_ms"],
+                               latency_config=lat[name]["config"], method=method, weight_bits=wb, activation_bits=ab,
+                               **extra))
+by = {r["name"]: r for r in recs}
 print(records.format_table(recs, columns=("name", "accuracy", "size_bytes", "nonzero", "macs", "latency_ms")))
 
 # %% [markdown]
-# ## 9. The Pareto front
-# A model is on the front if no other model is both more accurate and smaller (left) or faster (right).
+# ## 11. The Pareto front
+# A model is on the front if no other model is both more accurate and smaller (left) or faster (right). Each
+# point is a mean over its seeds with an error bar of one standard deviation; controls are hollow squares; the
+# grey band is the baseline's 95% interval on the test images: points inside it are within the test split's
+# noise of the baseline.
 
 # %%
-fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
-plots.pareto(recs, x="size_bytes", ax=a, title="accuracy vs bytes on disk")
-plots.pareto(recs, x="latency_ms", ax=b, title="accuracy vs single-thread latency (batch 64)")
-b.set_xlabel("latency_ms")
+fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.6))
+plots.pareto_seeds(recs, x="size_bytes", ax=a, title="accuracy vs bytes on disk")
+plots.pareto_seeds(recs, x="latency_ms", ax=b, title="accuracy vs single-thread latency (batch 64)")
+a.get_legend().remove()
+fig.tight_layout()
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+base_acc, base_lat = by["baseline"]["accuracy"], by["baseline"]["latency_ms"]
+best_fast = min((by["latency-fp32"], by[LAT8]), key=lambda r: r["latency_ms"])
+peers = ["torch-prune-95+ort-int8+lzma", "torch-prune-90-tutorial+ort-int8+zlib", "small-dense-int8"]
+
+
+def x_smaller(name):
+    return base_bytes / by[name]["size_bytes"]
+
+
+def loss(name):
+    return 100 * (base_acc - by[name]["accuracy"])
+
+
+display(Markdown(
+    f"**Size ({len(SEEDS)} seed{'s' if len(SEEDS) > 1 else ''} for Deep Compression).** Deep Compression is "
+    f"{x_smaller(DC):.1f}x smaller than the baseline's state dict and loses {loss(DC):.2f} points on average "
+    f"(paired against the baseline: {verdicts[DC, 'baseline']}). "
+    + " ".join(f"Against `{p}` ({x_smaller(p):.1f}x smaller, {loss(p):+.2f} points lost): Deep Compression is "
+               f"{'smaller' if by[DC]['size_bytes'] < by[p]['size_bytes'] else 'larger'} by "
+               f"{max(by[DC]['size_bytes'], by[p]['size_bytes']) / min(by[DC]['size_bytes'], by[p]['size_bytes']):.2f}x "
+               f"and its accuracy is {verdicts[DC, p].verdict} ({verdicts[DC, p]})." for p in peers)
+    + f"\n\n**Speed**, against the baseline's fastest fp32 configuration ({lat['baseline']['config']}, "
+    f"{base_lat:.2f} ms per batch of 64): the runtime alone (`baseline-ort-fp32`) gives "
+    f"{base_lat / by['baseline-ort-fp32']['latency_ms']:.2f}x, int8 of the baseline "
+    f"{base_lat / by['ort-static-int8']['latency_ms']:.2f}x, the latency model {base_lat / by['latency-fp32']['latency_ms']:.1f}x "
+    f"in fp32 ({by['latency-fp32']['latency_config']}) and {base_lat / by[LAT8]['latency_ms']:.1f}x in int8, at "
+    f"{loss(LAT8):.2f} points lost ({verdicts[LAT8, 'baseline']}). Deep Compression runs at the baseline's speed "
+    f"({base_lat / by[DC]['latency_ms']:.2f}x): its file decodes to a dense model.\n\n"
+    f"**What each ingredient of the latency model buys** (fp32, same architecture, same seeds): against pruning "
+    f"without distillation {verdicts['latency-fp32', 'prune-no-kd']}; against the same architecture from random "
+    f"weights with distillation {verdicts['latency-fp32', 'scratch-kd']}; against it trained from scratch with the "
+    f"baseline recipe {verdicts['latency-fp32', 'scratch']}. A verdict `indistinguishable` means that, at "
+    f"{N_TEST:,} test images and {len(SEEDS)} seed{'s' if len(SEEDS) > 1 else ''}, the ingredient's effect is "
+    "smaller than this measurement can resolve."))
 
 # %% [markdown]
-# ## 10. Robustness: off the clean test set
+# ## 12. Robustness: off the clean test set
 # Compression is tuned on clean images. Does it change how the model reacts to corrupted ones? Gaussian
 # noise $x + \mathcal N(0, \sigma^2)$ at three strengths, a Gaussian blur, lower contrast and a 3-pixel shift.
 # Besides accuracy, **agreement** counts how often a compressed model predicts what the baseline predicts.
+# Each number carries its 95% interval on the test images (Wilson, `stats.accuracy_interval`); the seed-0 models.
 
 # %%
 x_test, y_test = splits.test.tensors
 settings = [("clean", 0), ("noise", 0.2), ("noise", 0.4), ("noise", 0.6), ("blur", 1.0), ("contrast", 0.4),
             ("shift", 3)]
-models = {"baseline": baseline, "deep-compression": loaded, "latency-ort-int8": fast_ort8,
-          "low-rank": lr_model, "ort-static-int8": deploy.OrtModule(base_int8)}
-rows = rb.robustness_table(models, x_test, y_test, settings, splits.mean, splits.std)
+rob_models = {"baseline": baseline, DC: loaded[SEEDS[0]], LAT8: finals[LAT8][0], "small-dense-int8": finals["small-dense-int8"][0],
+              "low-rank": lr_model, "ort-static-int8": finals["ort-static-int8"][0]}
+rows = rb.robustness_table(rob_models, x_test, y_test, settings, splits.mean, splits.std)
 labels = [f"{k} {v}" if k != "clean" else "clean" for k, v in settings]
 print(f"{'model':18s}" + "".join(f"{s:>13s}" for s in labels))
-for m in models:
+for m in rob_models:
     acc = [r["accuracy"] for r in rows if r["model"] == m]
     print(f"{m:18s}" + "".join(f"{100 * a:12.1f}%" for a in acc))
 print("agreement with the baseline:")
-for m in list(models)[1:]:
+for m in list(rob_models)[1:]:
     agr = [r["agreement"] for r in rows if r["model"] == m]
     print(f"{m:18s}" + "".join(f"{100 * a:12.1f}%" for a in agr))
 
 # %%
-fig, ax = plt.subplots(figsize=(8, 3.2))
-width = 0.8 / len(models)
-for i, m in enumerate(models):
-    acc = [100 * r["accuracy"] for r in rows if r["model"] == m]
-    ax.bar(np.arange(len(settings)) + i * width, acc, width, label=m)
-ax.set_xticks(np.arange(len(settings)) + 0.4 - width / 2, labels, rotation=20)
-ax.set(ylabel="test accuracy (%)", ylim=(0, 100), title="accuracy under corruptions")
-ax.legend(fontsize=7, ncol=3)
+fig, axes = plt.subplots(1, 2, figsize=(13, 3.6))
+width = 0.8 / len(rob_models)
+for ax, key in zip(axes, ("accuracy", "agreement")):
+    for i, m in enumerate(rob_models):
+        if key == "agreement" and m == "baseline":
+            continue
+        got = [r for r in rows if r["model"] == m]
+        v = np.array([100 * r[key] for r in got])
+        ci = np.array([[100 * c for c in r[key + "_ci"]] for r in got])
+        ax.bar(np.arange(len(settings)) + i * width, v, width, yerr=[v - ci[:, 0], ci[:, 1] - v], capsize=2,
+               label=m, color=f"C{i}")
+    ax.set_xticks(np.arange(len(settings)) + 0.4 - width / 2, labels, rotation=20)
+    ax.set(ylabel=f"{key} (%)", ylim=(40, 100), title=f"{key} under corruptions (95% intervals)")
+axes[0].legend(fontsize=7, ncol=2)
 fig.tight_layout()
 
+# %%
+# NBVAL_IGNORE_OUTPUT
+rob = {(r["model"], r["kind"], r["level"]): r for r in rows}
+
+
+def rob_verdict(m, kind, level):
+    a, b = rob[m, kind, level], rob["baseline", kind, level]
+    if a["accuracy_ci"][0] > b["accuracy_ci"][1]:
+        return "above the baseline"
+    if a["accuracy_ci"][1] < b["accuracy_ci"][0]:
+        return "below the baseline"
+    return "with overlapping intervals"
+
+
+hard = [("noise", 0.6), ("shift", 3)]
+display(Markdown(
+    "**Reading the robustness table (seed-0 models).** "
+    + " ".join(f"Under {k} {lv}, the baseline scores {100 * rob['baseline', k, lv]['accuracy']:.1f}%; "
+               + ", ".join(f"{m} {100 * rob[m, k, lv]['accuracy']:.1f}% ({rob_verdict(m, k, lv)})"
+                           for m in list(rob_models)[1:]) + "." for k, lv in hard)
+    + f" Agreement with the baseline falls from "
+    f"{100 * min(rob[m, 'clean', 0]['agreement'] for m in list(rob_models)[1:]):.1f}% or more on clean images to "
+    f"{100 * min(rob[m, 'noise', 0.6]['agreement'] for m in list(rob_models)[1:]):.1f}% for the least faithful model "
+    "under strong noise: compressed models that match the baseline on clean data can disagree with it where the "
+    "data moves (Hooker et al., 2019, \"What do compressed networks forget?\"). Where the intervals overlap, a "
+    "difference in this table is not evidence of a difference in robustness."))
+
 # %% [markdown]
-# ## 11. Deployment check: ONNX vs PyTorch
+# ## 13. Deployment check: ONNX vs PyTorch
 # The exported float32 models must compute what PyTorch computes, up to float rounding (different
 # kernels sum in different orders): we compare logits and predictions on the whole test set.
 
 # %%
-for name, torch_model, onnx_path in [("baseline", baseline, ART / "baseline_fp32.onnx"),
-                                     ("latency model", fast, fast_fp32_onnx)]:
+for name, torch_model, onnx_path in [("baseline", baseline, base_fp32_onnx), ("latency model", f0, fast_fp32_onnx)]:
     ort_logits = deploy.OrtModule(onnx_path)(x_test)
     with torch.no_grad():
         ref = torch_model(x_test)
@@ -336,47 +604,52 @@ for name, torch_model, onnx_path in [("baseline", baseline, ART / "baseline_fp32
           f"file {os.path.getsize(onnx_path) / 1024:.1f} KiB")
 
 # %% [markdown]
-# ## 12. Results
+# ## 14. Results and targets
 # `build/results/05_putting_it_together.json` holds every record; each gives the `file` it was measured
-# from, and `size_bytes` is that file's size.
+# from, and `size_bytes` is that file's size. The targets of this chapter, on the course's dataset:
+# Deep Compression at least 50x smaller than the baseline's state dict with a mean loss of at most 0.5 points
+# over the seeds; the latency model at least 6x faster than the baseline's fastest fp32 configuration, within
+# 1 point (mean over the seeds).
 
 # %%
 path = records.write_results("05_putting_it_together", recs, lab_mode=LAB_MODE)
-by = {r["name"]: r for r in recs}
-dc, lat8, lat32 = by["deep-compression"], by["latency-ort-int8"], by["latency-ort-fp32"]
-best_fast = min((lat8, lat32), key=lambda r: r["latency_ms"])
-base_lat = by["baseline"]["latency_ms"]  # the ratios use the latencies of this table, measured together
-anchor = by["torch-prune-90+ort-int8+zlib"]
-print(f"Deep Compression: {base_bytes / dc['size_bytes']:.1f}x smaller, {100 * (base_acc - dc['accuracy']):.2f} points lost")
-print(f"off-the-shelf best (torch prune 90% + onnxruntime int8 + zlib): {base_bytes / anchor['size_bytes']:.1f}x smaller, "
-      f"{100 * (base_acc - anchor['accuracy']):.2f} points lost")
-for r in (lat32, lat8):
-    print(f"{r['name']}: {base_lat / r['latency_ms']:.1f}x faster than the torch fp32 baseline, "
-          f"{100 * (base_acc - r['accuracy']):.2f} points lost")
-
-# %% [markdown]
-# ## 13. Checks
+dc_x = base_bytes / dc_worst
+fast_x = base_lat / best_fast["latency_ms"]
+print(f"Deep Compression: {dc_x:.1f}x smaller (largest of the {len(SEEDS)} files), mean loss {loss(DC):.2f} points, "
+      f"paired interval [{100 * verdicts[DC, 'baseline'].ci[0]:+.2f}, {100 * verdicts[DC, 'baseline'].ci[1]:+.2f}]")
+print(f"latency model ({best_fast['name']}): mean loss {loss(best_fast['name']):.2f} points, paired interval "
+      f"[{100 * verdicts[LAT8, 'baseline'].ci[0]:+.2f}, {100 * verdicts[LAT8, 'baseline'].ci[1]:+.2f}] (int8)")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-# Speed targets, measured on this machine: the strict verdicts (`make bench` records them, single thread).
-# The assertion cell below checks speed only against a sanity floor at half the target, so a busy or
-# slower laptop does not fail the chapter; a MISSED here is a real finding about this CPU.
-got = base_lat / best_fast["latency_ms"]
-print(f"latency model vs torch fp32 baseline: {got:.2f}x faster (target 5x: {'met' if got >= 5 else 'MISSED'})")
+# The strict verdicts, measured on this machine (`make bench` records them, single thread). The assertion cell
+# below checks speed only against a sanity floor at half the target, so a busy or slower laptop does not fail
+# the chapter; a MISSED here is a real finding about this CPU.
+verdict_lines = {
+    f"Deep Compression >= 50x smaller: {dc_x:.1f}x": dc_x >= 50,
+    f"Deep Compression mean loss <= 0.5 points: {loss(DC):.2f}": loss(DC) <= 0.5 + 1e-9,
+    f"latency model >= 6x faster than the fastest fp32 baseline ({lat['baseline']['config']}): {fast_x:.2f}x": fast_x >= 6,
+    f"latency model mean loss <= 1 point: {loss(best_fast['name']):.2f}": loss(best_fast["name"]) <= 1 + 1e-9,
+}
+for what, ok in verdict_lines.items():
+    print(f"{'met   ' if ok else 'MISSED'} {what}")
+print(f"(run time so far: {time.perf_counter() - T_START:.0f} s)")
+
+# %% [markdown]
+# ## 15. Checks
 
 # %%
-assert same, "the .ccz file must load back to a model with identical predictions"
-assert dc["size_bytes"] == os.path.getsize(dc_file) and dc["accuracy"] == dc_acc
+assert same, "every .ccz file must load back to a model with identical predictions"
+assert all(dc_bytes[s] == os.path.getsize(dc_files[s]) for s in SEEDS)
+assert by[DC]["seeds"] == len(SEEDS) and by[LAT8]["seeds"] == len(SEEDS) and by[DC]["n_test"] == N_TEST
+assert all(r["size_bytes"] == os.path.getsize(REPO_ROOT / r["file"]) for r in recs)
+assert all(abs(measure.sparsity(m) - 0.95) < 1e-3 for m in shared.values())
 COURSE_DATA = splits.target_accuracy is not None  # targets were set on it; other data reports them
-dc_x = base_bytes / dc["size_bytes"]
 assert dc_x >= 50 or not COURSE_DATA, f"Deep Compression only {dc_x:.1f}x smaller"
 if targets_asserted(LAB_MODE, splits):  # accuracy and speed targets: the full run on the course's data
-    assert base_acc - dc["accuracy"] <= 0.005 + 1e-9, f"Deep Compression lost {100 * (base_acc - dc['accuracy']):.2f} points"
-    assert base_lat / best_fast["latency_ms"] >= 5 / 2, f"latency model only {base_lat / best_fast['latency_ms']:.1f}x faster"  # sanity floor
-    assert base_acc - best_fast["accuracy"] <= 0.01 + 1e-9
-assert base_bytes / dc["size_bytes"] > base_bytes / anchor["size_bytes"], "the pipeline should beat the off-the-shelf recipe"
-assert all(r["size_bytes"] == os.path.getsize(REPO_ROOT / r["file"]) for r in recs)
-if targets_asserted(LAB_MODE, splits):
-    assert min(r["agreement"] for r in rows if r["kind"] == "clean") >= 0.97
-print("all checks passed")
+    # through the intervals: fail only when the paired interval lies wholly beyond the allowed loss
+    assert verdicts[DC, "baseline"].ci[1] >= -0.005, f"Deep Compression: {verdicts[DC, 'baseline']}"
+    assert verdicts[LAT8, "baseline"].ci[1] >= -0.01, f"latency model: {verdicts[LAT8, 'baseline']}"
+    assert fast_x >= 6 / 2, f"latency model only {fast_x:.1f}x faster (sanity floor)"
+    assert min(rob[m, "clean", 0]["agreement"] for m in rob_models if m != "small-dense-int8") >= 0.97  # its own model
+print("all checks passed" + ("" if targets_asserted(LAB_MODE, splits) else " (accuracy and speed reported above)"))

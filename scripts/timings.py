@@ -1,6 +1,7 @@
 """Measure how long every chapter takes, and write the table the instructor guide shows (make timings).
 
     python scripts/timings.py [--lab] [--out docs/timings.md] [notebooks/0*.ipynb]
+    python scripts/timings.py --update --lab notebooks/04_*.ipynb   # re-time some chapters, keep the others
 
 Each chapter is executed headless exactly as `make run` does (scripts/run_notebooks.py: same kernel,
 working directory and environment), one after the other, in full mode (COURSE_LAB_MODE=0) and, with
@@ -11,6 +12,10 @@ working directory and environment), one after the other, in full mode (COURSE_LA
   full-mode seconds, lab-mode seconds, the slowest cell and its seconds;
 - build/timings/timings.json: every cell's time, for whoever wants more than the table;
 - build/timings/{full,lab}/: the executed copies (the chapters' results go to build/results/ as usual).
+
+With --update, only the chapters named are re-timed; the other rows come from the previous run's
+build/timings/timings.json, which must come from the same CPU and core count (else it refuses), and the
+page says when each row was measured.
 
 A chapter that fails is reported in its row ("FAILED at cell N: error") and the exit status is 1.
 Run it on an otherwise idle machine: other work on the cores makes every number an upper bound.
@@ -167,7 +172,28 @@ def table(rows: dict[str, dict], m: dict, lab_run: bool) -> str:
         lines.append(f"| {stem} | {secs(r.get('full'))} | {secs(r.get('lab'))} | {cell} | {slow_s} |")
     tot = [f"{total[m]:.0f} ({total[m] / 60:.1f} min)" if complete[m] else "incomplete" for m in ("full", "lab")]
     lines.append(f"| **all chapters** | {tot[0]} | {tot[1]} | | |")
+    dates = {r.get("date") for r in rows.values() if r.get("date")}
+    if len(dates) > 1:  # an --update run: say when each row was measured
+        lines += ["", "Rows measured at different times on this machine (`--update`): " + "; ".join(
+            f"{stem} {r['date']}" for stem, r in rows.items() if r.get("date")) + "."]
     return "\n".join(lines) + "\n"
+
+
+def previous_rows(work: Path, m: dict) -> dict:
+    """The rows of the last run (``work``/timings.json) for ``--update``, each with its date; refused when
+    that run was on another CPU or core count (its numbers would not compare)."""
+    path = work / "timings.json"
+    if not path.exists():
+        raise SystemExit(f"--update needs a previous run's {path}: run `make timings` first")
+    old = json.loads(path.read_text())
+    om = old.get("machine", {})
+    if (om.get("cpu"), om.get("cores")) != (m["cpu"], m["cores"]):
+        raise SystemExit(f"--update: the previous run was on {om.get('cpu')} with {om.get('cores')} cores, this "
+                         f"machine is {m['cpu']} with {m['cores']}: re-time every chapter instead")
+    rows = old.get("chapters", {})
+    for r in rows.values():
+        r.setdefault("date", om.get("date"))
+    return rows
 
 
 def main(argv=None) -> int:
@@ -178,13 +204,22 @@ def main(argv=None) -> int:
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "timings",
                     help="executed copies and timings.json go here")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per cell before a chapter fails")
+    ap.add_argument("--update", action="store_true",
+                    help="re-time only the chapters named; keep the other rows of the previous run (same machine)")
     args = ap.parse_args(argv)
+    if args.update and not args.notebooks:
+        ap.error("--update needs the chapters to re-time, e.g. notebooks/04_distillation.ipynb")
     notebooks = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     os.environ.setdefault("COURSE_PROGRESS", "0")       # as scripts/run_notebooks.py
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     m = machine()
     modes = ["full", "lab"] if args.lab else ["full"]
     rows: dict[str, dict] = {nb.stem: {} for nb in notebooks}
+    if args.update:
+        rows = {**previous_rows(args.work, m), **rows}
+        rows = dict(sorted(rows.items()))
+    for nb in notebooks:
+        rows[nb.stem]["date"] = m["date"]
     failed = []
     for mode in modes:
         for i, nb in enumerate(notebooks, 1):

@@ -61,7 +61,7 @@ def test_table_format(run):
 def test_modes_and_cell_times(run):
     _, _, data, d = run
     ok = data["chapters"]["97_ok"]
-    assert set(ok) == {"full", "lab"}
+    assert set(ok) == {"full", "lab", "date"} and ok["date"] == data["machine"]["date"]
     slow_full = max(ok["full"]["cells"], key=lambda c: c["seconds"])
     assert slow_full["cell"] == 2 and 0.5 <= slow_full["seconds"] < 10
     lab_cell = next(c for c in ok["lab"]["cells"] if c["cell"] == 2)
@@ -104,3 +104,28 @@ def test_full_mode_only_says_lab_not_run(tmp_path):
     assert timings.main(["--out", str(out), "--work", str(tmp_path / "w"), str(nb)]) == 0
     row = _row(out.read_text(), "96_one")
     assert "| not run |" in row and "cell 1: `print(1)`" in row
+
+
+def test_update_re_times_only_the_chapters_named_and_dates_the_rows(tmp_path, monkeypatch):
+    a = _notebook(tmp_path / "95_a.ipynb", "print('a')")
+    b = _notebook(tmp_path / "96_b.ipynb", "print('b')")
+    out, work = tmp_path / "t.md", tmp_path / "w"
+    assert timings.main(["--out", str(out), "--work", str(work), str(a), str(b)]) == 0
+    first = json.loads((work / "timings.json").read_text())
+    later = dt.datetime(2031, 1, 2, 3, 4, tzinfo=dt.timezone.utc)
+    real_machine = timings.machine
+    monkeypatch.setattr(timings, "machine", lambda now=None: real_machine(later))
+    assert timings.main(["--update", "--out", str(out), "--work", str(work), str(b)]) == 0
+    text = out.read_text()
+    data = json.loads((work / "timings.json").read_text())
+    assert set(data["chapters"]) == {"95_a", "96_b"}
+    assert data["chapters"]["95_a"]["full"] == first["chapters"]["95_a"]["full"]   # kept, not re-run
+    assert data["chapters"]["96_b"]["date"] == "2031-01-02 03:04 UTC"
+    assert "Rows measured at different times" in text and "96_b 2031-01-02 03:04 UTC" in text
+    assert "95_a " + first["machine"]["date"] in text
+    # another machine's rows are refused, and --update without chapters is an error
+    monkeypatch.setattr(timings, "machine", lambda now=None: {**real_machine(later), "cpu": "Other CPU"})
+    with pytest.raises(SystemExit, match="another|Other CPU"):
+        timings.main(["--update", "--out", str(out), "--work", str(work), str(b)])
+    with pytest.raises(SystemExit):
+        timings.main(["--update", "--out", str(out), "--work", str(work)])

@@ -16,6 +16,7 @@ from collections import Counter
 
 import numpy as np
 
+DENSE_TABLE = 1 << 31  # flag in the table word: the code table is one length byte per symbol 0..max
 
 def _symbols(symbols) -> np.ndarray:
     """``symbols`` as a flat int64 array of integers in [0, 2**32); raises ValueError otherwise
@@ -78,16 +79,26 @@ def encode(symbols) -> bytes:
     """Huffman-encode a 1-D sequence of integers in [0, 2**32) (ValueError otherwise: floats with a
     fractional part are refused, never truncated).
 
-    Layout: count (u32), table size (u32), table of (symbol u32, length u8), then the bit stream
-    padded with zeros to a whole byte. ``decode(encode(x)) == x``. The bit stream is built as a
-    Python string of '0'/'1' (one byte per bit) and decoded prefix by prefix: fine for teaching at
-    tens of thousands of symbols, not a production coder.
+    Layout: count (u32), table word (u32), the code table, then the bit stream padded with zeros to
+    a whole byte. The table is stored whichever way is smaller: *sparse*, (symbol u32, length u8) per
+    distinct symbol, the table word holding their number; or *dense*, as DEFLATE does, one length byte
+    (0: absent) for every symbol 0..max, the table word holding ``DENSE_TABLE | (max + 1)``. Lengths
+    are all a canonical code needs. ``decode(encode(x)) == x``. The bit stream is built as a Python
+    string of '0'/'1' (one byte per bit) and decoded prefix by prefix: fine for teaching at tens of
+    thousands of symbols, not a production coder.
     """
     arr = _symbols(symbols)
     lengths = code_lengths(arr)
     codes = canonical_codes(lengths)
-    head = struct.pack("<II", arr.size, len(lengths))
-    table = b"".join(struct.pack("<IB", s, n) for s, n in sorted(lengths.items()))
+    top = max(lengths, default=-1) + 1                     # a dense table covers symbols 0..top-1
+    if lengths and top < 5 * len(lengths) and top < DENSE_TABLE and max(lengths.values()) < 256:
+        dense = np.zeros(top, dtype=np.uint8)
+        for s, n in lengths.items():
+            dense[s] = n
+        head, table = struct.pack("<II", arr.size, DENSE_TABLE | top), dense.tobytes()
+    else:
+        head = struct.pack("<II", arr.size, len(lengths))
+        table = b"".join(struct.pack("<IB", s, n) for s, n in sorted(lengths.items()))
     bits = "".join(codes[int(s)] for s in arr)
     nbytes = math.ceil(len(bits) / 8)
     payload = int(bits.ljust(nbytes * 8, "0"), 2).to_bytes(nbytes, "big") if bits else b""
@@ -98,16 +109,23 @@ def decode(blob: bytes) -> np.ndarray:
     """Inverse of ``encode``: returns int64 array. Raises ValueError on a truncated or corrupt stream."""
     if len(blob) < 8:
         raise ValueError(f"Huffman stream truncated: {len(blob)} bytes, the header alone is 8")
-    count, nsym = struct.unpack_from("<II", blob, 0)
-    off = 8 + 5 * nsym
-    if len(blob) < off:
-        raise ValueError("Huffman stream truncated inside its code table")
+    count, word = struct.unpack_from("<II", blob, 0)
     lengths = {}
-    for i in range(nsym):
-        s, n = struct.unpack_from("<IB", blob, 8 + 5 * i)
-        if n == 0:
-            raise ValueError("Huffman stream corrupt: a code length of 0")
-        lengths[s] = n
+    if word & DENSE_TABLE:                                 # one length byte per symbol 0..top-1, 0 = absent
+        top = word & ~DENSE_TABLE
+        off = 8 + top
+        if len(blob) < off:
+            raise ValueError("Huffman stream truncated inside its code table")
+        lengths = {int(s): int(n) for s, n in enumerate(blob[8:off]) if n}
+    else:
+        off = 8 + 5 * word
+        if len(blob) < off:
+            raise ValueError("Huffman stream truncated inside its code table")
+        for i in range(word):
+            s, n = struct.unpack_from("<IB", blob, 8 + 5 * i)
+            if n == 0:
+                raise ValueError("Huffman stream corrupt: a code length of 0")
+            lengths[s] = n
     if count and not lengths:
         raise ValueError("Huffman stream corrupt: symbols but no code table")
     lookup = {code: s for s, code in canonical_codes(lengths).items()}

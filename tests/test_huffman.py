@@ -84,3 +84,22 @@ def test_floats_are_refused_not_truncated():
     with pytest.raises(ValueError, match="symbols"):
         huffman.code_lengths(np.array([0.25, 1.0]))
     assert huffman.decode(huffman.encode(np.array([3.0, 1.0]))).tolist() == [3, 1]  # integral floats are fine
+
+
+def test_code_table_is_stored_the_smaller_way_and_round_trips():
+    """Dense (one length byte per symbol 0..max, as DEFLATE) when it beats (symbol u32, length u8) pairs."""
+    import struct
+    rng = np.random.default_rng(0)
+    many = rng.integers(0, 200, 5000)                       # ~200 distinct symbols in 0..199: dense wins
+    blob = huffman.encode(many)
+    word = struct.unpack_from("<I", blob, 4)[0]
+    lengths = huffman.code_lengths(many)
+    assert word == huffman.DENSE_TABLE | (max(lengths) + 1)
+    assert len(blob) == 8 + max(lengths) + 1 + -(-sum(lengths[int(s)] for s in many) // 8)
+    assert np.array_equal(huffman.decode(blob), many)
+    sparse = np.array([0, 10**6, 10**6, 5])                 # few symbols far apart: the pairs win
+    blob = huffman.encode(sparse)
+    assert struct.unpack_from("<I", blob, 4)[0] == 3 and np.array_equal(huffman.decode(blob), sparse)
+    dense_blob = huffman.encode(many)
+    with pytest.raises(ValueError, match="truncated"):
+        huffman.decode(dense_blob[:20])

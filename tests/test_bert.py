@@ -303,6 +303,9 @@ def test_record_with_task_metric(tiny, tmp_path):
     assert rec["metric"] == retrieval.METRIC and rec["mrr"] == 0.875 and rec["swap_accuracy"] == 0.5
     assert 0 <= rec["paraphrase_top1"] <= 1
     records.write_results("t", [rec], root=tmp_path)
+    rc = T.record("other", nn.Sequential(), b, torch.tensor([0, 0, 1, 1, 2, 2]), ref, latency_ms=None, size_bytes=1,
+                  weight_bits=4, method="x", emb=ref, task=task, counts_from=model)
+    assert rc["params"] == rec["params"] and rc["macs"] == rec["macs"] > 0
 
 
 # ---------------------------------------------------------------- the real model (few, marked)
@@ -315,3 +318,33 @@ def test_pretrained_matches_sentence_transformers():
     from sentence_transformers import SentenceTransformer
     st_emb = SentenceTransformer(str(T.model_path()), device="cpu").encode(texts, convert_to_tensor=True)
     assert T.mean_cosine(ours, st_emb) > 0.99999
+
+
+# ---------------------------------------------------------------- the embedding table
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantize_embeddings(tiny, bits):
+    model, b = tiny
+    q, (codes, scales, zeros) = T.quantize_embeddings(model, bits)
+    w = model.embeddings.word_embeddings.weight
+    w_hat = q.embeddings.word_embeddings.weight
+    assert codes.shape == w.shape and codes.dtype == torch.uint8 and int(codes.max()) <= 2 ** bits - 1
+    assert torch.allclose(w_hat, (codes.float() - zeros) * scales, atol=1e-6)
+    # per-row round-to-nearest: error at most half a step of its row
+    assert ((w_hat - w).abs() <= scales / 2 + 1e-6).all()
+    assert not torch.equal(model.embeddings.word_embeddings.weight, w_hat), "model must be a copy"
+    state = T.with_quantized_embeddings(model.state_dict(), (codes, scales, zeros), bits)
+    assert state["embeddings.word_embeddings.qweight"].numel() == w.numel() * bits // 8
+    split, full = T.size_split(state), T.size_split(model.state_dict())
+    assert split["linear"] == full["linear"] and split["rest"] == full["rest"]
+    assert split["embeddings"] < full["embeddings"]
+    with pytest.raises(ValueError, match="bits"):
+        T.quantize_embeddings(model, 3)
+
+
+def test_size_split_counts_every_tensor(tiny):
+    model, _ = tiny
+    st = model.state_dict()
+    split = T.size_split(st)
+    assert split["total"] == sum(v.numel() * v.element_size() for v in st.values())
+    lin = sum(m.weight.numel() + m.bias.numel() for _, m in T.linear_layers(model)) * 4
+    assert split["linear"] == lin

@@ -57,10 +57,11 @@ from course_lib.training import seed_everything
 env, device = start_chapter(SEED, DEVICE)  # this chapter measures the CPU whatever the device
 LAB_MODE = lab_mode(LAB_MODE)
 EPOCHS = min(EPOCHS, 2) if LAB_MODE else EPOCHS   # distillation epochs of the 3-layer student
-LAT_ROUNDS, LAT_REPEATS = (2, 2) if LAB_MODE else (5, 3)  # interleaved latency rounds, timed calls per round
+LAT_ROUNDS, LAT_REPEATS = (2, 2) if LAB_MODE else (4, 3)  # interleaved latency rounds, timed calls per round
 N_QUERIES = 60 if LAB_MODE else None              # retrieval queries (None: all 180)
 lab_note(LAB_MODE, cuts=f"{EPOCHS} distillation epochs for the 3-layer student, {LAT_ROUNDS} latency rounds of "
-         f"{LAT_REPEATS} calls, 60 of the 180 retrieval queries, 16 sentences (not 48) for the per-layer sensitivity",
+         f"{LAT_REPEATS} calls, 60 of the 180 retrieval queries, AWQ at 3 bits only, 16 sentences (not 48) for the "
+         "per-layer sensitivity",
          less_reliable="the latencies and speed-ups, the task metric's intervals (a third of the queries), the ranking "
          "of the most sensitive layers, and the distilled student's scores")
 
@@ -437,19 +438,24 @@ print(f"4-bit, group {GROUP}: RTN mean cosine {bert.mean_cosine(rtn_emb, ref):.4
       f"GPTQ {bert.mean_cosine(gptq_emb, ref):.4f}")
 
 # %% [markdown]
-# Per layer, the output error on the calibration inputs, $\mathrm{tr}\,(\Delta W\, H\, \Delta W^\top) /
-# \mathrm{tr}\,(W H W^\top)$ (relative), is what GPTQ minimises: compare it layer by layer.
+# Per layer, the relative output error $\mathrm{tr}\,(\Delta W\, H\, \Delta W^\top) / \mathrm{tr}\,(W H W^\top)$
+# is what GPTQ minimises on the calibration inputs. Measured on those same inputs it would flatter GPTQ
+# (about 1,600 tokens for 1,536-dimensional inputs: room to overfit), so we measure it **out of sample**:
+# $H$ from the 192 evaluation sentences, which no quantizer has seen. This is the **non-sequential**
+# GPTQ: every layer's $H$ comes from the fp32 model's activations, whereas the paper's GPTQ feeds each
+# block the output of the already-quantized blocks before it.
 
 # %%
+held_h = Q.collect_hessians(model, eval_batch)  # held-out activations: never used to quantize
 names = [n for n, _ in bert.linear_layers(model)]
-err_rtn = [Q.output_error(model.get_submodule(n).weight, rtn4.get_submodule(n).weight, hessians[n]) for n in names]
-err_gptq = [Q.output_error(model.get_submodule(n).weight, gptq4.get_submodule(n).weight, hessians[n]) for n in names]
+err_rtn = [Q.output_error(model.get_submodule(n).weight, rtn4.get_submodule(n).weight, held_h[n]) for n in names]
+err_gptq = [Q.output_error(model.get_submodule(n).weight, gptq4.get_submodule(n).weight, held_h[n]) for n in names]
 fig, ax = plt.subplots(figsize=(9, 3))
 ax.plot(err_rtn, "o-", label="round-to-nearest")
 ax.plot(err_gptq, "s-", label="GPTQ")
 ax.set_yscale("log")
 ax.set_xlabel("linear layer")
-ax.set_ylabel("relative output error")
+ax.set_ylabel("relative output error (held out)")
 ax.legend()
 fig.tight_layout()
 print(f"fraction of layers where GPTQ's error is lower: {sum(g < r for g, r in zip(err_gptq, err_rtn)) / len(names):.2f}; "
@@ -459,8 +465,9 @@ print(f"fraction of layers where GPTQ's error is lower: {sum(g < r for g, r in z
 # These 4-bit models compute with the dequantized float weights (simulated quantization: the numbers a
 # 4-bit kernel computes with, up to its own rounding of the activations). Real 4-bit kernels exist on the
 # CPU: onnxruntime's `MatMulNBits` (already a dependency of the course) and PyTorch's
-# `aten._weight_int4pack_mm_for_cpu` (behind torchao's int4 weight-only configs). Chapter 07 runs this same
-# format on them and measures when they pay; here the latency is not measured (recorded as `None`). The
+# `aten._weight_int4pack_mm_for_cpu` (behind torchao's int4 weight-only configs). Chapter 07 compares those
+# kernels on large matrices; below, the GPTQ model runs on `MatMulNBits` and is timed with the others
+# (the simulated models' latency is not measured: recorded as `None`). The
 # size is measured on the real packed artifact (`Q.int4_bytes`: two codes per byte, float16 scales, uint8
 # zero points; everything else, the embedding table included, stays float32).
 
@@ -472,6 +479,103 @@ lin_4bit = sum(v.numel() * v.element_size() for k, v in Q.int4_state(gptq4, gptq
 print(f"artifact: fp32 {size_fp32 / 2**20:.1f} MiB; 4-bit artifact {size_gptq / 2**20:.1f} MiB, of which the 4-bit "
       f"linear layers {lin_4bit / 2**20:.1f} MiB and the float rest (embedding table, norms, biases) "
       f"{(size_gptq - lin_4bit) / 2**20:.1f} MiB")
+
+# %% [markdown]
+# ### Real 4-bit inference: onnxruntime's `MatMulNBits`
+# `deploy.ort_int4_linears` (chapter 07's code) puts each 4-bit linear layer on onnxruntime's `MatMulNBits`
+# kernel: the codes packed two per byte in blocks of 128 (the quantizer's groups), a scale and a zero point
+# per block; `accuracy_level=4` quantizes each block of the activation row to int8 and runs int8 dot products.
+# The rest of the encoder (embeddings, attention products, LayerNorms) stays in PyTorch. It computes the
+# same dequantized weights as the simulated model, up to that int8 rounding of the activations.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+gptq_ort = deploy.ort_int4_linears(gptq4, gptq_packed, GROUP)
+ort_emb = bert.encode(gptq_ort, eval_batch)
+task_score(f"w4-gptq-g{GROUP}-MatMulNBits", gptq_ort)
+print(f"MatMulNBits vs the simulated 4-bit GPTQ model: mean cosine {bert.mean_cosine(ort_emb, gptq_emb):.5f}")
+ort_lin_bytes = sum(m.nbytes for m in gptq_ort.modules() if isinstance(m, deploy.OrtLinear))
+print(f"the 36 MatMulNBits layers: {ort_lin_bytes / 2**20:.2f} MiB of ONNX (fp32 linear layers {fp_linear / 2**20:.1f} MiB)")
+
+# %% [markdown]
+# ### AWQ, and 3 bits
+# **Which weights matter?** A weight's rounding error reaches the output multiplied by its input:
+# $\Delta y = \Delta w\, x$. Channels with large activations (the outliers of section 5) make their
+# weights' errors count most. MIT 6.5940's Lab 4 shows it in two steps, which we repeat on MiniLM at
+# 3 bits, group 128, measuring each layer's output error on the held-out activations:
+# 1. keep the 1% of input channels with the largest activation magnitude $\sqrt{H_{jj}}$ in float
+#    (the rest RTN), against keeping a random 1%;
+# 2. instead of keeping them (a mixed format no kernel likes), **scale** them: quantize $W\,\mathrm{diag}(s)$
+#    and divide the input by $s$ (folded into the previous operation), so a salient channel with $s>1$
+#    gets a relative rounding error about $s$ times smaller.
+#
+# **AWQ** (Lin et al., 2024) does it for every channel at once: $s_j = m_j^{\alpha}$ (normalised), with
+# $m_j$ the activation magnitude and $\alpha \in \{0, 0.05, \dots, 0.95\}$ searched per layer for the
+# smallest output error on the calibration inputs ($\alpha = 0$ is RTN), then a search of each group's
+# clipping range. Same calibration sentences and same storage as GPTQ (plus the 384 or 1536 factors $s$).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+mag = {n: Q.activation_magnitude(hessians[n]) for n in names}  # from the calibration sentences
+W = {n: model.get_submodule(n).weight.detach() for n in names}
+ablation = {
+    "RTN": lambda n: Q.rtn_quantize(W[n], 3, GROUP)[0],
+    "keep 1% salient in float": lambda n: Q.rtn_keep_channels(W[n], Q.salient_channels(mag[n], 0.01), 3, GROUP),
+    "keep 1% random in float": lambda n: Q.rtn_keep_channels(W[n], Q.salient_channels(mag[n], 0.01, random=True), 3, GROUP),
+    "scale 1% salient by 2": lambda n: Q.rtn_scaled_channels(W[n], Q.salient_channels(mag[n], 0.01), 2.0, 3, GROUP),
+}
+abl_err = {k: torch.tensor([Q.output_error(W[n], f(n), held_h[n]) for n in names]) for k, f in ablation.items()}
+for k, e in abl_err.items():
+    print(f"{k:26s} held-out output error / RTN's: median over the 36 layers {float((e / abl_err['RTN']).median()):.3f}")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+AWQ4 = not LAB_MODE  # lab mode: AWQ at 3 bits only (its search is the slowest step of the chapter)
+if AWQ4:
+    awq4, awq4_packed = Q.quantize_weights(model, "awq", bits=4, group_size=GROUP, hessians=hessians)
+    task_score(f"w4-awq-g{GROUP}", awq4)
+W3 = {}
+for method in ("rtn", "gptq", "awq"):
+    W3[method] = Q.quantize_weights(model, method, bits=3, group_size=GROUP, hessians=hessians)
+    task_score(f"w3-{method}-g{GROUP}", W3[method][0])
+PAIRS = {}
+for bits in (4, 3):
+    for method in ("gptq", "awq") if bits == 3 or AWQ4 else ("gptq",):
+        a, b = TASK[f"w{bits}-{method}-g{GROUP}"], TASK[f"w{bits}-rtn-g{GROUP}"]
+        PAIRS[bits, method] = (stats.paired_compare(a["hits"], b["hits"]), stats.paired_bootstrap_diff(a["rr"], b["rr"]))
+        r1, rr = PAIRS[bits, method]
+        print(f"{bits}-bit {method.upper():4s} - RTN: recall@1 {r1}; MRR {rr['diff']:+.3f} "
+              f"[{rr['ci'][0]:+.3f}, {rr['ci'][1]:+.3f}] {rr['verdict']}")
+for bits in (4, 3):
+    print(f"{bits} bits: " + "; ".join(f"{m.upper()} {task_line(f'w{bits}-{m}-g{GROUP}')}" for m in ("rtn", "gptq", "awq")
+                                       if f"w{bits}-{m}-g{GROUP}" in TASK))
+
+# %% [markdown]
+# ### The embedding table
+# The 4-bit linear layers are small; the file is still large because the token-embedding table
+# (30,522 x 384) is float32. It is a lookup, so quantizing it costs no kernel: each row (one token) gets
+# its own (scale, zero) by round-to-nearest (`bert.quantize_embeddings`), at 8 or 4 bits, and is
+# dequantized when looked up. `bert.size_split` splits each artifact into embeddings (token, position and
+# type tables), linear layers and the rest (LayerNorms).
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+emb_q = {b: bert.quantize_embeddings(gptq4, b) for b in (8, 4)}
+gptq_state = Q.int4_state(gptq4, gptq_packed)
+states = {"fp32": model.state_dict(), f"w4-gptq-g{GROUP}": gptq_state}
+for b, (m, table) in emb_q.items():
+    task_score(f"w4-gptq-g{GROUP}-emb{b}", m)
+    states[f"w4-gptq-g{GROUP}-emb{b}"] = bert.with_quantized_embeddings(gptq_state, table, b)
+file_bytes = {k: measure.serialized_bytes(st) for k, st in states.items()}
+print(f"{'artifact':24s} {'file MiB':>9s} {'embeddings':>11s} {'linear':>8s} {'rest':>6s}  x smaller")
+for k, st in states.items():
+    sp = bert.size_split(st)
+    print(f"{k:24s} {file_bytes[k] / 2**20:9.2f} {sp['embeddings'] / 2**20:11.2f} {sp['linear'] / 2**20:8.2f} "
+          f"{sp['rest'] / 2**20:6.2f}  {file_bytes['fp32'] / file_bytes[k]:.1f}")
+for b in (8, 4):
+    k = f"w4-gptq-g{GROUP}-emb{b}"
+    print(f"{k}: {task_line(k)}; vs 4-bit GPTQ with fp32 embeddings: "
+          f"{stats.paired_compare(TASK[k]['hits'], TASK[f'w4-gptq-g{GROUP}']['hits'])}")
 
 # %% [markdown]
 # ## 7. Pruning attention heads
@@ -560,17 +664,28 @@ fig.tight_layout()
 # alike; a model's latency is the median over the rounds, with the spread of the round medians. The input
 # is one padded batch of 64 evaluation sentences. The reference is the fp32 model in PyTorch (the only fp32
 # configuration this chapter builds). The simulated 4-bit models compute with float weights, so their
-# latency says nothing about 4 bits and is not measured.
+# latency says nothing about 4 bits and is not measured; the GPTQ model on `MatMulNBits` is the real
+# 4-bit one. A second table times one sentence (batch 1), where the weights are read once per token
+# and 4-bit weights move 8x fewer bytes; at batch 64 each weight is reused 64 x (tokens) times and the
+# arithmetic decides, where int8 dot products help and 4-bit unpacking costs.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-timed = {"baseline": model, "int8-naive": naive, "int8": int8, f"heads-{N_HEADS}-pruned": pruned,
+ORT4 = f"w4-gptq-g{GROUP}-MatMulNBits"
+timed = {"baseline": model, "int8-naive": naive, "int8": int8, ORT4: gptq_ort, f"heads-{N_HEADS}-pruned": pruned,
          f"ffn-svd-r{RANK}": svd_aware, "student-3-layers": student}
 lat = deploy.latency_table({k: (lambda m=m: bert.embed(m, lat_batch)) for k, m in timed.items()},
-                           tuple(lat_batch["input_ids"].shape[1:]), rounds=LAT_ROUNDS, repeats=LAT_REPEATS)
+                           tuple(lat_batch["input_ids"].shape[1:]), rounds=LAT_ROUNDS, repeats=LAT_REPEATS, warmup=1)
+one = next(bert._chunks(eval_batch, 1))  # batch 1: one sentence, the deployment case of an encoder
+lat1 = deploy.latency_table({k: (lambda m=timed[k]: bert.embed(m, one)) for k in ("baseline", "int8", ORT4)},
+                            tuple(one["input_ids"].shape[1:]), rounds=LAT_ROUNDS, repeats=5 * LAT_REPEATS, warmup=2)
+print("batch of 64 sentences:")
 for k, r in lat.items():
-    print(f"{k:20s} {r['latency_ms']:7.1f} ms  (rounds {r['spread_ms'][0]:.1f}..{r['spread_ms'][1]:.1f})  "
-          f"{r['x_faster']:.2f}x  linear MACs/token {bert.linear_macs_per_token(timed[k]):,}")
+    print(f"  {k:28s} {r['latency_ms']:7.1f} ms  (rounds {r['spread_ms'][0]:.1f}..{r['spread_ms'][1]:.1f})  "
+          f"{r['x_faster']:.2f}x  linear MACs/token {bert.linear_macs_per_token(gptq4 if k == ORT4 else timed[k]):,}")
+print(f"batch of 1 sentence ({one['input_ids'].shape[1]} tokens):")
+for k, r in lat1.items():
+    print(f"  {k:28s} {r['latency_ms']:7.2f} ms  (rounds {r['spread_ms'][0]:.2f}..{r['spread_ms'][1]:.2f})  {r['x_faster']:.2f}x")
 
 # %% [markdown]
 # ## 11. Results
@@ -587,15 +702,25 @@ R = dict(eval_batch=eval_batch, groups=sent.eval_groups, ref=ref)
 L = {k: r["latency_ms"] for k, r in lat.items()}
 recs = [
     bert.record("baseline", model, **R, emb=ref, latency_ms=L["baseline"], size_bytes=size_fp32, weight_bits=32,
-                method="fp32", task=TASK["baseline"]),
+                method="fp32", task=TASK["baseline"], latency_ms_batch1=lat1["baseline"]["latency_ms"]),
     bert.record("int8-naive", naive, **R, emb=naive_emb, latency_ms=L["int8-naive"], size_bytes=bert.model_bytes(naive),
                 weight_bits=8, activation_bits=7, method="torch.ao dynamic, per-tensor", task=TASK["int8-naive"]),
     bert.record("int8", int8, **R, emb=int8_emb, latency_ms=L["int8"], size_bytes=bert.model_bytes(int8),
-                weight_bits=8, activation_bits=8, method="torch.ao dynamic, per-channel, full range", task=TASK["int8"]),
+                weight_bits=8, activation_bits=8, method="torch.ao dynamic, per-channel, full range", task=TASK["int8"],
+                latency_ms_batch1=lat1["int8"]["latency_ms"]),
     bert.record(f"w4-rtn-g{GROUP}", rtn4, **R, emb=rtn_emb, latency_ms=None, size_bytes=size_rtn, weight_bits=4,
                 method="rtn", task=TASK[f"w4-rtn-g{GROUP}"]),
     bert.record(f"w4-gptq-g{GROUP}", gptq4, **R, emb=gptq_emb, latency_ms=None, size_bytes=size_gptq, weight_bits=4,
                 method="gptq (non-sequential)", task=TASK[f"w4-gptq-g{GROUP}"]),
+    bert.record(ORT4, gptq_ort, **R, emb=ort_emb, latency_ms=L[ORT4], size_bytes=size_gptq, weight_bits=4, counts_from=gptq4,
+                method="gptq (non-sequential), onnxruntime MatMulNBits", task=TASK[ORT4],
+                latency_ms_batch1=lat1[ORT4]["latency_ms"]),
+    *[bert.record(f"w{b}-{m}-g{GROUP}", mod, **R, latency_ms=None, size_bytes=Q.int4_bytes(mod, pk), weight_bits=b,
+                  method=m + (" (non-sequential)" if m == "gptq" else ""), task=TASK[f"w{b}-{m}-g{GROUP}"])
+      for b, m, mod, pk in ([(4, "awq", awq4, awq4_packed)] if AWQ4 else []) + [(3, m, *W3[m]) for m in ("rtn", "gptq", "awq")]],
+    *[bert.record(f"w4-gptq-g{GROUP}-emb{b}", m, **R, latency_ms=None, size_bytes=file_bytes[f"w4-gptq-g{GROUP}-emb{b}"],
+                  weight_bits=4, method=f"gptq (non-sequential) + embeddings {b}-bit per row",
+                  task=TASK[f"w4-gptq-g{GROUP}-emb{b}"]) for b, (m, _) in emb_q.items()],
     bert.record(f"heads-{N_HEADS}-pruned", pruned, **R, emb=pruned_emb, latency_ms=L[f"heads-{N_HEADS}-pruned"],
                 size_bytes=bert.model_bytes(pruned), weight_bits=32, method="head pruning", task=TASK[f"heads-{N_HEADS}-pruned"]),
     bert.record(f"ffn-svd-r{RANK}", svd_aware, **R, emb=svd_emb, latency_ms=L[f"ffn-svd-r{RANK}"],
@@ -638,7 +763,8 @@ display(Markdown(
     f"(same kernel, so their speeds should agree). The 3-layer student, with half the layer MACs, runs "
     f"{lat['student-3-layers']['x_faster']:.2f}x faster; its loss is limited by its 129 training sentences "
     "(distillation in the literature uses millions; more unlabelled text is the lever). The file stays large "
-    "while the fp32 embedding table is kept: it is half the model."))
+    "while the fp32 embedding table is kept (half of the parameters): with 4-bit linear layers and a 4-bit "
+    f"table it is {file_bytes['fp32'] / file_bytes[f'w4-gptq-g{GROUP}-emb4']:.1f}x smaller than fp32."))
 
 # %% [markdown] tags=["theory"]
 # ## 12. Checks
@@ -659,13 +785,25 @@ inside = fp_lo <= by["int8"]["accuracy"] <= fp_hi
 print(f"int8 recall@1 {by['int8']['accuracy']:.3f}, fp32 interval [{fp_lo:.3f}, {fp_hi:.3f}] "
       f"(target inside: {'met' if inside else 'MISSED'}); paired: {VERDICT['int8']}")
 print(f"int8 vs fp32 encoder: {got:.2f}x faster, interleaved (target 1.5x: {'met' if got >= 1.5 else 'MISSED'})")
+for method in ("gptq", "awq"):
+    c = PAIRS[3, method][0]
+    print(f"3 bits, {method.upper()} - RTN recall@1: {c} (target better: {'met' if c.verdict == 'better' else 'MISSED'})")
+sal, rnd = (float((abl_err[k] / abl_err["RTN"]).median()) for k in ("keep 1% salient in float", "keep 1% random in float"))
+print(f"salient 1% kept: error ratio {sal:.3f} vs random 1% kept {rnd:.3f} (target salient << random: "
+      f"{'met' if sal < rnd - 0.05 else 'MISSED'})")
+small = file_bytes["fp32"] / file_bytes[f"w4-gptq-g{GROUP}-emb4"]
+print(f"4-bit GPTQ with 4-bit embeddings: file {small:.1f}x smaller than fp32 (target >= 6x: {'met' if small >= 6 else 'MISSED'})")
+x1 = lat1[ORT4]["x_faster"]
+print(f"MatMulNBits encoder vs fp32 at batch 1: {x1:.2f}x (target faster: {'met' if x1 > 1 else 'MISSED'}); "
+      f"at batch 64: {lat[ORT4]['x_faster']:.2f}x")
 
 # %%
 assert measure.count_params(model) == 22_565_376
 assert bert.linear_macs_per_token(model) == 6 * 12 * 384 * 384
 assert bert.mean_cosine(ref, st_emb) > 0.9999, "our pooling must match sentence-transformers"
 assert not overlap, "calibration sentences must never be evaluated"
-assert 0.6 <= by["baseline"]["accuracy"] < 0.95, "fp32 must be below the ceiling of the task, and above chance"
+if not LAB_MODE:  # a third of the queries in lab mode: the target is printed above, not asserted
+    assert 0.6 <= by["baseline"]["accuracy"] < 0.95, "fp32 must be below the ceiling of the task, and above chance"
 assert VERDICT["int8"].verdict != "worse", f"int8 loses task accuracy: {VERDICT['int8']}"
 assert by["int8-naive"]["cosine"] < 0.98, "regression test of torch.ao's defaults: the naive int8 loses cosine"
 assert by["int8"]["cosine"] >= 0.99, f"int8 cosine {by['int8']['cosine']:.4f} below 0.99"
@@ -673,7 +811,11 @@ if not LAB_MODE:  # latency from few rounds is too noisy to assert in lab mode
     assert lat["int8"]["x_faster"] >= 1.5 / 2, f"int8 speed-up {lat['int8']['x_faster']:.2f}x below 0.75x"  # sanity floor
 assert 3.5 <= fp_linear / q_linear <= 4.1, f"quantized layers {fp_linear / q_linear:.2f}x smaller, expected ~4x"
 assert by[f"w4-gptq-g{GROUP}"]["cosine"] > by[f"w4-rtn-g{GROUP}"]["cosine"] + 0.005, "GPTQ should beat RTN"
-assert sum(g < r for g, r in zip(err_gptq, err_rtn)) >= len(names) - 2
+assert sum(g < r for g, r in zip(err_gptq, err_rtn)) >= len(names) - 4, "GPTQ's held-out error should be lower"
+assert bert.mean_cosine(ort_emb, gptq_emb) > 0.999, "MatMulNBits must compute the simulated 4-bit model"
+assert file_bytes[f"w4-gptq-g{GROUP}-emb4"] < file_bytes[f"w4-gptq-g{GROUP}-emb8"] < file_bytes[f"w4-gptq-g{GROUP}"]
+assert by[f"w3-gptq-g{GROUP}"]["cosine"] > by[f"w3-rtn-g{GROUP}"]["cosine"], "GPTQ should beat RTN at 3 bits"
+assert by[f"w3-awq-g{GROUP}"]["cosine"] > by[f"w3-rtn-g{GROUP}"]["cosine"], "AWQ should beat RTN at 3 bits"
 assert by[f"w4-gptq-g{GROUP}"]["size_bytes"] < 0.65 * by["baseline"]["size_bytes"]
 assert by[f"heads-{N_HEADS}-pruned"]["cosine"] >= 0.97
 assert history[-1] < history[0], "distillation should lower the student's loss"

@@ -20,7 +20,8 @@ measures what the chapters teach. Every recipe leaves its input model unchanged 
 | ``scratch_student``, ``distill_student`` | 4 | a small model trained from scratch or by distillation |
 | ``smoothed_student`` | 4 | the control: from scratch with label smoothing, the same recipe |
 | ``deep_compression_prune``, ``deep_compression`` | 5 | gradual pruning, then k-means sharing of the non-zeros (Han et al., 2016) |
-| ``latency_model`` | 5 | channel pruning, then fine-tuning by distillation from the baseline |
+| ``train_centroids`` | 5 | Han et al.'s trained quantization: fine-tune the shared values, zeros kept |
+| ``latency_model`` | 5 | channel pruning, then fine-tuning by distillation from the baseline (``alpha=0``, ``scratch=True``: its controls) |
 """
 from __future__ import annotations
 

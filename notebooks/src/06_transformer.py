@@ -15,9 +15,9 @@
 #   by the cosine similarity of its embeddings to the original's, its size on disk and its
 #   single-thread latency, all models timed together in interleaved rounds.
 #
-# **Run time:** about a minute on a 2-core laptop CPU (`docs/timings.md` lists the measured times, full and
-# lab mode; the model load, GPTQ, head scoring, distillation and the latency measurements take a similar
-# share each).
+# **Run time:** a few minutes on a 2-core laptop CPU, about a minute in lab mode (`docs/timings.md` lists the
+# measured times); the largest shares are the AWQ and GPTQ searches, encoding the 1,080 task sentences once
+# per model, and the interleaved latency measurement.
 
 # %%
 # Hosted notebooks (Colab, Kaggle) start without the course: this cell installs it there, beside their own

@@ -4,7 +4,8 @@ and of the off-the-shelf recipes, side by side, measured in ONE run against the 
     python -m benchmarks [--dataset mnist5k] [--seed 0] [--out build/bench]
 
 Two parts. First the chapters' TARGETS (``benchmarks/targets.py``; chapter 04's budget curve, controls and
-omitted digit in ``benchmarks/distillation.py``; chapter 07's language-model and
+omitted digit in ``benchmarks/distillation.py``; chapter 06's sentence-encoder targets in
+``benchmarks/transformer.py``; chapter 07's language-model and
 4-bit-kernel targets in ``benchmarks/llm.py``): each measured with the chapter's
 recipe over the chapter's seeds, with its interval and a verdict, latency against the baseline's
 fastest fp32 configuration; written to ``<out>/../bench.md`` and ``<out>/../bench.json`` (by default
@@ -29,6 +30,7 @@ from course_lib import deploy, recipes, records, storage
 
 from .distillation import measure_ch4_targets
 from .llm import measure_llm_targets
+from .transformer import measure_ch6_targets
 from .targets import as_json, format_targets, measure_ch5_targets, measure_targets
 from course_lib import quantization as Q
 from course_lib.data import load_dataset
@@ -58,6 +60,7 @@ def main(argv=None) -> int:
     found += found4
     found5, rows5 = measure_ch5_targets(s, base, out, quick=args.limit is not None)  # chapter 05: its own table
     found += found5
+    found += measure_ch6_targets(quick=args.limit is not None)  # chapter 06: MiniLM on its retrieval set
     found += measure_llm_targets(quick=args.limit is not None, seed=args.seed)  # chapter 07: its own model and data
     table = format_targets(found)
     print(table)
@@ -101,16 +104,17 @@ def main(argv=None) -> int:
     add("onnxruntime fp32 (peer)", deploy.OrtModule(base_onnx), base_onnx, "onnxruntime", runs="onnxruntime",
         counts_from=base)
 
-    # chapter 1: pruning (chapter 1's recipes and budgets: 3 fine-tuning epochs, channel ratio 0.5)
-    ours = recipes.global_prune_finetune(base, s.train, sparsity=0.9, epochs=3, seed=args.seed)
+    # chapter 1: pruning (chapter 1's recipes and budgets: recipes.PRUNE_EPOCHS, CH1_BUDGET's channel ratio)
+    ep1 = recipes.PRUNE_EPOCHS
+    ours = recipes.global_prune_finetune(base, s.train, sparsity=0.9, seed=args.seed)
     sp = out / "ch1_magnitude90.sparse"
     sp.write_bytes(storage.sparse_encode(ours, "bitmask", "lzma"))
-    add("ch1 magnitude 90% + ft (sparse file)", ours, sp, "magnitude-global + 3 ep")
-    tp = recipes.torch_prune_finetune(base, s.train, amount=0.9, epochs=3, seed=args.seed)
+    add("ch1 magnitude 90% + ft (sparse file)", ours, sp, f"magnitude-global + {ep1} ep")
+    tp = recipes.torch_prune_finetune(base, s.train, amount=0.9, seed=args.seed)
     add("torch.nn.utils.prune 90% + ft (peer)", tp, torch_file(tp, "torch_prune90"),
-        "torch.nn.utils.prune + 3 ep (tutorial recipe)")
-    ch = recipes.channel_prune_finetune(base, s.train, ratio=0.5, epochs=3, seed=args.seed)
-    add("ch1 channel pruning + ft", ch, torch_file(ch, "channel"), "channel-l1 0.5 + 3 ep")
+        f"torch.nn.utils.prune + {ep1} ep (tutorial recipe)")
+    ch = recipes.channel_prune_finetune(base, s.train, ratio=recipes.CH1_BUDGET["channel_ratio"], seed=args.seed)
+    add("ch1 channel pruning + ft", ch, torch_file(ch, "channel"), f"channel-l1 {recipes.CH1_BUDGET['channel_ratio']} + {ep1} ep")
 
     # chapter 2: quantization
     w8 = Q.ptq(base, calib, weight_bits=8, act_bits=8, per_channel=True)

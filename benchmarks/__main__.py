@@ -5,7 +5,7 @@ and of the off-the-shelf recipes, side by side, measured in ONE run against the 
 
 Two parts. First the chapters' TARGETS (``benchmarks/targets.py``; chapter 04's budget curve, controls and
 omitted digit in ``benchmarks/distillation.py``; chapter 06's sentence-encoder targets in
-``benchmarks/transformer.py``; chapter 07's language-model and
+``benchmarks/encoder.py``; chapter 07's language-model and
 4-bit-kernel targets in ``benchmarks/llm.py``): each measured with the chapter's
 recipe over the chapter's seeds, with its interval and a verdict, latency against the baseline's
 fastest fp32 configuration; written to ``<out>/../bench.md`` and ``<out>/../bench.json`` (by default
@@ -30,7 +30,7 @@ from course_lib import deploy, recipes, records, storage
 
 from .distillation import measure_ch4_targets
 from .llm import measure_llm_targets
-from .transformer import measure_ch6_targets
+from .encoder import measure_ch6_targets
 from .targets import as_json, format_targets, measure_ch5_targets, measure_targets
 from course_lib import quantization as Q
 from course_lib.data import load_dataset

@@ -46,6 +46,14 @@ def _accuracy_over_seeds(make, test) -> tuple[list, torch.Tensor]:
     return models, torch.stack([correct(m, test) for m in models])
 
 
+def _control(s, widths: dict, seed: int, quick: bool):
+    """A from-scratch control: the baseline recipe at ``widths`` (cached like the baseline); quick: one epoch,
+    not cached (the smoke run)."""
+    if quick:
+        return train_baseline(s, seed, {"model_kw": widths, "epochs": 1}, progress=False)[0]
+    return load_baseline(s.name, seed, splits=s, model_kw=widths, progress=False)[0]
+
+
 def _loss_target(chapter, name, max_loss, cs, base_c, must_include_zero=False) -> Target:
     """Mean loss over seeds at most ``max_loss`` (a fraction); with must_include_zero the paired interval
     must also include zero or lie above it."""
@@ -108,9 +116,7 @@ def measure_targets(s, base, out, quick: bool = False) -> tuple[list[Target], di
     found: list[Target] = []
 
     def control(widths, seed):
-        if quick:
-            return train_baseline(s, seed, {"model_kw": widths, "epochs": 1}, progress=False)[0]
-        return load_baseline(s.name, seed, splits=s, model_kw=widths, progress=False)[0]
+        return _control(s, widths, seed, quick)
 
     # ---- chapter 1: pruning
     b = recipes.CH1_BUDGET
@@ -215,9 +221,7 @@ def measure_ch5_targets(s, base, out, quick: bool = False) -> tuple[list[Target]
     found: list[Target] = []
 
     def control(widths, seed):
-        if quick:
-            return train_baseline(s, seed, {"model_kw": widths, "epochs": 1}, progress=False)[0]
-        return load_baseline(s.name, seed, splits=s, model_kw=widths, progress=False)[0]
+        return _control(s, widths, seed, quick)
 
     base_bytes = storage.save_state(base, out / "ch5_baseline.pt")
     dc_bytes, dcs = [], []

@@ -524,7 +524,8 @@ checks.check_pseudo_labels(pseudo_labels)
 half_a, half_b = stratified_halves(y_train, seed=SEED)
 teacher_a, _ = load_baseline(DATASET, SEED, device=device, splits=splits, train_indices=half_a)
 x_b, y_b = x_train[half_b], y_train[half_b]
-PER_CLASS = 10
+# 10 per class; on tiny data of your own at most half of the rarest class, so some images stay unlabelled
+PER_CLASS = min(10, max(1, int(torch.bincount(y_b, minlength=splits.num_classes).min()) // 2))
 labelled_b = labelled_subset(y_b, PER_CLASS, seed=SEED)
 pool = torch.ones(len(y_b), dtype=torch.bool)
 pool[labelled_b] = False  # the unlabelled images of half B

@@ -601,7 +601,7 @@ for method, train in (("kd", lambda m, s: kd(m, s, data=transfer)),
                     "omit_after": after[:, is_omit].float().mean(1).tolist()}
     o = omit[method]
     print(f"{method:8s} transfer set without {splits.classes[OMIT]!s}s ({len(transfer):,} images): raise chosen on val "
-          f"{', '.join(f'{d:g}' for d in shifts)}")
+          f"{', '.join(f'{d:.2f}' for d in shifts)}")
     print(f"         test {splits.classes[OMIT]}s recognised: before {', '.join(f'{100 * a:.1f}' for a in o['omit_before'])}%"
           f" -> after {', '.join(f'{100 * a:.1f}' for a in o['omit_after'])}%; all digits: "
           f"{100 * r['mean']:.2f}% -> {100 * after.float().mean():.2f}%")

@@ -8,7 +8,9 @@ sensitive than comparing two intervals: only the images on which they disagree c
 - :func:`accuracy_interval`: Wilson score interval of an accuracy measured on n images;
 - :func:`paired_compare`: difference of two models on the same images, a paired-bootstrap
   interval, the exact McNemar test and a verdict (``better`` / ``worse`` / ``indistinguishable``);
-- :func:`seed_summary`: mean, standard deviation and Student-t interval over seeds.
+- :func:`seed_summary`: mean, standard deviation and Student-t interval over seeds (:func:`t_quantile`);
+- :func:`paired_over_seeds`, :func:`format_paired`: two methods run with the same seeds on the same images,
+  an interval over seeds and one over images, and a verdict that needs both.
 - :func:`bootstrap_mean_interval`, :func:`paired_bootstrap_diff`: percentile-bootstrap interval of a mean,
   and of the mean paired difference of continuous per-item values (e.g. per-chunk NLL of two language
   models on the same chunks) with a verdict (``lower`` / ``higher`` / ``indistinguishable``).
@@ -26,12 +28,10 @@ from . import _validate as V
 
 VERDICTS = ("better", "worse", "indistinguishable")
 
-# two-sided 97.5% Student-t quantiles for df = 1..30 (standard table values); beyond 30 the
-# Cornish-Fisher expansion below is accurate to 1e-3.
-_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-         2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-         2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
 
+def _verdict(lo: float, hi: float, words: tuple[str, str, str] = VERDICTS) -> str:
+    """words[0] if the interval (lo, hi) lies above 0, words[1] if below, else words[2]."""
+    return words[0] if lo > 0 else words[1] if hi < 0 else words[2]
 
 def normal_quantile(p: float) -> float:
     """The standard normal quantile z with P(Z <= z) = p, for p in (0, 1) (Acklam's rational
@@ -59,13 +59,47 @@ def normal_quantile(p: float) -> float:
     return z - e * math.sqrt(2 * math.pi) * math.exp(z * z / 2)
 
 
+def t_cdf(t: float, df: int) -> float:
+    """P(T <= t) for Student's t with ``df`` >= 1 degrees of freedom, exactly (Abramowitz & Stegun
+    26.7.3-4: with theta = atan(t / sqrt(df)), P(|T| <= |t|) is a finite series in cos(theta))."""
+    df = V.positive_int("df", df)
+    t = float(t)
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c2 = math.cos(theta) ** 2
+    if df % 2:   # odd: (2/pi) [theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...)]
+        term, series = 1.0, 1.0 if df > 1 else 0.0
+        for k in range(1, (df - 1) // 2):
+            term *= (2 * k) / (2 * k + 1) * c2
+            series += term
+        inside = 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * series)
+    else:        # even: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+        term, series = 1.0, 1.0
+        for k in range(1, df // 2):
+            term *= (2 * k - 1) / (2 * k) * c2
+            series += term
+        inside = math.sin(theta) * series
+    return 0.5 + math.copysign(inside / 2, t)
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The quantile t with P(T <= t) = p of Student's t with ``df`` >= 1 degrees of freedom, p in (0, 1)
+    (bisection on :func:`t_cdf` to 1e-10; a 95% interval uses p = 0.975)."""
+    p = V.number_in("p", p, 0.0, 1.0, lo_open=True, hi_open=True)
+    df = V.positive_int("df", df)
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1e-10 * max(1.0, hi):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
 def t_quantile_975(df: int) -> float:
     """The 97.5% quantile of Student's t with ``df`` >= 1 degrees of freedom (for 95% intervals)."""
-    df = V.positive_int("df", df)
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = normal_quantile(0.975)
-    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    return t_quantile(0.975, df)
 
 
 def _z(level: float) -> float:
@@ -163,16 +197,14 @@ def paired_compare(correct_a, correct_b, level: float = 0.95, resamples: int = 4
     p = None
     if a.shape[0] == 1 and b.shape[0] == 1:
         p = mcnemar_p(int(round(a_only)), int(round(b_only)))
-    verdict = "better" if lo > 0 else "worse" if hi < 0 else "indistinguishable"
-    return Comparison(diff, (lo, hi), a_only, b_only, n, p, verdict)
+    return Comparison(diff, (lo, hi), a_only, b_only, n, p, _verdict(lo, hi))
 
 
 def seed_summary(values, level: float = 0.95) -> dict:
     """Mean, sample standard deviation and Student-t interval of the mean over seeds.
 
     values: one number per seed (at least 1). Returns {"mean", "std", "ci", "n"}; with one value
-    std is 0.0 and ci is (mean, mean) (nothing to estimate the spread from). Only level 0.95 uses
-    the exact t table; other levels use the normal quantile.
+    std is 0.0 and ci is (mean, mean) (nothing to estimate the spread from). level in (0, 1).
     """
     vals = [float(v) for v in values]
     if not vals or not all(math.isfinite(v) for v in vals):
@@ -182,7 +214,8 @@ def seed_summary(values, level: float = 0.95) -> dict:
     if k == 1:
         return {"mean": mean, "std": 0.0, "ci": (mean, mean), "n": 1}
     std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (k - 1))
-    q = t_quantile_975(k - 1) if abs(level - 0.95) < 1e-12 else _z(level)
+    level = V.number_in("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
+    q = t_quantile(0.5 + level / 2, k - 1)
     half = q * std / math.sqrt(k)
     return {"mean": mean, "std": std, "ci": (mean - half, mean + half), "n": k}
 
@@ -261,8 +294,8 @@ def paired_bootstrap_diff(a, b, level: float = 0.95, resamples: int = 2000, seed
         raise ValueError(f"a and b must hold the same items: n={ta.numel()} vs n={tb.numel()}")
     d = ta - tb
     lo, hi = bootstrap_mean_interval(d, level=level, resamples=resamples, seed=seed, groups=groups)
-    verdict = "higher" if lo > 0 else "lower" if hi < 0 else "indistinguishable"
-    return {"diff": float(d.mean()), "ci": (lo, hi), "n": int(d.numel()), "verdict": verdict}
+    return {"diff": float(d.mean()), "ci": (lo, hi), "n": int(d.numel()),
+            "verdict": _verdict(lo, hi, ("higher", "lower", "indistinguishable"))}
 
 
 def paired_over_seeds(correct_a, correct_b, level: float = 0.95, resamples: int = 4000,
@@ -290,15 +323,16 @@ def paired_over_seeds(correct_a, correct_b, level: float = 0.95, resamples: int 
     img = paired_compare(a, b, level=level, resamples=resamples, seed=seed)
     lo = min(summ["ci"][0], img.ci[0]) if len(diffs) > 1 else img.ci[0]
     hi = max(summ["ci"][1], img.ci[1]) if len(diffs) > 1 else img.ci[1]
-    verdict = "better" if lo > 0 else "worse" if hi < 0 else "indistinguishable"
     return {"diffs": diffs, "diff": summ["mean"], "seed_ci": summ["ci"], "image_ci": img.ci,
-            "verdict": verdict, "seeds": len(diffs), "n": img.n}
+            "verdict": _verdict(lo, hi), "seeds": len(diffs), "n": img.n, "level": level}
 
 
 def format_paired(cmp: dict) -> str:
-    """'+0.40 pt (per seed +0.3, +0.5, +0.4; seeds [+0.15, +0.65], images [-0.10, +0.90]): indistinguishable'."""
+    """A :func:`paired_over_seeds` result in one line: '+0.40 pt (per seed +0.3, +0.5, +0.4; 95% interval over
+    seeds [+0.15, +0.65], over images [-0.10, +0.90]): indistinguishable'."""
     lo_s, hi_s = cmp["seed_ci"]
     lo_i, hi_i = cmp["image_ci"]
     per = ", ".join(f"{100 * d:+.1f}" for d in cmp["diffs"])
-    return (f"{100 * cmp['diff']:+.2f} pt (per seed {per}; 95% interval over seeds [{100 * lo_s:+.2f}, "
+    level = f"{100 * cmp.get('level', 0.95):g}%"
+    return (f"{100 * cmp['diff']:+.2f} pt (per seed {per}; {level} interval over seeds [{100 * lo_s:+.2f}, "
             f"{100 * hi_s:+.2f}], over images [{100 * lo_i:+.2f}, {100 * hi_i:+.2f}]): {cmp['verdict']}")

@@ -48,6 +48,30 @@ def test_t_quantile_reference_values(df, t):
     assert stats.t_quantile_975(df) == pytest.approx(t, abs=5e-4)
 
 
+# other levels, from the standard t table (scipy.stats.t.ppf gives the same to 1e-6)
+@pytest.mark.parametrize("p, df, t", [(0.95, 2, 2.919986), (0.995, 5, 4.032143), (0.9, 1, 3.077684),
+                                      (0.6, 7, 0.263167), (0.05, 3, -2.353363), (0.9995, 120, 3.373454)])
+def test_t_quantile_other_levels(p, df, t):
+    assert stats.t_quantile(p, df) == pytest.approx(t, abs=1e-5)
+
+
+def test_t_cdf_closed_forms():
+    # df = 1 is the Cauchy distribution, df = 2 has P(T <= t) = 1/2 + t / (2 sqrt(t^2 + 2))
+    for t in (-5.0, -0.3, 0.0, 1.7, 30.0):
+        assert stats.t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-14)
+        assert stats.t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(t * t + 2)), abs=1e-14)
+    assert stats.t_cdf(0.0, 9) == 0.5 and stats.t_cdf(2.0, 9) == pytest.approx(1 - stats.t_cdf(-2.0, 9))
+    with pytest.raises(ValueError, match="p"):
+        stats.t_quantile(1.0, 3)
+
+
+def test_seed_summary_uses_t_at_every_level():
+    # 3 seeds at level 0.90: half-width t_{0.95,2} * sd / sqrt(3), not the normal z_{0.95}
+    s = stats.seed_summary([0.98, 0.99, 1.0], level=0.9)
+    half = 2.919986 * 0.01 / 3 ** 0.5
+    assert s["ci"] == pytest.approx((0.99 - half, 0.99 + half), abs=1e-6)
+
+
 @pytest.mark.parametrize("b, c, p", [(0, 5, 2 / 32), (1, 9, 2 * 11 / 1024), (5, 5, 1.0), (0, 0, 1.0),
                                      (3, 0, 2 / 8)])
 def test_mcnemar_exact_hand_computed(b, c, p):
@@ -244,6 +268,7 @@ def test_paired_over_seeds_hand_computed_and_verdicts():
     # one seed: only the image interval counts
     assert stats.paired_over_seeds(better[:1], base[:1])["verdict"] == "better"
     s = stats.format_paired(r)
-    assert s.startswith("+10.00 pt (per seed +10.0, +8.0, +12.0;") and s.endswith("better")
+    assert s.startswith("+10.00 pt (per seed +10.0, +8.0, +12.0; 95% interval") and s.endswith("better")
+    assert "90% interval" in stats.format_paired(stats.paired_over_seeds(better, base, level=0.9))
     with pytest.raises(ValueError, match="same seeds and images"):
         stats.paired_over_seeds(better[:2], base)

@@ -296,16 +296,25 @@ def expected_sha256(path) -> str | None:
     return None
 
 
-def _verify_user_checksum(path: Path) -> str:
-    """SHA-256 of ``path``, checked against a ``SHA256SUMS`` file beside it when that file lists it.
+def verify_checksum(path, required: bool = False, hint: str = "") -> str:
+    """SHA-256 of ``path``, checked against the ``SHA256SUMS`` file beside it (the format ``sha256sum``
+    writes, so ``sha256sum mydata.npz > SHA256SUMS`` registers a file of your own).
 
-    ``SHA256SUMS`` has the format ``sha256sum`` writes (``<hex digest>  <file name>`` per line), so
-    ``sha256sum mydata.npz > SHA256SUMS`` registers a file; a mismatch raises ``ValueError``."""
+    A mismatch (a corrupted, truncated or replaced file) raises ValueError naming the file, the expected
+    and the actual digest, then ``hint`` (how to rebuild it). A file that ``SHA256SUMS`` does not list is
+    accepted unless ``required`` (the course's own data files are always listed). Returns the digest."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"file {path} does not exist")
     digest = sha256_file(path)
     expected = expected_sha256(path)
+    if expected is None and required:
+        raise ValueError(f"{path.parent / 'SHA256SUMS'} does not list {path.name}: its checksum cannot be "
+                         f"verified{'; ' + hint if hint else ''}")
     if expected is not None and expected != digest:
-        raise ValueError(f"dataset file {path}: checksum mismatch with {path.parent / 'SHA256SUMS'}: expected sha256 "
-                         f"{expected}, got {digest}. The file changed since it was registered.")
+        raise ValueError(f"checksum mismatch for {path} with {path.parent / 'SHA256SUMS'}: expected sha256 "
+                         f"{expected}, got {digest}. The file is corrupted, truncated or was replaced"
+                         f"{'; ' + hint if hint else ''}.")
     return digest
 
 
@@ -444,7 +453,7 @@ def _load_user(name, limit) -> Splits:
     if not path.exists():
         raise FileNotFoundError(f"DATASET={str(name)!r}: no such file. Give a registry name "
                                 f"({sorted(DATASETS)}) or the path of an .npz or CIFAR-10-format .tar.gz")
-    _verify_user_checksum(path)
+    verify_checksum(path)
     if str(path).lower().endswith(".npz"):
         parts, classes = read_user_npz(path)
     else:

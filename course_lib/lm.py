@@ -34,7 +34,9 @@ from torch import nn
 
 from . import _validate as V
 from . import stats
-from .data import DATA_DIR, expected_sha256, sha256_file
+from .data import DATA_DIR, verify_checksum
+
+_REBUILD = "see data/README.md to rebuild it"
 
 VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))
 WEIGHTS_FILE = "tiny_lm.safetensors"
@@ -238,22 +240,6 @@ def save_lm(model: TinyGPT, path) -> int:
     return path.stat().st_size
 
 
-def verify_checksum(path) -> str:
-    """SHA-256 of ``path``, checked against the ``SHA256SUMS`` beside it when that lists the file.
-
-    A mismatch (a corrupted, truncated or replaced file) raises ValueError naming the file, the
-    expected and the actual digest. Returns the digest."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"file {path} does not exist")
-    digest = sha256_file(path)
-    expected = expected_sha256(path)
-    if expected is not None and expected != digest:
-        raise ValueError(f"checksum mismatch for {path}: expected sha256 {expected}, got {digest} "
-                         f"(the file is corrupted, truncated or was replaced; see data/README.md to rebuild it)")
-    return digest
-
-
 def load_lm(path=None) -> tuple[TinyGPT, CharTokenizer]:
     """Load a TinyGPT saved by :func:`save_lm`; ``path=None`` loads the shipped
     ``data/tiny_lm.safetensors``. Returns (model, tokenizer); the model is float32 (the float16
@@ -268,7 +254,7 @@ def load_lm(path=None) -> tuple[TinyGPT, CharTokenizer]:
     if not path.is_file():
         raise ValueError(f"weights file {path} does not exist"
                          + ("; build it with scripts/train_lm.py" if path.name == WEIGHTS_FILE else ""))
-    verify_checksum(path)
+    verify_checksum(path, hint=_REBUILD)
     try:
         from safetensors import safe_open
         with safe_open(str(path), framework="pt") as f:
@@ -302,7 +288,7 @@ def load_corpus(split: str) -> str:
     SHA-256 against data/SHA256SUMS. Every character is in :data:`VOCAB`."""
     V.one_of("split", split, SPLITS)
     path = DATA_DIR / CORPUS_FILES[split]
-    verify_checksum(path)
+    verify_checksum(path, hint=_REBUILD)
     return lzma.decompress(path.read_bytes()).decode("ascii")
 
 
@@ -310,7 +296,7 @@ def corpus_manifest() -> dict:
     """The corpus manifest (data/pystdlib_manifest.json): Python version, rules, and every file
     with its split, character count and SHA-256."""
     path = DATA_DIR / MANIFEST_FILE
-    verify_checksum(path)
+    verify_checksum(path, hint=_REBUILD)
     return json.loads(path.read_text())
 
 

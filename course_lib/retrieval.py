@@ -15,14 +15,13 @@ similarities (:func:`spearman`).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
 
 from . import stats
 from ._validate import int_in
-from .data import DATA_DIR, expected_sha256
+from .data import DATA_DIR, verify_checksum
 
 RETRIEVAL_FILE = "retrieval.tsv"
 METRIC = "recall@1, retrieval with hard negatives (data/retrieval.tsv)"
@@ -66,11 +65,8 @@ def load_retrieval(n_queries: int | None = None) -> RetrievalSet:
     if n_queries is not None:
         int_in("n_queries", n_queries, 10, None)
     path = DATA_DIR / RETRIEVAL_FILE
+    verify_checksum(path, required=True, hint="rebuild it with data/build_retrieval.py")
     raw = path.read_bytes()
-    want, got = expected_sha256(path), hashlib.sha256(raw).hexdigest()
-    if want != got:
-        raise ValueError(f"{path} has SHA-256 {got}, SHA256SUMS lists {want}: the file was modified "
-                         "(rebuild it with data/build_retrieval.py)")
     queries, pool, pq, kind, grade, swaps = {}, [], [], [], [], {}
     pos = {}
     for line in raw.decode("utf-8").splitlines()[1:]:

@@ -275,8 +275,18 @@ def test_user_file_checksum_registered_beside_it(tmp_path):
     assert s.input_shape == (3, 32, 32) and s.num_classes == 10
     assert len(s.train) + len(s.val) == 100 and s.test.tensors[1].tolist() == batches["test_batch"][b"labels"]
     (tmp_path / "SHA256SUMS").write_text("0" * 64 + f"  {p.name}\n")
-    with pytest.raises(ValueError, match="checksum mismatch with .*SHA256SUMS"):
+    with pytest.raises(ValueError, match="checksum mismatch for .* with .*SHA256SUMS"):
         load_dataset(str(p))
+
+
+def test_verify_checksum_unlisted_file(tmp_path):
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"abc")
+    assert data.verify_checksum(p) == data.sha256_file(p)          # not listed: accepted unless required
+    with pytest.raises(ValueError, match="SHA256SUMS does not list x.bin.*rebuild"):
+        data.verify_checksum(p, required=True, hint="rebuild it")
+    with pytest.raises(ValueError, match="does not exist"):
+        data.verify_checksum(tmp_path / "missing.bin")
 
 
 def test_dataset_key_changes_with_content(tmp_path):

@@ -31,7 +31,10 @@ def test_checksum(monkeypatch, tmp_path):
     (tmp_path / R.RETRIEVAL_FILE).write_text("query\trole\tkind\tgrade\ttext\n")
     (tmp_path / "SHA256SUMS").write_text("0" * 64 + "  " + R.RETRIEVAL_FILE + "\n")
     monkeypatch.setattr(R, "DATA_DIR", tmp_path)
-    with pytest.raises(ValueError, match="modified"):
+    with pytest.raises(ValueError, match="checksum mismatch.*build_retrieval.py"):
+        R.load_retrieval()
+    (tmp_path / "SHA256SUMS").write_text("")       # not listed: refused, with a message that says so
+    with pytest.raises(ValueError, match="does not list retrieval.tsv"):
         R.load_retrieval()
 
 

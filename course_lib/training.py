@@ -304,7 +304,7 @@ def train_baseline(splits: Splits, seed: int = 0, recipe: dict | None = None, de
     r = {**BASELINE_RECIPE, **(recipe or {})}
     seed_everything(seed)
     model = build_model(r["model"], splits.input_shape, splits.num_classes, **r.get("model_kw", {}))
-    kw = {k: v for k, v in r.items() if k not in ("model", "model_kw", "train_subset")}
+    kw = {k: v for k, v in r.items() if k not in ("model", "model_kw", "train_subset", "splits")}
     hist = fit(model, splits.train, splits.val, seed=seed, device=device, progress=progress,
                flip=splits.input_shape[0] == 3, desc="baseline", **kw)
     return model.cpu().eval(), hist
@@ -325,12 +325,18 @@ def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False
     cached under their own key.
     train_indices: train on these rows of the training split only (int64 indices; chapter 4's teacher
     that never saw the images it labels); cached under a key that includes the indices.
+    splits: the dataset already loaded (saves loading it again). Splits that differ from
+    ``load_dataset(dataset)``'s (a subset, another validation seed) are cached under a key that includes
+    a fingerprint of their training and validation tensors, so they never share a model with the dataset's
+    own splits. The key does not include ``device``.
     """
     recipe = dict(BASELINE_RECIPE) if epochs is None else {**BASELINE_RECIPE, "epochs": epochs}
     if model_kw:
         recipe["model_kw"] = dict(sorted(model_kw.items()))
     if splits is None:
         splits = load_dataset(dataset)
+    elif (fp := _splits_fingerprint(splits)) != _splits_fingerprint(load_dataset(dataset)):
+        recipe["splits"] = fp
     if train_indices is not None:
         idx = torch.as_tensor(train_indices, dtype=torch.int64).reshape(-1)
         n = len(splits.train)
@@ -358,6 +364,16 @@ def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False
         _atomic_write(meta_path, lambda f: f.write(json.dumps(info, indent=1).encode()))
     info["cached"] = False
     return model, info
+
+
+def _splits_fingerprint(splits: Splits) -> str:
+    """SHA-256 (16 hex digits) of the training and validation tensors of ``splits``."""
+    h = hashlib.sha256()
+    for part in (splits.train, splits.val):
+        for t in part.tensors:
+            h.update(str((tuple(t.shape), t.dtype)).encode())
+            h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _read_cached(model: nn.Module, path: Path, meta_path: Path):

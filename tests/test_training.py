@@ -106,6 +106,12 @@ def test_load_baseline_caches(tmp_path, monkeypatch, tiny):
     assert info2["cached"] is True
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     assert len(info2["history"]["train_loss"]) == 1
+    # other splits of the same dataset (here: fewer training images) never reuse that model
+    x, y = tiny.train.tensors
+    fewer = dataclasses.replace(tiny, train=torch.utils.data.TensorDataset(x[:-8], y[:-8]))
+    _, info3 = load_baseline("mnist5k", seed=0, splits=fewer, progress=False)
+    assert info3["cached"] is False and info3["path"] != info1["path"]
+    assert load_baseline("mnist5k", seed=0, splits=fewer)[1]["path"] == info3["path"]
 
 
 _WAITER = """

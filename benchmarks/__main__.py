@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     found, rows = measure_targets(s, base, out, quick=args.limit is not None)
     found4, students4 = measure_ch4_targets(s, base, quick=args.limit is not None)  # chapter 04: over seeds
     found += found4
-    found5, rows5 = measure_ch5_targets(s, base, out, quick=args.limit is not None)  # chapter 05: its own table
+    found5, rows5, models5 = measure_ch5_targets(s, base, out, quick=args.limit is not None)  # chapter 05: its own table
     found += found5
     found += measure_ch6_targets(quick=args.limit is not None)  # chapter 06: MiniLM on its retrieval set
     found += measure_llm_targets(quick=args.limit is not None, seed=args.seed)  # chapter 07: its own model and data
@@ -140,12 +140,10 @@ def main(argv=None) -> int:
     add(f"ch4 student from scratch, {ep} ep", students4["scratch"], torch_file(students4["scratch"], "scratch"), "scratch")
     add(f"ch4 student distilled, {ep} ep", students4["kd"], torch_file(students4["kd"], "kd"), "kd")
 
-    # chapter 5: combinations
-    dc = recipes.deep_compression(base, s.train, seed=args.seed)
-    dcf = out / "deep_compression.ccz"
-    storage.save_compressed(dc, dcf, bits=recipes.DC_BITS)
-    add("ch5 deep compression (.ccz)", storage.load_compressed(dcf), dcf, "prune+kmeans+huffman")
-    fast = recipes.latency_model(base, s.train, seed=args.seed)
+    # chapter 5: combinations, the first seed's models of chapter 5's targets above (not trained again)
+    dc, dcf = models5["deep_compression"]
+    add("ch5 deep compression (.ccz)", dc, dcf, "prune+kmeans+huffman")
+    fast = models5["latency"]
     f32 = deploy.export_onnx(fast, out / "fast.onnx", shape)
     add("ch5 latency-optimised, onnxruntime", deploy.OrtModule(f32), f32, "channel+kd+ort", runs="onnxruntime",
         counts_from=fast)

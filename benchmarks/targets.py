@@ -205,9 +205,10 @@ def as_json(found: list[Target]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- chapter 5: putting it together
-def measure_ch5_targets(s, base, out, quick: bool = False) -> tuple[list[Target], dict]:
+def measure_ch5_targets(s, base, out, quick: bool = False) -> tuple[list[Target], dict, dict]:
     """Chapter 5's targets with the chapter's recipes and seeds (``recipes.SEEDS``); returns (targets, the
-    chapter's latency rows). Deep Compression (``recipes.deep_compression``: gradual pruning to 95%, trained
+    chapter's latency rows, the first seed's models: {"deep_compression": (model loaded back, its .ccz path),
+    "latency": the fp32 latency model}, for the overview table). Deep Compression (``recipes.deep_compression``: gradual pruning to 95%, trained
     centroids at ``recipes.DC_BITS``) from ``.ccz`` files that load back: at least 50x smaller than the
     baseline's state dict (the largest file of the seeds), mean loss at most 0.5 point; reported against the
     dense LeNet with as many parameters as its non-zeros, from scratch, int8 in onnxruntime (about the same
@@ -264,4 +265,5 @@ def measure_ch5_targets(s, base, out, quick: bool = False) -> tuple[list[Target]
     widths = {k: fast[0].config[k] for k in ("c1", "c2", "fc")}
     scr = torch.stack([correct(control(widths, seed), test) for seed in recipes.SEEDS])
     found.append(_control_verdict("05", f"latency model (fp32) vs its architecture {widths} from scratch", c32, scr))
-    return found, rows
+    first = out / f"ch5_deep_compression_seed{recipes.SEEDS[0]}.ccz"
+    return found, rows, {"deep_compression": (dcs[0], first), "latency": fast[0]}

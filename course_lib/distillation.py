@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _validate as V
+from .stats import seed_summary
 from .training import History, fit, get_device
 
 __all__ = ["soften", "kd_loss", "hint_loss", "FeatureHint", "TeacherCache", "distill", "teacher_probabilities",
@@ -282,9 +283,8 @@ def evaluate_runs(models, seeds, test) -> dict:
         raise ValueError(f"give one trained model per seed: {len(models)} model(s) for {len(seeds)} seed(s)")
     rows = [correct(m, test) for m in models]
     accs = [float(r.float().mean()) for r in rows]
-    mean = sum(accs) / len(accs)
-    std = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else 0.0
-    return {"accs": accs, "mean": mean, "std": std, "seeds": seeds, "models": models, "model": models[-1],
+    summ = seed_summary(accs)
+    return {"accs": accs, "mean": summ["mean"], "std": summ["std"], "seeds": seeds, "models": models, "model": models[-1],
             "correct": torch.stack(rows)}
 
 
@@ -412,7 +412,7 @@ def choose_bias_shift(model: nn.Module, val, cls: int, shifts=None) -> tuple[flo
     choice is a decision, so never the test split). Hinton et al. (2015, section 3) raised the omitted 3's
     bias by 3.5 after distillation without any 3 in the transfer set.
 
-    shifts: candidate raises (default 0 to 10 in steps of 0.25); ties go to the smallest. Returns
+    shifts: candidate raises (default 0 to 10 in steps of 0.25); ties go to the smallest in absolute value. Returns
     (best shift, {shift: validation accuracy}).
     """
     from .training import _as_loader, _labels

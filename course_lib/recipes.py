@@ -34,7 +34,7 @@ from torch.nn.utils import prune as torch_prune
 
 from . import deploy, pruning
 from . import quantization as Q
-from ._validate import number_in, positive_int
+from ._validate import int_in, number_in, positive_int
 from .distillation import distill
 from .lowrank import cp_macs, factorize, linear_params, rank_for_budget, tucker2_macs
 from .models import PoolBeforeReLU
@@ -329,9 +329,7 @@ def train_centroids(pruned: nn.Module, train, bits=None, epochs: int = CENTROID_
     default ``DC_BITS``), train the codebooks only for ``epochs`` >= 0 (the indices and the zeros stay fixed;
     autograd sums the gradients of the weights sharing a centroid; shifts, AdamW at ``lr``), and return an
     ordinary model holding only zeros and codebook values (``Q.bake_shared``)."""
-    epochs = int(epochs)
-    if epochs < 0:
-        raise ValueError(f"epochs={epochs} must be >= 0")
+    epochs = int_in("epochs", epochs, 0, None)
     q = Q.shared_weights_model(pruned, DC_BITS if bits is None else bits)
     if epochs:
         books = [p for n, p in q.named_parameters() if n.endswith("codebook")]
@@ -347,9 +345,11 @@ def deep_compression(model: nn.Module, train, val=None, sparsity: float = 0.95, 
     """Han et al. (2016), rebuilt: ``deep_compression_prune`` for ``epochs``, then ``train_centroids``
     (bits an int or {layer: bits}, default ``DC_BITS``: 8 for conv, 5 for fc) for ``centroid_epochs``
     (0: plain k-means sharing). Returns a new model holding only zeros and codebook values, ready for
-    ``storage.save_compressed``."""
+    ``storage.save_compressed``. ``fit_kw`` go to the pruning stage; of them, ``device`` and ``progress``
+    to the centroid stage too (its optimiser and schedule are its own)."""
     m = deep_compression_prune(model, train, val, sparsity, epochs, seed, **fit_kw)
-    return train_centroids(m, train, bits, centroid_epochs, centroid_lr, seed, device=fit_kw.get("device"))
+    both = {k: fit_kw[k] for k in ("device", "progress") if k in fit_kw}
+    return train_centroids(m, train, bits, centroid_epochs, centroid_lr, seed, **both)
 
 
 def latency_model(teacher: nn.Module, train, val=None, ratio=None, epochs: int = LATENCY_EPOCHS, seed: int = 0,
@@ -361,13 +361,13 @@ def latency_model(teacher: nn.Module, train, val=None, ratio=None, epochs: int =
     The controls use the same recipe and budget: ``alpha=0.0`` trains on the labels only (pruning
     without distillation); ``scratch=True`` starts the same architecture from random weights (drawn
     from ``seed``) instead of the pruned teacher's (with ``alpha=0.0``: no distillation either)."""
+    number_in("alpha", alpha, 0, 1)
     ratio = LATENCY_RATIO if ratio is None else ratio
     seed_everything(seed)
     small = pruning.channel_prune(copy.deepcopy(teacher), ratio)
     if scratch:
         small = type(small)(**small.config)
     kw = dict(optimizer="adamw", weight_decay=1e-4, schedule="onecycle", augment=1, desc="distill") | fit_kw
-    number_in("alpha", alpha, 0, 1)
     if alpha == 0:  # no distillation: the same recipe on the labels alone, without paying for teacher forwards
         fit(small, train, val, epochs=epochs, lr=lr, seed=seed, **(kw | {"desc": "labels only"}))
     else:

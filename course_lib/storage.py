@@ -250,19 +250,27 @@ def tensor_streams(t: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return np.diff(np.r_[-1, nz]) - 1, np.searchsorted(codebook, a[nz]), codebook.astype(np.float32)
 
 
-def _encode_tensor(t: torch.Tensor) -> tuple[dict, bytes]:
-    """Choose an encoding for one tensor and return (header entry, payload)."""
+def _encode_tensor(t: torch.Tensor, codebook_bits: int | None = None) -> tuple[dict, bytes]:
+    """Choose an encoding for one tensor and return (header entry, payload). ``codebook_bits``: the
+    tensor is a shared layer whose non-zeros take at most 2**codebook_bits values (ValueError naming the
+    count otherwise); it is stored as a codebook whatever its size, with ``bits`` in its entry."""
     if not t.is_floating_point():  # integer buffers, e.g. BatchNorm's num_batches_tracked
         raw = t.detach().cpu().to(torch.int64).contiguous().numpy().astype("<i8").tobytes()
         return {"enc": "raw_i64", "parts": [len(raw)]}, raw
     n = t.numel()
     gaps, idx, codebook = tensor_streams(t)
-    if n >= 64 and codebook.size <= MAX_CODEBOOK and (codebook.size <= 256 or idx.size < n // 2):
+    if codebook_bits is not None and codebook.size > 2 ** codebook_bits:
+        raise ValueError(f"{codebook.size} distinct non-zero values, but bits={codebook_bits} indexes at most "
+                         f"2**{codebook_bits} = {2 ** codebook_bits}: share its weights first")
+    if codebook_bits is not None or (n >= 64 and codebook.size <= MAX_CODEBOOK and
+                                     (codebook.size <= 256 or idx.size < n // 2)):
         cb = codebook.astype("<f4").tobytes()
         g = huffman.encode(gaps)
         v = huffman.encode(idx)
         entry = {"enc": "sparse_codebook", "nnz": int(idx.size), "codebook": int(codebook.size),
                  "parts": [len(cb), len(g), len(v)]}
+        if codebook_bits is not None:
+            entry["bits"] = codebook_bits
         return entry, cb + g + v
     raw = t.detach().cpu().to(torch.float32).contiguous().numpy().astype("<f4").tobytes()
     return {"enc": "raw_f32", "parts": [len(raw)]}, raw
@@ -315,18 +323,17 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, bits=None) -> int
     float32; integer buffers (BatchNorm's num_batches_tracked) as raw int64. Lossless for float32
     models. bits: the index width of each shared layer (an int in 1..16 or {layer: bits}, e.g.
     ``recipes.DC_BITS``), stored in the header (``"bits"``) and checked: a layer with more distinct
-    non-zero values than 2**bits raises ValueError, and ``load_compressed`` checks it again.
+    non-zero values than 2**bits raises ValueError (naming the count), a layer within it is stored as a
+    codebook whatever its size, and ``load_compressed`` checks the bound again.
     """
     name = _model_name(model)
     widths = _layer_bits(model, bits)
     entries, payloads = [], []
     for key, t in effective_state_dict(model).items():
-        entry, payload = _encode_tensor(t)
-        if key in widths:
-            if entry["enc"] != "sparse_codebook" or entry["codebook"] > 2 ** widths[key]:
-                raise ValueError(f"{key} has more distinct non-zero values than bits={widths[key]} can index "
-                                 f"(2**{widths[key]}): share its weights first")
-            entry["bits"] = widths[key]
+        try:
+            entry, payload = _encode_tensor(t, widths.get(key))
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}") from None
         entry.update(name=key, shape=list(t.shape))
         entries.append(entry)
         payloads.append(payload)
@@ -403,8 +410,10 @@ def min_width_bytes(symbols) -> bytes:
     them (uint8, uint16, uint32): what a general-purpose coder should be fed (not int32 with zero bytes)."""
     s = np.asarray(symbols, dtype=np.int64).ravel()
     if s.size and s.min() < 0:
-        raise ValueError("symbols must be >= 0")
+        raise ValueError(f"symbols must be >= 0, got a minimum of {int(s.min())}")
     top = int(s.max()) if s.size else 0
+    if top >= 1 << 32:
+        raise ValueError(f"symbols must be < 2**32 (uint32 at most), got a maximum of {top}")
     dtype = "<u1" if top < 1 << 8 else "<u2" if top < 1 << 16 else "<u4"
     return s.astype(dtype).tobytes()
 

@@ -340,9 +340,13 @@ def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False
     if train_indices is not None:
         idx = torch.as_tensor(train_indices, dtype=torch.int64).reshape(-1)
         n = len(splits.train)
-        if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= n or len(torch.unique(idx)) != idx.numel():
-            raise ValueError(f"train_indices must be distinct indices in [0, {n}) of the training split, "
-                             f"got {idx.numel()} value(s)")
+        if idx.numel() == 0:
+            raise ValueError(f"train_indices is empty: give at least one index in [0, {n}) of the training split")
+        if int(idx.min()) < 0 or int(idx.max()) >= n:
+            raise ValueError(f"train_indices must lie in [0, {n}) (the training split's rows), got values from "
+                             f"{int(idx.min())} to {int(idx.max())}")
+        if (dup := idx.numel() - len(torch.unique(idx))) > 0:
+            raise ValueError(f"train_indices must be distinct, got {dup} duplicate(s) among {idx.numel()} indices")
         recipe["train_subset"] = hashlib.sha256(idx.numpy().tobytes()).hexdigest()[:16]
         x, y = splits.train.tensors
         splits = dataclasses.replace(splits, train=torch.utils.data.TensorDataset(x[idx], y[idx]))

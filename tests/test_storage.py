@@ -242,6 +242,8 @@ def test_relative_index_example_and_errors():
 
 def test_min_width_bytes_picks_the_narrowest_unsigned_type():
     assert storage.min_width_bytes([0, 255]) == bytes([0, 255])
+    with pytest.raises(ValueError, match="< 2\\*\\*32.*4294967301"):
+        storage.min_width_bytes([2 ** 32 + 5])
     assert len(storage.min_width_bytes([0, 256])) == 4 and len(storage.min_width_bytes([70000])) == 4
     assert np.array_equal(np.frombuffer(storage.min_width_bytes([1, 300]), "<u2"), [1, 300])
     with pytest.raises(ValueError, match=">= 0"):
@@ -270,7 +272,13 @@ def test_save_compressed_stores_and_checks_bits(tmp_path):
     got = {e["name"]: e.get("bits") for e in header["tensors"]}
     assert got["fc1.weight"] == 4 and got["conv2.weight"] == 4 and got["conv1.weight"] is None and n == len(raw)
     assert torch.equal(storage.load_compressed(tmp_path / "b.ccz").fc1.weight, m.fc1.weight)
-    with pytest.raises(ValueError, match="more distinct"):
-        storage.save_compressed(m, tmp_path / "c.ccz", bits={"fc1": 1})  # its 4 values need 2 bits
+    with pytest.raises(ValueError, match=r"fc1.weight: \d+ distinct non-zero values, but bits=1 indexes at most"):
+        storage.save_compressed(m, tmp_path / "c.ccz", bits={"fc1": 1})  # its values need more than 2
+    # a shared layer too small for the automatic choice (fewer than 64 weights) is still stored as a codebook
+    tiny = torch.nn.Linear(3, 2, bias=False)
+    tiny.weight.data = torch.tensor([[0.5, 0.0, -0.5], [0.5, 0.5, 0.0]])
+    assert storage._encode_tensor(tiny.weight)[0]["enc"] == "raw_f32"
+    entry, _ = storage._encode_tensor(tiny.weight, codebook_bits=1)
+    assert entry["enc"] == "sparse_codebook" and entry["bits"] == 1 and entry["codebook"] == 2
     with pytest.raises(ValueError, match="fc3"):
         storage.save_compressed(m, tmp_path / "c.ccz", bits={"fc3": 4})

@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LIB = ROOT / "course_lib"
 TECHNIQUES = {"pruning", "quantization", "lowrank", "distillation"}
-UPPER = {"deploy", "plots", "checks", "recipes", "records", "bert", "robustness"}
+UPPER = {"deploy", "plots", "checks", "recipes", "records", "bert", "robustness", "runtimes"}
 FOUNDATIONS = {"data", "models", "measure", "_validate", "huffman", "env"}
 
 

@@ -147,3 +147,4 @@ from .quantization import *  # noqa: E402,F401,F403
 from .pruning import *  # noqa: E402,F401,F403
 from .transformer import *  # noqa: E402,F401,F403
 from .llm import *  # noqa: E402,F401,F403
+from .runtimes import *  # noqa: E402,F401,F403

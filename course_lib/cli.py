@@ -26,9 +26,9 @@ INDEX_FLAGS = ["--timeout", "15", "--retries", "1"]  # an unreachable index fail
 COMMANDS = {
     "setup": "create .venv and install the locked torch and the course with its dev extras",
     "run": "execute every notebook, write build/handouts/ and build/results.md",
-    "test": "unit tests (nbgrader grading included), then pytest --nbval over notebooks/",
+    "test": "unit tests (nbgrader grading included) and pytest --nbval over notebooks/, two jobs at a time",
     "unit": "the unit tests without the nbgrader grading (quick)",
-    "nbval": "pytest --nbval over notebooks/ alone",
+    "nbval": "pytest --nbval over notebooks/ alone, two notebooks at a time",
     "lab": "open JupyterLab on notebooks/",
     "student": "student copies of the notebooks in build/student/",
     "handouts": "offline HTML handouts in build/handouts/ (from the last run, else the committed notebooks)",
@@ -41,6 +41,11 @@ COMMANDS = {
     "clean": "remove build/ (and the baseline cache in it)",
 }
 NEEDS_NO_VENV = ("setup", "clean")
+# Commands whose programs are independent: they run side by side, $COURSE_TEST_JOBS at a time (default 2),
+# longest first, so both cores of a small machine stay busy (most notebook cells use one thread)
+PARALLEL = ("test", "nbval")
+# expected seconds of the unit-test jobs on 2 cores (order only; the notebooks' come from their own timings)
+UNIT_JOBS = {"tests/test_nbgrader.py": 600, "tests/test_other_datasets.py": 150, "tests": 250}
 
 
 def find_root(start: Path | None = None) -> Path:
@@ -140,12 +145,17 @@ def commands(name: str, py: str, root: Path, curve: bool | None = None) -> list[
     nbs = [p.relative_to(root).as_posix() for p in sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
     executed = sorted((root / "build" / "executed").glob("[0-9][0-9]_*.ipynb"))
     pytest, script = [py, "-m", "pytest", "-q"], lambda s, *a: [py, f"scripts/{s}.py", *a]
+    def nbval(paths):  # one job per notebook, the longest (by its last execution) first
+        return [pytest + ["--nbval", p] for p in sorted(paths, key=lambda p: -executed_seconds(root / p))]
+
+    heavy = [k for k in UNIT_JOBS if k != "tests"]
+    unit = [pytest + [k] if k != "tests" else pytest + ["tests", *(f"--ignore={h}" for h in heavy)] for k in UNIT_JOBS]
     table = {
         "run": [script("run_notebooks", "--out", "build/executed", *nbs),
                 script("make_handouts", "build/executed", "build/handouts"), [py, "-m", "course_lib.records"]],
-        "test": [pytest + ["tests"], pytest + ["--nbval", "notebooks"]],
+        "test": sorted(unit + nbval(nbs), key=lambda c: -_expected(root, c)),
         "unit": [(pytest + ["tests"], {"COURSE_TEST_NBGRADER": "0", "COURSE_TEST_OTHER_DATASETS": "0"})],
-        "nbval": [pytest + ["--nbval", "notebooks"]],
+        "nbval": nbval(nbs),
         "lab": [([py, "-m", "jupyterlab", *(["--KernelManager.transport_encryption=auto"] if curve else []),
                   "notebooks/"], {"COURSE_PROGRESS": "1"})],
         "student": [script("make_student", "--out", "build/student", *nbs)],
@@ -159,6 +169,79 @@ def commands(name: str, py: str, root: Path, curve: bool | None = None) -> list[
         "setup": [], "clean": [],
     }
     return [c if isinstance(c, tuple) else (c, {}) for c in table[name]]
+
+
+def executed_seconds(notebook: Path) -> float:
+    """Seconds the cells of ``notebook`` took when it was last executed (from the execution timestamps
+    nbclient stores in each code cell's metadata; 0.0 if there are none or the file cannot be read)."""
+    import datetime
+    import json
+    try:
+        cells = json.loads(Path(notebook).read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError):
+        return 0.0
+    total = 0.0
+    for c in cells:
+        e = c.get("metadata", {}).get("execution", {})
+        try:
+            a, b = (datetime.datetime.fromisoformat(e[k].replace("Z", "+00:00"))
+                    for k in ("iopub.execute_input", "shell.execute_reply"))
+        except (KeyError, ValueError, AttributeError):
+            continue
+        total += max(0.0, (b - a).total_seconds())
+    return total
+
+
+def _expected(root: Path, cmd: list[str]) -> float:
+    """Expected seconds of one job of ``test`` (for the order only)."""
+    target = next((a for a in cmd[4:] if not a.startswith("-")), "tests")
+    return UNIT_JOBS.get(target, executed_seconds(root / target))
+
+
+def jobs_wanted(environ=None) -> int:
+    """How many programs ``test`` and ``nbval`` run at once: $COURSE_TEST_JOBS (an integer >= 1), else 2
+    (1 on a one-core machine)."""
+    raw = (os.environ if environ is None else environ).get("COURSE_TEST_JOBS", "").strip()
+    if not raw:
+        return 1 if (os.cpu_count() or 1) < 2 else 2
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"COURSE_TEST_JOBS={raw!r} is not valid: give an integer >= 1 (1 runs the jobs one by one)")
+    return int(raw)
+
+
+def run_parallel(jobs: list[tuple[list[str], dict]], root: Path, env: dict, workers: int) -> int:
+    """Run the (argv, extra environment) ``jobs`` in ``root``, ``workers`` at a time in the order given;
+    each job's output is printed whole when it ends, with its time. Every job runs even after a failure
+    (one report of everything that failed); returns the first failing job's exit status, else 0.
+    OpenMP threads wait passively (OMP_WAIT_POLICY), so jobs side by side do not spin on each other's cores."""
+    import tempfile
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    lock, t_all = threading.Lock(), time.perf_counter()
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **env}
+
+    def one(job):
+        cmd, extra = job
+        with lock:
+            print("+ start:", _show(cmd, extra), flush=True)
+        t0 = time.perf_counter()
+        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
+            rc = subprocess.call(cmd, cwd=root, env={**env, **extra}, stdout=log, stderr=subprocess.STDOUT)
+            log.seek(0)
+            out = log.read()
+        took = time.perf_counter() - t0
+        with lock:
+            print(f"+ {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {took:.0f} s: {_show(cmd, extra)}", flush=True)
+            print(out.rstrip(), flush=True)
+        return rc, took
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, jobs))
+    print(f"+ {len(jobs)} jobs, {workers} at a time, in {time.perf_counter() - t_all:.0f} s:", flush=True)
+    for (cmd, extra), (rc, took) in zip(jobs, results):
+        print(f"  {took:6.0f} s  {'ok' if rc == 0 else f'FAILED (exit {rc})':17s} {_show(cmd[3:], extra)}", flush=True)
+    return next((rc for rc, _ in results if rc), 0)
 
 
 def base_env(environ=None) -> dict[str, str]:
@@ -267,6 +350,8 @@ def _main(argv: list[str]) -> int:
             return 0
         return subprocess.call(cmd, cwd=root, env=base_env())
     env = base_env()
+    if args.command in PARALLEL and not args.dry_run and (workers := jobs_wanted()) > 1:
+        return run_parallel(commands(args.command, sys.executable, root), root, env, workers)
     for cmd, extra in commands(args.command, sys.executable, root):
         print("+", _show(cmd, extra), flush=True)
         if not args.dry_run:

@@ -1,6 +1,7 @@
 """python -m course_lib: the torch-source decision, the commands each target runs, setup's pip commands,
 argument errors, and that the package imports (and the CLI runs) without torch. Nothing here installs
 or executes a notebook: --dry-run and a recorded subprocess stand in for the real programs."""
+import json
 import os
 import shutil
 import subprocess
@@ -152,9 +153,48 @@ def test_setup_needed_follows_the_stamp(tmp_path):
 
 
 # -- the commands each target runs ------------------------------------------------------------------
-def test_test_is_unit_tests_then_nbval():
-    cmds = cli.commands("test", PY, ROOT)
-    assert [c for c, _ in cmds] == [[PY, "-m", "pytest", "-q", "tests"], [PY, "-m", "pytest", "-q", "--nbval", "notebooks"]]
+def test_test_is_every_unit_test_and_every_notebook_longest_first():
+    cmds = [c for c, _ in cli.commands("test", PY, ROOT)]
+    nbs = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    # every notebook under nbval once, and the unit tests split in three jobs that cover tests/ exactly once
+    assert sorted(c[-1] for c in cmds if "--nbval" in c) == nbs
+    unit = [c[4:] for c in cmds if "--nbval" not in c]
+    assert sorted(map(tuple, unit)) == sorted([("tests/test_nbgrader.py",), ("tests/test_other_datasets.py",),
+                                              ("tests", "--ignore=tests/test_nbgrader.py",
+                                               "--ignore=tests/test_other_datasets.py")])
+    assert all(c[:4] == [PY, "-m", "pytest", "-q"] for c in cmds)
+    expected = [cli._expected(ROOT, c) for c in cmds]
+    assert expected == sorted(expected, reverse=True) and cmds[0][-1] == "tests/test_nbgrader.py"
+    assert [c for c, _ in cli.commands("nbval", PY, ROOT)] == [c for c in cmds if "--nbval" in c]
+
+
+def test_executed_seconds_reads_the_cells_timestamps(tmp_path):
+    nb = {"cells": [{"cell_type": "code", "metadata": {"execution": {
+        "iopub.execute_input": "2026-12-07T01:00:00.000Z", "shell.execute_reply": "2026-12-07T01:00:02.500Z"}}},
+        {"cell_type": "markdown", "metadata": {}}, {"cell_type": "code", "metadata": {"execution": {
+            "iopub.execute_input": "2026-12-07T01:01:00Z", "shell.execute_reply": "2026-12-07T01:01:01Z"}}}]}
+    (tmp_path / "a.ipynb").write_text(json.dumps(nb))
+    assert cli.executed_seconds(tmp_path / "a.ipynb") == pytest.approx(3.5)
+    assert cli.executed_seconds(tmp_path / "missing.ipynb") == 0.0
+
+
+def test_jobs_wanted():
+    assert cli.jobs_wanted({"COURSE_TEST_JOBS": "3"}) == 3 and cli.jobs_wanted({"COURSE_TEST_JOBS": " 1 "}) == 1
+    assert cli.jobs_wanted({}) in (1, 2)
+    for bad in ("0", "two", "-1"):
+        with pytest.raises(ValueError, match=f"COURSE_TEST_JOBS='{bad}'.*integer >= 1"):
+            cli.jobs_wanted({"COURSE_TEST_JOBS": bad})
+
+
+def test_run_parallel_runs_every_job_reports_and_returns_the_first_failure(tmp_path, capsys):
+    py = sys.executable
+    jobs = [([py, "-c", "print('one')"], {}), ([py, "-c", "import sys; print('two'); sys.exit(4)"], {}),
+            ([py, "-c", "import os; print(os.environ['X'], os.environ['OMP_WAIT_POLICY'])"], {"X": "three"})]
+    assert cli.run_parallel(jobs, tmp_path, dict(os.environ), 2) == 4
+    out = capsys.readouterr().out
+    assert "one" in out and "two" in out and "three PASSIVE" in out and "FAILED (exit 4)" in out
+    assert "3 jobs, 2 at a time" in out
+    assert cli.run_parallel(jobs[:1], tmp_path, dict(os.environ), 2) == 0
     assert cli.commands("unit", PY, ROOT) == [([PY, "-m", "pytest", "-q", "tests"],
                                               {"COURSE_TEST_NBGRADER": "0", "COURSE_TEST_OTHER_DATASETS": "0"})]
     assert cli.commands("lab", PY, ROOT)[0][1] == {"COURSE_PROGRESS": "1"}
@@ -192,7 +232,7 @@ def test_main_dry_run_prints_and_runs_nothing(capsys, monkeypatch):
     monkeypatch.setattr(cli.subprocess, "call", lambda *a, **k: pytest.fail("dry run ran a program"))
     assert cli.main(["test", "--dry-run", "--no-venv"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].endswith("-m pytest -q tests") and out[1].endswith("-m pytest -q --nbval notebooks")
+    assert out[0].endswith("-m pytest -q tests/test_nbgrader.py") and any(o.endswith(".ipynb") for o in out)
 
 
 def test_a_dry_run_from_a_bare_checkout_shows_the_setup_and_the_rerun(tmp_path, monkeypatch, capsys):
@@ -223,8 +263,10 @@ def test_setup_names_the_way_out_when_the_index_fails(tmp_path, monkeypatch):
 def test_main_stops_at_the_first_failure(monkeypatch, capsys):
     calls = []
     monkeypatch.setattr(cli.subprocess, "call", lambda cmd, cwd=None, env=None: calls.append(env) or 3)
-    assert cli.main(["test", "--no-venv"]) == 3
+    assert cli.main(["run", "--no-venv"]) == 3
     assert len(calls) == 1 and calls[0]["PYTHONHASHSEED"] == "0"
+    monkeypatch.setenv("COURSE_TEST_JOBS", "1")   # one at a time: test too stops at the first failure
+    assert cli.main(["test", "--no-venv"]) == 3 and len(calls) == 2
 
 
 def test_main_names_bad_arguments(capsys, monkeypatch):

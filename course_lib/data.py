@@ -282,6 +282,23 @@ def is_user_dataset(name) -> bool:
     return isinstance(name, (str, os.PathLike)) and str(name).lower().endswith(_USER_SUFFIXES)
 
 
+def atomic_write(path, payload) -> Path:
+    """Write ``payload`` (bytes, or a function that writes to a binary file object, e.g.
+    ``lambda f: torch.save(state, f)``) to ``path`` through a temporary name in the same folder and a
+    rename, so a reader (another kernel, a test running beside) never sees half a file. Creates the
+    folder; returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            payload(f) if callable(payload) else f.write(payload)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def expected_sha256(path) -> str | None:
     """The SHA-256 that the ``SHA256SUMS`` beside ``path`` lists for it (lower-case hex), or None when
     there is no such file or it does not list ``path``. Format as ``sha256sum`` writes it:

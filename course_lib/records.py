@@ -17,7 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from . import measure, stats
-from .data import BUILD_DIR, REPO_ROOT
+from .data import BUILD_DIR, REPO_ROOT, atomic_write
 from .training import evaluate
 
 _MEASURE = object()  # sentinel: "measure this field" (None means "not measured", e.g. latency)
@@ -144,9 +144,7 @@ def write_results(stem: str, records: list[dict], root: str | os.PathLike | None
     if lab_mode:
         out = out / "lab"
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{stem}.json"
-    path.write_text(json.dumps(records, indent=1))
-    return path
+    return atomic_write(out / f"{stem}.json", json.dumps(records, indent=1).encode())
 
 
 def _fmt(k: str, v) -> str:
@@ -259,7 +257,7 @@ def assemble(root: str | os.PathLike | None = None, out: str | os.PathLike | Non
                   format_table(records, columns=("name", "accuracy", "size_bytes", "params", "nonzero",
                                                  "macs", "latency_ms", *extra)), ""]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts))
+    atomic_write(out, "\n".join(parts).encode())
     return out
 
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from . import _validate as V
 from . import huffman
+from .data import atomic_write
 from .measure import effective_state_dict, serialize
 from .models import MODELS, build_model
 
@@ -91,15 +92,13 @@ def save_state(model: nn.Module, path) -> int:
     Load it back with ``torch.load(path, weights_only=True)``. torch.ao quantized models are saved
     with their own state dict (their packed weights serialise through torch.save).
     """
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(serialize(model))
+    atomic_write(path, serialize(model))
     return os.path.getsize(path)
 
 
 def zlib_file(src, dest) -> Path:
     """Write ``src``'s bytes zlib-compressed (level 9) to ``dest``; return dest (what 'zipping' a model gives)."""
-    Path(dest).write_bytes(compress(Path(src).read_bytes(), "zlib"))
-    return Path(dest)
+    return atomic_write(dest, compress(Path(src).read_bytes(), "zlib"))
 
 
 # ---------------------------------------------------------------- the shared container
@@ -338,8 +337,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike, bits=None) -> int
         entries.append(entry)
         payloads.append(payload)
     data = _write_container(MAGIC, {"model": name, "config": model.config, "tensors": entries}, payloads)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_bytes(data)
+    atomic_write(path, data)
     return len(data)
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import _validate as V
-from .data import BUILD_DIR, Splits, dataset_key, load_dataset
+from .data import BUILD_DIR, Splits, atomic_write, dataset_key, load_dataset
 from .models import build_model
 
 
@@ -364,8 +364,8 @@ def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False
         model, hist = train_baseline(splits, seed, recipe, device=device, progress=progress)
         info = {"history": hist.to_dict(), "train_seconds": hist.seconds, "recipe": recipe,
                 "dataset": dataset, "seed": seed, "path": str(path)}
-        _atomic_write(path, lambda f: torch.save(model.state_dict(), f))
-        _atomic_write(meta_path, lambda f: f.write(json.dumps(info, indent=1).encode()))
+        atomic_write(path, lambda f: torch.save(model.state_dict(), f))
+        atomic_write(meta_path, lambda f: f.write(json.dumps(info, indent=1).encode()))
     info["cached"] = False
     return model, info
 
@@ -388,15 +388,6 @@ def _read_cached(model: nn.Module, path: Path, meta_path: Path):
     info = json.loads(meta_path.read_text())
     info["cached"] = True
     return model.eval(), info
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Write a file through a temporary name and rename it, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
 
 
 @contextmanager

@@ -215,9 +215,9 @@ def main(argv=None) -> int:
     m = machine()
     modes = ["full", "lab"] if args.lab else ["full"]
     rows: dict[str, dict] = {nb.stem: {} for nb in notebooks}
-    if args.update:
-        rows = {**previous_rows(args.work, m), **rows}
-        rows = dict(sorted(rows.items()))
+    if args.update:  # a re-timed chapter keeps its previous result of a mode not run now (lab without --lab)
+        prev = previous_rows(args.work, m)
+        rows = dict(sorted({**prev, **{k: dict(prev.get(k, {})) for k in rows}}.items()))
     for nb in notebooks:
         rows[nb.stem]["date"] = m["date"]
     failed = []
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
             if r["error"]:
                 failed.append(f"{nb.stem} ({mode})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table(rows, m, args.lab))
+    args.out.write_text(table(rows, m, args.lab or any("lab" in r for r in rows.values())))
     args.work.mkdir(parents=True, exist_ok=True)
     (args.work / "timings.json").write_text(json.dumps({"machine": m, "chapters": rows}, indent=1))
     print(f"wrote {args.out} and {args.work / 'timings.json'}")

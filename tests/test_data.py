@@ -306,3 +306,17 @@ def test_splits_carry_normalisation_target_and_chance(tmp_path):
     _user_npz(p, n=60, k=3)
     u = load_dataset(str(p))
     assert u.target_accuracy is None and u.chance == pytest.approx(1 / 3)
+
+
+def test_atomic_write(tmp_path):
+    p = tmp_path / "sub" / "f.bin"
+    assert data.atomic_write(p, b"abc") == p and p.read_bytes() == b"abc"
+    data.atomic_write(p, lambda f: f.write(b"xyz"))
+    assert p.read_bytes() == b"xyz"
+
+    def broken(f):
+        f.write(b"half")
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError, match="disk full"):
+        data.atomic_write(p, broken)
+    assert p.read_bytes() == b"xyz" and sorted(x.name for x in p.parent.iterdir()) == ["f.bin"]  # no half file, no temp

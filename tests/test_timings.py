@@ -110,7 +110,7 @@ def test_update_re_times_only_the_chapters_named_and_dates_the_rows(tmp_path, mo
     a = _notebook(tmp_path / "95_a.ipynb", "print('a')")
     b = _notebook(tmp_path / "96_b.ipynb", "print('b')")
     out, work = tmp_path / "t.md", tmp_path / "w"
-    assert timings.main(["--out", str(out), "--work", str(work), str(a), str(b)]) == 0
+    assert timings.main(["--lab", "--out", str(out), "--work", str(work), str(a), str(b)]) == 0
     first = json.loads((work / "timings.json").read_text())
     later = dt.datetime(2031, 1, 2, 3, 4, tzinfo=dt.timezone.utc)
     real_machine = timings.machine
@@ -121,6 +121,10 @@ def test_update_re_times_only_the_chapters_named_and_dates_the_rows(tmp_path, mo
     assert set(data["chapters"]) == {"95_a", "96_b"}
     assert data["chapters"]["95_a"]["full"] == first["chapters"]["95_a"]["full"]   # kept, not re-run
     assert data["chapters"]["96_b"]["date"] == "2031-01-02 03:04 UTC"
+    # re-timed in full mode only: its lab time of the first run stays, and the page still has a lab column
+    assert data["chapters"]["96_b"]["lab"] == first["chapters"]["96_b"]["lab"]
+    assert data["chapters"]["96_b"]["full"] != first["chapters"]["96_b"]["full"]
+    assert "lab mode not run" not in text
     assert "Rows measured at different times" in text and "96_b 2031-01-02 03:04 UTC" in text
     assert "95_a " + first["machine"]["date"] in text
     # another machine's rows are refused, and --update without chapters is an error

@@ -88,3 +88,20 @@ def finite_tensor(name: str, x) -> torch.Tensor:
     if bad:
         raise ValueError(f"{name} holds {bad} NaN/inf value(s); it must be finite")
     return x
+
+
+def layer_bits(model, bits, lo: int = 1, hi: int = 16) -> dict[str, int]:
+    """{layer name: bits} for the Conv2d/Linear layers of ``model`` that ``bits`` names: None -> {}; an int
+    in [lo, hi] -> every such layer; {layer name: bits} -> those layers (a name that is not a Conv2d/Linear
+    layer of ``model`` raises ValueError listing the valid names; a layer mapped to None is left out)."""
+    from torch import nn
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if bits is None:
+        return {}
+    if not isinstance(bits, dict):
+        return dict.fromkeys(layers, int_in("bits", bits, lo, hi))
+    unknown = sorted(set(bits) - set(layers))
+    if unknown:
+        raise ValueError(f"bits names layers {unknown} that are not Conv2d/Linear layers of the model; "
+                         f"valid names: {layers}")
+    return {n: int_in(f"bits[{n!r}]", bits[n], lo, hi) for n in layers if bits.get(n) is not None}

@@ -302,16 +302,7 @@ def _decode_tensor(entry: dict, payload: bytes, shape: tuple) -> torch.Tensor:
 
 def _layer_bits(model: nn.Module, bits) -> dict:
     """{weight key: bits} from None, an int (every Conv2d/Linear weight) or {layer name: bits}."""
-    if bits is None:
-        return {}
-    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    if not isinstance(bits, dict):
-        bits = dict.fromkeys(layers, bits)
-    unknown = sorted(set(bits) - set(layers))
-    if unknown:
-        raise ValueError(f"bits names layers {unknown} that are not Conv2d/Linear layers of the model; "
-                         f"valid names: {layers}")
-    return {f"{n}.weight": V.int_in(f"bits[{n!r}]", b, 1, 16) for n, b in bits.items()}
+    return {f"{n}.weight": b for n, b in V.layer_bits(model, bits).items()}
 
 
 def save_compressed(model: nn.Module, path: str | os.PathLike, bits=None) -> int:

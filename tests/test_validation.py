@@ -219,3 +219,17 @@ def test_checkers_return_converted_values():
     assert V.one_of("m", "a", "ab") == "a"
     t = torch.ones(2)
     assert V.finite_tensor("x", t) is t
+
+
+def test_layer_bits_one_rule_for_every_per_layer_width():
+    from course_lib.models import LeNet5
+    m = LeNet5()
+    assert V.layer_bits(m, None) == {}
+    assert V.layer_bits(m, 4) == {"conv1": 4, "conv2": 4, "fc1": 4, "fc2": 4}
+    assert V.layer_bits(m, {"fc1": 5, "conv1": 8, "fc2": None}) == {"conv1": 8, "fc1": 5}   # model order
+    with pytest.raises(ValueError, match=r"bits\['fc1'\]=17 must be an integer in \[1, 16\]"):
+        V.layer_bits(m, {"fc1": 17})
+    with pytest.raises(ValueError, match=r"bits=0 must be an integer in \[1, 16\]"):
+        V.layer_bits(m, 0)
+    with pytest.raises(ValueError, match=r"\['fc9'\].*valid names: \['conv1', 'conv2', 'fc1', 'fc2'\]"):
+        V.layer_bits(m, {"fc9": 4})

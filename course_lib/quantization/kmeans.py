@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from .._validate import finite_tensor, int_in
+from .._validate import finite_tensor, int_in, layer_bits
 from .affine import check_bits
 from ..models import replace_module
 from .fakequant import layer_forward, replace_layers
@@ -124,18 +124,9 @@ def share_weights(model: nn.Module, bits, iters: int = 30) -> dict:
     {layer name: bits} (layers not named are left alone; a name that is not a Conv2d/Linear of
     ``model`` raises ValueError). Returns {layer name: codebook}.
     """
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    if isinstance(bits, dict):
-        unknown = sorted(set(bits) - set(layers))
-        if unknown:
-            raise ValueError(f"bits names layers {unknown} that are not Conv2d/Linear layers of the model; "
-                             f"valid names: {list(layers)}")
     books = {}
-    for name, mod in layers.items():
-        b = bits.get(name) if isinstance(bits, dict) else bits
-        if b is None:
-            continue
-        w = mod.weight
+    for name, b in layer_bits(model, bits).items():
+        w = model.get_submodule(name).weight
         nz = w != 0
         if int(nz.sum()) == 0:
             continue
@@ -153,16 +144,8 @@ def shared_weights_model(model: nn.Module, bits, iters: int = 30) -> nn.Module:
     ``training.fit(q, ..., params=[p for n, p in q.named_parameters() if n.endswith("codebook")])``
     (autograd sums the gradients of the weights that share a centroid), then ``bake_shared``."""
     q = copy.deepcopy(model).cpu().eval()
-    layers = [n for n, m in q.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    if isinstance(bits, dict):
-        unknown = sorted(set(bits) - set(layers))
-        if unknown:
-            raise ValueError(f"bits names layers {unknown} that are not Conv2d/Linear layers of the model; "
-                             f"valid names: {layers}")
-    for name in layers:
-        b = bits.get(name) if isinstance(bits, dict) else bits
-        if b is not None:
-            replace_module(q, name, KMeansWrapper(q.get_submodule(name), b, iters, keep_zeros=True))
+    for name, b in layer_bits(q, bits).items():
+        replace_module(q, name, KMeansWrapper(q.get_submodule(name), b, iters, keep_zeros=True))
     return q
 
 

@@ -76,7 +76,8 @@ def robustness_table(models: dict, x: torch.Tensor, y: torch.Tensor, settings: l
     models: {name: callable mapping a float tensor batch to logits}. Returns one dict per
     (model, kind, level) with "accuracy" and "agreement" (fraction of predictions equal to the
     reference model's on the same corrupted images), both in [0, 1], each with its 95% Wilson interval
-    on the n images ("accuracy_ci", "agreement_ci", ``stats.accuracy_interval``) and "n".
+    on the n images ("accuracy_ci", "agreement_ci", ``stats.accuracy_interval``; the reference's own agreement
+    is exactly 1, interval (1.0, 1.0)) and "n".
     """
     if reference not in models:
         raise ValueError(f"reference={reference!r} is not one of the models {sorted(models)}")
@@ -89,5 +90,6 @@ def robustness_table(models: dict, x: torch.Tensor, y: torch.Tensor, settings: l
             agr = (p == preds[reference]).float().mean().item()
             rows.append({"model": n, "kind": kind, "level": level, "n": len(y),
                          "accuracy": acc, "accuracy_ci": accuracy_interval(acc, len(y)),
-                         "agreement": agr, "agreement_ci": accuracy_interval(agr, len(y))})
+                         "agreement": agr,  # the reference agrees with itself by construction: no interval
+                         "agreement_ci": (1.0, 1.0) if n == reference else accuracy_interval(agr, len(y))})
     return rows

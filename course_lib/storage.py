@@ -419,6 +419,7 @@ def stream_report(model: nn.Module, gap_bits=None) -> list[dict]:
     fillers included, with a fixed-width gap and a fixed-width index of ceil(log2 K) bits).
     All sizes in bytes (floats for the bound).
     """
+    widths = V.layer_bits(model, gap_bits)   # layers not named in a dict keep Han's width
     rows = []
     for name, mod in model.named_modules():
         if not isinstance(mod, (nn.Conv2d, nn.Linear)):
@@ -433,12 +434,7 @@ def stream_report(model: nn.Module, gap_bits=None) -> list[dict]:
             row[f"{key}_entropy"] = s.size * huffman.entropy_bits(s) / 8 if s.size else 0.0
             row[f"{key}_zlib"] = len(compress(raw, "zlib"))
             row[f"{key}_lzma"] = len(compress(raw, "lzma"))
-        if isinstance(gap_bits, dict):
-            hb = gap_bits[name]
-        elif gap_bits is not None:
-            hb = gap_bits
-        else:
-            hb = HAN_GAP_BITS["conv" if isinstance(mod, nn.Conv2d) else "fc"]
+        hb = widths.get(name) or HAN_GAP_BITS["conv" if isinstance(mod, nn.Conv2d) else "fc"]
         entries, _ = relative_index(gaps, hb)
         index_width = max(1, int(np.ceil(np.log2(max(cb.size, 2)))))
         row.update(han_bits=int(hb), han_entries=int(entries.size),

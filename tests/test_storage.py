@@ -262,6 +262,9 @@ def test_stream_report_han_columns_and_fair_general_coders():
         assert r["gaps_han"] == -(-entries.size * bits // 8) and r["index_han"] == -(-entries.size * width // 8)
         assert r["index_zlib"] == len(storage.compress(idx.astype("<u1").tobytes(), "zlib"))
     assert storage.stream_report(m, gap_bits=3)[2]["han_bits"] == 3
+    assert [r["han_bits"] for r in storage.stream_report(m, gap_bits={"fc1": 4})] == [8, 8, 4, 5]
+    with pytest.raises(ValueError, match=r"fc9.*valid names"):
+        storage.stream_report(m, gap_bits={"fc9": 4})
 
 
 def test_save_compressed_stores_and_checks_bits(tmp_path):

@@ -352,3 +352,113 @@ def test_awq_clipping_search_helps_heavy_tailed_weights():
     torch.testing.assert_close(clipped.double(), deq / s.double()[None, :], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="max_shrink"):
         Q.awq_quantize(w, h, 3, 128, max_shrink=1.0)
+
+
+# ---------------------------------------------------------------- GPTQ's sequential variant, bytes per layer
+class TinyBlock(nn.Module):
+    """A BERT-like block: query, key and value read the same tensor, then the attention output, FFN in, FFN out."""
+
+    def __init__(self, d=16, hidden=32):
+        super().__init__()
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.out = nn.Linear(d, d)
+        self.up, self.down = nn.Linear(d, hidden), nn.Linear(hidden, d)
+
+    def forward(self, x):
+        a = torch.softmax(self.query(x) @ self.key(x).transpose(-1, -2) / 4, -1) @ self.value(x)
+        x = x + self.out(a)
+        return x + self.down(torch.nn.functional.gelu(self.up(x)))
+
+
+@pytest.fixture()
+def tiny():
+    torch.manual_seed(0)
+    return nn.Sequential(TinyBlock(), TinyBlock()).eval()
+
+
+def test_forward_groups_follow_the_forward_pass(tiny):
+    x = torch.randn(4, 5, 16, generator=torch.Generator().manual_seed(0))
+    block = [["query", "key", "value"], ["out"], ["up"], ["down"]]
+    assert Q.forward_groups(tiny, x) == [[f"{b}.{n}" for n in g] for b in ("0", "1") for g in block]
+    assert Q.forward_groups(tiny, x, names=["1.down", "0.up"]) == [["0.up"], ["1.down"]]
+    mlp = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4), nn.Linear(4, 2)).eval()
+    assert Q.forward_groups(mlp, torch.randn(3, 8)) == [["0"], ["2"], ["3"]]
+    with pytest.raises(ValueError, match=r"names: \['spare'\] are never called"):
+        Q.forward_groups(_Unused(), torch.randn(1, 4))
+
+
+class _Unused(nn.Module):
+    """A model with a layer its forward pass never calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.used, self.spare = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_quantize_sequential_with_one_group_is_the_non_sequential_gptq(tiny):
+    x = torch.randn(64, 5, 16, generator=torch.Generator().manual_seed(1))
+    names = [n for n, m in tiny.named_modules() if isinstance(m, nn.Linear)]
+    for method in ("rtn", "gptq", "awq"):
+        h = Q.collect_hessians(tiny, x)
+        ref, ref_packed = Q.quantize_weights(tiny, method, 4, 8, hessians=h)
+        seq, packed = Q.quantize_sequential(tiny, x, method, 4, 8, groups=[names])
+        for n in names:
+            assert torch.equal(seq.get_submodule(n).weight, ref.get_submodule(n).weight), (method, n)
+            assert all(torch.equal(a, b) for a, b in zip(packed[n], ref_packed[n]))
+    assert not torch.equal(seq[0].query.weight, tiny[0].query.weight)  # the copy, not the model, changed
+
+
+def test_quantize_sequential_differs_from_non_sequential_after_the_first_group(tiny):
+    x = torch.randn(64, 5, 16, generator=torch.Generator().manual_seed(2))
+    ref, _ = Q.quantize_weights(tiny, "gptq", 3, 8, hessians=Q.collect_hessians(tiny, x))
+    seq, packed = Q.quantize_sequential(tiny, x, "gptq", 3, 8)
+    assert len(packed) == 12
+    for n in ("0.query", "0.key", "0.value"):  # the first group sees the float model: identical
+        assert torch.equal(seq.get_submodule(n).weight, ref.get_submodule(n).weight)
+    later = ["0.out", "0.up", "0.down", "1.query", "1.down"]
+    assert all(not torch.equal(seq.get_submodule(n).weight, ref.get_submodule(n).weight) for n in later)
+
+
+def test_quantize_sequential_errors(tiny):
+    x = torch.randn(8, 5, 16)
+    with pytest.raises(ValueError, match="method"):
+        Q.quantize_sequential(tiny, x, "smoothquant")
+    with pytest.raises(ValueError, match="bits"):
+        Q.quantize_sequential(tiny, x, "gptq", bits=9)
+    with pytest.raises(ValueError, match="group_size"):
+        Q.quantize_sequential(tiny, x, "gptq", 4, group_size=0)
+    with pytest.raises(ValueError, match="group_size"):
+        Q.quantize_sequential(tiny, x, "gptq", 4, group_size=5)
+    with pytest.raises(ValueError, match="damp"):
+        Q.quantize_sequential(tiny, x, "gptq", 4, 8, damp=0)
+    with pytest.raises(ValueError, match="groups"):
+        Q.quantize_sequential(tiny, x, "gptq", 4, 8, groups=[["0.query"], ["0.nope"]])
+    with pytest.raises(ValueError, match="groups"):
+        Q.quantize_sequential(tiny, x, "gptq", 4, 8, groups=[["0.query"], ["0.query"]])
+    with pytest.raises(ValueError, match="groups"):
+        Q.quantize_sequential(tiny, x, "gptq", 4, 8, groups=[[]])
+
+
+def test_layer_bytes_exact_counts(mlp):
+    assert Q.layer_bytes(384, 1536, 32) == 4 * 384 * 1536
+    assert Q.layer_bytes(384, 1536, 4, 128) == 384 * 1536 // 2 + 3 * 384 * 12
+    assert Q.layer_bytes(384, 1536, 3, 128) == Q.layer_bytes(384, 1536, 4, 128)  # 3-bit codes take a nibble
+    assert Q.layer_bytes(384, 1536, 8, 128) == 384 * 1536 + 3 * 384 * 12
+    for bits in (3, 4, 8):  # equal to the bytes of the stored tensors
+        q, packed = Q.quantize_weights(mlp, "rtn", bits, 16)
+        for name, (codes, scales, zeros) in packed.items():
+            st = Q.weight_only.packed_layer_state(name, codes, scales, zeros, bits)
+            lin = mlp.get_submodule(name)
+            assert Q.layer_bytes(*lin.weight.shape, bits, 16) == sum(v.numel() * v.element_size() for v in st.values())
+    for bad in ({"bits": 1}, {"bits": 16}, {"bits": 4.5}, {"bits": True}):
+        with pytest.raises(ValueError, match="bits"):
+            Q.layer_bytes(8, 16, group_size=8, **bad)
+    with pytest.raises(ValueError, match="group_size"):
+        Q.layer_bytes(8, 16, 4, 5)
+    with pytest.raises(ValueError, match="in_features"):
+        Q.layer_bytes(8, 0, 4, 1)
+    with pytest.raises(ValueError, match="in_features"):
+        Q.layer_bytes(8, 9, 4, 3)

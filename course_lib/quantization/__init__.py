@@ -9,7 +9,7 @@
 - ``packing``: bit packing and the saved artifact (``packed_state_dict``, ``packed_size_bytes``,
   ``load_packed``), and onnxruntime's MatMulNBits 4-bit layout (``pack_matmulnbits``);
 - ``weight_only``: group-wise RTN, GPTQ and AWQ for linear layers, the salient-channel ablation,
-  calibration Hessians, int4 artifact;
+  calibration Hessians, GPTQ's sequential variant, exact bytes per layer, int4 artifact;
 - ``integer``: integer-only inference (zero-point expansion, int32 accumulation, int32 bias,
   requantization in float32 as onnxruntime does or with a fixed-point multiplier and shift,
   ReLU folded into the clamp): ``quantized_linear``, ``quantized_conv2d`` and their parts;
@@ -31,8 +31,9 @@ from .packing import (MATMULNBITS_BLOCK_SIZES, check_block_size, load_packed, pa
 from .torch_ao import (Int8DynamicLinear, captured_warnings, quantize_dynamic_int8, quantized_engine,
                        set_quantized_engine, torch_ao_dynamic, torch_ao_static_fx)
 from .weight_only import (AWQ_GRID, WEIGHT_ONLY_BITS, WEIGHT_ONLY_METHODS, activation_magnitude, awq_quantize,
-                          collect_hessians, gptq_quantize, int4_bytes, int4_state, load_int4, output_error,
-                          quantize_weights, replace_weights, rtn_keep_channels, rtn_quantize, rtn_scaled_channels, salient_channels)
+                          collect_hessians, forward_groups, gptq_quantize, int4_bytes, int4_state, layer_bytes,
+                          load_int4, output_error, quantize_sequential, quantize_weights, replace_weights,
+                          rtn_keep_channels, rtn_quantize, rtn_scaled_channels, salient_channels)
 
 __all__ = [
     "EPS", "MAX_BITS", "qrange", "compute_qparams", "quantize", "dequantize", "fake_quantize", "sqnr_db",
@@ -46,7 +47,7 @@ __all__ = [
     "MATMULNBITS_BLOCK_SIZES", "check_block_size", "pack_matmulnbits", "unpack_matmulnbits",
     "WEIGHT_ONLY_BITS", "WEIGHT_ONLY_METHODS", "rtn_quantize", "gptq_quantize", "collect_hessians", "output_error",
     "replace_weights", "AWQ_GRID", "awq_quantize", "activation_magnitude", "salient_channels", "rtn_keep_channels", "rtn_scaled_channels",
-    "quantize_weights", "int4_state", "int4_bytes", "load_int4",
+    "quantize_weights", "quantize_sequential", "forward_groups", "layer_bytes", "int4_state", "int4_bytes", "load_int4",
     "captured_warnings", "torch_ao_dynamic", "torch_ao_static_fx", "Int8DynamicLinear", "quantize_dynamic_int8",
     "quantized_engine", "set_quantized_engine",
 ]

@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from .. import measure
-from .._validate import int_in, number_in, one_of, positive_int
+from .._validate import _is_int, int_in, number_in, one_of, positive_int
 from .packing import pack_int4, unpack_int4
 
 __all__ = ["WEIGHT_ONLY_BITS", "WEIGHT_ONLY_METHODS", "rtn_quantize", "gptq_quantize", "awq_quantize",
            "activation_magnitude", "salient_channels", "rtn_keep_channels", "rtn_scaled_channels",
-           "collect_hessians", "output_error", "quantize_weights", "replace_weights", "int4_state", "int4_bytes",
-           "load_int4"]
+           "collect_hessians", "output_error", "quantize_weights", "quantize_sequential", "forward_groups",
+           "layer_bytes", "replace_weights", "int4_state", "int4_bytes", "load_int4"]
 
 WEIGHT_ONLY_BITS = (2, 8)        # valid range of ``bits``
 WEIGHT_ONLY_METHODS = ("rtn", "gptq", "awq")
@@ -379,18 +379,106 @@ def quantize_weights(model: nn.Module, method: str = "gptq", bits: int = 4, grou
         if unknown:
             raise ValueError(f"names={unknown!r} are not nn.Linear layers of the model; valid: {sorted(known)}")
         layers = [(n, m) for n, m in layers if n in names]
-    packed = {}
-    for name, lin in layers:
-        if method == "rtn":
-            w_hat, *rest = rtn_quantize(lin.weight, bits, group_size)
-        elif method == "gptq":
-            w_hat, *rest = gptq_quantize(lin.weight, hessians[name], bits, group_size, damp=damp)
-        else:
-            w_hat, *rest, _alpha = awq_quantize(lin.weight, hessians[name], bits, group_size)
-        with torch.no_grad():
-            lin.weight.copy_(w_hat)
-        packed[name] = tuple(rest)
+    packed = {name: _quantize_layer(lin, method, bits, group_size, None if hessians is None else hessians[name], damp)
+              for name, lin in layers}
     return out, packed
+
+
+def _quantize_layer(lin: nn.Linear, method: str, bits: int, group_size: int, hessian, damp: float) -> tuple:
+    """Quantize one layer's weight IN PLACE (w_hat copied into it); returns what is stored:
+    (codes, scales, zeros) and for AWQ the per-channel factor s."""
+    if method == "rtn":
+        w_hat, *rest = rtn_quantize(lin.weight, bits, group_size)
+    elif method == "gptq":
+        w_hat, *rest = gptq_quantize(lin.weight, hessian, bits, group_size, damp=damp)
+    else:
+        w_hat, *rest, _alpha = awq_quantize(lin.weight, hessian, bits, group_size)
+    with torch.no_grad():
+        lin.weight.copy_(w_hat)
+    return tuple(rest)
+
+
+def forward_groups(model: nn.Module, inputs, names=None) -> list[list[str]]:
+    """The nn.Linear layers in ``names`` (default: all) in the order the forward pass on ``inputs``
+    calls them, layers that read the very same input tensor grouped together: for a BERT block
+    [[query, key, value], [attention output], [FFN in], [FFN out]], block after block (GPTQ's order).
+    A layer the forward pass never calls raises ValueError."""
+    names = [n for n, _ in _linears(model)] if names is None else list(names)
+    order, seen = [], {}
+
+    def hook(m, inp, out, name):
+        if name in seen:  # a layer called twice keeps its first place
+            return
+        seen[name] = True
+        if order and order[-1][0] is inp[0]:  # the same tensor object (held here, so never reused)
+            order[-1][1].append(name)
+        else:
+            order.append((inp[0], [name]))
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in names]
+    was = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(**inputs) if isinstance(inputs, dict) else model(inputs)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    missing = [n for n in names if n not in seen]
+    if missing:
+        raise ValueError(f"names: {missing!r} are never called by the forward pass")
+    return [g for _, g in order]
+
+
+def quantize_sequential(model: nn.Module, inputs, method: str = "gptq", bits: int = 4, group_size: int = 128,
+                        damp: float = 0.01, groups=None) -> tuple[nn.Module, dict]:
+    """The sequential variant of :func:`quantize_weights` (GPTQ's paper): the layers are quantized group by
+    group, and each group's Hessians come from the calibration ``inputs`` run through the copy whose earlier
+    groups are ALREADY quantized, so every layer compensates the error of the layers before it.
+
+    inputs: the calibration batch (as :func:`collect_hessians`); groups: lists of nn.Linear names, in
+    order (default :func:`forward_groups`: for a BERT block, query/key/value, then the attention output,
+    then FFN in, then FFN out, block after block). One forward pass per group (24 for a 6-block BERT).
+    With one group holding every layer this is exactly :func:`quantize_weights`. Returns (copy, packed)
+    as :func:`quantize_weights`; ``model`` is not modified.
+    """
+    one_of("method", method, WEIGHT_ONLY_METHODS)
+    bits = _check_bits(bits)
+    positive_int("group_size", group_size)
+    number_in("damp", damp, 0, 1, lo_open=True)
+    out = copy.deepcopy(model).eval()
+    groups = forward_groups(out, inputs) if groups is None else [list(g) for g in groups]
+    known = {n for n, _ in _linears(out)}
+    unknown = [n for g in groups for n in g if n not in known]
+    if unknown:
+        raise ValueError(f"groups: {unknown!r} are not nn.Linear layers of the model; valid: {sorted(known)}")
+    flat = [n for g in groups for n in g]
+    twice = sorted({n for n in flat if flat.count(n) > 1})
+    if twice or not all(groups):
+        raise ValueError(f"groups must be non-empty lists naming each layer once; got {groups!r}")
+    packed = {}
+    for group in groups:
+        h = collect_hessians(out, inputs, group) if method != "rtn" else {}
+        for name in group:
+            packed[name] = _quantize_layer(out.get_submodule(name), method, bits, group_size, h.get(name), damp)
+    return out, packed
+
+
+def layer_bytes(out_features: int, in_features: int, bits: int, group_size: int = 128) -> int:
+    """Exact payload bytes of one stored (out, in) weight: float32 (bits=32: 4 per weight) or, as
+    :func:`packed_layer_state` stores it, codes (two per byte at bits <= 4, one per byte up to 8) plus a
+    float16 scale and a uint8 zero point per group of ``group_size`` columns of each row (3 bytes).
+    bits in [2, 8] or 32; group_size divides in_features (even at bits <= 4). Biases are not counted.
+    3 bits cost as much as 4 here: the artifact packs every code of at most 4 bits into a nibble."""
+    n = positive_int("out_features", out_features) * positive_int("in_features", in_features)
+    if _is_int(bits) and bits == 32:
+        return 4 * n
+    if not _is_int(bits) or not WEIGHT_ONLY_BITS[0] <= bits <= WEIGHT_ONLY_BITS[1]:
+        raise ValueError(f"bits={bits!r} must be 32 (float) or an integer in [{WEIGHT_ONLY_BITS[0]}, {WEIGHT_ONLY_BITS[1]}]")
+    group_size = _check_group(in_features, group_size)
+    if bits <= 4 and in_features % 2:
+        raise ValueError(f"in_features={in_features} must be even at bits={bits} (two codes per byte)")
+    return (n // 2 if bits <= 4 else n) + 3 * n // group_size
 
 
 @torch.no_grad()

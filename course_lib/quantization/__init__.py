@@ -10,6 +10,7 @@
   ``load_packed``), and onnxruntime's MatMulNBits 4-bit layout (``pack_matmulnbits``);
 - ``weight_only``: group-wise RTN, GPTQ and AWQ for linear layers, the salient-channel ablation,
   calibration Hessians, GPTQ's sequential variant, exact bytes per layer, int4 artifact;
+- ``mixed_precision``: a bit width per layer under a budget (per-layer sensitivity, greedy allocation);
 - ``integer``: integer-only inference (zero-point expansion, int32 accumulation, int32 bias,
   requantization in float32 as onnxruntime does or with a fixed-point multiplier and shift,
   ReLU folded into the clamp): ``quantized_linear``, ``quantized_conv2d`` and their parts;
@@ -25,6 +26,7 @@ from .integer import (ACC_MAX_TERMS, fixed_point_multiplier, integer_conv2d, int
                       quantize_bias, quantized_conv2d, quantized_linear, requantize, requantize_fixed_point)
 from .fakequant import FLOAT_BITS, QuantWrapper, calibrate_model, observing_float_inputs, ptq, qat, quantize_model
 from .kmeans import KMeansWrapper, bake_shared, kmeans_model, kmeans_quantize, share_weights, shared_weights_model
+from .mixed_precision import allocation_bytes, apply_bits, greedy_allocation, layer_sensitivity
 from .packing import (MATMULNBITS_BLOCK_SIZES, check_block_size, load_packed, pack_bits, pack_int4,
                       pack_matmulnbits, packed_size_bytes, packed_state_dict, unpack_bits, unpack_int4,
                       unpack_matmulnbits)
@@ -48,6 +50,7 @@ __all__ = [
     "WEIGHT_ONLY_BITS", "WEIGHT_ONLY_METHODS", "rtn_quantize", "gptq_quantize", "collect_hessians", "output_error",
     "replace_weights", "AWQ_GRID", "awq_quantize", "activation_magnitude", "salient_channels", "rtn_keep_channels", "rtn_scaled_channels",
     "quantize_weights", "quantize_sequential", "forward_groups", "layer_bytes", "int4_state", "int4_bytes", "load_int4",
+    "apply_bits", "layer_sensitivity", "allocation_bytes", "greedy_allocation",
     "captured_warnings", "torch_ao_dynamic", "torch_ao_static_fx", "Int8DynamicLinear", "quantize_dynamic_int8",
     "quantized_engine", "set_quantized_engine",
 ]

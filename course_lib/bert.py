@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import measure, records
+from . import env, measure, records
 from ._validate import int_in, positive_int
 from .data import DATA_DIR
 from .lowrank import activation_aware_svd_linear, svd_linear
@@ -118,6 +118,7 @@ def load_pretrained():
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     path = model_path()
+    env.quiet_torchao()  # transformers imports torchao when it is installed
     try:
         with warnings.catch_warnings():  # tqdm's "IProgress not found" in notebooks without ipywidgets
             warnings.filterwarnings("ignore", message=".*IProgress.*")

@@ -88,6 +88,20 @@ def start_chapter(seed: int, device=None, cpu_threads: int | None = None):
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
+def quiet_torchao() -> None:
+    """Silence the two warnings torchao 0.18 logs when it is imported on a CPU-only machine.
+
+    transformers imports torchao whenever it is installed (chapter 8 installs it), so without this chapter
+    6's first cell would print them: "Failed to load ..._C_mxfp8 / _C_cutlass_90a" (torchao's CUDA-only
+    kernels, which cannot load without a GPU; its CPU operators are unaffected) and torch 2.13's notice
+    that calling ``register_constant`` on an Enum class is deprecated (torchao still does). Neither changes
+    a result. Only these two loggers are raised to ERROR; every other warning still shows.
+    """
+    import logging
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str] | None:
     """The instruction-set flags of this CPU as Linux reports them, or None where they cannot be read
     (macOS, Windows, a container without /proc)."""

@@ -223,3 +223,13 @@ def test_installed_ignores_vendored_metadata_on_sys_path(monkeypatch):
         pytest.skip("this setuptools vendors nothing")
     monkeypatch.syspath_prepend(str(vendor))
     assert lock.installed() == before
+
+
+def test_quiet_torchao_leaves_no_import_notices_on_stderr():
+    """transformers imports torchao when it is installed: chapter 6's first cell must stay free of stderr."""
+    import subprocess
+    pytest.importorskip("torchao")
+    code = "from course_lib import env; env.quiet_torchao(); import torchao.quantization; print('imported')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "imported", proc.stderr[-2000:]
+    assert "Failed to load" not in proc.stderr and "register_constant" not in proc.stderr, proc.stderr[-2000:]

@@ -859,8 +859,8 @@ for node, op, ms in deploy.ort_op_times(mixed_onnx, xb, runs=PROFILE_RUNS)[:6]:
 #   cells) by int8-weight versions that quantize their input activations to uint8 on the fly, per batch,
 #   with `reduce_range` (7 bits); it never touches convolutions, which dominate this network's time.
 #   FX static quantization runs fbgemm/oneDNN integer convolutions inside PyTorch.
-# - **PT2E** (`prepare_pt2e` / `convert_pt2e`) moved to torchao; its CPU flow, described, not run (torchao
-#   is not part of this course's environment):
+# - **PT2E** (`prepare_pt2e` / `convert_pt2e`) moved to torchao; its CPU flow (chapter 8 runs it, times it
+#   against every other runtime and shows where it breaks):
 #   ```python
 #   from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, convert_pt2e
 #   from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
@@ -871,8 +871,10 @@ for node, op, ms in deploy.ort_op_times(mixed_onnx, xb, runs=PROFILE_RUNS)[:6]:
 #   for xb in calib_batches: prepared(xb)            # calibration
 #   int8 = torch.compile(convert_pt2e(prepared))      # int8 kernels come from Inductor
 #   ```
-#   torchao's eager `quantize_` only touches `nn.Linear`, and on CPU it needs `torch.compile` for real
-#   int8 kernels.
+#   torchao's eager `quantize_` is built mostly for `nn.Linear` (its `Int8DynamicActivationInt8WeightConfig`
+#   leaves convolutions as they are), but not only: `IntxWeightOnlyConfig` also quantizes `nn.Conv2d`
+#   weights (chapter 8 applies it to this LeNet-5's convolutions and reports which of them it accepts on
+#   torchao 0.18.0). On CPU, real int8 kernels come from `torch.compile`.
 # - **onnxruntime** static quantization (sections 12 and 13).
 
 # %%

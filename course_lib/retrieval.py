@@ -198,4 +198,32 @@ def evaluate(emb: torch.Tensor, rs: RetrievalSet, ref: torch.Tensor | None = Non
     return out
 
 
-__all__ += ["evaluate"]
+def subset(rs: RetrievalSet, ids) -> tuple[RetrievalSet, torch.Tensor]:
+    """The events ``ids`` of ``rs`` alone (each query with its own pool sentences and swap; the other
+    events' sentences leave the pool): (sub, index), with ``index`` int64 (len(sub.texts),) such that
+    ``emb[index]`` are the embeddings of ``sub.texts`` from the embeddings ``emb`` of ``rs.texts``.
+    ids: distinct query indices in [0, len(rs.queries)), in the order wanted."""
+    ids = [int(i) for i in ids]
+    nq, npool = len(rs.queries), len(rs.pool)
+    if not ids or len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) >= nq:
+        raise ValueError(f"ids must be distinct query indices in [0, {nq}), got {len(ids)} ids")
+    new = {q: i for i, q in enumerate(ids)}
+    pool_idx = [j for j in range(npool) if int(rs.pool_query[j]) in new]
+    where = {j: k for k, j in enumerate(pool_idx)}
+    sub = RetrievalSet(tuple(rs.queries[i] for i in ids), tuple(rs.pool[j] for j in pool_idx),
+                       torch.tensor([new[int(rs.pool_query[j])] for j in pool_idx]),
+                       tuple(rs.pool_kind[j] for j in pool_idx), rs.pool_grade[pool_idx].clone(),
+                       torch.tensor([where[int(rs.positive[i])] for i in ids]), tuple(rs.swaps[i] for i in ids))
+    index = torch.tensor(ids + [nq + j for j in pool_idx] + [nq + npool + i for i in ids])
+    return sub, index
+
+
+def val_eval_split(rs: RetrievalSet) -> tuple[tuple[RetrievalSet, torch.Tensor], tuple[RetrievalSet, torch.Tensor]]:
+    """The deterministic validation/evaluation split of chapter 6's decisions: events 0, 2, 4, ... validate,
+    events 1, 3, 5, ... evaluate, each half with only its own pool sentences (no sentence in both).
+    Returns (val, eval), each a :func:`subset` result (sub, index)."""
+    n = len(rs.queries)
+    return subset(rs, range(0, n, 2)), subset(rs, range(1, n, 2))
+
+
+__all__ += ["evaluate", "subset", "val_eval_split"]

@@ -105,3 +105,26 @@ def test_subset(rs):
         R.load_retrieval(n_queries=5)
     with pytest.raises(ValueError, match="n_queries"):
         R.load_retrieval(n_queries=10_000)
+
+
+def test_events_subset_and_the_val_eval_split(rs):
+    first = R.load_retrieval(n_queries=20)
+    sub, index = R.subset(rs, range(20))
+    assert (sub.queries, sub.pool, sub.pool_kind, sub.swaps) == (first.queries, first.pool, first.pool_kind, first.swaps)
+    assert torch.equal(sub.positive, first.positive) and torch.equal(sub.pool_query, first.pool_query)
+    assert torch.equal(sub.pool_grade, first.pool_grade)
+    assert [rs.texts[i] for i in index] == list(sub.texts)
+    (val, vi), (ev, ei) = R.val_eval_split(rs)
+    n = len(rs.queries)
+    assert val.queries == rs.queries[0::2] and ev.queries == rs.queries[1::2]
+    assert len(val.pool) == 4 * len(val.queries) and len(ev.pool) == 4 * len(ev.queries)
+    assert not set(vi.tolist()) & set(ei.tolist()) and len(vi) + len(ei) == len(rs.texts)
+    assert [val.pool_kind[int(i)] for i in val.positive] == ["paraphrase"] * len(val.queries)
+    assert torch.equal(val.pool_query[val.positive], torch.arange(len(val.queries)))
+    emb = torch.randn(len(rs.texts), 8, generator=torch.Generator().manual_seed(0))
+    full = R.ranks(*rs.split(emb)[:2], rs.positive)
+    own = R.ranks(*ev.split(emb[ei])[:2], ev.positive)
+    assert bool((own <= full[1::2]).all())  # fewer distractors: never a worse rank
+    for bad in ([], [0, 0], [n], [-1]):
+        with pytest.raises(ValueError, match="ids"):
+            R.subset(rs, bad)

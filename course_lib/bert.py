@@ -29,6 +29,7 @@ import os
 import statistics
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -55,6 +56,7 @@ __all__ = [
     "sentence_latency_ms", "linear_layers", "linear_macs_per_token", "param_breakdown", "time_breakdown",
     "linear_bytes", "model_bytes", "input_channel_absmax", "layer_sensitivity", "svd_ffn", "drop_layers",
     "count_weights", "record", "EMBEDDING_TABLE", "quantize_embeddings", "with_quantized_embeddings", "size_split",
+    "export_onnx_encoder", "ort_dynamic_int8", "OrtEncoder", "sentence_transformers_int8",
 ]
 EMBEDDING_TABLE = "embeddings.word_embeddings"
 
@@ -419,6 +421,93 @@ def count_weights(model: nn.Module) -> tuple[int, int]:
                 total += t.numel()
                 nonzero += int((t != 0).sum())
     return total, nonzero
+
+
+# ---------------------------------------------------------------- the off-the-shelf peer: the ONNX encoder
+class _HiddenStates(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def export_onnx_encoder(model: nn.Module, path, opset: int = 17) -> Path:
+    """Export the encoder to ONNX at ``path``: inputs ``input_ids`` and ``attention_mask`` (int64 (N, T),
+    both axes dynamic), output ``last_hidden_state`` (N, T, hidden). PyTorch's TorchScript exporter
+    (``dynamo=False``, as ``deploy.export_onnx``: the torch.export one needs onnxscript); its tracer
+    notices are silenced (the exported graph is checked against PyTorch by the tests). opset >= 14.
+    Returns the path; ``model`` is not changed (a CPU copy in eval mode is exported)."""
+    int_in("opset", opset, 14, None)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = _HiddenStates(copy.deepcopy(model).cpu().eval())
+    ids = torch.ones(2, 8, dtype=torch.long)
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, 5:] = 0
+    axes = {0: "batch", 1: "tokens"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # legacy-exporter and tracer notices
+        torch.onnx.export(wrapped, (ids, mask), str(path), dynamo=False, opset_version=opset,
+                          input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                          dynamic_axes={"input_ids": axes, "attention_mask": axes, "last_hidden_state": axes})
+    return path
+
+
+def ort_dynamic_int8(fp32_path, int8_path, per_channel: bool = True) -> Path:
+    """onnxruntime's own dynamic int8 quantization (``onnxruntime.quantization.quantize_dynamic``) of the
+    ONNX model at ``fp32_path``, written to ``int8_path``: int8 weights (one scale per output channel with
+    ``per_channel``, else per tensor), uint8 activations quantized on the fly over their full range
+    (``reduce_range=False``, onnxruntime's default). Its advice to pre-process the model first is silenced.
+    Returns the path of the int8 model."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # "Please consider to run pre-processing before quantization" (a logging warning)
+    try:
+        quantize_dynamic(str(fp32_path), str(int8_path), per_channel=bool(per_channel), reduce_range=False,
+                         weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    return Path(int8_path)
+
+
+class OrtEncoder(nn.Module):
+    """An ONNX encoder (from :func:`export_onnx_encoder`, or its int8 version) on onnxruntime, called like
+    the PyTorch model: ``model(input_ids=..., attention_mask=...)`` returns ``(last_hidden_state,)``, so
+    :func:`embed`, :func:`encode` and the latency table work unchanged. threads: intra-op threads (1:
+    single thread, the course's latency standard). ``nbytes``: the ONNX file's size."""
+
+    def __init__(self, path, threads: int = 1):
+        super().__init__()
+        from .deploy import ort_session
+        self.path = Path(path)
+        self.session = ort_session(self.path, threads)
+        self.nbytes = os.path.getsize(self.path)
+
+    def forward(self, input_ids, attention_mask):
+        feed = {"input_ids": input_ids.cpu().numpy(), "attention_mask": attention_mask.cpu().numpy()}
+        return (torch.from_numpy(self.session.run(None, feed)[0]),)
+
+    def extra_repr(self) -> str:
+        return f"{self.path.name}, {self.nbytes:,} bytes"
+
+
+def sentence_transformers_int8(out_dir, config: str = "avx512_vnni"):
+    """sentence-transformers' own quantized export, as documented: ``SentenceTransformer(path,
+    backend="onnx")`` then ``export_dynamic_quantized_onnx_model(model, config, out_dir)``, offline
+    (HF_HUB_OFFLINE=1). Returns the directory it wrote. Raises whatever sentence-transformers raises
+    (it needs the ``optimum`` package, which the course does not install: an ImportError-like error)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+        st = SentenceTransformer(str(model_path()), device="cpu", backend="onnx")
+        export_dynamic_quantized_onnx_model(st, config, str(out_dir))
+    return out_dir
 
 
 def record(name: str, model: nn.Module, eval_batch: dict, groups: torch.Tensor, ref: torch.Tensor,

@@ -359,3 +359,22 @@ def test_size_split_counts_every_tensor(tiny):
     assert split["total"] == sum(v.numel() * v.element_size() for v in st.values())
     lin = sum(m.weight.numel() + m.bias.numel() for _, m in T.linear_layers(model)) * 4
     assert split["linear"] == lin
+
+
+# ---------------------------------------------------------------- the off-the-shelf peer: ONNX and onnxruntime int8
+def test_onnx_encoder_export_and_dynamic_int8(tiny, tmp_path):
+    model, batch = tiny
+    path = T.export_onnx_encoder(model, tmp_path / "enc.onnx")
+    ort = T.OrtEncoder(path)
+    assert ort.nbytes == path.stat().st_size and "enc.onnx" in repr(ort)
+    ref = T.encode(model, batch)
+    got = T.encode(ort, batch)  # other batch size and length than the export's example: dynamic axes
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    one = {k: v[:1, :4] for k, v in batch.items()}
+    torch.testing.assert_close(T.embed(ort, one), T.embed(model, one), atol=1e-5, rtol=1e-4)
+    q = T.ort_dynamic_int8(path, tmp_path / "enc8.onnx")
+    q8 = T.OrtEncoder(q)
+    assert q8.nbytes < ort.nbytes
+    assert T.mean_cosine(T.encode(q8, batch), ref) > 0.9
+    with pytest.raises(ValueError, match="opset"):
+        T.export_onnx_encoder(model, tmp_path / "x.onnx", opset=9)

@@ -462,3 +462,19 @@ def test_layer_bytes_exact_counts(mlp):
         Q.layer_bytes(8, 0, 4, 1)
     with pytest.raises(ValueError, match="in_features"):
         Q.layer_bytes(8, 9, 4, 3)
+
+
+def test_mixed_bits_artifact_loads_back(mlp):
+    q4, p4 = Q.quantize_weights(mlp, "rtn", 4, 16, names=["0"])
+    q8, p8 = Q.quantize_weights(mlp, "rtn", 8, 16, names=["2"])
+    state = Q.int4_state(mlp, {**p4, **p8}, bits={"0": 4, "2": 8})
+    assert state["0.qweight"].shape == (64, 16) and state["2.qweight"].shape == (16, 64)
+    payload = sum(v.numel() * v.element_size() for k, v in state.items() if k.endswith((".qweight", ".scales", ".zeros")))
+    assert payload == Q.layer_bytes(64, 32, 4, 16) + Q.layer_bytes(16, 64, 8, 16)
+    other = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 16), nn.LayerNorm(16)).eval()
+    loaded = Q.load_int4(other, state)
+    for name, q in (("0", q4), ("2", q8)):
+        w = q.get_submodule(name).weight
+        torch.testing.assert_close(loaded.get_submodule(name).weight, w, rtol=2e-3, atol=2e-3 * float(w.abs().max()))
+    with pytest.raises(ValueError, match="bits"):
+        Q.int4_state(mlp, {**p4, **p8}, bits={"0": 4})

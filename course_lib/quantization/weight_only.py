@@ -514,23 +514,29 @@ def packed_layer_state(name: str, codes: torch.Tensor, scales: torch.Tensor, zer
             f"{name}.scales": scales.half(), f"{name}.zeros": zeros.to(torch.uint8)}
 
 
-def int4_state(model: nn.Module, packed: dict) -> dict:
+def int4_state(model: nn.Module, packed: dict, bits=4) -> dict:
     """The saved artifact of a 4-bit weight-only model: for every layer of ``packed`` (from
     :func:`quantize_weights`, bits <= 4) ``<name>.qweight`` (two codes per byte, (out, in/2) uint8),
     ``<name>.scales`` float16 and ``<name>.zeros`` uint8 (out, in/group_size), and for AWQ
     ``<name>.input_scale`` float16 (in,); everything else (embeddings, LayerNorms, biases) as in
-    ``model``'s float state dict. Load it with :func:`load_int4`."""
+    ``model``'s float state dict. Load it with :func:`load_int4`.
+    bits: the bit width of the codes, one int for every layer or {name: bits} (a mixed-precision model:
+    layers above 4 bits store one code per byte, see :func:`packed_layer_state`)."""
     state = {k: v for k, v in model.state_dict().items() if not any(k == f"{n}.weight" for n in packed)}
+    if isinstance(bits, dict):
+        missing = sorted(set(packed) - set(bits))
+        if missing:
+            raise ValueError(f"bits names no width for the packed layers {missing}")
     for name, (codes, scales, zeros, *awq) in packed.items():
-        state.update(packed_layer_state(name, codes, scales, zeros))
+        state.update(packed_layer_state(name, codes, scales, zeros, bits[name] if isinstance(bits, dict) else bits))
         if awq:
             state[f"{name}.input_scale"] = awq[0].half()
     return state
 
 
-def int4_bytes(model: nn.Module, packed: dict) -> int:
-    """Bytes that ``torch.save`` writes for :func:`int4_state` (``measure.serialized_bytes``)."""
-    return measure.serialized_bytes(int4_state(model, packed))
+def int4_bytes(model: nn.Module, packed: dict, bits=4) -> int:
+    """Bytes that ``torch.save`` writes for :func:`int4_state` (``measure.serialized_bytes``); bits as there."""
+    return measure.serialized_bytes(int4_state(model, packed, bits))
 
 
 @torch.no_grad()

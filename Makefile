@@ -21,7 +21,7 @@ WHEELHOUSE_PYTHON ?=
 help:
 	@echo "make setup     .venv with the locked torch (local wheel, else CPU-only on GPU-less Linux) and the dev extras"
 	@echo "make run       set up .venv, execute every notebook, write build/handouts/ and build/results.md"
-	@echo "make test      set up .venv with dev extras; unit tests, nbgrader grading of every chapter, nbval over notebooks/"
+	@echo "make test      set up .venv with dev extras; unit tests, nbgrader grading of every chapter, nbval over notebooks/ (two jobs at a time: COURSE_TEST_JOBS)"
 	@echo "make unit      the unit tests alone, without the nbgrader grading (quick)"
 	@echo "make test-classroom  nbgrader end to end (as in make test) and the offline install from a wheelhouse (network)"
 	@echo "make lab       open JupyterLab on notebooks/"

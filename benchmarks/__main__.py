@@ -6,7 +6,7 @@ and of the off-the-shelf recipes, side by side, measured in ONE run against the 
 Two parts. First the chapters' TARGETS (``benchmarks/targets.py``; chapter 04's budget curve, controls and
 omitted digit in ``benchmarks/distillation.py``; chapter 06's sentence-encoder targets in
 ``benchmarks/encoder.py``; chapter 07's language-model and
-4-bit-kernel targets in ``benchmarks/llm.py``): each measured with the chapter's
+4-bit-kernel targets in ``benchmarks/llm.py``; chapter 08's runtimes in ``benchmarks/runtimes.py``): each measured with the chapter's
 recipe over the chapter's seeds, with its interval and a verdict, latency against the baseline's
 fastest fp32 configuration; written to ``<out>/../bench.md`` and ``<out>/../bench.json`` (by default
 ``build/bench.md`` and ``build/bench.json``). Then the overview TABLE of every technique, one seed.
@@ -31,6 +31,7 @@ from course_lib import deploy, recipes, records, storage
 from .distillation import measure_ch4_targets
 from .llm import measure_llm_targets
 from .encoder import measure_ch6_targets
+from .runtimes import measure_ch8_targets
 from .targets import as_json, format_targets, measure_ch5_targets, measure_targets
 from course_lib import quantization as Q
 from course_lib.data import load_dataset
@@ -62,6 +63,7 @@ def main(argv=None) -> int:
     found += found5
     found += measure_ch6_targets(quick=args.limit is not None)  # chapter 06: MiniLM on its retrieval set
     found += measure_llm_targets(quick=args.limit is not None, seed=args.seed)  # chapter 07: its own model and data
+    found += measure_ch8_targets(s, base, out, quick=args.limit is not None)  # chapter 08: every runtime
     table = format_targets(found)
     print(table)
     print(deploy.format_latency_table(rows))

@@ -32,13 +32,15 @@ from ._validate import int_in, one_of, positive_int
 __all__ = ["RUNTIME_DISTRIBUTIONS", "installed_bytes", "runtime_footprint", "Deployed", "padded_predict",
            "agreement", "eager_path", "channels_last_path", "compiled_path", "pt2e_int8", "pt2e_path",
            "pt2e_dynamic_batch_attempt", "ort_path", "openvino_path", "openvino_int8", "executorch_program",
-           "executorch_path", "time_paths", "cpu_report", "format_cpu_report", "int8_speedup_floor",
+           "executorch_path", "native_stderr_silenced", "every_path", "time_paths", "cpu_report", "format_cpu_report", "int8_speedup_floor",
            "ONEDNN_ISAS", "isa_latencies", "layer_of", "op_speedups", "cached_latency_model", "state_key",
            "inductor_cache"]
 
 # display name -> the distribution whose files are the runtime (what a learner installs for it)
 RUNTIME_DISTRIBUTIONS = {"PyTorch": "torch", "torchao": "torchao", "onnxruntime": "onnxruntime",
                          "OpenVINO": "openvino", "NNCF": "nncf", "ExecuTorch": "executorch"}
+
+env.quiet_torchao()  # every torchao import below: no CUDA-kernel load notices on a CPU-only machine
 
 
 # ---------------------------------------------------------------- what a runtime weighs
@@ -380,19 +382,95 @@ def executorch_program(model: nn.Module, path, batch_size: int, calib_images: to
     return path
 
 
+@contextmanager
+def native_stderr_silenced():
+    """Drop what is written to standard error inside the block, both through file descriptor 2 and through
+    Python's ``sys.stderr`` (exceptions still raise). ExecuTorch's C++ runtime logs its CPU probing
+    ("Failed to open midr file ...", "Resetting threadpool to 1 threads") there: to fd 2 in a script, through
+    ``sys.stderr`` inside Jupyter; it differs from one machine to the next and says nothing about the model."""
+    import contextlib
+    import io
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null, contextlib.redirect_stderr(io.StringIO()):
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def executorch_path(files: dict, name: str, precision: str, threads: int = 1) -> Deployed:
     """ExecuTorch's runtime on ``files`` ({batch size: .pte path}), its thread pool set to ``threads``."""
-    from executorch.extension.pybindings import portable_lib
-    from executorch.runtime import Runtime
     positive_int("threads", threads)
-    portable_lib._unsafe_reset_threadpool(threads)
-    rt = Runtime.get()
-    fns = {}
-    for b, f in files.items():
-        method = rt.load_program(str(f)).load_method("forward")
-        fns[b] = (lambda x, m=method: m.execute([x])[0])
+    with native_stderr_silenced():
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
+        portable_lib._unsafe_reset_threadpool(threads)
+        rt = Runtime.get()
+        fns = {}
+        for b, f in files.items():
+            method = rt.load_program(str(f)).load_method("forward")
+            fns[b] = (lambda x, m=method: m.execute([x])[0])
     return Deployed(name, "ExecuTorch", precision, fns, file=Path(files[max(files)]),
                     prepare=lambda x: x.contiguous())
+
+
+def every_path(model: nn.Module, calib_images: torch.Tensor, folder, cache, batch_sizes=(1, 64),
+               compiled: bool = True, executorch: bool = True) -> list[Deployed]:
+    """Every runtime's fp32 and int8 path for one ``models.LeNet5``, in a fixed order: PyTorch eager NCHW (the
+    reference), eager channels-last, ``torch.compile``, torchao PT2E + ``torch.compile``, onnxruntime fp32 and
+    int8 (chapter 2's recipe: conv1 float, the rest static int8), OpenVINO fp32 and int8 (NNCF), ExecuTorch
+    XNNPACK fp32 and int8. ``compiled=False`` leaves out the two Inductor paths, ``executorch=False`` the
+    ExecuTorch ones (a quick run).
+
+    calib_images (N, C, H, W): calibrate every int8 path (training images, never the test split). folder: the
+    ONNX files; cache: the ExecuTorch programs, NNCF's model and Inductor's kernels, keyed by the model's
+    weights and the versions, built in a fresh process (:func:`build_in_subprocess`) and reused by later runs.
+    The lowering's time is shared between the two ExecuTorch paths' ``build_s``.
+    """
+    from importlib import metadata
+
+    from .recipes import int8_lenet_ort
+    folder, cache = Path(folder), Path(cache)
+    tag = state_key(model, torch.__version__, *(metadata.version(d) for d in ("executorch", "openvino")
+                                                   if _installed(d)))
+    onnx_fp32 = deploy.export_onnx(model, folder / f"fp32_{tag}.onnx", tuple(calib_images.shape[1:]))
+    t0 = time.perf_counter()
+    ov8 = cache / f"ov_int8_{tag}.xml"
+    et = {(prec, b): cache / f"et_{prec}_b{b}_{tag}.pte" for prec in ("fp32", "int8") for b in batch_sizes} \
+        if executorch else {}
+    jobs = [{"kind": "executorch", "out": f, "batch": b, "int8": prec == "int8"} for (prec, b), f in et.items()]
+    jobs.append({"kind": "openvino_int8", "onnx": onnx_fp32, "out": ov8})
+    build_in_subprocess(model, [j for j in jobs if not Path(j["out"]).exists()], calib_images, folder / f"build_{tag}")
+    lowered_s = time.perf_counter() - t0
+    out = [eager_path(model, batch_sizes), channels_last_path(model, batch_sizes)]
+    if compiled:
+        with inductor_cache(cache / "inductor"):
+            out += [compiled_path(model, batch_sizes), pt2e_path(model, calib_images, batch_sizes)]
+    t1 = time.perf_counter()
+    ort8 = int8_lenet_ort(model, folder / f"int8_{tag}.onnx", calib_images)
+    out += [ort_path(onnx_fp32, "onnxruntime fp32", "fp32", batch_sizes),
+            ort_path(ort8, "onnxruntime int8", "int8", batch_sizes)]
+    out[-1].build_s = time.perf_counter() - t1
+    out += [openvino_path(onnx_fp32, "OpenVINO fp32", "fp32", batch_sizes),
+            openvino_path(ov8, "OpenVINO int8 (NNCF)", "int8", batch_sizes)]
+    if executorch:
+        for prec in ("fp32", "int8"):
+            out.append(executorch_path({b: et[prec, b] for b in batch_sizes}, f"ExecuTorch XNNPACK {prec}", prec))
+            out[-1].build_s = lowered_s / 2
+    else:
+        out[-1].build_s = lowered_s
+    return out
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        md.version(distribution)
+        return True
+    except md.PackageNotFoundError:
+        return False
 
 
 # ---------------------------------------------------------------- one interleaved measurement

@@ -190,6 +190,7 @@ def toc(body: str) -> str:
 
 def convert(src: Path, dest_dir: Path) -> Path:
     nb = nbformat.read(src, as_version=4)
+    nb.metadata.pop("widgets", None)  # saved widget state: nbconvert would embed it in a <script>; nothing runs here
     for cell in nb.cells:  # a LaTeX output (e.g. sympy's) is shown through the Markdown renderer, as MathML
         for output in cell.get("outputs", []):
             data = output.get("data", {})

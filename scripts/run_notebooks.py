@@ -107,6 +107,7 @@ def execute(path: Path, out: Path, timeout: int = 900, progress: Progress | None
         client.execute()
     finally:
         out.parent.mkdir(parents=True, exist_ok=True)
+        nb.metadata.pop("widgets", None)  # the state of widgets a headless run created (no one saw them)
         nbformat.write(nb, out)
     return time.perf_counter() - t0
 

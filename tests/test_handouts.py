@@ -194,6 +194,17 @@ def test_latex_outputs_are_rendered_too(tmp_path):
     assert "<math" in page and raw_tex(page) == []
 
 
+def test_saved_widget_state_is_not_embedded(tmp_path):
+    """A notebook run where a library created widgets keeps their state in its metadata; nbconvert would put it
+    in a <script> that nothing offline runs."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# 96 · widgets")])
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}, "version_major": 2,
+                                                                           "version_minor": 0}}
+    nbformat.write(nb, tmp_path / "96_widgets.ipynb")
+    page = make_handouts.convert(tmp_path / "96_widgets.ipynb", tmp_path).read_text(encoding="utf-8")
+    assert "<script" not in page and "widget-state" not in page
+
+
 def test_markdown_maths_outside_code_only():
     out = make_handouts.markdown_to_html("Cost $O(n^2)$, display $$\\frac{a}{b}$$ and code `$HOME` and\n\n"
                                          "```\nprice = \"$5\"\n```\n")

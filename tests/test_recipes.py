@@ -205,7 +205,8 @@ def test_benchmark_runs_end_to_end_on_a_small_sample(tmp_path):
     targets = {(t["chapter"], t["name"]) for t in bench["targets"]}
     assert {("01", "90% global sparsity"), ("01", "channel pruning latency"), ("02", "int8 vs the fastest fp32 baseline"),
             ("03", "low rank latency"), ("07", "MatMulNBits 4-bit vs onnxruntime fp32, batch 1"),
-            ("07", "4-bit g128 GPTQ"), ("07", "3-bit g128 AWQ vs RTN"), ("07", "MIT Lab 4 ablation (3-bit g128)")} <= targets
+            ("07", "4-bit g128 GPTQ"), ("07", "3-bit g128 AWQ vs RTN"), ("07", "MIT Lab 4 ablation (3-bit g128)"),
+            ("08", "fastest int8 path vs fastest fp32 path (baseline, batch 64, single thread)")} <= targets
     controls = {name for ch, name in targets if "control" in name}
     assert {n.split(" {")[0] for n in controls} >= {
         "90% sparse vs dense control with the same non-zeros", "95% sparse vs dense control with the same non-zeros",

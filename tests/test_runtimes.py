@@ -3,6 +3,8 @@ timing of paths, the CPU report and its int8 floor, onnxruntime's profile groupe
 model, and each runtime's path on a tiny LeNet-5 (onnxruntime, OpenVINO, PT2E conversion, ExecuTorch). The
 compiled paths (torch.compile, PT2E + Inductor) run in the chapter's notebook, not here: they take tens of
 seconds to compile."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -230,3 +232,38 @@ def test_build_in_subprocess_writes_the_artifacts(tiny, tmp_path):
     with pytest.raises(RuntimeError, match="failed"):
         R.build_in_subprocess(tiny, [{"kind": "openvino_int8", "onnx": tmp_path / "missing.onnx",
                                       "out": tmp_path / "r.xml"}], torch.randn(64, 1, 28, 28), tmp_path / "w")
+
+
+def test_native_stderr_silenced_drops_only_what_is_written_inside(capfd):
+    os.write(2, b"before ")
+    with R.native_stderr_silenced():
+        os.write(2, b"native log line\n")
+    os.write(2, b"after")
+    assert capfd.readouterr().err == "before after"
+
+
+def test_native_stderr_silenced_drops_python_stderr_too(capsys):
+    import sys
+    with R.native_stderr_silenced():
+        sys.stderr.write("through sys.stderr\n")
+    sys.stderr.write("kept")
+    assert capsys.readouterr().err == "kept"
+
+
+def test_every_path_builds_each_runtime_once_and_agrees(tiny, tmp_path):
+    calib = torch.rand(64, 1, 28, 28)
+    paths = R.every_path(tiny, calib, tmp_path / "onnx", tmp_path / "cache", batch_sizes=(2,), compiled=False,
+                         executorch=False)
+    assert [p.name for p in paths] == ["PyTorch eager NCHW", "PyTorch eager channels-last", "onnxruntime fp32",
+                                       "onnxruntime int8", "OpenVINO fp32", "OpenVINO int8 (NNCF)"]
+    assert [p.precision for p in paths] == ["fp32", "fp32", "fp32", "int8", "fp32", "int8"]
+    x = torch.rand(2, 1, 28, 28)
+    ref = tiny(x).detach()
+    for p in paths:
+        tol = 1e-4 if p.precision == "fp32" else 0.5   # int8: close, not equal
+        assert p.batch_sizes() == [2] and torch.allclose(p(x), ref, atol=tol), p.name
+    ov8 = next(tmp_path.joinpath("cache").glob("ov_int8_*.xml"))
+    stamp = ov8.stat().st_mtime_ns
+    again = R.every_path(tiny, calib, tmp_path / "onnx", tmp_path / "cache", batch_sizes=(2,), compiled=False,
+                         executorch=False)
+    assert ov8.stat().st_mtime_ns == stamp and len(again) == 6   # NNCF's model came from the cache

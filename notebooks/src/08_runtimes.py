@@ -460,8 +460,9 @@ for k in LM:
 # %% [markdown]
 # ## 10. Results file
 # One record per path of the baseline (batch-64 latency; accuracy on the test split; size the artifact the
-# runtime loads), plus the QAT models. Records are named `baseline` (PyTorch eager NCHW fp32) and
-# `baseline <path>` for the others.
+# runtime loads), plus the QAT models (size: their state dict as `torch.save` writes it, torchao's int4 codes
+# one per byte; not timed here: section 9 times torchao's eager kernels on MiniLM). Records are named
+# `baseline` (PyTorch eager NCHW fp32) and `baseline <path>` for the others.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -479,7 +480,7 @@ for k in ("fine-tune, then post-training", "QATConfig"):
     extra = {} if k == "QATConfig" else {"control_of": "torchao w4a8 linears: QATConfig"}
     recs.append(records.record(f"torchao w4a8 linears: {k}", counts_from=baseline, input_shape=SHAPE,
                                accuracy=[float(c.float().mean()) for c in CORRECT[k]], n_test=N_TEST,
-                               size_bytes=measure.serialized_bytes(baseline), latency_ms=None, weight_bits=4,
+                               size_bytes=measure.serialized_bytes(QAT[k][0]), latency_ms=None, weight_bits=4,
                                method=f"{EPOCHS} epoch(s) after the baseline, torchao Int8DynamicActivationIntxWeightConfig(int4)",
                                **extra))
 path = records.write_results("08_runtimes", recs, lab_mode=LAB_MODE)

@@ -4,41 +4,19 @@ from __future__ import annotations
 
 import torch
 
+from .. import runtimes as R
 from . import Wrong, checker, expect_shape
 
-__all__ = ["check_installed_size", "check_padded_predict", "reference_installed_size", "reference_padded_predict"]
+__all__ = ["check_installed_size", "check_padded_predict"]
 
 SIZE_CASES = ("tqdm", "numpy")  # always installed with the course: a small and a large distribution
-
-
-def reference_installed_size(name: str) -> int:
-    """Bytes of the files that importlib.metadata lists for the installed distribution ``name`` (existing ones)."""
-    from importlib import metadata
-    total = 0
-    for f in metadata.files(name) or []:
-        p = f.locate()
-        if p.is_file():
-            total += p.stat().st_size
-    return total
-
-
-def reference_padded_predict(fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits of ``fn`` over ``x`` in batches of exactly ``batch_size`` rows, the last one zero-padded, padding dropped."""
-    outs = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size]
-        n = len(xb)
-        if n < batch_size:
-            xb = torch.cat([xb, xb.new_zeros((batch_size - n, *xb.shape[1:]))])
-        outs.append(torch.as_tensor(fn(xb))[:n])
-    return torch.cat(outs)
 
 
 @checker("installed_size")
 def check_installed_size(fn):
     from importlib import metadata
     for name in SIZE_CASES:
-        want = reference_installed_size(name)
+        want = R.installed_bytes(name)
         got = fn(name)
         if isinstance(got, bool) or not isinstance(got, (int, float)):
             raise Wrong(f"installed_size({name!r}) returned {type(got).__name__}; return a number of bytes.")
@@ -77,13 +55,13 @@ def check_padded_predict(fn):
     for n, b in ((10, 4), (8, 4), (3, 8), (1, 1), (65, 64)):
         x = torch.randn(n, 1, 2, 2, generator=g, dtype=torch.float64)
         static = _StaticFn(b)
-        want = reference_padded_predict(_StaticFn(b), x, b)
+        want = R.padded_predict(_StaticFn(b), x, b)
         got = fn(static, x.clone(), b)
         if torch.is_tensor(got) and got.shape[0] == -(-n // b) * b and n % b:
             raise Wrong(f"for {n} rows in batches of {b} you returned {got.shape[0]} rows: drop the outputs of "
                         "the padding rows.")
         expect_shape(got, want.shape, f"the logits of {n} rows in batches of {b}")
-        if not torch.allclose(torch.as_tensor(got).double(), want):
+        if not torch.allclose(torch.as_tensor(got).double(), want.double()):  # the library returns float32
             raise Wrong(f"for {n} rows in batches of {b} the logits differ from the reference: keep the rows in "
                         "order and pad with zeros (not copies of real rows).")
         if static.calls != -(-n // b):

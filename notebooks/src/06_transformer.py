@@ -20,7 +20,7 @@
 #   by the cosine similarity of its embeddings to the original's, its size on disk and its
 #   single-thread latency, all models timed together in interleaved rounds.
 #
-# **Run time:** a few minutes on a 2-core laptop CPU, about a minute in lab mode (`docs/timings.md` lists the
+# **Run time:** about four minutes on a 2-core laptop CPU, under two minutes in lab mode (`docs/timings.md` lists the
 # measured times); the largest shares are the AWQ and GPTQ searches, encoding the 1,080 task sentences once
 # per model, and the interleaved latency measurement.
 

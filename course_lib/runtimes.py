@@ -430,12 +430,9 @@ def every_path(model: nn.Module, calib_images: torch.Tensor, folder, cache, batc
     weights and the versions, built in a fresh process (:func:`build_in_subprocess`) and reused by later runs.
     The lowering's time is shared between the two ExecuTorch paths' ``build_s``.
     """
-    from importlib import metadata
-
     from .recipes import int8_lenet_ort
     folder, cache = Path(folder), Path(cache)
-    tag = state_key(model, torch.__version__, *(metadata.version(d) for d in ("executorch", "openvino")
-                                                   if _installed(d)))
+    tag = state_key(model, torch.__version__, *(v for v in map(_version, ("executorch", "openvino")) if v))
     onnx_fp32 = deploy.export_onnx(model, folder / f"fp32_{tag}.onnx", tuple(calib_images.shape[1:]))
     t0 = time.perf_counter()
     ov8 = cache / f"ov_int8_{tag}.xml"
@@ -465,12 +462,12 @@ def every_path(model: nn.Module, calib_images: torch.Tensor, folder, cache, batc
     return out
 
 
-def _installed(distribution: str) -> bool:
+def _version(distribution: str) -> str | None:
+    """The installed version of ``distribution``, None when it is not installed."""
     try:
-        md.version(distribution)
-        return True
+        return md.version(distribution)
     except md.PackageNotFoundError:
-        return False
+        return None
 
 
 # ---------------------------------------------------------------- one interleaved measurement

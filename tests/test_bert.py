@@ -322,6 +322,23 @@ def test_pretrained_matches_sentence_transformers():
     assert T.mean_cosine(ours, st_emb) > 0.99999
 
 
+@needs_model
+def test_the_installed_model_is_the_upstream_one_and_a_changed_file_is_refused(tmp_path):
+    T.verify_model_files()  # the package's files have the Hub's digests at the pinned revision
+    for name in T.MODEL_SHA256:
+        if name != "model.safetensors":
+            (tmp_path / name).write_bytes((T.model_path() / name).read_bytes())
+    (tmp_path / "model.safetensors").write_bytes(b"not the weights")
+    with pytest.raises(ValueError, match=r"checksum mismatch for .*model\.safetensors: expected sha256 53aa5117"):
+        T.verify_model_files(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "model.safetensors").symlink_to(T.model_path() / "model.safetensors")
+    T.verify_model_files(tmp_path)
+    (tmp_path / "vocab.txt").unlink()
+    with pytest.raises(ValueError, match=r"vocab\.txt is missing"):
+        T.verify_model_files(tmp_path)
+
+
 # ---------------------------------------------------------------- the embedding table
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quantize_embeddings(tiny, bits):

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import _validate as V
-from .data import BUILD_DIR, Splits, atomic_write, dataset_key, load_dataset
+from .data import BUILD_DIR, DATA_DIR, Splits, atomic_write, dataset_key, load_dataset, verify_checksum
 from .models import build_model
 
 
@@ -317,8 +317,10 @@ def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False
     """The trained baseline for ``dataset``: loaded from the cache, or trained and cached.
 
     Returns (model on the CPU in eval mode, info) where info has "history" (per-epoch),
-    "train_seconds", "cached" (True if loaded) and "path". The cache is
-    $COURSE_CACHE (default build/cache); files are state dicts read with weights_only=True.
+    "train_seconds", "cached" (True if loaded) and "path". Looked up in the cache,
+    $COURSE_CACHE (default build/cache; state dicts read with weights_only=True), then in the weights the
+    course ships (``data/trained``, safetensors, checksum verified; "shipped": True in info, off with
+    $COURSE_SHIPPED_WEIGHTS=0), and trained only when neither has it. retrain=True always trains.
     epochs: override the recipe's epoch count (a different recipe is cached under its own key).
     model_kw: constructor arguments of the model (e.g. ``dict(c1=10, c2=25, fc=250)`` for a narrower
     LeNet-5): the course's from-scratch *controls* are trained with the baseline recipe this way and
@@ -356,6 +358,8 @@ def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False
     model = build_model(recipe["model"], splits.input_shape, splits.num_classes, **recipe.get("model_kw", {}))
     if not retrain and (cached := _read_cached(model, path, meta_path)) is not None:
         return cached
+    if not retrain and (shipped := read_shipped(key, lambda info: model)) is not None:
+        return shipped
     # Two notebooks open side by side (two JupyterLab kernels) may ask for the same model:
     # the first trains it under a lock, the second waits and then loads what the first cached.
     with _file_lock(path.with_suffix(".lock")):
@@ -368,6 +372,64 @@ def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False
         atomic_write(meta_path, lambda f: f.write(json.dumps(info, indent=1).encode()))
     info["cached"] = False
     return model, info
+
+
+# ---------------------------------------------------------------- the trained weights the course ships
+# Every model that load_baseline trains for the course's own dataset (the baselines, the from-scratch controls,
+# chapter 4's teachers) and chapter 5's latency model, trained once by the notebooks on the maintainers' machine
+# and shipped as safetensors (no pickle) with a SHA-256 each, so a fresh clone runs without training them.
+# scripts/ship_trained.py writes them from a cache; $COURSE_SHIPPED_WEIGHTS=0 trains everything instead.
+SHIPPED_DIR = DATA_DIR / "trained"
+_SHIP_HINT = ("restore it (git checkout data/trained), or set COURSE_SHIPPED_WEIGHTS=0 to train the model "
+              "instead of loading it")
+
+
+def shipped_weights_enabled(environ=None) -> bool:
+    """Whether models load from the shipped weights in ``data/trained``: $COURSE_SHIPPED_WEIGHTS, one of
+    1/true/yes/on (the default when unset or empty) or 0/false/no/off (train every model on this machine)."""
+    raw = (os.environ if environ is None else environ).get("COURSE_SHIPPED_WEIGHTS", "").strip().lower()
+    if raw in ("", "1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"COURSE_SHIPPED_WEIGHTS={raw!r} is not valid: use 1 (load the shipped weights, the default) "
+                     "or 0 (train every model on this machine)")
+
+
+def read_shipped(key: str, build: Callable[[dict], nn.Module], folder=None):
+    """(model, info) from the shipped weights ``<folder>/<key>.safetensors`` and ``<key>.json`` (default
+    ``SHIPPED_DIR``), or None when the course does not ship that key or $COURSE_SHIPPED_WEIGHTS is 0.
+
+    build(info) returns the model to load into (info is the JSON: recipe, history, ...); the weights must
+    match its state dict exactly (strict). Both files are checked against ``SHA256SUMS`` beside them (a
+    mismatch raises ValueError naming the file). info gets "cached": True, "shipped": True and "path"."""
+    if not shipped_weights_enabled():
+        return None
+    folder = SHIPPED_DIR if folder is None else Path(folder)
+    path, meta = folder / f"{key}.safetensors", folder / f"{key}.json"
+    if not (path.is_file() and meta.is_file()):
+        return None
+    from safetensors.torch import load_file
+    verify_checksum(meta, required=True, hint=_SHIP_HINT)
+    verify_checksum(path, required=True, hint=_SHIP_HINT)
+    info = json.loads(meta.read_text())
+    model = build(info)
+    model.load_state_dict(load_file(str(path), device="cpu"))
+    return model.eval(), {**info, "cached": True, "shipped": True, "path": str(path)}
+
+
+def write_shipped(state: dict, info: dict, key: str, folder) -> list[Path]:
+    """Write one shipped model: ``<key>.safetensors`` (the float tensors of ``state``, unchanged) and
+    ``<key>.json`` (``info`` without machine-specific paths). Returns the two paths; the caller writes
+    ``SHA256SUMS`` (``scripts/ship_trained.py``)."""
+    from safetensors.torch import save_file
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path, meta = folder / f"{key}.safetensors", folder / f"{key}.json"
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
+    info = {k: v for k, v in info.items() if k not in ("path", "cached", "shipped")}
+    atomic_write(meta, json.dumps(info, indent=1, sort_keys=True).encode())
+    return [path, meta]
 
 
 def _splits_fingerprint(splits: Splits) -> str:

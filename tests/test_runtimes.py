@@ -202,6 +202,17 @@ def test_cached_latency_model_trains_once(tiny, tmp_path, monkeypatch):
         R.cached_latency_model(tiny, None, epochs=0, cache=tmp_path)
 
 
+def test_chapter_8s_latency_model_loads_from_the_shipped_weights(tmp_path, monkeypatch):
+    from course_lib import recipes
+    from course_lib.training import load_baseline
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    monkeypatch.setattr(recipes, "latency_model", lambda *a, **k: pytest.fail("trained instead of loading"))
+    teacher, _ = load_baseline("mnist5k", 0)  # chapter 8's call: the seed-0 baseline, seed 0, default epochs
+    model, info = R.cached_latency_model(teacher, None, seed=0)
+    assert info["shipped"] is True and info["epochs"] == recipes.LATENCY_EPOCHS
+    assert model.config["c1"] < teacher.config["c1"] and list(tmp_path.iterdir()) == []
+
+
 def test_torchao_configs_touch_what_they_say(tiny):
     types = R.weight_types(R.torchao_int8_linears(tiny))
     assert types["conv1"] == "Parameter" and types["fc1"] != "Parameter"

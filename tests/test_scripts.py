@@ -121,3 +121,35 @@ def test_progress_on_a_terminal_rewrites_one_line():
 def test_kernel_config_keeps_the_transport_private(system, curve, want):
     cfg = run_notebooks.kernel_config(system, curve)
     assert (dict(cfg["KernelManager"]) if want else dict(cfg)) == (want or {})
+
+
+def test_ship_trained_copies_the_cache_as_safetensors_with_checksums_and_drops_stale_models(tmp_path):
+    import json
+
+    import torch
+
+    import ship_trained
+    from course_lib import training
+    from course_lib.models import LeNet5
+    cache, out = tmp_path / "cache", tmp_path / "trained"
+    cache.mkdir()
+    model = LeNet5(c1=2, c2=3, fc=4)
+    for stem, info in {"baseline_mnist5k_lenet5_seed0_abc": {"seed": 0, "path": "/somewhere/x.pt"},
+                       "latency_model_def": {"config": model.config},
+                       "baseline_cifar10_lenet5_seed0_abc": {"seed": 0}}.items():   # another dataset: not shipped
+        torch.save(model.state_dict(), cache / f"{stem}.pt")
+        (cache / f"{stem}.json").write_text(json.dumps(info))
+    torch.save(model.state_dict(), cache / "baseline_mnist5k_lenet5_seed1_abc.pt")  # no .json: not shipped
+    out.mkdir()
+    (out / "baseline_mnist5k_old.json").write_text("{}")                             # stale: removed
+    keys = ship_trained.ship(cache, out)
+    assert keys == ["baseline_mnist5k_lenet5_seed0_abc", "latency_model_def"]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["SHA256SUMS", *sorted(f"{k}{s}" for k in keys for s in (".json", ".safetensors"))]
+    meta = json.loads((out / f"{keys[0]}.json").read_text())
+    assert "path" not in meta and meta["trained_with"]["torch"] == torch.__version__
+    loaded, info = training.read_shipped(keys[1], lambda i: LeNet5(**i["config"]), folder=out)
+    assert info["shipped"] and all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
+                                                                      model.state_dict().values()))
+    with pytest.raises(SystemExit, match="no baseline_mnist5k"):
+        ship_trained.ship(tmp_path / "empty", out)

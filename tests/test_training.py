@@ -1,6 +1,7 @@
 """Training: seeding, device choice, fit/evaluate/predict, augmentation, the cached baseline."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -251,3 +252,83 @@ def test_load_baseline_on_a_subset_trains_on_those_rows_only_and_caches_them_apa
     for bad in (torch.tensor([0, 0]), torch.tensor([len(tiny.train)]), torch.tensor([], dtype=torch.long)):
         with pytest.raises(ValueError, match="train_indices"):
             load_baseline("mnist5k", seed=0, splits=tiny, train_indices=bad)
+
+
+# ---------------------------------------------------------------- the trained weights the course ships
+def _shipped_infos():
+    return {p.stem: json.loads(p.read_text()) for p in sorted(training.SHIPPED_DIR.glob("*.json"))}
+
+
+def test_every_shipped_model_is_checksummed_loads_strictly_and_is_keyed_by_the_current_recipe():
+    infos = _shipped_infos()
+    assert len(infos) >= 10, f"data/trained ships {len(infos)} models; run scripts/ship_trained.py"
+    listed = (training.SHIPPED_DIR / "SHA256SUMS").read_text().split()[1::2]
+    assert sorted(listed) == sorted([f"{k}.json" for k in infos] + [f"{k}.safetensors" for k in infos])
+    for key, info in infos.items():
+        if key.startswith("latency_model_"):
+            build = lambda i: LeNet5(**i["config"])  # noqa: E731
+        else:
+            recipe = info["recipe"]
+            # the key is the cache's hash of the recipe it was trained with, and that recipe is today's
+            # BASELINE_RECIPE with only the overrides load_baseline allows: a changed recipe is never loaded
+            assert training._recipe_key(info["dataset"], info["seed"], recipe) == key
+            assert {k: v for k, v in recipe.items() if k in training.BASELINE_RECIPE and k != "epochs"} == \
+                {k: v for k, v in training.BASELINE_RECIPE.items() if k != "epochs"}, key
+            assert set(recipe) - set(training.BASELINE_RECIPE) <= {"model_kw", "splits", "train_subset"}, key
+            build = lambda i: training.build_model(i["recipe"]["model"], (1, 28, 28), 10,  # noqa: E731
+                                                   **i["recipe"].get("model_kw", {}))
+        model, got = training.read_shipped(key, build)  # checksums verified, strict load
+        assert got["shipped"] is True and got["cached"] is True
+        assert all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point())
+    # the course's own baseline (seed 0, today's recipe) is among them: a recipe change fails here until
+    # the weights are shipped again
+    assert training._recipe_key("mnist5k", 0, dict(training.BASELINE_RECIPE)) in infos
+
+
+def test_load_baseline_loads_a_shipped_model_without_training_or_writing(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    model, info = load_baseline("mnist5k", seed=0)
+    assert info["shipped"] is True and info["cached"] is True and isinstance(model, LeNet5)
+    assert list(tmp_path.iterdir()) == []
+    assert len(info["history"]["train_loss"]) == training.BASELINE_RECIPE["epochs"]
+    monkeypatch.setenv("COURSE_SHIPPED_WEIGHTS", "0")
+    key = training._recipe_key("mnist5k", 0, dict(training.BASELINE_RECIPE))
+    assert training.read_shipped(key, lambda i: model) is None
+    monkeypatch.setenv("COURSE_SHIPPED_WEIGHTS", "maybe")
+    with pytest.raises(ValueError, match=r"COURSE_SHIPPED_WEIGHTS='maybe' is not valid"):
+        load_baseline("mnist5k", seed=0)
+
+
+def test_a_changed_shipped_file_is_refused_with_its_name(tmp_path):
+    key = training._recipe_key("mnist5k", 0, dict(training.BASELINE_RECIPE))
+    for suffix in (".safetensors", ".json"):
+        (tmp_path / f"{key}{suffix}").write_bytes((training.SHIPPED_DIR / f"{key}{suffix}").read_bytes())
+    sums = [line for line in (training.SHIPPED_DIR / "SHA256SUMS").read_text().splitlines() if key in line]
+    (tmp_path / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    build = lambda i: LeNet5()  # noqa: E731
+    assert training.read_shipped(key, build, folder=tmp_path)[1]["shipped"] is True
+    data = bytearray((tmp_path / f"{key}.safetensors").read_bytes())
+    data[-1] ^= 1
+    (tmp_path / f"{key}.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"checksum mismatch for .*{key}\.safetensors"):
+        training.read_shipped(key, build, folder=tmp_path)
+    (tmp_path / "SHA256SUMS").write_text("")
+    with pytest.raises(ValueError, match="does not list"):
+        training.read_shipped(key, build, folder=tmp_path)
+
+
+def test_a_shipped_control_is_what_its_recipe_trains_here():
+    """Retrain the cheapest shipped model on the whole dataset from its recipe and seed: on the machine that
+    shipped it the weights come out the same bit for bit; on another CPU floats may differ, so the check is
+    on behaviour: validation accuracy within 1 point and the same test prediction for >= 97% of images."""
+    infos = {k: i for k, i in _shipped_infos().items()
+             if k.startswith("baseline_mnist5k_") and not {"splits", "train_subset"} & set(i["recipe"])}
+    key = min(infos, key=lambda k: (training.SHIPPED_DIR / f"{k}.safetensors").stat().st_size)
+    info = infos[key]
+    splits = load_dataset("mnist5k")
+    shipped, _ = training.read_shipped(key, lambda i: training.build_model(
+        i["recipe"]["model"], splits.input_shape, splits.num_classes, **i["recipe"].get("model_kw", {})))
+    retrained, _ = training.train_baseline(splits, info["seed"], info["recipe"], progress=False)
+    assert abs(evaluate(retrained, splits.val) - evaluate(shipped, splits.val)) <= 0.01
+    agree = (predict(retrained, splits.test) == predict(shipped, splits.test)).float().mean().item()
+    assert agree >= 0.97, f"{key}: retrained and shipped agree on {agree:.1%} of the test images"

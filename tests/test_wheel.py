@@ -57,6 +57,7 @@ out["int8_accuracy"] = training.evaluate(q, splits.test)
 rec = records.record("baseline", model, test=splits.test, input_shape=splits.input_shape, latency_ms=None)
 out["results"] = str(records.write_results("wheel_smoke", [rec]))
 out["cache_dir"] = str(training.cache_dir())
+out["shipped"] = training.load_baseline("mnist5k", 0)[1].get("shipped", False)
 s = load_sentences()
 out["sentences"] = [len(s.eval_texts), len(s.train_texts)]
 print("RESULT " + json.dumps(out))
@@ -113,6 +114,9 @@ def test_wheel_holds_every_subpackage_and_the_data(tmp_path):
     shipped = [line.split()[1] for line in (ROOT / "data" / "SHA256SUMS").read_text().splitlines() if line.strip()]
     data = {f"course_lib/_data/{n}" for n in ("SHA256SUMS", *shipped)}
     assert data <= names, f"missing from the wheel: {sorted(data - names)}"
+    trained = (ROOT / "data" / "trained" / "SHA256SUMS").read_text().split()[1::2]
+    weights = {f"course_lib/_data/trained/{n}" for n in ("SHA256SUMS", *trained)}
+    assert len(trained) >= 20 and weights <= names, f"missing from the wheel: {sorted(weights - names)}"
     assert "course_lib/_data/pystdlib_manifest.json" in names
     read = re.findall(r'DATA_DIR / "?([\w.]+)"?', "".join(p.read_text() for p in (ROOT / "course_lib").rglob("*.py")))
     assert all(f"course_lib/_data/{n}" in names for n in read if "." in n), read
@@ -158,6 +162,7 @@ def test_fresh_venv_with_only_the_wheel_runs_a_chapter_core(tmp_path):
     assert out["int8_accuracy"] > out["pruned_accuracy"] - 0.05, out
     assert out["params"] > 400_000 and out["dense_bytes"] > 4 * out["params"], out
     assert Path(out["results"]).is_relative_to(home) and Path(out["results"]).is_file()
+    assert out["shipped"] is True, "the installed course trains its baseline instead of loading the shipped one"
     assert Path(out["cache_dir"]) == home / "cache"
     assert out["sentences"] == [192, 129]
     assert _smoke_files() == [], "the installed course wrote its results into the checkout"

@@ -1,0 +1,78 @@
+"""Ship the models that the notebooks train for the course's own dataset, so that a fresh clone loads them
+instead of training them: ``data/trained/<key>.safetensors`` (the float32 weights, no pickle) and
+``<key>.json`` (recipe, seed, training history), with ``data/trained/SHA256SUMS``.
+
+What ships is exactly what the notebooks ask for: run them with an empty cache and the shipped weights off
+(so every model they need is trained from its recipe on this machine), in full and in lab mode, then copy
+that cache here:
+
+    export COURSE_CACHE=/tmp/fresh-cache COURSE_SHIPPED_WEIGHTS=0
+    python scripts/run_notebooks.py --out /tmp/executed notebooks/0[0-5]_*.ipynb notebooks/08_*.ipynb
+    COURSE_LAB_MODE=1 python scripts/run_notebooks.py --out /tmp/executed-lab notebooks/0[0-5]_*.ipynb notebooks/08_*.ipynb
+    python scripts/ship_trained.py --cache /tmp/fresh-cache
+
+Copied: every ``baseline_<dataset>_*`` (baselines, from-scratch controls, chapter 4's teachers) and
+``latency_model_*`` (chapter 5's latency model) with both its ``.pt`` and ``.json``; the folder is
+rewritten, so models the notebooks no longer ask for disappear. The keys are the cache's (a hash of the
+recipe), so a changed recipe never loads an old model: ``tests/test_training.py`` checks every shipped key
+against the current recipe and the checksums.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from course_lib.training import write_shipped  # noqa: E402
+
+OUT = ROOT / "data" / "trained"
+
+
+def shippable(cache: Path, dataset: str = "mnist5k") -> list[Path]:
+    """The .pt files in ``cache`` to ship: ``baseline_<dataset>_*`` and ``latency_model_*`` with a .json."""
+    found = sorted(cache.glob(f"baseline_{dataset}_*.pt")) + sorted(cache.glob("latency_model_*.pt"))
+    return [p for p in found if p.with_suffix(".json").is_file()]
+
+
+def ship(cache: Path, out: Path = OUT, dataset: str = "mnist5k") -> list[str]:
+    """Rewrite ``out`` from ``cache``; returns the shipped keys."""
+    files = shippable(cache, dataset)
+    if not files:
+        raise SystemExit(f"no baseline_{dataset}_*.pt or latency_model_*.pt with its .json in {cache}")
+    out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("*.safetensors"), *out.glob("*.json")]:
+        old.unlink()
+    provenance = {"torch": torch.__version__, "python": platform.python_version(),
+                  "machine": platform.machine(), "system": platform.system()}
+    for pt in files:
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+        info = json.loads(pt.with_suffix(".json").read_text())
+        write_shipped(state, {**info, "trained_with": provenance}, pt.stem, out)
+    lines = []
+    for f in sorted([*out.glob("*.safetensors"), *out.glob("*.json")]):
+        lines.append(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}")
+    (out / "SHA256SUMS").write_text("\n".join(lines) + "\n")
+    return [p.stem for p in files]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache", type=Path, required=True, help="the cache the notebooks filled (COURSE_CACHE)")
+    ap.add_argument("--out", type=Path, default=OUT, help="where to write (default: data/trained)")
+    ap.add_argument("--dataset", default="mnist5k", help="the dataset whose models ship (default: mnist5k)")
+    a = ap.parse_args(argv)
+    keys = ship(a.cache, a.out, a.dataset)
+    size = sum(f.stat().st_size for f in a.out.iterdir())
+    print(f"shipped {len(keys)} models, {size / 2**20:.2f} MiB, to {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,7 +15,7 @@ from course_lib.training import cache_dir
 
 from .targets import Target
 
-TARGET_X = 2.5  # issue 19: fastest int8 / fastest fp32, batch 64, single thread
+TARGET_X = R.SPEED_TARGET  # issue 19: fastest int8 / fastest fp32, batch 64, single thread
 
 
 def measure_ch8_targets(splits, base, out, quick: bool = False) -> list:

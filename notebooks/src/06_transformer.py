@@ -730,6 +730,11 @@ if MIXED:
 
     layer_w = {n: {4: gptq4.get_submodule(n).weight.detach(), 8: rtn8.get_submodule(n).weight.detach()} for n in names}
     sens = Q.layer_sensitivity(model, layer_w, val_mrr)
+    lost = {n: {b: sens[n][Q.FLOAT_BITS] - sens[n][b] for b in (4, 8)} for n in names}
+    print(f"validation MRR lost with one layer alone quantized (float {sens[names[0]][Q.FLOAT_BITS]:.4f}), the five "
+          "that lose most at 4 bits (the greedy search ranks moves by this gain per extra byte):")
+    for n in sorted(names, key=lambda n: lost[n][4], reverse=True)[:5]:
+        print(f"  {kind_of(n):8s} block {n.split('.')[2]}: 4 bits {lost[n][4]:+.4f}, 8 bits {lost[n][8]:+.4f}")
     mp_path = Q.greedy_allocation(model, layer_w, sizes, sens, val_recall, budget, ladder=(4, 8, 32))
     alloc = mp_path[-1]["config"]
     mixed = Q.apply_bits(model, layer_w, alloc)

@@ -12,10 +12,10 @@
 # - meet the course's standing control, a small LeNet trained from scratch, that every later chapter must beat;
 # - measure what every later chapter measures: accuracy, parameters, MACs, bytes on disk, CPU latency.
 #
-# **Run time:** about 1.5 minutes on a 2-core laptop CPU the first time: it trains the baseline and the
-# small LeNet from each seed of `SEEDS` (three in the full run, two in lab mode), and caches them in
-# `build/cache/`. Later runs (and every later chapter) load them from the cache, and this notebook then
-# takes about half a minute.
+# **Run time:** about half a minute on a 2-core laptop CPU. The baseline and the small LeNet of each seed of
+# `SEEDS` (three in the full run, two in lab mode) load from the weights the course ships (`data/trained/`,
+# trained by this recipe); with `COURSE_SHIPPED_WEIGHTS=0` this notebook trains them itself (about 1.5
+# minutes) and caches them in `build/cache/` for every later chapter.
 
 # %%
 # Hosted notebooks (Colab, Kaggle) start without the course: this cell installs it there, beside their own
@@ -180,8 +180,14 @@ checks.check_conv_macs(conv_macs)
 #   are taken: the rounding differs, and over a whole run an NHWC and an NCHW training drift apart the way
 #   two seeds do, ending level within the noise rather than bit for bit equal.
 #
-# `load_baseline` trains it once and caches the weights in `build/cache/` (a plain state dict,
-# read back with `torch.load(weights_only=True)`); every later chapter calls it and gets the same model.
+# `load_baseline` returns the model this recipe trains from `SEED`, and every later chapter calls it and
+# gets the same model. It looks first in `build/cache/` (models trained on your machine: a plain state dict,
+# read back with `torch.load(weights_only=True)`), then in `data/trained/`, the weights the course ships
+# (safetensors, no pickle, each checked against its SHA-256; the key is a hash of the recipe, so a changed
+# recipe never loads an old model), and trains only when neither has it (about 15 seconds here). To train
+# it yourself: `load_baseline(..., retrain=True)`, or `COURSE_SHIPPED_WEIGHTS=0` for every model of the course.
+# `meta["shipped"]` says where this one came from; the training history below is the one recorded when it was
+# trained.
 
 # %%
 print(BASELINE_RECIPE | {"epochs": EPOCHS})

@@ -15,8 +15,9 @@
 # - remove whole filters (structured pruning), derive why MACs fall by about $(1-r)^2$, see why latency
 #   falls less, and compare with the same small widths trained from scratch.
 #
-# **Run time:** about 3 minutes on a 2-core laptop CPU the first time (21 pruning runs of 4 epochs, plus
-# twelve small from-scratch controls of 20 epochs, which are then cached), about 2 minutes afterwards.
+# **Run time:** about 2 minutes on a 2-core laptop CPU (21 pruning runs of 4 epochs; the twelve small
+# from-scratch controls of 20 epochs load from the weights the course ships in `data/trained/`, or, with
+# `COURSE_SHIPPED_WEIGHTS=0`, are trained once, about 3 more minutes, and cached).
 # The baseline comes from the cache of chapter 00, or is retrained in about half a minute. Lab mode
 # (`LAB_MODE`) runs every cell on smaller budgets (one seed, shorter training, fewer timing rounds); its
 # first cell prints what it cuts and which numbers are then less reliable.

@@ -16,8 +16,9 @@
 #   (onnxruntime, torch.ao), and measure it against the fastest float32 baseline.
 #
 # **Run time:** about 2 minutes on a 2-core laptop CPU (four fine-tunings of `EPOCHS` epochs per seed in
-# `SEEDS`, a few dozen post-training quantizations, one latency table), plus about half a minute the first
-# time, to train the from-scratch controls (once per seed), which are then cached. Lab mode (`LAB_MODE = True`, or
+# `SEEDS`, a few dozen post-training quantizations, one latency table); the from-scratch controls load from
+# the weights the course ships (`data/trained/`; with `COURSE_SHIPPED_WEIGHTS=0` they are trained once, about
+# half a minute, and cached). Lab mode (`LAB_MODE = True`, or
 # `COURSE_LAB_MODE=1`) runs one seed, one fine-tuning epoch and fewer timing rounds, in well under a minute.
 
 # %%
@@ -896,7 +897,7 @@ print(f"torch.ao dynamic test {100 * acc_of(ao_dyn_correct):.2f}%, FX static {10
 # Two dense models trained from scratch with the baseline's recipe stand next to the int8 ones as
 # **controls**: one with a quarter of the parameters (`models.lenet_widths_matching`: the same bytes as
 # int8 weights, in float32), and chapter 0's small LeNet (`models.SMALL_LENET`), three seeds each (one in lab mode)
-# (cached after the first run). If a small float model is as accurate and as fast, quantizing the big
+# (shipped in `data/trained/`, like every control). If a small float model is as accurate and as fast, quantizing the big
 # one was not the way to get there.
 
 # %%

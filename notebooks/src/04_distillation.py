@@ -17,7 +17,8 @@
 #   from the teacher's soft targets.
 #
 # **Run time:** a few minutes on a 2-core laptop CPU (many short runs of tiny students on one thread; the
-# teacher is the cached baseline of chapter 0, a second teacher trains once on half the images and is cached).
+# the teacher is chapter 0's baseline and a second teacher is trained on half the images, both by the baseline's
+# recipe and loaded from the weights the course ships in `data/trained/`, or trained once and cached).
 # The measured time of each chapter is in `docs/timings.md`.
 
 # %%

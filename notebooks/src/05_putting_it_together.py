@@ -13,8 +13,9 @@
 # - check what compression does off the clean test set (noise, blur, contrast, shifts);
 # - export the final models to ONNX and check that onnxruntime computes what PyTorch computes.
 #
-# **Run time:** 2 to 3 minutes on a 2-core laptop CPU, about a minute more the first time (it trains six small
-# from-scratch controls, cached in `build/cache/`); lab mode under a minute (`docs/timings.md` lists measured times).
+# **Run time:** 2 to 3 minutes on a 2-core laptop CPU (its six small from-scratch controls load from the
+# weights the course ships in `data/trained/`; with `COURSE_SHIPPED_WEIGHTS=0` they take about a minute more
+# the first time, then are cached in `build/cache/`); lab mode under a minute (`docs/timings.md` lists measured times).
 
 # %%
 # Hosted notebooks (Colab, Kaggle) start without the course: this cell installs it there, beside their own

@@ -686,6 +686,14 @@ def state_key(model: nn.Module, *extra) -> str:
     return h.hexdigest()[:12]
 
 
+def _fresh_lenet(info: dict) -> nn.Module:
+    """A LeNet5 of ``info["config"]``, built without moving the global RNG (its weights are loaded next)."""
+    from .models import LeNet5
+    from .training import rng_preserved
+    with rng_preserved():
+        return LeNet5(**info["config"])
+
+
 def cached_latency_model(teacher: nn.Module, train, seed: int = 0, epochs: int | None = None, cache=None,
                          **fit_kw) -> tuple[nn.Module, dict]:
     """Chapter 5's latency model (``recipes.latency_model``: channel pruning + distillation from ``teacher``),
@@ -694,21 +702,21 @@ def cached_latency_model(teacher: nn.Module, train, seed: int = 0, epochs: int |
     ``weights_only=True``; with the default cache, the weights the course ships (``training.read_shipped``)
     come next, before training. Returns (model in eval mode, {"cached": bool, "train_seconds", "path"})."""
     from . import recipes
-    from .models import LeNet5
-    from .training import cache_dir, read_shipped
+    from .training import cache_dir, read_shipped, rng_preserved
     epochs = recipes.LATENCY_EPOCHS if epochs is None else int_in("epochs", epochs, 1, None)
     folder = Path(cache) if cache is not None else cache_dir()
     key = state_key(teacher, seed, epochs, json.dumps(recipes.LATENCY_RATIO, sort_keys=True))
     path, meta = folder / f"latency_model_{key}.pt", folder / f"latency_model_{key}.json"
     if path.exists() and meta.exists():
         info = json.loads(meta.read_text())
-        model = LeNet5(**info["config"])
+        model = _fresh_lenet(info)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval(), {**info, "cached": True, "path": str(path)}
-    if cache is None and (shipped := read_shipped(f"latency_model_{key}", lambda i: LeNet5(**i["config"]))):
+    if cache is None and (shipped := read_shipped(f"latency_model_{key}", _fresh_lenet)):
         return shipped
     t0 = time.perf_counter()
-    model = recipes.latency_model(teacher, train, epochs=epochs, seed=seed, **fit_kw).cpu().eval()
+    with rng_preserved():  # loaded or trained, the caller's random state is the same afterwards
+        model = recipes.latency_model(teacher, train, epochs=epochs, seed=seed, **fit_kw).cpu().eval()
     info = {"config": model.config, "seed": seed, "epochs": epochs, "train_seconds": time.perf_counter() - t0}
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)

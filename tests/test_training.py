@@ -332,3 +332,21 @@ def test_a_shipped_control_is_what_its_recipe_trains_here():
     assert abs(evaluate(retrained, splits.val) - evaluate(shipped, splits.val)) <= 0.01
     agree = (predict(retrained, splits.test) == predict(shipped, splits.test)).float().mean().item()
     assert agree >= 0.97, f"{key}: retrained and shipped agree on {agree:.1%} of the test images"
+
+
+def test_a_first_run_that_trains_and_a_later_one_that_loads_leave_the_same_random_state(tmp_path, monkeypatch, tiny):
+    import random
+
+    import numpy as np
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    monkeypatch.setitem(training.BASELINE_RECIPE, "epochs", 1)
+
+    def draws():
+        return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+    seed_everything(123)
+    untouched = draws()
+    for expect_cached in (False, True):  # trained (first run), then loaded (a later run): neither moves it
+        seed_everything(123)
+        _, info = load_baseline("mnist5k", seed=0, splits=tiny, progress=False)
+        assert info["cached"] is expect_cached and draws() == untouched

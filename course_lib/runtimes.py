@@ -28,6 +28,7 @@ from torch import nn
 
 from . import deploy, env
 from ._validate import int_in, one_of, positive_int
+from .training import rng_preserved
 
 __all__ = ["SPEED_TARGET", "RUNTIME_DISTRIBUTIONS", "installed_bytes", "runtime_footprint", "Deployed", "padded_predict",
            "agreement", "eager_path", "channels_last_path", "compiled_path", "pt2e_int8", "pt2e_path",
@@ -36,10 +37,10 @@ __all__ = ["SPEED_TARGET", "RUNTIME_DISTRIBUTIONS", "installed_bytes", "runtime_
            "ONEDNN_ISAS", "isa_latencies", "layer_of", "op_speedups", "cached_latency_model", "state_key",
            "inductor_cache"]
 
-# display name -> the distribution whose files are the runtime (what a learner installs for it)
 # Chapter 8's speed target (issue 19): the fastest int8 path at least this many times faster than the fastest
 # fp32 path, batch 64, single thread; printed as met or MISSED by the notebook and by `make bench`
 SPEED_TARGET = 2.5
+# display name -> the distribution whose files are the runtime (what a learner installs for it)
 RUNTIME_DISTRIBUTIONS = {"PyTorch": "torch", "torchao": "torchao", "onnxruntime": "onnxruntime",
                          "OpenVINO": "openvino", "NNCF": "nncf", "ExecuTorch": "executorch"}
 
@@ -686,14 +687,7 @@ def state_key(model: nn.Module, *extra) -> str:
     return h.hexdigest()[:12]
 
 
-def _fresh_lenet(info: dict) -> nn.Module:
-    """A LeNet5 of ``info["config"]``, built without moving the global RNG (its weights are loaded next)."""
-    from .models import LeNet5
-    from .training import rng_preserved
-    with rng_preserved():
-        return LeNet5(**info["config"])
-
-
+@rng_preserved()  # loaded or trained, the caller's random state is the same afterwards
 def cached_latency_model(teacher: nn.Module, train, seed: int = 0, epochs: int | None = None, cache=None,
                          **fit_kw) -> tuple[nn.Module, dict]:
     """Chapter 5's latency model (``recipes.latency_model``: channel pruning + distillation from ``teacher``),
@@ -702,21 +696,21 @@ def cached_latency_model(teacher: nn.Module, train, seed: int = 0, epochs: int |
     ``weights_only=True``; with the default cache, the weights the course ships (``training.read_shipped``)
     come next, before training. Returns (model in eval mode, {"cached": bool, "train_seconds", "path"})."""
     from . import recipes
-    from .training import cache_dir, read_shipped, rng_preserved
+    from .models import LeNet5
+    from .training import cache_dir, read_shipped
     epochs = recipes.LATENCY_EPOCHS if epochs is None else int_in("epochs", epochs, 1, None)
     folder = Path(cache) if cache is not None else cache_dir()
     key = state_key(teacher, seed, epochs, json.dumps(recipes.LATENCY_RATIO, sort_keys=True))
     path, meta = folder / f"latency_model_{key}.pt", folder / f"latency_model_{key}.json"
     if path.exists() and meta.exists():
         info = json.loads(meta.read_text())
-        model = _fresh_lenet(info)
+        model = LeNet5(**info["config"])
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return model.eval(), {**info, "cached": True, "path": str(path)}
-    if cache is None and (shipped := read_shipped(f"latency_model_{key}", _fresh_lenet)):
+    if cache is None and (shipped := read_shipped(f"latency_model_{key}", lambda i: LeNet5(**i["config"]))):
         return shipped
     t0 = time.perf_counter()
-    with rng_preserved():  # loaded or trained, the caller's random state is the same afterwards
-        model = recipes.latency_model(teacher, train, epochs=epochs, seed=seed, **fit_kw).cpu().eval()
+    model = recipes.latency_model(teacher, train, epochs=epochs, seed=seed, **fit_kw).cpu().eval()
     info = {"config": model.config, "seed": seed, "epochs": epochs, "train_seconds": time.perf_counter() - t0}
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)

@@ -42,10 +42,10 @@ def seed_everything(seed: int = 0) -> torch.Generator:
 
 @contextmanager
 def rng_preserved():
-    """Run the block without changing the global random state of Python, NumPy and PyTorch (CPU, and CUDA when
-    present): the states are saved on entry and restored on exit. Training that happens only when a model is
-    not cached runs inside it, so the cells after it draw the same random numbers on a first run (trained)
-    and on a later one (loaded)."""
+    """Run the block (or, as ``@rng_preserved()``, the function) without changing the global random state of
+    Python, NumPy and PyTorch (CPU, and CUDA when present): the states are saved on entry and restored on exit.
+    Functions that train only when a model is not cached use it, so the cells after them draw the same random
+    numbers on a first run (trained) and on a later one (loaded)."""
     py, npy = random.getstate(), np.random.get_state()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
@@ -326,6 +326,7 @@ def train_baseline(splits: Splits, seed: int = 0, recipe: dict | None = None, de
     return model.cpu().eval(), hist
 
 
+@rng_preserved()  # loaded or trained, the caller's random state is the same afterwards
 def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False, device=None,
                   splits: Splits | None = None, progress: bool | None = None,
                   epochs: int | None = None, model_kw: dict | None = None,
@@ -371,8 +372,7 @@ def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False
     key = _recipe_key(dataset_key(dataset), seed, recipe)
     path = cache_dir() / f"{key}.pt"
     meta_path = path.with_suffix(".json")
-    with rng_preserved():  # its initial weights are overwritten or trained: it must not move the caller's RNG
-        model = build_model(recipe["model"], splits.input_shape, splits.num_classes, **recipe.get("model_kw", {}))
+    model = build_model(recipe["model"], splits.input_shape, splits.num_classes, **recipe.get("model_kw", {}))
     if not retrain and (cached := _read_cached(model, path, meta_path)) is not None:
         return cached
     if not retrain and (shipped := read_shipped(key, lambda info: model)) is not None:
@@ -382,8 +382,7 @@ def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False
     with _file_lock(path.with_suffix(".lock")):
         if not retrain and (cached := _read_cached(model, path, meta_path)) is not None:
             return cached
-        with rng_preserved():  # loaded or trained, the caller's random state is the same afterwards
-            model, hist = train_baseline(splits, seed, recipe, device=device, progress=progress)
+        model, hist = train_baseline(splits, seed, recipe, device=device, progress=progress)
         info = {"history": hist.to_dict(), "train_seconds": hist.seconds, "recipe": recipe,
                 "dataset": dataset, "seed": seed, "path": str(path)}
         atomic_write(path, lambda f: torch.save(model.state_dict(), f))

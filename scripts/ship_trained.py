@@ -20,7 +20,6 @@ against the current recipe and the checksums.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import sys
@@ -30,6 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from course_lib.data import sha256_file  # noqa: E402
 from course_lib.training import write_shipped  # noqa: E402
 
 OUT = ROOT / "data" / "trained"
@@ -55,9 +55,7 @@ def ship(cache: Path, out: Path = OUT, dataset: str = "mnist5k") -> list[str]:
         state = torch.load(pt, map_location="cpu", weights_only=True)
         info = json.loads(pt.with_suffix(".json").read_text())
         write_shipped(state, {**info, "trained_with": provenance}, pt.stem, out)
-    lines = []
-    for f in sorted([*out.glob("*.safetensors"), *out.glob("*.json")]):
-        lines.append(f"{hashlib.sha256(f.read_bytes()).hexdigest()}  {f.name}")
+    lines = [f"{sha256_file(f)}  {f.name}" for f in sorted([*out.glob("*.safetensors"), *out.glob("*.json")])]
     (out / "SHA256SUMS").write_text("\n".join(lines) + "\n")
     return [p.stem for p in files]
 

@@ -305,3 +305,17 @@ def test_python_m_course_lib_dry_run():
 def test_the_makefile_calls_the_cli(target, command):
     out = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True).stdout
     assert f"-m course_lib {command}" in out
+
+
+def test_parallel_jobs_share_the_cores_and_a_learners_thread_count_wins(tmp_path, capsys):
+    assert [cli.threads_per_job(w, cpus=2) for w in (1, 2, 3)] == [2, 1, 1]
+    assert cli.threads_per_job(2, cpus=8) == 4 and cli.threads_per_job(3, cpus=8) == 2
+    for bad in (0, -1, 1.5, "2"):
+        with pytest.raises(ValueError, match=f"workers = {bad!r} is not valid"):
+            cli.threads_per_job(bad, cpus=2)
+    show = [sys.executable, "-c", "import os; print('threads', os.environ['OMP_NUM_THREADS'])"]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    assert cli.run_parallel([(show, {})], tmp_path, env, 2) == 0
+    assert f"threads {cli.threads_per_job(2)}" in capsys.readouterr().out
+    assert cli.run_parallel([(show, {})], tmp_path, {**env, "OMP_NUM_THREADS": "3"}, 2) == 0
+    assert "threads 3" in capsys.readouterr().out

@@ -109,6 +109,7 @@ class FeatureHint(nn.Module):
                  input_shape: tuple):
         super().__init__()
         self._feats = {}
+        self.student_layer, self.teacher_layer = student_layer, teacher_layer
         names = dict(student.named_modules())
         if student_layer not in names:
             raise ValueError(f"student_layer={student_layer!r} is not a module of the student "

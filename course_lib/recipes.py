@@ -19,6 +19,7 @@ measures what the chapters teach. Every recipe leaves its input model unchanged 
 | ``unfactorized_finetune`` | 3 | the control: the unfactorized baseline fine-tuned with the same budget |
 | ``scratch_student``, ``distill_student`` | 4 | a small model trained from scratch or by distillation |
 | ``smoothed_student`` | 4 | the control: from scratch with label smoothing, the same recipe |
+| ``cached_student`` | 4 | any of the three, trained once and then loaded (build/cache, then the shipped students) |
 | ``deep_compression_prune``, ``deep_compression`` | 5 | gradual pruning, then k-means sharing of the non-zeros (Han et al., 2016) |
 | ``train_centroids`` | 5 | Han et al.'s trained quantization: fine-tune the shared values, zeros kept |
 | ``latency_model`` | 5 | channel pruning, then fine-tuning by distillation from the baseline (``alpha=0``, ``scratch=True``: its controls) |
@@ -34,11 +35,12 @@ from torch.nn.utils import prune as torch_prune
 
 from . import deploy, pruning
 from . import quantization as Q
-from ._validate import int_in, number_in, positive_int
-from .distillation import distill
+from ._validate import int_in, number_in, one_of, positive_int
+from .data import dataset_key
+from .distillation import TeacherCache, distill
 from .lowrank import cp_macs, factorize, linear_params, rank_for_budget, tucker2_macs
 from .models import PoolBeforeReLU
-from .training import BASELINE_RECIPE, fit, seed_everything
+from .training import BASELINE_RECIPE, cached_training, fingerprint, fit, seed_everything
 
 # The course's fine-tuning recipe: the baseline's own optimizer and augmentation, cosine decay to zero.
 FINETUNE = dict(lr=1e-3, optimizer="adamw", schedule="cosine", augment=1, weight_decay=1e-4)
@@ -296,6 +298,50 @@ def distill_student(student: nn.Module, teacher: nn.Module, train, val=None, epo
     return distill(teacher, student, train, val, epochs=epochs, seed=seed,
                    **(STUDENT_FIT | KD | {"desc": "distill"} | kw))
 
+
+
+STUDENT_METHODS = ("scratch", "kd", "label-smoothing")
+
+
+def cached_student(method: str, student: nn.Module, train, epochs: int = STUDENT_EPOCHS, seed: int = 0,
+                   teacher: nn.Module | None = None, dataset: str = "mnist5k", device=None, **kd_kw) -> dict:
+    """Train chapter 4's ``student`` IN PLACE once, by ``method``: "scratch" (``scratch_student``), "kd"
+    (``distill_student`` from ``teacher``; ``kd_kw``: temperature, alpha, hint, hint_weight) or
+    "label-smoothing" (``smoothed_student``), on ``train`` (a TensorDataset or (x, y) tensors) for ``epochs``
+    (>= 1) with ``seed``; later calls with the same inputs load the result (``training.cached_training``:
+    build/cache, then the students the course ships in ``data/trained``, else training).
+
+    The key holds everything the result depends on: the method and its recipe (``STUDENT_FIT``, with ``KD``
+    and ``kd_kw`` for "kd", ``LABEL_SMOOTHING`` for "label-smoothing"), epochs, seed, fingerprints of the
+    training data, of the teacher's weights (a ``TeacherCache`` counts as the teacher it wraps) and of a
+    hint's regressor and layers, and the student's initial weights. ``dataset`` names the files only.
+    Returns ``cached_training``'s info ("cached", "shipped", "history", ...)."""
+    one_of("method", method, STUDENT_METHODS)
+    int_in("epochs", epochs, 1, None)
+    if (teacher is None) != (method != "kd"):
+        raise ValueError(f"teacher is {'missing' if teacher is None else 'given'} for method={method!r}: "
+                         "give a teacher for 'kd' and only for 'kd'")
+    if kd_kw and method != "kd":
+        raise ValueError(f"{sorted(kd_kw)} apply to method='kd' only, not {method!r}")
+    if unknown := set(kd_kw) - {"temperature", "alpha", "hint", "hint_weight"}:
+        raise ValueError(f"unknown distillation argument(s) {sorted(unknown)}: valid are temperature, alpha, "
+                         "hint, hint_weight")
+    recipe = {"method": method, "fit": STUDENT_FIT, "epochs": epochs, "seed": seed, "data": fingerprint(train)}
+    if method == "kd":
+        hint = kd_kw.get("hint")
+        plain = {k: v for k, v in kd_kw.items() if k != "hint"}
+        recipe["kd"] = KD | plain
+        recipe["teacher"] = fingerprint(teacher.teacher if isinstance(teacher, TeacherCache) else teacher)
+        if hint is not None:
+            recipe["hint"] = {"student_layer": hint.student_layer, "teacher_layer": hint.teacher_layer,
+                              "regressor": fingerprint(hint.regressor)}
+        run = lambda m: distill_student(m, teacher, train, epochs=epochs, seed=seed, device=device, **kd_kw)  # noqa: E731
+    elif method == "label-smoothing":
+        recipe["smoothing"] = LABEL_SMOOTHING
+        run = lambda m: smoothed_student(m, train, epochs=epochs, seed=seed, device=device)  # noqa: E731
+    else:
+        run = lambda m: scratch_student(m, train, epochs=epochs, seed=seed, device=device)  # noqa: E731
+    return cached_training(f"student_{dataset_key(dataset)}_{method}", student, run, recipe)
 
 # ---------------------------------------------------------------- chapter 5: putting it together
 # Chapter 5's budget, fixed before the run (not tuned on the test split): Deep Compression prunes for

@@ -391,6 +391,78 @@ def load_baseline(dataset: str = "mnist5k", seed: int = 0, retrain: bool = False
     return model, info
 
 
+# ---------------------------------------------------------------- any trained model, cached by what made it
+def fingerprint(*objs) -> str:
+    """SHA-256 (16 hex digits) of ``objs``: tensors (shape, dtype, values), modules (their state dict),
+    datasets and (x, y) tuples of tensors (their tensors), and JSON-able values (sorted keys). Two objects
+    with the same fingerprint hold the same numbers."""
+    h = hashlib.sha256()
+
+    def add(o):
+        if torch.is_tensor(o):
+            t = o.detach().cpu().contiguous()
+            h.update(str((tuple(t.shape), t.dtype)).encode())
+            h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+        elif isinstance(o, nn.Module):
+            for k, v in o.state_dict().items():
+                h.update(k.encode())
+                add(v)
+        elif isinstance(o, torch.utils.data.TensorDataset):
+            for t in o.tensors:
+                add(t)
+        elif isinstance(o, (tuple, list)) and o and all(torch.is_tensor(t) for t in o):
+            for t in o:
+                add(t)
+        else:
+            try:
+                h.update(json.dumps(o, sort_keys=True).encode())
+            except TypeError:
+                raise TypeError(f"cannot fingerprint a {type(o).__name__}: give tensors, modules, TensorDatasets "
+                                "or JSON-able values") from None
+    for o in objs:
+        add(o)
+    return h.hexdigest()[:16]
+
+
+@rng_preserved()  # loaded or trained, the caller's random state is the same afterwards
+def cached_training(name: str, model: nn.Module, train: Callable[[nn.Module], object], recipe: dict,
+                    cache=None) -> dict:
+    """Train ``model`` IN PLACE with ``train(model)`` (which returns a ``History`` or None), or load what the
+    same training gave before: the result is cached under a key made of ``name``, ``recipe`` and a
+    fingerprint of ``model``'s initial weights (so its architecture and its seeded initialisation are in the
+    key). ``recipe`` (JSON-able: put ``fingerprint``s of the data and of a teacher in it) must name
+    everything else the training depends on. Looked up in ``cache`` (default ``cache_dir()``; state dicts
+    read with weights_only=True), then, with the default cache, in the weights the course ships
+    (``data/trained``, checksum verified; off with $COURSE_SHIPPED_WEIGHTS=0); trained only when neither has it.
+    ``name``: letters, digits, ``-`` and ``_`` (it starts the file names). Returns info: "key", "recipe",
+    "history" (a dict, or None), "train_seconds", "cached" (True if loaded), "shipped" (True if loaded from
+    ``data/trained``), "path", "config" (the model's ``config`` attribute where it has one, e.g. a LeNet5's
+    constructor arguments, else None). The model ends in eval mode on the CPU either way."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ValueError(f"name = {name!r} is not valid: use letters, digits, '-' and '_' only")
+    full = {"recipe": recipe, "init": fingerprint(model)}  # raises on a recipe that is not JSON-able
+    key = f"{name}_{fingerprint(full)[:12]}"
+    folder = Path(cache) if cache is not None else cache_dir()
+    path, meta_path = folder / f"{key}.pt", folder / f"{key}.json"
+    model.cpu()
+    if (cached := _read_cached(model, path, meta_path)) is not None:
+        return {**cached[1], "shipped": False, "path": str(path)}
+    if cache is None and (shipped := read_shipped(key, lambda info: model)) is not None:
+        return shipped[1]
+    with _file_lock(path.with_suffix(".lock")):
+        if (cached := _read_cached(model, path, meta_path)) is not None:
+            return {**cached[1], "shipped": False, "path": str(path)}
+        t0 = time.perf_counter()
+        hist = train(model)
+        seconds = time.perf_counter() - t0
+        model.cpu().eval()
+        info = {"key": key, "name": name, **full, "history": hist.to_dict() if isinstance(hist, History) else None,
+                "train_seconds": seconds, "config": getattr(model, "config", None)}
+        atomic_write(path, lambda f: torch.save(model.state_dict(), f))
+        atomic_write(meta_path, json.dumps(info, indent=1, sort_keys=True).encode())
+    return {**info, "cached": False, "shipped": False, "path": str(path)}
+
+
 # ---------------------------------------------------------------- the trained weights the course ships
 # Every model that load_baseline trains for the course's own dataset (the baselines, the from-scratch controls,
 # chapter 4's teachers) and the latency model (chapter 5's recipe) that chapter 8 loads, trained once by the notebooks

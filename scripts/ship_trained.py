@@ -11,9 +11,11 @@ that cache here:
     COURSE_LAB_MODE=1 python scripts/run_notebooks.py --out /tmp/executed-lab notebooks/0[0-5]_*.ipynb notebooks/08_*.ipynb
     python scripts/ship_trained.py --cache /tmp/fresh-cache
 
-Copied: every ``baseline_<dataset>_*`` (baselines, from-scratch controls, chapter 4's teachers) and
-``latency_model_*`` (chapter 5's latency model) with both its ``.pt`` and ``.json``; the folder is
-rewritten, so models the notebooks no longer ask for disappear. The keys are the cache's (a hash of the
+Copied: every ``baseline_<dataset>_*`` (baselines, from-scratch controls, chapter 4's teachers),
+``student_<dataset>_*`` (chapter 4's students, ``recipes.cached_student``) and ``latency_model_*`` (chapter 5's
+latency model) with both its ``.pt`` and ``.json``; the folder is rewritten, so models the notebooks no longer
+ask for disappear. ``--keep`` adds to what ships instead (after re-running one chapter alone into an empty cache
+with the shipped weights on: its new models are added and SHA256SUMS is rewritten over everything). The keys are the cache's (a hash of the
 recipe), so a changed recipe never loads an old model: ``tests/test_training.py`` checks every shipped key
 against the current recipe and the checksums.
 """
@@ -36,18 +38,21 @@ OUT = ROOT / "data" / "trained"
 
 
 def shippable(cache: Path, dataset: str = "mnist5k") -> list[Path]:
-    """The .pt files in ``cache`` to ship: ``baseline_<dataset>_*`` and ``latency_model_*`` with a .json."""
-    found = sorted(cache.glob(f"baseline_{dataset}_*.pt")) + sorted(cache.glob("latency_model_*.pt"))
+    """The .pt files in ``cache`` to ship: ``baseline_<dataset>_*``, ``student_<dataset>_*`` and
+    ``latency_model_*`` with a .json."""
+    found = (sorted(cache.glob(f"baseline_{dataset}_*.pt")) + sorted(cache.glob(f"student_{dataset}_*.pt"))
+             + sorted(cache.glob("latency_model_*.pt")))
     return [p for p in found if p.with_suffix(".json").is_file()]
 
 
-def ship(cache: Path, out: Path = OUT, dataset: str = "mnist5k") -> list[str]:
-    """Rewrite ``out`` from ``cache``; returns the shipped keys."""
+def ship(cache: Path, out: Path = OUT, dataset: str = "mnist5k", keep: bool = False) -> list[str]:
+    """Rewrite ``out`` from ``cache`` (``keep``: add to what ``out`` holds); returns the keys copied."""
     files = shippable(cache, dataset)
     if not files:
-        raise SystemExit(f"no baseline_{dataset}_*.pt or latency_model_*.pt with its .json in {cache}")
+        raise SystemExit(f"no baseline_{dataset}_*.pt, student_{dataset}_*.pt or latency_model_*.pt with its "
+                         f".json in {cache}")
     out.mkdir(parents=True, exist_ok=True)
-    for old in [*out.glob("*.safetensors"), *out.glob("*.json")]:
+    for old in [] if keep else [*out.glob("*.safetensors"), *out.glob("*.json")]:
         old.unlink()
     provenance = {"torch": torch.__version__, "python": platform.python_version(),
                   "machine": platform.machine(), "system": platform.system()}
@@ -65,8 +70,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, required=True, help="the cache the notebooks filled (COURSE_CACHE)")
     ap.add_argument("--out", type=Path, default=OUT, help="where to write (default: data/trained)")
     ap.add_argument("--dataset", default="mnist5k", help="the dataset whose models ship (default: mnist5k)")
+    ap.add_argument("--keep", action="store_true", help="add to what the folder ships instead of rewriting it")
     a = ap.parse_args(argv)
-    keys = ship(a.cache, a.out, a.dataset)
+    keys = ship(a.cache, a.out, a.dataset, a.keep)
     size = sum(f.stat().st_size for f in a.out.iterdir())
     print(f"shipped {len(keys)} models, {size / 2**20:.2f} MiB, to {a.out}")
     return 0

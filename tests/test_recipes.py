@@ -266,3 +266,62 @@ def test_chapter5_trained_centroids_and_latency_controls(tiny, model):
     assert recipes.PEER_EPOCHS == recipes.DC_EPOCHS + recipes.CENTROID_EPOCHS
     with pytest.raises(ValueError, match="epochs"):
         recipes.train_centroids(pruned, tiny.train, epochs=-1)
+
+
+def test_cached_student_trains_once_then_loads_the_same_weights(tiny, model, tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    from course_lib.distillation import FeatureHint, TeacherCache
+
+    def fresh(seed=0):
+        seed_everything(seed)
+        return LeNet5(c1=2, c2=3, fc=8)
+
+    a = fresh()
+    info = recipes.cached_student("kd", a, tiny.train, epochs=1, teacher=model)
+    assert info["cached"] is False and info["shipped"] is False and len(info["history"]["lr"]) == 1
+    assert not a.training and Path(info["path"]).is_file() and info["key"].startswith("student_mnist5k_kd_")
+    # the same call again (a TeacherCache counts as its teacher): loaded, bit for bit, nothing trained
+    b = fresh()
+    again = recipes.cached_student("kd", b, tiny.train, epochs=1, teacher=TeacherCache(model))
+    assert again["cached"] is True and again["key"] == info["key"] and _same_weights(a, b)
+    # the global random state after the call is the same whether it trained or loaded
+    seed_everything(5)
+    recipes.cached_student("scratch", fresh(1), tiny.train, epochs=1)
+    after_training = torch.rand(3)
+    seed_everything(5)
+    recipes.cached_student("scratch", fresh(1), tiny.train, epochs=1)
+    assert torch.equal(torch.rand(3), after_training)
+    # every input that changes the result changes the key
+    keys = {info["key"]}
+    x, y = tiny.train.tensors
+    for method, kw in [("kd", dict(epochs=2, teacher=model)), ("kd", dict(epochs=1, seed=1, teacher=model)),
+                       ("kd", dict(epochs=1, teacher=model, temperature=2.0)), ("scratch", dict(epochs=1)),
+                       ("label-smoothing", dict(epochs=1)),
+                       ("kd", dict(epochs=1, teacher=LeNet5().eval())),
+                       ("kd", dict(epochs=1, teacher=model, train=(x[:64], y[:64])))]:
+        kw = {"train": tiny.train, **kw}
+        keys.add(recipes.cached_student(method, fresh(), kw.pop("train"), **kw)["key"])
+    keys.add(recipes.cached_student("kd", fresh(seed=3), tiny.train, epochs=1, teacher=model)["key"])  # another init
+    s = fresh()
+    hint = FeatureHint(s, model, "conv2", "conv2", (1, 28, 28))
+    keys.add(recipes.cached_student("kd", s, tiny.train, epochs=1, teacher=model, hint=hint, hint_weight=0.1)["key"])
+    hint.remove()
+    assert len(keys) == 10
+
+
+def test_cached_student_refuses_bad_input(tiny, model, tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    s = LeNet5(c1=2, c2=3, fc=8)
+    with pytest.raises(ValueError, match="method"):
+        recipes.cached_student("distill", s, tiny.train)
+    with pytest.raises(ValueError, match="teacher is missing for method='kd'"):
+        recipes.cached_student("kd", s, tiny.train)
+    with pytest.raises(ValueError, match="teacher is given for method='scratch'"):
+        recipes.cached_student("scratch", s, tiny.train, teacher=model)
+    with pytest.raises(ValueError, match=r"\['alpha'\] apply to method='kd' only"):
+        recipes.cached_student("scratch", s, tiny.train, alpha=0.5)
+    with pytest.raises(ValueError, match=r"unknown distillation argument\(s\) \['beta'\]"):
+        recipes.cached_student("kd", s, tiny.train, teacher=model, beta=1.0)
+    with pytest.raises(ValueError, match="epochs"):
+        recipes.cached_student("scratch", s, tiny.train, epochs=0)
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written

@@ -136,6 +136,8 @@ def test_ship_trained_copies_the_cache_as_safetensors_with_checksums_and_drops_s
     model = LeNet5(c1=2, c2=3, fc=4)
     for stem, info in {"baseline_mnist5k_lenet5_seed0_abc": {"seed": 0, "path": "/somewhere/x.pt"},
                        "latency_model_def": {"config": model.config},
+                       "student_mnist5k_kd_0123": {"recipe": {}},
+                       "student_cifar10_kd_0123": {"recipe": {}},                   # another dataset: not shipped
                        "baseline_cifar10_lenet5_seed0_abc": {"seed": 0}}.items():   # another dataset: not shipped
         torch.save(model.state_dict(), cache / f"{stem}.pt")
         (cache / f"{stem}.json").write_text(json.dumps(info))
@@ -143,13 +145,21 @@ def test_ship_trained_copies_the_cache_as_safetensors_with_checksums_and_drops_s
     out.mkdir()
     (out / "baseline_mnist5k_old.json").write_text("{}")                             # stale: removed
     keys = ship_trained.ship(cache, out)
-    assert keys == ["baseline_mnist5k_lenet5_seed0_abc", "latency_model_def"]
+    assert keys == ["baseline_mnist5k_lenet5_seed0_abc", "student_mnist5k_kd_0123", "latency_model_def"]
     names = sorted(p.name for p in out.iterdir())
     assert names == ["SHA256SUMS", *sorted(f"{k}{s}" for k in keys for s in (".json", ".safetensors"))]
     meta = json.loads((out / f"{keys[0]}.json").read_text())
     assert "path" not in meta and meta["trained_with"]["torch"] == torch.__version__
-    loaded, info = training.read_shipped(keys[1], lambda i: LeNet5(**i["config"]), folder=out)
+    loaded, info = training.read_shipped(keys[2], lambda i: LeNet5(**i["config"]), folder=out)
     assert info["shipped"] and all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(),
                                                                       model.state_dict().values()))
     with pytest.raises(SystemExit, match="no baseline_mnist5k"):
         ship_trained.ship(tmp_path / "empty", out)
+    # --keep adds a chapter's new models to what ships and lists every file in SHA256SUMS
+    more = tmp_path / "more"
+    more.mkdir()
+    torch.save(model.state_dict(), more / "student_mnist5k_scratch_4567.pt")
+    (more / "student_mnist5k_scratch_4567.json").write_text("{}")
+    assert ship_trained.ship(more, out, keep=True) == ["student_mnist5k_scratch_4567"]
+    listed = sorted((out / "SHA256SUMS").read_text().split()[1::2])
+    assert listed == sorted(p.name for p in out.iterdir() if p.name != "SHA256SUMS") and len(listed) == 8

@@ -267,6 +267,19 @@ def test_every_shipped_model_is_checksummed_loads_strictly_and_is_keyed_by_the_c
     for key, info in infos.items():
         if key.startswith("latency_model_"):
             build = lambda i: LeNet5(**i["config"])  # noqa: E731
+        elif key.startswith("student_"):
+            # chapter 4's students: the key is the hash of the recorded recipe and initial weights, and the
+            # recipe is today's (STUDENT_FIT; KD, whose temperature and alpha section 7 sweeps, or label smoothing)
+            from course_lib import recipes
+            r = info["recipe"]
+            assert key == f"{info['name']}_{training.fingerprint({'recipe': r, 'init': info['init']})[:12]}"
+            assert info["name"] == f"student_mnist5k_{r['method']}" and r["fit"] == recipes.STUDENT_FIT, key
+            if r["method"] == "kd":
+                assert set(r["kd"]) <= {"temperature", "alpha", "hint_weight"} and \
+                    ("hint" in r) == ("hint_weight" in r["kd"]), key
+            elif r["method"] == "label-smoothing":
+                assert r["smoothing"] == recipes.LABEL_SMOOTHING, key
+            build = lambda i: LeNet5(**i["config"])  # noqa: E731
         else:
             recipe = info["recipe"]
             # the key is the cache's hash of the recipe it was trained with, and that recipe is today's
@@ -350,3 +363,78 @@ def test_a_first_run_that_trains_and_a_later_one_that_loads_leave_the_same_rando
         seed_everything(123)
         _, info = load_baseline("mnist5k", seed=0, splits=tiny, progress=False)
         assert info["cached"] is expect_cached and draws() == untouched
+
+
+def test_fingerprint_sees_values_shapes_and_dtypes():
+    from course_lib.training import fingerprint
+    t = torch.arange(6.0)
+    assert fingerprint(t) == fingerprint(t.clone()) != fingerprint(t.reshape(2, 3))
+    assert fingerprint(t) != fingerprint(t.double()) and fingerprint(t) != fingerprint(t + 1e-6)
+    ds = torch.utils.data.TensorDataset(t.reshape(3, 2), torch.arange(3))
+    assert fingerprint(ds) == fingerprint((t.reshape(3, 2), torch.arange(3)))
+    m = LeNet5(c1=2, c2=3, fc=8)
+    m2 = LeNet5(c1=2, c2=3, fc=8)
+    m2.load_state_dict(m.state_dict())
+    assert fingerprint(m) == fingerprint(m2)
+    with torch.no_grad():
+        m2.fc2.bias[0] += 1
+    assert fingerprint(m) != fingerprint(m2)
+    assert fingerprint({"a": 1, "b": [2, 3]}) == fingerprint({"b": [2, 3], "a": 1}) != fingerprint({"a": 1})
+    with pytest.raises(TypeError, match="cannot fingerprint a object"):
+        fingerprint(object())
+
+
+def test_cached_training_checks_its_name_and_caches_under_it(tmp_path):
+    from course_lib.training import cached_training
+    calls = []
+
+    def train(m):
+        calls.append(1)
+        with torch.no_grad():
+            m.fc2.bias.fill_(0.5)
+
+    for bad in ("", "a b", "../x", 3):
+        with pytest.raises(ValueError, match="name = .* is not valid"):
+            cached_training(bad, LeNet5(c1=2, c2=3, fc=8), train, {}, cache=tmp_path)
+    torch.manual_seed(0)
+    m = LeNet5(c1=2, c2=3, fc=8)
+    init = {k: v.clone() for k, v in m.state_dict().items()}
+    info = cached_training("toy", m, train, {"lr": 1}, cache=tmp_path)
+    assert calls == [1] and info["cached"] is False and info["history"] is None
+    again = LeNet5(c1=2, c2=3, fc=8)
+    again.load_state_dict(init)
+    got = cached_training("toy", again, train, {"lr": 1}, cache=tmp_path)
+    assert calls == [1] and got["cached"] is True and torch.equal(again.fc2.bias, torch.full((10,), 0.5))
+    other = LeNet5(c1=2, c2=3, fc=8)
+    other.load_state_dict(init)
+    cached_training("toy", other, train, {"lr": 2}, cache=tmp_path)  # another recipe: trained again
+    assert calls == [1, 1]
+    with pytest.raises(TypeError, match="cannot fingerprint"):
+        cached_training("toy", other, train, {"lr": object()}, cache=tmp_path)
+
+
+def test_a_shipped_student_is_what_its_call_trains_here(tmp_path, monkeypatch):
+    """Chapter 4's cheapest shipped scratch student, trained again by the same call: the notebook's
+    construction gives the recorded initial weights, the call gives the shipped key, and the result behaves
+    like the shipped one (bit for bit on the machine that shipped it; another CPU rounds differently, so the
+    check is on behaviour: validation accuracy within 1 point, the same prediction on >= 95% of test images)."""
+    from course_lib import recipes
+    splits = load_dataset("mnist5k")
+    data = training.fingerprint(splits.train)
+    infos = {k: i for k, i in _shipped_infos().items()
+             if k.startswith("student_mnist5k_scratch_") and i["recipe"]["data"] == data}
+    assert infos, "data/trained ships no scratch student of chapter 4: run scripts/ship_trained.py"
+    key = min(infos, key=lambda k: infos[k]["recipe"]["epochs"])
+    info, r = infos[key], infos[key]["recipe"]
+    training.seed_everything(r["seed"])
+    student = LeNet5(**info["config"])
+    assert training.fingerprint(student) == info["init"]
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    monkeypatch.setenv("COURSE_SHIPPED_WEIGHTS", "0")
+    got = recipes.cached_student("scratch", student, splits.train, epochs=r["epochs"], seed=r["seed"])
+    assert got["key"] == key and got["cached"] is False
+    monkeypatch.setenv("COURSE_SHIPPED_WEIGHTS", "1")
+    shipped, _ = training.read_shipped(key, lambda i: LeNet5(**i["config"]))
+    assert abs(evaluate(student, splits.val) - evaluate(shipped, splits.val)) <= 0.01
+    agree = (predict(student, splits.test) == predict(shipped, splits.test)).float().mean().item()
+    assert agree >= 0.95, f"{key}: retrained and shipped agree on {agree:.1%} of the test images"

@@ -20,6 +20,7 @@ measures what the chapters teach. Every recipe leaves its input model unchanged 
 | ``scratch_student``, ``distill_student`` | 4 | a small model trained from scratch or by distillation |
 | ``smoothed_student`` | 4 | the control: from scratch with label smoothing, the same recipe |
 | ``cached_student`` | 4 | any of the three, trained once and then loaded (build/cache, then the shipped students) |
+| ``cached_recipe`` | 5, 8 | a recipe that returns a new model, run once and then loaded the same way |
 | ``deep_compression_prune``, ``deep_compression`` | 5 | gradual pruning, then k-means sharing of the non-zeros (Han et al., 2016) |
 | ``train_centroids`` | 5 | Han et al.'s trained quantization: fine-tune the shared values, zeros kept |
 | ``latency_model`` | 5 | channel pruning, then fine-tuning by distillation from the baseline (``alpha=0``, ``scratch=True``: its controls) |
@@ -40,7 +41,7 @@ from .data import dataset_key
 from .distillation import TeacherCache, distill
 from .lowrank import cp_macs, factorize, linear_params, rank_for_budget, tucker2_macs
 from .models import PoolBeforeReLU
-from .training import BASELINE_RECIPE, cached_training, fingerprint, fit, seed_everything
+from .training import BASELINE_RECIPE, cached_model, cached_training, fingerprint, fit, seed_everything
 
 # The course's fine-tuning recipe: the baseline's own optimizer and augmentation, cosine decay to zero.
 FINETUNE = dict(lr=1e-3, optimizer="adamw", schedule="cosine", augment=1, weight_decay=1e-4)
@@ -342,6 +343,40 @@ def cached_student(method: str, student: nn.Module, train, epochs: int = STUDENT
     else:
         run = lambda m: scratch_student(m, train, epochs=epochs, seed=seed, device=device)  # noqa: E731
     return cached_training(f"student_{dataset_key(dataset)}_{method}", student, run, recipe)
+
+
+# arguments that change where or how visibly a recipe runs, never what it trains: not in a cache key
+_NOT_IN_KEY = ("device", "progress", "desc")
+
+
+def cached_recipe(fn, model: nn.Module, train, dataset: str = "mnist5k", cache=None, **kw) -> tuple[nn.Module, dict]:
+    """``fn(model, train, **kw)`` (a recipe of this module that returns a new model with a ``config``, such as
+    ``deep_compression_prune`` or ``latency_model``), run once and then loaded (``training.cached_model``:
+    ``cache``, default build/cache, then the models the course ships in ``data/trained``, else run).
+
+    The key holds the recipe's name, every argument it is called with (its defaults filled in, ``device`` and
+    ``progress`` left out), the constants it reads (``LATENCY_RATIO`` for ``latency_model``) and fingerprints of
+    ``model``'s weights and of ``train``. ``dataset`` names the files only. Returns (model, info)."""
+    import inspect
+
+    from . import models
+    if not callable(fn) or getattr(fn, "__module__", None) != __name__:
+        raise ValueError(f"fn = {fn!r} is not valid: give a recipe of course_lib.recipes (e.g. recipes.latency_model)")
+    args = inspect.signature(fn).bind(model, train, **kw)
+    args.apply_defaults()
+    named = {k: v for k, v in args.arguments.items() if k not in ("model", "teacher", "train", "val")}
+    extra = named.pop("fit_kw", {}) or named.pop("kw", {})
+    named.update({k: v for k, v in extra.items() if k not in _NOT_IN_KEY})
+    if fn.__name__ == "latency_model" and named.get("ratio") is None:
+        named["ratio"] = LATENCY_RATIO
+    for k in _NOT_IN_KEY:
+        named.pop(k, None)
+    key = {"recipe": {"fn": fn.__name__, "args": named}, "input": fingerprint(model), "data": fingerprint(train)}
+
+    def build(info):
+        return getattr(models, info["class"])(**info["config"])
+    return cached_model(f"recipe_{dataset_key(dataset)}_{fn.__name__}", lambda: fn(model, train, **kw), key, build,
+                        cache=cache)
 
 # ---------------------------------------------------------------- chapter 5: putting it together
 # Chapter 5's budget, fixed before the run (not tuned on the test split): Deep Compression prunes for

@@ -28,7 +28,6 @@ from torch import nn
 
 from . import deploy, env
 from ._validate import int_in, one_of, positive_int
-from .training import rng_preserved
 
 __all__ = ["SPEED_TARGET", "RUNTIME_DISTRIBUTIONS", "installed_bytes", "runtime_footprint", "Deployed", "padded_predict",
            "agreement", "eager_path", "channels_last_path", "compiled_path", "pt2e_int8", "pt2e_path",
@@ -687,35 +686,18 @@ def state_key(model: nn.Module, *extra) -> str:
     return h.hexdigest()[:12]
 
 
-@rng_preserved()  # loaded or trained, the caller's random state is the same afterwards
 def cached_latency_model(teacher: nn.Module, train, seed: int = 0, epochs: int | None = None, cache=None,
-                         **fit_kw) -> tuple[nn.Module, dict]:
+                         dataset: str = "mnist5k", **fit_kw) -> tuple[nn.Module, dict]:
     """Chapter 5's latency model (``recipes.latency_model``: channel pruning + distillation from ``teacher``),
-    trained once and cached as a state dict plus a JSON of its widths under ``cache`` (default
-    ``training.cache_dir()``), keyed by the teacher's weights, the seed and the epochs. Loaded with
-    ``weights_only=True``; with the default cache, the weights the course ships (``training.read_shipped``)
-    come next, before training. Returns (model in eval mode, {"cached": bool, "train_seconds", "path"})."""
+    trained once and then loaded: ``recipes.cached_recipe`` keys it by the teacher's weights, the training data,
+    the seed, the epochs (>= 1, default ``recipes.LATENCY_EPOCHS``) and the recipe's other arguments, and looks
+    in ``cache`` (default ``training.cache_dir()``), then in the weights the course ships, before training.
+    Chapter 5 trains the same model (seed 0), so chapter 8 loads what chapter 5 cached. Returns (model in eval
+    mode, info with "cached", "shipped", "train_seconds", "path" and the recipe's arguments under "recipe")."""
     from . import recipes
-    from .models import LeNet5
-    from .training import cache_dir, read_shipped
     epochs = recipes.LATENCY_EPOCHS if epochs is None else int_in("epochs", epochs, 1, None)
-    folder = Path(cache) if cache is not None else cache_dir()
-    key = state_key(teacher, seed, epochs, json.dumps(recipes.LATENCY_RATIO, sort_keys=True))
-    path, meta = folder / f"latency_model_{key}.pt", folder / f"latency_model_{key}.json"
-    if path.exists() and meta.exists():
-        info = json.loads(meta.read_text())
-        model = LeNet5(**info["config"])
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return model.eval(), {**info, "cached": True, "path": str(path)}
-    if cache is None and (shipped := read_shipped(f"latency_model_{key}", lambda i: LeNet5(**i["config"]))):
-        return shipped
-    t0 = time.perf_counter()
-    model = recipes.latency_model(teacher, train, epochs=epochs, seed=seed, **fit_kw).cpu().eval()
-    info = {"config": model.config, "seed": seed, "epochs": epochs, "train_seconds": time.perf_counter() - t0}
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
-    meta.write_text(json.dumps(info))
-    return model, {**info, "cached": False, "path": str(path)}
+    return recipes.cached_recipe(recipes.latency_model, teacher, train, dataset=dataset, cache=cache, seed=seed,
+                                 epochs=epochs, **fit_kw)
 
 
 def cached_artifact(path, build: Callable) -> tuple[Path, bool]:

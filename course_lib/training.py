@@ -425,42 +425,57 @@ def fingerprint(*objs) -> str:
 
 
 @rng_preserved()  # loaded or trained, the caller's random state is the same afterwards
+def cached_model(name: str, make: Callable[[], object], key: dict, build: Callable[[dict], nn.Module],
+                 cache=None) -> tuple[nn.Module, dict]:
+    """The model ``make()`` trains (it returns the model, or (model, History)), or the same model loaded: cached
+    under ``<name>_<hash of key>``. ``key`` (JSON-able: put ``fingerprint``s of data, teachers and input weights
+    in it) must hold everything the result depends on; ``build(info)`` returns a model of the result's
+    architecture to load the weights into (strictly; ``info`` is the JSON written beside them, which holds
+    ``key``'s entries, "config" and "class"). Looked up in ``cache`` (default ``cache_dir()``; state dicts read
+    with weights_only=True), then, with the default cache, in the weights the course ships (``data/trained``,
+    checksum verified; off with $COURSE_SHIPPED_WEIGHTS=0); made only when neither has it. ``name``: letters,
+    digits, ``-`` and ``_``. Returns (model in eval mode on the CPU, info with "key", "history" (a dict, or
+    None), "train_seconds", "config" and "class" (the model's ``config`` attribute and class name), "cached"
+    (True if loaded), "shipped" (True if from ``data/trained``), "path")."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ValueError(f"name = {name!r} is not valid: use letters, digits, '-' and '_' only")
+    file_key = f"{name}_{fingerprint(key)[:12]}"  # raises on a key that is not JSON-able
+    folder = Path(cache) if cache is not None else cache_dir()
+    path, meta_path = folder / f"{file_key}.pt", folder / f"{file_key}.json"
+
+    def cached():
+        if not (path.exists() and meta_path.exists()):
+            return None
+        info = json.loads(meta_path.read_text())
+        return _read_cached(build(info), path, meta_path)
+    if (hit := cached()) is not None:
+        return hit[0], {**hit[1], "shipped": False, "path": str(path)}
+    if cache is None and (shipped := read_shipped(file_key, build)) is not None:
+        return shipped
+    with _file_lock(path.with_suffix(".lock")):
+        if (hit := cached()) is not None:
+            return hit[0], {**hit[1], "shipped": False, "path": str(path)}
+        t0 = time.perf_counter()
+        out = make()
+        model, hist = out if isinstance(out, tuple) else (out, None)
+        seconds = time.perf_counter() - t0
+        model = model.cpu().eval()
+        info = {"key": file_key, "name": name, **key, "history": hist.to_dict() if isinstance(hist, History) else None,
+                "train_seconds": seconds, "config": getattr(model, "config", None), "class": type(model).__name__}
+        atomic_write(path, lambda f: torch.save(model.state_dict(), f))
+        atomic_write(meta_path, json.dumps(info, indent=1, sort_keys=True).encode())
+    return model, {**info, "cached": False, "shipped": False, "path": str(path)}
+
+
 def cached_training(name: str, model: nn.Module, train: Callable[[nn.Module], object], recipe: dict,
                     cache=None) -> dict:
     """Train ``model`` IN PLACE with ``train(model)`` (which returns a ``History`` or None), or load what the
-    same training gave before: the result is cached under a key made of ``name``, ``recipe`` and a
-    fingerprint of ``model``'s initial weights (so its architecture and its seeded initialisation are in the
-    key). ``recipe`` (JSON-able: put ``fingerprint``s of the data and of a teacher in it) must name
-    everything else the training depends on. Looked up in ``cache`` (default ``cache_dir()``; state dicts
-    read with weights_only=True), then, with the default cache, in the weights the course ships
-    (``data/trained``, checksum verified; off with $COURSE_SHIPPED_WEIGHTS=0); trained only when neither has it.
-    ``name``: letters, digits, ``-`` and ``_`` (it starts the file names). Returns info: "key", "recipe",
-    "history" (a dict, or None), "train_seconds", "cached" (True if loaded), "shipped" (True if loaded from
-    ``data/trained``), "path", "config" (the model's ``config`` attribute where it has one, e.g. a LeNet5's
-    constructor arguments, else None). The model ends in eval mode on the CPU either way."""
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
-        raise ValueError(f"name = {name!r} is not valid: use letters, digits, '-' and '_' only")
-    full = {"recipe": recipe, "init": fingerprint(model)}  # raises on a recipe that is not JSON-able
-    key = f"{name}_{fingerprint(full)[:12]}"
-    folder = Path(cache) if cache is not None else cache_dir()
-    path, meta_path = folder / f"{key}.pt", folder / f"{key}.json"
-    model.cpu()
-    if (cached := _read_cached(model, path, meta_path)) is not None:
-        return {**cached[1], "shipped": False, "path": str(path)}
-    if cache is None and (shipped := read_shipped(key, lambda info: model)) is not None:
-        return shipped[1]
-    with _file_lock(path.with_suffix(".lock")):
-        if (cached := _read_cached(model, path, meta_path)) is not None:
-            return {**cached[1], "shipped": False, "path": str(path)}
-        t0 = time.perf_counter()
-        hist = train(model)
-        seconds = time.perf_counter() - t0
-        model.cpu().eval()
-        info = {"key": key, "name": name, **full, "history": hist.to_dict() if isinstance(hist, History) else None,
-                "train_seconds": seconds, "config": getattr(model, "config", None)}
-        atomic_write(path, lambda f: torch.save(model.state_dict(), f))
-        atomic_write(meta_path, json.dumps(info, indent=1, sort_keys=True).encode())
-    return {**info, "cached": False, "shipped": False, "path": str(path)}
+    same training gave before (``cached_model``): the key is ``recipe`` (JSON-able, with ``fingerprint``s of
+    the data and of a teacher: everything the training depends on) and a fingerprint of ``model``'s initial
+    weights (so its architecture and its seeded initialisation are in the key). Returns ``cached_model``'s info
+    ("cached", "shipped", "history", ...); the model ends in eval mode on the CPU either way."""
+    key = {"recipe": recipe, "init": fingerprint(model)}
+    return cached_model(name, lambda: (model, train(model)), key, lambda info: model, cache=cache)[1]
 
 
 # ---------------------------------------------------------------- the trained weights the course ships

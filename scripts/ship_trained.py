@@ -12,8 +12,9 @@ that cache here:
     python scripts/ship_trained.py --cache /tmp/fresh-cache
 
 Copied: every ``baseline_<dataset>_*`` (baselines, from-scratch controls, chapter 4's teachers),
-``student_<dataset>_*`` (chapter 4's students, ``recipes.cached_student``) and ``latency_model_*`` (chapter 5's
-latency model) with both its ``.pt`` and ``.json``; the folder is rewritten, so models the notebooks no longer
+``student_<dataset>_*`` (chapter 4's students, ``recipes.cached_student``) and ``recipe_<dataset>_*`` (chapter 5's
+prunings and latency models with their controls, ``recipes.cached_recipe``; chapter 8 loads the seed-0 latency
+model) with both its ``.pt`` and ``.json``; the folder is rewritten, so models the notebooks no longer
 ask for disappear. ``--keep`` adds to what ships instead (after re-running one chapter alone into an empty cache
 with the shipped weights on: its new models are added and SHA256SUMS is rewritten over everything). The keys are the cache's (a hash of the
 recipe), so a changed recipe never loads an old model: ``tests/test_training.py`` checks every shipped key
@@ -39,9 +40,8 @@ OUT = ROOT / "data" / "trained"
 
 def shippable(cache: Path, dataset: str = "mnist5k") -> list[Path]:
     """The .pt files in ``cache`` to ship: ``baseline_<dataset>_*``, ``student_<dataset>_*`` and
-    ``latency_model_*`` with a .json."""
-    found = (sorted(cache.glob(f"baseline_{dataset}_*.pt")) + sorted(cache.glob(f"student_{dataset}_*.pt"))
-             + sorted(cache.glob("latency_model_*.pt")))
+    ``recipe_<dataset>_*`` with a .json."""
+    found = [p for kind in ("baseline", "student", "recipe") for p in sorted(cache.glob(f"{kind}_{dataset}_*.pt"))]
     return [p for p in found if p.with_suffix(".json").is_file()]
 
 
@@ -49,7 +49,7 @@ def ship(cache: Path, out: Path = OUT, dataset: str = "mnist5k", keep: bool = Fa
     """Rewrite ``out`` from ``cache`` (``keep``: add to what ``out`` holds); returns the keys copied."""
     files = shippable(cache, dataset)
     if not files:
-        raise SystemExit(f"no baseline_{dataset}_*.pt, student_{dataset}_*.pt or latency_model_*.pt with its "
+        raise SystemExit(f"no baseline_{dataset}_*.pt, student_{dataset}_*.pt or recipe_{dataset}_*.pt with its "
                          f".json in {cache}")
     out.mkdir(parents=True, exist_ok=True)
     for old in [] if keep else [*out.glob("*.safetensors"), *out.glob("*.json")]:

@@ -185,31 +185,35 @@ def test_onnxruntime_profile_feeds_op_speedups(tiny, tmp_path):
     assert {"conv1", "conv2", "fc1", "fc2"} <= {r["layer"] for r in rows}
 
 
-def test_cached_latency_model_trains_once(tiny, tmp_path, monkeypatch):
-    from course_lib import recipes
-    calls = []
-
-    def fake(teacher, train, epochs, seed, **kw):
-        calls.append(epochs)
-        return LeNet5(c1=2, c2=3, fc=5)
-    monkeypatch.setattr(recipes, "latency_model", fake)
-    m, info = R.cached_latency_model(tiny, None, seed=0, epochs=2, cache=tmp_path)
-    assert not info["cached"] and calls == [2]
-    m2, info2 = R.cached_latency_model(tiny, None, seed=0, epochs=2, cache=tmp_path)
-    assert info2["cached"] and calls == [2] and m2.config["c2"] == 3
+def test_cached_latency_model_trains_once(tiny, tmp_path):
+    from course_lib.data import load_dataset
+    data = load_dataset("mnist5k", limit=64).train
+    m, info = R.cached_latency_model(tiny, data, seed=0, epochs=1, cache=tmp_path)
+    assert not info["cached"] and info["recipe"]["args"]["epochs"] == 1 and info["class"] == "LeNet5"
+    m2, info2 = R.cached_latency_model(tiny, data, seed=0, epochs=1, cache=tmp_path, device="cpu")  # device: same key
+    assert info2["cached"] and info2["key"] == info["key"] and m2.config == m.config
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+    # what changes the result changes the key: seed, epochs, the controls' arguments, the data
+    keys = {info["key"]}
+    for kw in (dict(seed=1), dict(epochs=2), dict(alpha=0.0), dict(scratch=True, alpha=0.0)):
+        keys.add(R.cached_latency_model(tiny, data, **{"seed": 0, "epochs": 1, **kw}, cache=tmp_path)[1]["key"])
+    keys.add(R.cached_latency_model(tiny, load_dataset("mnist5k", limit=32).train, epochs=1, cache=tmp_path)[1]["key"])
+    assert len(keys) == 6
     with pytest.raises(ValueError, match="epochs"):
-        R.cached_latency_model(tiny, None, epochs=0, cache=tmp_path)
+        R.cached_latency_model(tiny, data, epochs=0, cache=tmp_path)
+    with pytest.raises(ValueError, match="fn = .* is not valid"):
+        from course_lib import recipes
+        recipes.cached_recipe(lambda m, t: m, tiny, data, cache=tmp_path)
 
 
 def test_chapter_8s_latency_model_loads_from_the_shipped_weights(tmp_path, monkeypatch):
     from course_lib import recipes
+    from course_lib.data import load_dataset
     from course_lib.training import load_baseline
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
-    monkeypatch.setattr(recipes, "latency_model", lambda *a, **k: pytest.fail("trained instead of loading"))
     teacher, _ = load_baseline("mnist5k", 0)  # chapter 8's call: the seed-0 baseline, seed 0, default epochs
-    model, info = R.cached_latency_model(teacher, None, seed=0)
-    assert info["shipped"] is True and info["epochs"] == recipes.LATENCY_EPOCHS
+    model, info = R.cached_latency_model(teacher, load_dataset("mnist5k").train, seed=0)
+    assert info["shipped"] is True and info["recipe"]["args"]["epochs"] == recipes.LATENCY_EPOCHS
     assert model.config["c1"] < teacher.config["c1"] and list(tmp_path.iterdir()) == []
 
 

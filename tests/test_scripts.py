@@ -135,7 +135,7 @@ def test_ship_trained_copies_the_cache_as_safetensors_with_checksums_and_drops_s
     cache.mkdir()
     model = LeNet5(c1=2, c2=3, fc=4)
     for stem, info in {"baseline_mnist5k_lenet5_seed0_abc": {"seed": 0, "path": "/somewhere/x.pt"},
-                       "latency_model_def": {"config": model.config},
+                       "recipe_mnist5k_latency_model_def": {"config": model.config, "class": "LeNet5"},
                        "student_mnist5k_kd_0123": {"recipe": {}},
                        "student_cifar10_kd_0123": {"recipe": {}},                   # another dataset: not shipped
                        "baseline_cifar10_lenet5_seed0_abc": {"seed": 0}}.items():   # another dataset: not shipped
@@ -145,7 +145,7 @@ def test_ship_trained_copies_the_cache_as_safetensors_with_checksums_and_drops_s
     out.mkdir()
     (out / "baseline_mnist5k_old.json").write_text("{}")                             # stale: removed
     keys = ship_trained.ship(cache, out)
-    assert keys == ["baseline_mnist5k_lenet5_seed0_abc", "student_mnist5k_kd_0123", "latency_model_def"]
+    assert keys == ["baseline_mnist5k_lenet5_seed0_abc", "student_mnist5k_kd_0123", "recipe_mnist5k_latency_model_def"]
     names = sorted(p.name for p in out.iterdir())
     assert names == ["SHA256SUMS", *sorted(f"{k}{s}" for k in keys for s in (".json", ".safetensors"))]
     meta = json.loads((out / f"{keys[0]}.json").read_text())

@@ -265,7 +265,16 @@ def test_every_shipped_model_is_checksummed_loads_strictly_and_is_keyed_by_the_c
     listed = (training.SHIPPED_DIR / "SHA256SUMS").read_text().split()[1::2]
     assert sorted(listed) == sorted([f"{k}.json" for k in infos] + [f"{k}.safetensors" for k in infos])
     for key, info in infos.items():
-        if key.startswith("latency_model_"):
+        if key.startswith("recipe_"):
+            # chapter 5's prunings and latency models: the key is the hash of the recorded call (recipe, its
+            # arguments, fingerprints of input and data), and the recipe constants it read are today's
+            from course_lib import recipes
+            r = info["recipe"]
+            assert key == f"{info['name']}_{training.fingerprint({k: info[k] for k in ('recipe', 'input', 'data')})[:12]}"
+            assert info["name"] == f"recipe_mnist5k_{r['fn']}" and r["fn"] in ("deep_compression_prune", "latency_model")
+            if r["fn"] == "latency_model":
+                assert r["args"]["ratio"] == recipes.LATENCY_RATIO, key
+            assert info["input"] == training.fingerprint(load_baseline("mnist5k", 0)[0]), key  # the seed-0 baseline
             build = lambda i: LeNet5(**i["config"])  # noqa: E731
         elif key.startswith("student_"):
             # chapter 4's students: the key is the hash of the recorded recipe and initial weights, and the

@@ -13,9 +13,10 @@
 # - check what compression does off the clean test set (noise, blur, contrast, shifts);
 # - export the final models to ONNX and check that onnxruntime computes what PyTorch computes.
 #
-# **Run time:** 2 to 3 minutes on a 2-core laptop CPU (its six small from-scratch controls load from the
-# weights the course ships in `data/trained/`; with `COURSE_SHIPPED_WEIGHTS=0` they take about a minute more
-# the first time, then are cached in `build/cache/`); lab mode under a minute (`docs/timings.md` lists measured times).
+# **Run time:** about a minute on a 2-core laptop CPU: its prunings, latency models and from-scratch controls
+# load from the weights the course ships in `data/trained/`; with `COURSE_SHIPPED_WEIGHTS=0` they are trained
+# the first time (about three minutes more), then cached in `build/cache/`. Lab mode under a minute
+# (`docs/timings.md` lists measured times).
 
 # %%
 # Hosted notebooks (Colab, Kaggle) start without the course: this cell installs it there, beside their own
@@ -83,6 +84,7 @@ base_bytes = storage.save_state(baseline, base_file)
 print(f"baseline: {100 * evaluate(baseline, splits.val):.1f}% validation accuracy, {base_bytes:,} bytes on disk, "
       f"{measure.macs(baseline, SHAPE):,} MACs")
 
+
 # %% [markdown]
 # ## 2. Deep Compression, stage 1: gradual pruning
 # Chapter 1's polynomial schedule (Zhu & Gupta) raises the global sparsity from 0 to $s_f = 95\%$ over
@@ -90,13 +92,29 @@ print(f"baseline: {100 * evaluate(baseline, splits.val):.1f}% validation accurac
 # the final sparsity for the rest. Only 5% of the weights survive. Every headline model of this chapter
 # is trained once per seed of `recipes.SEEDS` (the randomness the method adds: batch order, shifts), all
 # from the same seed-0 baseline.
+#
+# The prunings here and the latency models of section 6 go through `recipes.cached_recipe`: a run is keyed by the
+# recipe, its arguments and fingerprints of the input weights and the data, and looked up in `build/cache`, then
+# among the models the course ships in `data/trained` (trained by these very calls), before it trains. The cells
+# print which happened; `COURSE_SHIPPED_WEIGHTS=0` trains everything on your machine.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+def run(recipe, model=baseline, **kw):
+    """recipe(model, splits.train, **kw), or the model it gave before; counts what was trained or loaded."""
+    out, info = recipes.cached_recipe(recipe, model, splits.train, dataset=DATASET, device=device, **kw)
+    HOW.append("trained" if not info["cached"] else "shipped" if info.get("shipped") else "cached")
+    return out
+
+
+def how(since=0):
+    return ", ".join(f"{HOW[since:].count(k)} {k}" for k in ("trained", "shipped", "cached") if k in HOW[since:])
+
+
+HOW = []
 t0 = time.perf_counter()
-pruned = {s: recipes.deep_compression_prune(baseline, splits.train, sparsity=0.95, epochs=EPOCHS, seed=s,
-                                            device=device) for s in SEEDS}
-print(f"{len(SEEDS)} gradual prunings of {EPOCHS} epochs: {time.perf_counter() - t0:.0f} s")
+pruned = {s: run(recipes.deep_compression_prune, sparsity=0.95, epochs=EPOCHS, seed=s) for s in SEEDS}
+print(f"{len(SEEDS)} gradual prunings of {EPOCHS} epochs ({how()}): {time.perf_counter() - t0:.0f} s")
 
 # %%
 p0 = pruned[SEEDS[0]]
@@ -284,17 +302,15 @@ fig.tight_layout()
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-t0 = time.perf_counter()
-fast = {s: recipes.latency_model(baseline, splits.train, epochs=FAST_EPOCHS, seed=s, device=device) for s in SEEDS}
-no_kd = {s: recipes.latency_model(baseline, splits.train, epochs=FAST_EPOCHS, seed=s, alpha=0.0, device=device)
-         for s in SEEDS}
-scratch_kd = {s: recipes.latency_model(baseline, splits.train, epochs=FAST_EPOCHS, seed=s, scratch=True, device=device)
-              for s in SEEDS}
+t0, since = time.perf_counter(), len(HOW)
+fast = {s: run(recipes.latency_model, epochs=FAST_EPOCHS, seed=s) for s in SEEDS}
+no_kd = {s: run(recipes.latency_model, epochs=FAST_EPOCHS, seed=s, alpha=0.0) for s in SEEDS}
+scratch_kd = {s: run(recipes.latency_model, epochs=FAST_EPOCHS, seed=s, scratch=True) for s in SEEDS}
 FAST_W = {k: fast[SEEDS[0]].config[k] for k in ("c1", "c2", "fc")}
 scratch = {s: load_baseline(DATASET, s, splits=splits, device=device, model_kw=FAST_W)[0] for s in SEEDS}
 calib = splits.train.tensors[0][:512]
 fast_int8 = {s: recipes.int8_lenet_ort(m, ART / f"latency_int8_seed{s}.onnx", calib) for s, m in fast.items()}
-print(f"latency model and controls, {len(SEEDS)} seeds: {time.perf_counter() - t0:.0f} s")
+print(f"latency model and controls, {len(SEEDS)} seeds ({how(since)}): {time.perf_counter() - t0:.0f} s")
 
 # %%
 f0 = fast[SEEDS[0]]

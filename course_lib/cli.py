@@ -210,14 +210,17 @@ def jobs_wanted(environ=None) -> int:
 
 
 def threads_per_job(workers: int, cpus: int | None = None) -> int:
-    """Intra-op threads for each of ``workers`` jobs side by side on ``cpus`` cores (default: this machine's):
+    """Intra-op threads for each of ``workers`` jobs side by side on ``cpus`` cores (default: those this process
+    may run on):
     an equal share, at least 1. Two jobs on 2 cores with PyTorch's default of 2 threads each made every
     parallel region wait for a thread the other job had descheduled; with one thread each, a pair of
     chapters ran in 97 s instead of 115 s here (chapters 02 and 03 under nbval). A learner's own
     OMP_NUM_THREADS wins (run_parallel keeps it)."""
     if not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers = {workers!r} is not valid: give an integer >= 1")
-    return max(1, (os.cpu_count() or 1) if cpus is None else cpus) // workers or 1
+    if cpus is None:  # the cores this process may use (taskset, a container's cpuset), else all of them
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus) // workers or 1
 
 
 def run_parallel(jobs: list[tuple[list[str], dict]], root: Path, env: dict, workers: int) -> int:

@@ -315,7 +315,10 @@ def cached_student(method: str, student: nn.Module, train, epochs: int = STUDENT
     The key holds everything the result depends on: the method and its recipe (``STUDENT_FIT``, with ``KD``
     and ``kd_kw`` for "kd", ``LABEL_SMOOTHING`` for "label-smoothing"), epochs, seed, fingerprints of the
     training data, of the teacher's weights (a ``TeacherCache`` counts as the teacher it wraps) and of a
-    hint's regressor and layers, and the student's initial weights. ``dataset`` names the files only.
+    hint's regressor and layers, and the student's initial weights. ``dataset`` names the files only. (A
+    ``TeacherCache`` returns the logits of the batch that first held an image, which can differ from a fresh
+    forward in the last bit: a student trained beside others that were loaded is equal to the shipped one up to
+    that rounding, not bit for bit.)
     Returns ``cached_training``'s info ("cached", "shipped", "history", ...)."""
     one_of("method", method, STUDENT_METHODS)
     int_in("epochs", epochs, 1, None)
@@ -347,6 +350,12 @@ def cached_student(method: str, student: nn.Module, train, epochs: int = STUDENT
 
 # arguments that change where or how visibly a recipe runs, never what it trains: not in a cache key
 _NOT_IN_KEY = ("device", "progress", "desc")
+# the recipes cached_recipe caches, each with the module constants it trains with beyond its own arguments
+# (read when called, so a changed constant changes the key)
+RECIPE_CONSTANTS = {
+    "deep_compression_prune": lambda: {"FINETUNE": FINETUNE},   # gradual_prune fine-tunes with it
+    "latency_model": lambda: {},                                # its ratio default (LATENCY_RATIO) is an argument
+}
 
 
 def cached_recipe(fn, model: nn.Module, train, dataset: str = "mnist5k", cache=None, **kw) -> tuple[nn.Module, dict]:
@@ -355,28 +364,39 @@ def cached_recipe(fn, model: nn.Module, train, dataset: str = "mnist5k", cache=N
     ``cache``, default build/cache, then the models the course ships in ``data/trained``, else run).
 
     The key holds the recipe's name, every argument it is called with (its defaults filled in, ``device`` and
-    ``progress`` left out), the constants it reads (``LATENCY_RATIO`` for ``latency_model``) and fingerprints of
-    ``model``'s weights and of ``train``. ``dataset`` names the files only. Returns (model, info)."""
+    ``progress`` left out, ``val`` too: it is only evaluated), the module constants it reads
+    (``RECIPE_CONSTANTS``) and fingerprints of ``model``'s weights and of ``train``. ``dataset`` names the files
+    only. A recipe that returns more than a model (``gradual_prune``'s pruner) is refused. Returns (model, info)."""
     import inspect
 
     from . import models
-    if not callable(fn) or getattr(fn, "__module__", None) != __name__:
-        raise ValueError(f"fn = {fn!r} is not valid: give a recipe of course_lib.recipes (e.g. recipes.latency_model)")
-    args = inspect.signature(fn).bind(model, train, **kw)
+    if not callable(fn) or getattr(fn, "__module__", None) != __name__ or fn.__name__ not in RECIPE_CONSTANTS:
+        raise ValueError(f"fn = {fn!r} is not valid: give one of the recipes {sorted(RECIPE_CONSTANTS)} "
+                         "(recipes that return one model)")
+    sig = inspect.signature(fn)
+    args = sig.bind(model, train, **kw)
     args.apply_defaults()
-    named = {k: v for k, v in args.arguments.items() if k not in ("model", "teacher", "train", "val")}
+    first_two = list(sig.parameters)[:2]  # the input model and the training data: fingerprinted below
+    named = {k: v for k, v in args.arguments.items() if k not in (*first_two, "val")}
     extra = named.pop("fit_kw", {}) or named.pop("kw", {})
     named.update({k: v for k, v in extra.items() if k not in _NOT_IN_KEY})
     if fn.__name__ == "latency_model" and named.get("ratio") is None:
         named["ratio"] = LATENCY_RATIO
     for k in _NOT_IN_KEY:
         named.pop(k, None)
-    key = {"recipe": {"fn": fn.__name__, "args": named}, "input": fingerprint(model), "data": fingerprint(train)}
+    key = {"recipe": {"fn": fn.__name__, "args": named, "constants": RECIPE_CONSTANTS[fn.__name__]()},
+           "input": fingerprint(model), "data": fingerprint(train)}
+
+    def make():
+        out = fn(model, train, **kw)
+        if not isinstance(out, nn.Module):
+            raise TypeError(f"{fn.__name__} returned a {type(out).__name__}, not a model: cached_recipe caches "
+                            "recipes that return one model")
+        return out
 
     def build(info):
         return getattr(models, info["class"])(**info["config"])
-    return cached_model(f"recipe_{dataset_key(dataset)}_{fn.__name__}", lambda: fn(model, train, **kw), key, build,
-                        cache=cache)
+    return cached_model(f"recipe_{dataset_key(dataset)}_{fn.__name__}", make, key, build, cache=cache)
 
 # ---------------------------------------------------------------- chapter 5: putting it together
 # Chapter 5's budget, fixed before the run (not tuned on the test split): Deep Compression prunes for

@@ -414,11 +414,11 @@ def fingerprint(*objs) -> str:
             for t in o:
                 add(t)
         else:
-            try:
-                h.update(json.dumps(o, sort_keys=True).encode())
-            except TypeError:
-                raise TypeError(f"cannot fingerprint a {type(o).__name__}: give tensors, modules, TensorDatasets "
-                                "or JSON-able values") from None
+            h.update(json.dumps(o, sort_keys=True, default=refuse).encode())
+
+    def refuse(x):
+        raise TypeError(f"cannot fingerprint a {type(x).__name__} ({str(x)[:60]}): give tensors, modules, "
+                        "TensorDatasets or JSON-able values (int, float, str, bool, None, lists and dicts of them)")
     for o in objs:
         add(o)
     return h.hexdigest()[:16]
@@ -449,12 +449,12 @@ def cached_model(name: str, make: Callable[[], object], key: dict, build: Callab
         info = json.loads(meta_path.read_text())
         return _read_cached(build(info), path, meta_path)
     if (hit := cached()) is not None:
-        return hit[0], {**hit[1], "shipped": False, "path": str(path)}
+        return hit[0].cpu().eval(), {**hit[1], "shipped": False, "path": str(path)}
     if cache is None and (shipped := read_shipped(file_key, build)) is not None:
-        return shipped
+        return shipped[0].cpu().eval(), shipped[1]
     with _file_lock(path.with_suffix(".lock")):
         if (hit := cached()) is not None:
-            return hit[0], {**hit[1], "shipped": False, "path": str(path)}
+            return hit[0].cpu().eval(), {**hit[1], "shipped": False, "path": str(path)}
         t0 = time.perf_counter()
         out = make()
         model, hist = out if isinstance(out, tuple) else (out, None)

@@ -284,13 +284,6 @@ def test_cached_student_trains_once_then_loads_the_same_weights(tiny, model, tmp
     b = fresh()
     again = recipes.cached_student("kd", b, tiny.train, epochs=1, teacher=TeacherCache(model))
     assert again["cached"] is True and again["key"] == info["key"] and _same_weights(a, b)
-    # the global random state after the call is the same whether it trained or loaded
-    seed_everything(5)
-    recipes.cached_student("scratch", fresh(1), tiny.train, epochs=1)
-    after_training = torch.rand(3)
-    seed_everything(5)
-    recipes.cached_student("scratch", fresh(1), tiny.train, epochs=1)
-    assert torch.equal(torch.rand(3), after_training)
     # every input that changes the result changes the key
     keys = {info["key"]}
     x, y = tiny.train.tensors

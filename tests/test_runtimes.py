@@ -201,9 +201,30 @@ def test_cached_latency_model_trains_once(tiny, tmp_path):
     assert len(keys) == 6
     with pytest.raises(ValueError, match="epochs"):
         R.cached_latency_model(tiny, data, epochs=0, cache=tmp_path)
-    with pytest.raises(ValueError, match="fn = .* is not valid"):
-        from course_lib import recipes
-        recipes.cached_recipe(lambda m, t: m, tiny, data, cache=tmp_path)
+    from course_lib import recipes
+    for bad in (lambda m, t: m, recipes.gradual_prune):  # not a recipe; a recipe that returns (model, pruner)
+        with pytest.raises(ValueError, match="fn = .* is not valid"):
+            recipes.cached_recipe(bad, tiny, data, cache=tmp_path)
+    with pytest.raises(TypeError, match=r"cannot fingerprint a int64 \(3\)"):
+        recipes.cached_recipe(recipes.latency_model, tiny, data, cache=tmp_path, seed=np.int64(3))
+
+
+def test_cached_recipe_keeps_the_random_state_and_keys_the_constants_it_reads(tiny, tmp_path, monkeypatch):
+    from course_lib import recipes
+    from course_lib.data import load_dataset
+    from course_lib.training import seed_everything
+    data = load_dataset("mnist5k", limit=64).train
+    draws = []
+    for _ in range(2):  # trained (latency_model re-seeds the global generators), then loaded
+        seed_everything(5)
+        _, info = R.cached_latency_model(tiny, data, seed=0, epochs=1, cache=tmp_path)
+        draws.append(torch.rand(3))
+    assert info["cached"] and torch.equal(*draws) and torch.equal(draws[0], (seed_everything(5), torch.rand(3))[1])
+    _, a = recipes.cached_recipe(recipes.deep_compression_prune, tiny, data, cache=tmp_path, epochs=1)
+    assert a["recipe"]["constants"] == {"FINETUNE": recipes.FINETUNE}
+    monkeypatch.setattr(recipes, "FINETUNE", {**recipes.FINETUNE, "lr": 0.5})  # gradual_prune's fine-tuning
+    _, b = recipes.cached_recipe(recipes.deep_compression_prune, tiny, data, cache=tmp_path, epochs=1)
+    assert not b["cached"] and b["key"] != a["key"]
 
 
 def test_chapter_8s_latency_model_loads_from_the_shipped_weights(tmp_path, monkeypatch):

@@ -274,6 +274,7 @@ def test_every_shipped_model_is_checksummed_loads_strictly_and_is_keyed_by_the_c
             assert info["name"] == f"recipe_mnist5k_{r['fn']}" and r["fn"] in ("deep_compression_prune", "latency_model")
             if r["fn"] == "latency_model":
                 assert r["args"]["ratio"] == recipes.LATENCY_RATIO, key
+            assert r["constants"] == recipes.RECIPE_CONSTANTS[r["fn"]](), key
             assert info["input"] == training.fingerprint(load_baseline("mnist5k", 0)[0]), key  # the seed-0 baseline
             build = lambda i: LeNet5(**i["config"])  # noqa: E731
         elif key.startswith("student_"):
@@ -391,6 +392,9 @@ def test_fingerprint_sees_values_shapes_and_dtypes():
     assert fingerprint({"a": 1, "b": [2, 3]}) == fingerprint({"b": [2, 3], "a": 1}) != fingerprint({"a": 1})
     with pytest.raises(TypeError, match="cannot fingerprint a object"):
         fingerprint(object())
+    import numpy as np
+    with pytest.raises(TypeError, match=r"cannot fingerprint a int64 \(7\)"):  # named, inside a dict
+        fingerprint({"seed": np.int64(7)})
 
 
 def test_cached_training_checks_its_name_and_caches_under_it(tmp_path):

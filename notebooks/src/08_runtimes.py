@@ -132,7 +132,7 @@ calib = splits.train.tensors[0][:512]
 x_test, y_test = splits.test.tensors
 MODELS = {"baseline": baseline}
 if not LAB_MODE:
-    fast, info = R.cached_latency_model(baseline, splits.train, seed=SEED, device=device)
+    fast, info = R.cached_latency_model(baseline, splits.train, seed=SEED, dataset=DATASET, device=device)
     MODELS["latency model"] = fast
     how = (("loaded from the weights the course ships" if info.get("shipped") else "loaded from the cache")
            if info["cached"] else f"trained in {info['train_seconds']:.0f} s")

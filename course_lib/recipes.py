@@ -377,13 +377,10 @@ def cached_recipe(fn, model: nn.Module, train, dataset: str = "mnist5k", cache=N
     args = sig.bind(model, train, **kw)
     args.apply_defaults()
     first_two = list(sig.parameters)[:2]  # the input model and the training data: fingerprinted below
-    named = {k: v for k, v in args.arguments.items() if k not in (*first_two, "val")}
-    extra = named.pop("fit_kw", {}) or named.pop("kw", {})
-    named.update({k: v for k, v in extra.items() if k not in _NOT_IN_KEY})
+    named = {k: v for k, v in args.arguments.items() if k not in (*first_two, "val", "fit_kw")}
+    named = {k: v for k, v in (named | args.arguments.get("fit_kw", {})).items() if k not in _NOT_IN_KEY}
     if fn.__name__ == "latency_model" and named.get("ratio") is None:
         named["ratio"] = LATENCY_RATIO
-    for k in _NOT_IN_KEY:
-        named.pop(k, None)
     key = {"recipe": {"fn": fn.__name__, "args": named, "constants": RECIPE_CONSTANTS[fn.__name__]()},
            "input": fingerprint(model), "data": fingerprint(train)}
 

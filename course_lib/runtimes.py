@@ -7,7 +7,6 @@ onnxruntime's per-operator profile compared layer by layer)."""
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.metadata as md
 import json
 import os
@@ -676,14 +675,9 @@ def op_speedups(fp32_times, int8_times) -> list[dict]:
 # ---------------------------------------------------------------- chapter 5's latency model, cached
 def state_key(model: nn.Module, *extra) -> str:
     """A short hex digest of a model's state dict (values and names) and ``extra`` strings: a cache key that
-    changes when the weights change."""
-    h = hashlib.sha256()
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    for e in extra:
-        h.update(str(e).encode())
-    return h.hexdigest()[:12]
+    changes when the weights change (``training.fingerprint``, 12 digits)."""
+    from .training import fingerprint
+    return fingerprint(model, [str(e) for e in extra])[:12]
 
 
 def cached_latency_model(teacher: nn.Module, train, seed: int = 0, epochs: int | None = None, cache=None,

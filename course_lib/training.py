@@ -538,13 +538,8 @@ def write_shipped(state: dict, info: dict, key: str, folder) -> list[Path]:
 
 
 def _splits_fingerprint(splits: Splits) -> str:
-    """SHA-256 (16 hex digits) of the training and validation tensors of ``splits``."""
-    h = hashlib.sha256()
-    for part in (splits.train, splits.val):
-        for t in part.tensors:
-            h.update(str((tuple(t.shape), t.dtype)).encode())
-            h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """``fingerprint`` (16 hex digits) of the training and validation tensors of ``splits``."""
+    return fingerprint(splits.train, splits.val)
 
 
 def _read_cached(model: nn.Module, path: Path, meta_path: Path):

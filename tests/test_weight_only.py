@@ -113,6 +113,82 @@ def test_gptq_beats_rtn_by_a_margin_on_correlated_inputs(group):
     torch.testing.assert_close(w_gptq, deq, rtol=1e-5, atol=1e-6)
 
 
+def reference_gptq_act_order(weight, hessian, bits, group, damp=0.01):
+    """The same exact least-squares reference, columns taken in order of decreasing H_jj, each with
+    the min-max grid of its group of consecutive ORIGINAL columns, fixed before any update."""
+    w0 = weight.double()
+    n = w0.shape[1]
+    h = hessian.double() + damp * torch.diag(hessian.double()).mean() * torch.eye(n, dtype=torch.float64)
+    grids = [_minmax_group(w0[:, g:g + group], bits) for g in range(0, n, group)]
+    perm = torch.argsort(torch.diag(h), descending=True, stable=True)
+    wp, hp = w0[:, perm], h[perm][:, perm]
+    cur, done = wp.clone(), torch.zeros_like(wp)
+    for i in range(n):
+        s, z = grids[int(perm[i]) // group]
+        q = (torch.round(cur[:, i:i + 1] / s) + z).clamp(0, 2 ** bits - 1)
+        done[:, i:i + 1] = (q - z) * s
+        a, f = slice(0, i + 1), slice(i + 1, n)
+        if i + 1 < n:
+            cur[:, f] = wp[:, f] + (wp[:, a] - done[:, a]) @ hp[a, f] @ torch.linalg.inv(hp[f, f])
+    out = torch.zeros_like(done)
+    out[:, perm] = done
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_gptq_act_order_equals_its_exact_reference_and_keeps_the_format(seed):
+    torch.manual_seed(seed)
+    w = torch.randn(6, 16, dtype=torch.float64)
+    x = correlated_inputs(200, 16, seed=seed) * torch.linspace(0.2, 3.0, 16)[torch.randperm(16)]  # unequal energies
+    h = x.T @ x / len(x)
+    w_ao, codes, scales, zeros = Q.gptq_quantize(w, h, 3, 8, damp=0.01, block_size=8, act_order=True)
+    torch.testing.assert_close(w_ao.double(), reference_gptq_act_order(w, h, 3, 8).float().double(),
+                               rtol=1e-5, atol=1e-6)
+    # the same storage as without act order: groups of 8 consecutive columns, codes dequantize to w_hat
+    deq = (codes.float() - zeros.repeat_interleave(8, 1)) * scales.repeat_interleave(8, 1)
+    torch.testing.assert_close(w_ao, deq, rtol=1e-5, atol=1e-6)
+    assert int(codes.max()) <= 7 and scales.shape == (6, 2)
+    assert not torch.allclose(w_ao, Q.gptq_quantize(w, h, 3, 8, damp=0.01)[0])  # the order matters
+
+
+def test_gptq_act_order_passes_through_quantize_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    x = (correlated_inputs(100, 16) * torch.linspace(0.2, 3.0, 16)).float()
+    hs = Q.collect_hessians(model, x)
+    q, packed = Q.quantize_weights(model, "gptq", 3, 8, hessians=hs, act_order=True)
+    want = Q.gptq_quantize(model[0].weight, hs["0"], 3, 8, act_order=True)[0]
+    torch.testing.assert_close(q[0].weight, want)
+
+
+def test_crossfit_error_ratio_rtn_is_one_and_gptq_is_measured_out_of_sample():
+    torch.manual_seed(0)
+    w = {"a": torch.randn(12, 32), "b": torch.randn(6, 32)}
+    mix = correlated_inputs(32, 32, seed=1)  # one input distribution, two independent samples of it
+    g = torch.Generator().manual_seed(2)
+    xa, xb = (torch.randn(300, 32, generator=g, dtype=torch.float64) @ mix for _ in range(2))
+    folds = ({n: xa.T @ xa / 300 for n in w}, {n: xb.T @ xb / 300 for n in w})
+    rtn = Q.crossfit_error_ratio(w, folds, lambda wt, h: Q.rtn_quantize(wt, 3, 16)[0], bits=3, group_size=16)
+    torch.testing.assert_close(rtn, torch.ones(4))
+    gptq = Q.crossfit_error_ratio(w, folds, lambda wt, h: Q.gptq_quantize(wt, h, 3, 16)[0], bits=3, group_size=16)
+    assert gptq.shape == (4,) and bool((gptq < 0.9).all())  # same input distribution: GPTQ generalises
+    # fitted on one fold, measured on the other: not the in-sample error
+    in_sample = Q.output_error(w["a"], Q.gptq_quantize(w["a"], folds[0]["a"], 3, 16)[0], folds[0]["a"])
+    rtn_a = Q.output_error(w["a"], Q.rtn_quantize(w["a"], 3, 16)[0], folds[1]["a"])
+    out_sample = Q.output_error(w["a"], Q.gptq_quantize(w["a"], folds[0]["a"], 3, 16)[0], folds[1]["a"])
+    assert float(gptq[0]) == pytest.approx(out_sample / rtn_a) and out_sample != in_sample
+    with pytest.raises(ValueError, match="fold_hessians must be a pair"):
+        Q.crossfit_error_ratio(w, folds[:1], lambda wt, h: wt)
+    # the choice: the lowest mean ratio wins, whatever the order the candidates come in
+    cands = {"rtn-like (damp 1, no feedback to speak of)": {"damp": 1.0}, "damp 0.01": {"damp": 0.01}}
+    best, ratios = Q.choose_gptq_settings(w, folds, 3, 16, cands)
+    assert set(ratios) == set(cands) and best == min(ratios, key=lambda k: float(ratios[k].mean()))
+    assert Q.choose_gptq_settings(w, folds, 3, 16, dict(reversed(list(cands.items()))))[0] == best
+    torch.testing.assert_close(ratios["damp 0.01"], gptq)
+    with pytest.raises(ValueError, match="candidates must name at least one"):
+        Q.choose_gptq_settings(w, folds, 3, 16, {})
+
+
 def test_gptq_blocks_do_not_change_result():
     lin = seeded_linear(64, 8, seed=1)
     x = correlated_inputs(300, 64, seed=2)

@@ -22,12 +22,16 @@ from .packing import pack_int4, unpack_int4
 
 __all__ = ["WEIGHT_ONLY_BITS", "WEIGHT_ONLY_METHODS", "rtn_quantize", "gptq_quantize", "awq_quantize",
            "activation_magnitude", "salient_channels", "rtn_keep_channels", "rtn_scaled_channels",
-           "collect_hessians", "output_error", "quantize_weights", "quantize_sequential", "forward_groups",
+           "collect_hessians", "output_error", "crossfit_error_ratio", "GPTQ_SETTINGS", "choose_gptq_settings", "quantize_weights", "quantize_sequential", "forward_groups",
            "layer_bytes", "replace_weights", "int4_state", "int4_bytes", "load_int4"]
 
 WEIGHT_ONLY_BITS = (2, 8)        # valid range of ``bits``
 WEIGHT_ONLY_METHODS = ("rtn", "gptq", "awq")
 AWQ_GRID = 20                    # AWQ's search: alpha in {0, 1/20, ..., 19/20} as in the reference code
+# GPTQ's settings a course run chooses among (by choose_gptq_settings, on calibration data only)
+GPTQ_SETTINGS = {"damp 0.01": {"damp": 0.01}, "damp 0.1": {"damp": 0.1},
+                 "act order, damp 0.01": {"damp": 0.01, "act_order": True},
+                 "act order, damp 0.1": {"damp": 0.1, "act_order": True}}
 MIN_SCALE = 1e-12                # floor of a group's scale (an all-zero group)
 
 
@@ -97,7 +101,7 @@ def rtn_quantize(weight: torch.Tensor, bits: int = 4, group_size: int = 128):
 
 # ---------------------------------------------------------------- GPTQ
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int = 128,
-                  damp: float = 0.01, block_size: int = 128):
+                  damp: float = 0.01, block_size: int = 128, act_order: bool = False):
     """GPTQ (Frantar et al., 2023): quantize the input columns of ``weight`` one at a time and spread
     each column's rounding error over the columns not yet quantized, weighted by the inverse Hessian
     of the layer's reconstruction loss ||X W^T - X W_hat^T||^2 (H = X^T X of calibration inputs).
@@ -107,6 +111,12 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
     first column is reached, from the error-updated weights); damp in (0, 1]: fraction of the mean
     diagonal added to H. Columns are processed in blocks of ``block_size`` (rounded to a multiple of
     group_size) with lazy updates of the rest. Same returns as :func:`rtn_quantize`.
+
+    act_order (the reference code's ``--act-order``, ``desc_act`` in AutoGPTQ): quantize the columns in
+    order of decreasing H_jj (the inputs with the most energy first, while the most columns are left to
+    absorb their error). The groups stay groups of consecutive columns, so the stored format is the same;
+    their grids are then fixed beforehand from the original weights (AutoGPTQ's ``static_groups``), since a
+    group's columns are no longer reached together.
     """
     out_f, in_f = _check_weight_hessian(weight, hessian)
     bits = _check_bits(bits)
@@ -120,26 +130,33 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     H += damp * torch.diag(H).mean() * torch.eye(in_f, dtype=H.dtype)
-    # upper Cholesky factor of H^-1: row i holds the update coefficients for column i (GPTQ eq. 4)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    codes = torch.zeros_like(W)
     n_groups = in_f // group_size
     scales = torch.zeros(out_f, n_groups, dtype=W.dtype)
     zeros = torch.zeros_like(scales)
+    perm = torch.arange(in_f)
+    if act_order:
+        for g in range(n_groups):
+            s, z = _group_params(W[:, g * group_size:(g + 1) * group_size], bits)
+            scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
+        perm = torch.argsort(torch.diag(H), descending=True, stable=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    # upper Cholesky factor of H^-1: row i holds the update coefficients for column i (GPTQ eq. 4)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    codes = torch.zeros_like(W)
     for i1 in range(0, in_f, block):
         i2 = min(i1 + block, in_f)
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
         Err1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
             col = i1 + i
-            g = col // group_size
-            if col % group_size == 0:  # a new group: its grid comes from the error-updated weights
+            g = int(perm[col]) // group_size
+            if not act_order and col % group_size == 0:  # a new group: its grid comes from the error-updated weights
                 s, z = _group_params(W1[:, i:i + group_size], bits)
                 scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
             s, z = scales[:, g], zeros[:, g]
             w = W1[:, i]
             q = _codes(w, s, z, bits)
-            codes[:, col] = q
+            codes[:, perm[col]] = q
             err = (w - (q - z) * s) / Hinv1[i, i]
             W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]  # error feedback inside the block
             Err1[:, i] = err
@@ -354,11 +371,13 @@ def output_error(weight: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tenso
 
 # ---------------------------------------------------------------- whole model
 def quantize_weights(model: nn.Module, method: str = "gptq", bits: int = 4, group_size: int = 128,
-                     hessians: dict | None = None, damp: float = 0.01, names=None) -> tuple[nn.Module, dict]:
+                     hessians: dict | None = None, damp: float = 0.01, names=None,
+                     act_order: bool = False) -> tuple[nn.Module, dict]:
     """Weight-only quantization of the nn.Linear layers of a copy of ``model``.
 
     method: "rtn", "gptq" or "awq" (the last two need ``hessians`` from :func:`collect_hessians`).
     names: the layers to quantize (default: every nn.Linear); the others stay in float.
+    damp and act_order are GPTQ's (see :func:`gptq_quantize`); the other methods ignore them.
     This is the non-sequential variant: every layer's Hessian comes from the float model's
     activations, not from the activations of the already-quantized earlier layers (GPTQ's paper
     quantizes sequentially; AWQ's code searches per block of the already-scaled model).
@@ -379,23 +398,68 @@ def quantize_weights(model: nn.Module, method: str = "gptq", bits: int = 4, grou
         if unknown:
             raise ValueError(f"names={unknown!r} are not nn.Linear layers of the model; valid: {sorted(known)}")
         layers = [(n, m) for n, m in layers if n in names]
-    packed = {name: _quantize_layer(lin, method, bits, group_size, None if hessians is None else hessians[name], damp)
-              for name, lin in layers}
+    packed = {name: _quantize_layer(lin, method, bits, group_size, None if hessians is None else hessians[name], damp,
+                                    act_order) for name, lin in layers}
     return out, packed
 
 
-def _quantize_layer(lin: nn.Linear, method: str, bits: int, group_size: int, hessian, damp: float) -> tuple:
+def _quantize_layer(lin: nn.Linear, method: str, bits: int, group_size: int, hessian, damp: float,
+                    act_order: bool = False) -> tuple:
     """Quantize one layer's weight IN PLACE (w_hat copied into it); returns what is stored:
     (codes, scales, zeros) and for AWQ the per-channel factor s."""
     if method == "rtn":
         w_hat, *rest = rtn_quantize(lin.weight, bits, group_size)
     elif method == "gptq":
-        w_hat, *rest = gptq_quantize(lin.weight, hessian, bits, group_size, damp=damp)
+        w_hat, *rest = gptq_quantize(lin.weight, hessian, bits, group_size, damp=damp, act_order=act_order)
     else:
         w_hat, *rest, _alpha = awq_quantize(lin.weight, hessian, bits, group_size)
     with torch.no_grad():
         lin.weight.copy_(w_hat)
     return tuple(rest)
+
+
+def _heldout_errors(weights: dict, fold_hessians, quantize) -> torch.Tensor:
+    """||X_held (W - W_hat)^T||^2 = tr(d H_held d^T) of each layer, fitted on one fold and measured on the other
+    (both ways): a (2 x layers,) float64 tensor (unnormalised: a ratio of two of them is what means something)."""
+    if len(fold_hessians) != 2:
+        raise ValueError(f"fold_hessians must be a pair (H_a, H_b); got {len(fold_hessians)} item(s)")
+    errs = []
+    for fit, held in (fold_hessians, fold_hessians[::-1]):
+        for name, w in weights.items():
+            d = w.detach().double() - quantize(w, fit[name]).detach().double()
+            errs.append(float(((d @ held[name].double()) * d).sum()))
+    return torch.tensor(errs, dtype=torch.float64)
+
+
+def crossfit_error_ratio(weights: dict, fold_hessians, quantize, bits: int = 3, group_size: int = 128) -> torch.Tensor:
+    """Two-fold cross-validated output error of a quantizer, relative to RTN's, for choosing a quantizer's
+    settings on calibration data alone (never on the task's evaluation data).
+
+    weights: {name: (out, in) weight}; fold_hessians: (H_a, H_b), two {name: (in, in)} dicts from
+    :func:`collect_hessians` on two disjoint halves of the calibration set; quantize(weight, hessian) ->
+    w_hat, fitted to the hessian it is given. Each layer is fitted on one half and its output error
+    measured on the other, both ways; RTN (``bits``, ``group_size``) is measured the same way. Returns a
+    (2 x layers,) float tensor of error / RTN's error, i.e. :func:`output_error` ratios (below 1: better than
+    RTN on inputs the quantizer was not fitted to).
+    """
+    rtn = _heldout_errors(weights, fold_hessians, lambda w, h: rtn_quantize(w, bits, group_size)[0])
+    return (_heldout_errors(weights, fold_hessians, quantize) / rtn.clamp_min(1e-30)).float()
+
+
+def choose_gptq_settings(weights: dict, fold_hessians, bits: int = 3, group_size: int = 128,
+                         candidates: dict | None = None) -> tuple[str, dict]:
+    """Choose GPTQ's settings (damping, act order) by :func:`crossfit_error_ratio` on two halves of the
+    calibration set: the candidate with the lowest mean ratio to RTN wins (ties: the first listed).
+    candidates: {label: keyword arguments of :func:`gptq_quantize`} (default :data:`GPTQ_SETTINGS`).
+    Returns (the winner's label, {label: its (2 x layers,) ratios})."""
+    candidates = GPTQ_SETTINGS if candidates is None else candidates
+    if not candidates:
+        raise ValueError("candidates must name at least one setting, e.g. {'damp 0.01': {'damp': 0.01}}")
+    rtn = _heldout_errors(weights, fold_hessians, lambda w, h: rtn_quantize(w, bits, group_size)[0]).clamp_min(1e-30)
+    ratios = {label: (_heldout_errors(weights, fold_hessians,
+                                      lambda w, h, kw=kw: gptq_quantize(w, h, bits, group_size, **kw)[0]) / rtn).float()
+              for label, kw in candidates.items()}
+    return min(ratios, key=lambda k: float(ratios[k].mean())), ratios
 
 
 def forward_groups(model: nn.Module, inputs, names=None) -> list[list[str]]:

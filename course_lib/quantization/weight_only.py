@@ -142,25 +142,28 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gr
         W, H = W[:, perm], H[perm][:, perm]
     # upper Cholesky factor of H^-1: row i holds the update coefficients for column i (GPTQ eq. 4)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    codes = torch.zeros_like(W)
+    codes = torch.zeros_like(W)  # in the order the columns are quantized (perm), put back at the end
+    group_of = [c // group_size for c in perm.tolist()]
     for i1 in range(0, in_f, block):
         i2 = min(i1 + block, in_f)
         W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
         Err1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
             col = i1 + i
-            g = int(perm[col]) // group_size
+            g = group_of[col]
             if not act_order and col % group_size == 0:  # a new group: its grid comes from the error-updated weights
                 s, z = _group_params(W1[:, i:i + group_size], bits)
                 scales[:, g], zeros[:, g] = s[:, 0], z[:, 0]
             s, z = scales[:, g], zeros[:, g]
             w = W1[:, i]
             q = _codes(w, s, z, bits)
-            codes[:, perm[col]] = q
+            codes[:, col] = q
             err = (w - (q - z) * s) / Hinv1[i, i]
             W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]  # error feedback inside the block
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]  # lazy error feedback to the columns after the block
+    if act_order:
+        codes = codes[:, torch.argsort(perm)]
     w_hat = (codes - zeros.repeat_interleave(group_size, 1)) * scales.repeat_interleave(group_size, 1)
     return w_hat.float(), codes.to(torch.uint8), scales.float(), zeros.float()
 

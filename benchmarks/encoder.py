@@ -59,10 +59,10 @@ def measure_ch6_targets(quick: bool = False) -> list:
 
     # GPTQ's settings chosen on two halves of the calibration sentences, as chapter 6 chooses them
     texts = sent.train_texts[:16] if quick else sent.train_texts
-    folds = tuple(Q.collect_hessians(model, bert.tokenize(tokenizer, h)) for h in (texts[0::2], texts[1::2]))
+    fit_h, other_h = (Q.collect_hessians(model, bert.tokenize(tokenizer, h)) for h in (texts[0::2], texts[1::2]))
     weights = {nm: model.get_submodule(nm).weight.detach() for nm, _ in bert.linear_layers(model)[:4 if quick else None]}
     cands = {k: Q.GPTQ_SETTINGS[k] for k in ("damp 0.01", "act order, damp 0.1")} if quick else None
-    chosen, _ = Q.choose_gptq_settings(weights, folds, bits=3, group_size=GROUP, candidates=cands)
+    chosen, _ = Q.choose_gptq_settings(weights, fit_h, other_h, bits=3, group_size=GROUP, candidates=cands)
     tuned = Q.quantize_weights(model, "gptq", bits=3, group_size=GROUP, hessians=hessians, **Q.GPTQ_SETTINGS[chosen])[0]
     scores["w3-gptq-tuned"] = retrieval.evaluate(bert.encode(tuned, task), rs, ref)
     c = stats.paired_compare(scores["w3-gptq-tuned"]["hits"], scores["w3-rtn"]["hits"])

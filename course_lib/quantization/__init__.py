@@ -33,7 +33,7 @@ from .packing import (MATMULNBITS_BLOCK_SIZES, check_block_size, load_packed, pa
 from .torch_ao import (Int8DynamicLinear, captured_warnings, quantize_dynamic_int8, quantized_engine,
                        set_quantized_engine, torch_ao_dynamic, torch_ao_static_fx)
 from .weight_only import (AWQ_GRID, WEIGHT_ONLY_BITS, WEIGHT_ONLY_METHODS, activation_magnitude, awq_quantize,
-                          GPTQ_SETTINGS, choose_gptq_settings, collect_hessians, crossfit_error_ratio,
+                          GPTQ_SETTINGS, choose_gptq_settings, collect_hessians, holdout_error_ratio,
                           forward_groups, gptq_quantize, int4_bytes, int4_state, layer_bytes,
                           load_int4, output_error, quantize_sequential, quantize_weights, replace_weights,
                           rtn_keep_channels, rtn_quantize, rtn_scaled_channels, salient_channels)
@@ -49,7 +49,7 @@ __all__ = [
     "pack_bits", "unpack_bits", "pack_int4", "unpack_int4", "packed_state_dict", "packed_size_bytes", "load_packed",
     "MATMULNBITS_BLOCK_SIZES", "check_block_size", "pack_matmulnbits", "unpack_matmulnbits",
     "WEIGHT_ONLY_BITS", "WEIGHT_ONLY_METHODS", "rtn_quantize", "gptq_quantize", "collect_hessians", "output_error",
-    "crossfit_error_ratio", "GPTQ_SETTINGS", "choose_gptq_settings", "replace_weights", "AWQ_GRID", "awq_quantize", "activation_magnitude", "salient_channels", "rtn_keep_channels", "rtn_scaled_channels",
+    "holdout_error_ratio", "GPTQ_SETTINGS", "choose_gptq_settings", "replace_weights", "AWQ_GRID", "awq_quantize", "activation_magnitude", "salient_channels", "rtn_keep_channels", "rtn_scaled_channels",
     "quantize_weights", "quantize_sequential", "forward_groups", "layer_bytes", "int4_state", "int4_bytes", "load_int4",
     "apply_bits", "layer_sensitivity", "allocation_bytes", "greedy_allocation",
     "captured_warnings", "torch_ao_dynamic", "torch_ao_static_fx", "Int8DynamicLinear", "quantize_dynamic_int8",

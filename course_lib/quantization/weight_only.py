@@ -22,7 +22,7 @@ from .packing import pack_int4, unpack_int4
 
 __all__ = ["WEIGHT_ONLY_BITS", "WEIGHT_ONLY_METHODS", "rtn_quantize", "gptq_quantize", "awq_quantize",
            "activation_magnitude", "salient_channels", "rtn_keep_channels", "rtn_scaled_channels",
-           "collect_hessians", "output_error", "crossfit_error_ratio", "GPTQ_SETTINGS", "choose_gptq_settings", "quantize_weights", "quantize_sequential", "forward_groups",
+           "collect_hessians", "output_error", "holdout_error_ratio", "GPTQ_SETTINGS", "choose_gptq_settings", "quantize_weights", "quantize_sequential", "forward_groups",
            "layer_bytes", "replace_weights", "int4_state", "int4_bytes", "load_int4"]
 
 WEIGHT_ONLY_BITS = (2, 8)        # valid range of ``bits``
@@ -294,7 +294,7 @@ def awq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gro
         s = (s / (s.max() * s.min()).sqrt()).half().double()  # float16, as the artifact stores it
         w_hat = _scaled_rtn(w, s, bits, group_size)[0]
         d = w - w_hat
-        err = float(torch.trace(d @ h @ d.T))
+        err = float(((d @ h) * d).sum())  # tr(d H d^T), without the (out, out) product
         if best is None or err < best[0]:
             best = (err, s, alpha)
     _, s, alpha = best
@@ -421,45 +421,43 @@ def _quantize_layer(lin: nn.Linear, method: str, bits: int, group_size: int, hes
     return tuple(rest)
 
 
-def _heldout_errors(weights: dict, fold_hessians, quantize) -> torch.Tensor:
-    """||X_held (W - W_hat)^T||^2 = tr(d H_held d^T) of each layer, fitted on one fold and measured on the other
-    (both ways): a (2 x layers,) float64 tensor (unnormalised: a ratio of two of them is what means something)."""
-    if len(fold_hessians) != 2:
-        raise ValueError(f"fold_hessians must be a pair (H_a, H_b); got {len(fold_hessians)} item(s)")
+def _heldout_errors(weights: dict, fit: dict, held: dict, quantize) -> torch.Tensor:
+    """||X_held (W - W_hat)^T||^2 = tr(d H_held d^T) of each layer, W_hat = quantize(W, H_fit): a (layers,)
+    float64 tensor (unnormalised: only a ratio of two of them means something)."""
     errs = []
-    for fit, held in (fold_hessians, fold_hessians[::-1]):
-        for name, w in weights.items():
-            d = w.detach().double() - quantize(w, fit[name]).detach().double()
-            errs.append(float(((d @ held[name].double()) * d).sum()))
+    for name, w in weights.items():
+        d = w.detach().double() - quantize(w, fit[name]).detach().double()
+        errs.append(float(((d @ held[name].double()) * d).sum()))
     return torch.tensor(errs, dtype=torch.float64)
 
 
-def crossfit_error_ratio(weights: dict, fold_hessians, quantize, bits: int = 3, group_size: int = 128) -> torch.Tensor:
-    """Two-fold cross-validated output error of a quantizer, relative to RTN's, for choosing a quantizer's
-    settings on calibration data alone (never on the task's evaluation data).
+def holdout_error_ratio(weights: dict, fit_hessians: dict, held_hessians: dict, quantize, bits: int = 3,
+                        group_size: int = 128) -> torch.Tensor:
+    """Output error of a quantizer on calibration data it was not fitted to, relative to RTN's: for choosing
+    a quantizer's settings on calibration data alone (never on the task's evaluation data).
 
-    weights: {name: (out, in) weight}; fold_hessians: (H_a, H_b), two {name: (in, in)} dicts from
-    :func:`collect_hessians` on two disjoint halves of the calibration set; quantize(weight, hessian) ->
-    w_hat, fitted to the hessian it is given. Each layer is fitted on one half and its output error
-    measured on the other, both ways; RTN (``bits``, ``group_size``) is measured the same way. Returns a
-    (2 x layers,) float tensor of error / RTN's error, i.e. :func:`output_error` ratios (below 1: better than
-    RTN on inputs the quantizer was not fitted to).
+    weights: {name: (out, in) weight}; fit_hessians, held_hessians: {name: (in, in)} from
+    :func:`collect_hessians` on two disjoint parts of the calibration set; quantize(weight, hessian) -> w_hat,
+    fitted to the hessian it is given (the fit part's). Returns a (layers,) float tensor of each layer's
+    :func:`output_error` on the held-out part divided by RTN's (``bits``, ``group_size``) there: below 1 means
+    better than RTN on inputs the quantizer was not fitted to.
     """
-    rtn = _heldout_errors(weights, fold_hessians, lambda w, h: rtn_quantize(w, bits, group_size)[0])
-    return (_heldout_errors(weights, fold_hessians, quantize) / rtn.clamp_min(1e-30)).float()
+    rtn = _heldout_errors(weights, fit_hessians, held_hessians, lambda w, h: rtn_quantize(w, bits, group_size)[0])
+    return (_heldout_errors(weights, fit_hessians, held_hessians, quantize) / rtn.clamp_min(1e-30)).float()
 
 
-def choose_gptq_settings(weights: dict, fold_hessians, bits: int = 3, group_size: int = 128,
-                         candidates: dict | None = None) -> tuple[str, dict]:
-    """Choose GPTQ's settings (damping, act order) by :func:`crossfit_error_ratio` on two halves of the
-    calibration set: the candidate with the lowest mean ratio to RTN wins (ties: the first listed).
-    candidates: {label: keyword arguments of :func:`gptq_quantize`} (default :data:`GPTQ_SETTINGS`).
-    Returns (the winner's label, {label: its (2 x layers,) ratios})."""
+def choose_gptq_settings(weights: dict, fit_hessians: dict, held_hessians: dict, bits: int = 3,
+                         group_size: int = 128, candidates: dict | None = None) -> tuple[str, dict]:
+    """Choose GPTQ's settings (damping, act order) by :func:`holdout_error_ratio`: fitted on one part of the
+    calibration set, judged on the other; the candidate with the lowest mean ratio to RTN wins (ties: the first
+    listed). candidates: {label: keyword arguments of :func:`gptq_quantize`} (default :data:`GPTQ_SETTINGS`).
+    Returns (the winner's label, {label: its (layers,) ratios})."""
     candidates = GPTQ_SETTINGS if candidates is None else candidates
     if not candidates:
         raise ValueError("candidates must name at least one setting, e.g. {'damp 0.01': {'damp': 0.01}}")
-    rtn = _heldout_errors(weights, fold_hessians, lambda w, h: rtn_quantize(w, bits, group_size)[0]).clamp_min(1e-30)
-    ratios = {label: (_heldout_errors(weights, fold_hessians,
+    rtn = _heldout_errors(weights, fit_hessians, held_hessians,
+                          lambda w, h: rtn_quantize(w, bits, group_size)[0]).clamp_min(1e-30)
+    ratios = {label: (_heldout_errors(weights, fit_hessians, held_hessians,
                                       lambda w, h, kw=kw: gptq_quantize(w, h, bits, group_size, **kw)[0]) / rtn).float()
               for label, kw in candidates.items()}
     return min(ratios, key=lambda k: float(ratios[k].mean())), ratios

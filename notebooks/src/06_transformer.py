@@ -21,7 +21,7 @@
 #   by the cosine similarity of its embeddings to the original's, its size on disk and its
 #   single-thread latency, all models timed together in interleaved rounds.
 #
-# **Run time:** about four minutes on a 2-core laptop CPU, under two minutes in lab mode (`docs/timings.md` lists the
+# **Run time:** about four to five minutes on a 2-core laptop CPU, about two in lab mode (`docs/timings.md` lists the
 # measured times); the largest shares are the AWQ and GPTQ searches, encoding the 1,080 task sentences once
 # per model, and the interleaved latency measurement.
 
@@ -67,8 +67,8 @@ LAT_ROUNDS, LAT_REPEATS = (2, 2) if LAB_MODE else (4, 3)  # interleaved latency 
 N_QUERIES = 60 if LAB_MODE else None              # retrieval queries (None: all 180)
 lab_note(LAB_MODE, cuts=f"{EPOCHS} distillation epochs for the 3-layer student, {LAT_ROUNDS} latency rounds of "
          f"{LAT_REPEATS} calls, 60 of the 180 retrieval queries, AWQ at 3 bits only, 16 sentences (not 48) for the "
-         "per-layer sensitivity, sequential GPTQ at 3 bits only, 2 (not 4) GPTQ settings cross-validated on "
-         "12 (not 36) layers, no mixed-precision search",
+         "per-layer sensitivity, 2 (not 4) GPTQ settings cross-validated on 12 (not 36) layers, no "
+         "mixed-precision search",
          less_reliable="the latencies and speed-ups, the task metric's intervals (a third of the queries), the ranking "
          "of the most sensitive layers, and the distilled student's scores")
 
@@ -605,7 +605,7 @@ for bits in (4, 3):
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-SEQ_BITS = (3,) if LAB_MODE else (4, 3)  # lab mode: 3 bits only
+SEQ_BITS = (3,)  # 3 bits: the largest rounding errors, where the two variants can differ most
 groups = Q.forward_groups(model, calib_batch)
 print(f"{len(groups)} groups, block 0: {[[n.split('.', 3)[-1] for n in g] for g in groups[:4]]}")
 SEQ = {}
@@ -638,22 +638,22 @@ display(Markdown("**Sequential vs non-sequential GPTQ, measured:** " + "; ".join
 # beforehand, so the stored format does not change).
 #
 # Choosing them is a decision, so it is made on calibration sentences alone, by a rule fixed before any task
-# score is seen: split the 129 sentences into two halves, fit each candidate on one half, measure every layer's
-# output error on the other half (both ways, `Q.crossfit_error_ratio`), relative to RTN's; the lowest mean
+# score is seen: split the 129 sentences into two halves, fit each candidate on the first half, measure every
+# layer's output error on the second (`Q.holdout_error_ratio`), relative to RTN's there; the lowest mean
 # ratio wins (`Q.choose_gptq_settings`). The winner is refitted on all 129 sentences and scored on the task once.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 halves = (sent.train_texts[0::2], sent.train_texts[1::2])
-folds = tuple(Q.collect_hessians(model, bert.tokenize(tokenizer, h)) for h in halves)
+fit_h, other_h = (Q.collect_hessians(model, bert.tokenize(tokenizer, h)) for h in halves)
 CANDIDATES = ({k: Q.GPTQ_SETTINGS[k] for k in ("damp 0.01", "act order, damp 0.1")} if LAB_MODE
               else Q.GPTQ_SETTINGS)  # lab mode: two of the four candidates,
 CV_LAYERS = names[:12] if LAB_MODE else names  # judged on blocks 0 and 1 only
-CHOSEN, cv_ratio = Q.choose_gptq_settings({n: W[n] for n in CV_LAYERS}, folds, bits=3, group_size=GROUP,
+CHOSEN, cv_ratio = Q.choose_gptq_settings({n: W[n] for n in CV_LAYERS}, fit_h, other_h, bits=3, group_size=GROUP,
                                           candidates=CANDIDATES)
 for k, r in cv_ratio.items():
     print(f"{k:22s} output error on the other half / RTN's: mean {float(r.mean()):.3f}, "
-          f"median {float(r.median()):.3f} over {len(r)} (layer, fold) pairs" + ("   <- chosen" if k == CHOSEN else ""))
+          f"median {float(r.median()):.3f} over {len(r)} layers" + ("   <- chosen" if k == CHOSEN else ""))
 tuned3 = Q.quantize_weights(model, "gptq", bits=3, group_size=GROUP, hessians=hessians, **Q.GPTQ_SETTINGS[CHOSEN])
 task_score(f"w3-gptq-tuned-g{GROUP}", tuned3[0])
 TUNED_VS = {"RTN": stats.paired_compare(TASK[f"w3-gptq-tuned-g{GROUP}"]["hits"], TASK[f"w3-rtn-g{GROUP}"]["hits"]),

@@ -22,8 +22,8 @@ from .packing import pack_int4, unpack_int4
 
 __all__ = ["WEIGHT_ONLY_BITS", "WEIGHT_ONLY_METHODS", "rtn_quantize", "gptq_quantize", "awq_quantize",
            "activation_magnitude", "salient_channels", "rtn_keep_channels", "rtn_scaled_channels",
-           "collect_hessians", "output_error", "holdout_error_ratio", "GPTQ_SETTINGS", "choose_gptq_settings", "quantize_weights", "quantize_sequential", "forward_groups",
-           "layer_bytes", "replace_weights", "int4_state", "int4_bytes", "load_int4"]
+           "collect_hessians", "output_error", "holdout_error_ratio", "GPTQ_SETTINGS", "choose_gptq_settings",
+           "quantize_weights", "quantize_sequential", "forward_groups", "layer_bytes", "replace_weights", "int4_state", "int4_bytes", "load_int4"]
 
 WEIGHT_ONLY_BITS = (2, 8)        # valid range of ``bits``
 WEIGHT_ONLY_METHODS = ("rtn", "gptq", "awq")
@@ -455,10 +455,9 @@ def choose_gptq_settings(weights: dict, fit_hessians: dict, held_hessians: dict,
     candidates = GPTQ_SETTINGS if candidates is None else candidates
     if not candidates:
         raise ValueError("candidates must name at least one setting, e.g. {'damp 0.01': {'damp': 0.01}}")
-    rtn = _heldout_errors(weights, fit_hessians, held_hessians,
-                          lambda w, h: rtn_quantize(w, bits, group_size)[0]).clamp_min(1e-30)
-    ratios = {label: (_heldout_errors(weights, fit_hessians, held_hessians,
-                                      lambda w, h, kw=kw: gptq_quantize(w, h, bits, group_size, **kw)[0]) / rtn).float()
+    ratios = {label: holdout_error_ratio(weights, fit_hessians, held_hessians,
+                                         lambda w, h, kw=kw: gptq_quantize(w, h, bits, group_size, **kw)[0],
+                                         bits, group_size)
               for label, kw in candidates.items()}
     return min(ratios, key=lambda k: float(ratios[k].mean())), ratios
 

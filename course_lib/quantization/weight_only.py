@@ -329,11 +329,15 @@ def each_linear_input(model: nn.Module, inputs, names, fn) -> None:
             return x[mask[:, :x.shape[1]]]
         return x.reshape(-1, x.shape[-1])
 
-    hooks = []
-    for name in names:
-        def hook(m, inp, out, name=name):
-            fn(name, rows(inp[0]).detach().double())
-        hooks.append(model.get_submodule(name).register_forward_hook(hook))
+    _forward_with_hooks(model, inputs, {n: lambda m, inp, out, n=n: fn(n, rows(inp[0]).detach().double())
+                                        for n in names})
+
+
+def _forward_with_hooks(model: nn.Module, inputs, hooks: dict) -> None:
+    """One forward pass of ``model`` on ``inputs`` (a tensor or a dict of tensors) without gradients, in eval
+    mode, with ``hooks`` {submodule name: forward hook (module, inputs, output)} registered for that pass only;
+    the hooks are removed and the model's mode restored whatever happens."""
+    handles = [model.get_submodule(n).register_forward_hook(h) for n, h in hooks.items()]
     was = model.training
     try:
         model.eval()
@@ -341,7 +345,7 @@ def each_linear_input(model: nn.Module, inputs, names, fn) -> None:
             model(**inputs) if isinstance(inputs, dict) else model(inputs)
     finally:
         model.train(was)
-        for h in hooks:
+        for h in handles:
             h.remove()
 
 
@@ -478,16 +482,7 @@ def forward_groups(model: nn.Module, inputs, names=None) -> list[list[str]]:
             order[-1][1].append(name)
         else:
             order.append((inp[0], [name]))
-    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: hook(m, i, o, n)) for n in names]
-    was = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(**inputs) if isinstance(inputs, dict) else model(inputs)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
+    _forward_with_hooks(model, inputs, {n: lambda m, i, o, n=n: hook(m, i, o, n) for n in names})
     missing = [n for n in names if n not in seen]
     if missing:
         raise ValueError(f"names: {missing!r} are never called by the forward pass")

@@ -69,7 +69,8 @@ def start_chapter(seed: int, device=None, cpu_threads: int | None = None):
     device (``training.get_device(device)``: None means $COURSE_DEVICE, else CUDA if available, else
     CPU), seeds every generator (``training.seed_everything(seed)``) and, when the device is the CPU
     and ``cpu_threads`` (>= 1) is given, sets PyTorch's intra-op threads to it. Prints the device and
-    thread count; returns (environment dict, torch.device).
+    thread count and the CPU's model (``cpu_model``: which machine made the numbers below); returns
+    (environment dict, torch.device).
     """
     import torch
 
@@ -81,7 +82,7 @@ def start_chapter(seed: int, device=None, cpu_threads: int | None = None):
     seed_everything(seed)
     if cpu_threads is not None and dev.type == "cpu":
         torch.set_num_threads(cpu_threads)
-    print("device:", dev, "| torch threads:", torch.get_num_threads())
+    print("device:", dev, "| torch threads:", torch.get_num_threads(), "| CPU:", cpu_model())
     return env, dev
 
 
@@ -100,6 +101,17 @@ def quiet_torchao() -> None:
     import logging
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+
+
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what the platform module says."""
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str] | None:

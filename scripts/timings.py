@@ -36,19 +36,10 @@ from nbclient.exceptions import CellExecutionError
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run_notebooks  # noqa: E402  (the same execution as make run)
 
+from course_lib.env import cpu_model  # noqa: E402  (what every chapter's first cell prints)
+
 ROOT = Path(__file__).resolve().parent.parent
 MODES = {"full": "0", "lab": "1"}
-
-
-def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what the platform module says."""
-    try:
-        for line in Path(cpuinfo).read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return " ".join(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def usable_cores() -> int:

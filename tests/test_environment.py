@@ -105,7 +105,7 @@ def test_start_chapter_seeds_sets_threads_and_reports(capsys, monkeypatch):
     import warnings
 
     import torch
-    from course_lib.env import start_chapter
+    from course_lib.env import cpu_model, start_chapter
     monkeypatch.setenv("COURSE_DEVICE", "cpu")
     before = torch.get_num_threads()
     try:
@@ -118,7 +118,7 @@ def test_start_chapter_seeds_sets_threads_and_reports(capsys, monkeypatch):
         assert dev.type == "cpu" and torch.get_num_threads() == 1
         assert torch.equal(a, b)  # seeded the same way both times
         assert env["packages"]["torch"].split("+")[0] == lock.read_lock()["torch"]
-        assert "device: cpu | torch threads: 1" in capsys.readouterr().out
+        assert f"device: cpu | torch threads: 1 | CPU: {cpu_model()}" in capsys.readouterr().out
         for bad in (0, 1.5):
             with pytest.raises(ValueError, match="cpu_threads"):
                 start_chapter(7, cpu_threads=bad)
@@ -233,3 +233,14 @@ def test_quiet_torchao_leaves_no_import_notices_on_stderr():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "imported", proc.stderr[-2000:]
     assert "Failed to load" not in proc.stderr and "register_constant" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_cpu_model_from_proc(tmp_path):
+    from course_lib.env import cpu_model
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R)  Xeon(R)   Test CPU\n")
+    assert cpu_model(info) == "Intel(R) Xeon(R) Test CPU"
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 48.00\nHardware\t: BCM2835\n")
+    assert cpu_model(arm) == "BCM2835"
+    assert cpu_model(tmp_path / "missing")      # no /proc/cpuinfo (macOS, Windows): the platform module's answer

@@ -12,10 +12,10 @@
 # - meet the course's standing control, a small LeNet trained from scratch, that every later chapter must beat;
 # - measure what every later chapter measures: accuracy, parameters, MACs, bytes on disk, CPU latency.
 #
-# **Run time:** about half a minute on a 2-core laptop CPU. The baseline and the small LeNet of each seed of
+# **Run time:** about 15 s on a 2-core laptop CPU (docs/timings.md). The baseline and the small LeNet of each seed of
 # `SEEDS` (three in the full run, two in lab mode) load from the weights the course ships (`data/trained/`,
-# trained by this recipe); with `COURSE_SHIPPED_WEIGHTS=0` this notebook trains them itself (about 1.5
-# minutes) and caches them in `build/cache/` for every later chapter.
+# trained by this recipe); with `COURSE_SHIPPED_WEIGHTS=0` this notebook trains them itself (about 20 s
+# per model here) and caches them in `build/cache/` for every later chapter.
 
 # %%
 # Hosted notebooks (Colab, Kaggle) start without the course: this cell installs it there, beside their own
@@ -32,7 +32,7 @@ DATASET = "mnist5k"  # "mnist", "fashion_mnist" or "cifar10" once their archives
 SEED = 0
 EPOCHS = 20          # epochs of the baseline recipe
 DEVICE = None        # None: $COURSE_DEVICE, else CUDA if available, else CPU
-LAB_MODE = None  # True: one seed and short budgets, about a minute (None: $COURSE_LAB_MODE, else False)
+LAB_MODE = None  # True: two seeds and short budgets, about 10 s (None: $COURSE_LAB_MODE, else False)
 
 # %% [markdown]
 # ## 1. Environment check
@@ -50,7 +50,7 @@ from IPython.display import Markdown, display
 
 from course_lib import deploy, measure, plots, records, stats, storage
 from course_lib.data import DATASETS, load_dataset
-from course_lib.env import check_environment, data_note, lab_mode, lab_note, report_targets, targets_asserted
+from course_lib.env import check_environment, cpu_model, data_note, lab_mode, lab_note, report_targets, targets_asserted
 from course_lib.models import SMALL_LENET, LeNet5, build_model
 from course_lib.recipes import SEEDS
 from course_lib.training import (BASELINE_RECIPE, correct, evaluate, fit, get_device, load_baseline,
@@ -60,7 +60,7 @@ t_start = time.perf_counter()
 env = check_environment()
 device = get_device(DEVICE)
 seed_everything(SEED)
-print("device:", device, "| torch threads:", torch.get_num_threads())
+print("device:", device, "| torch threads:", torch.get_num_threads(), "| CPU:", cpu_model())
 LAB_MODE = lab_mode(LAB_MODE)
 if LAB_MODE:  # the baseline recipe and its cache key stay the same: every chapter reuses this model
     SEEDS = SEEDS[:2]  # two seeds (not three): section 5 still compares seed 0 with seed 1
@@ -184,7 +184,7 @@ checks.check_conv_macs(conv_macs)
 # gets the same model. It looks first in `build/cache/` (models trained on your machine: a plain state dict,
 # read back with `torch.load(weights_only=True)`), then in `data/trained/`, the weights the course ships
 # (safetensors, no pickle, each checked against its SHA-256; the key is a hash of the recipe, so a changed
-# recipe never loads an old model), and trains only when neither has it (about 15 seconds here). To train
+# recipe never loads an old model), and trains only when neither has it (about 20 seconds here). To train
 # it yourself: `load_baseline(..., retrain=True)`, or `COURSE_SHIPPED_WEIGHTS=0` for every model of the course.
 # `meta["shipped"]` says where this one came from; the training history below is the one recorded when it was
 # trained.
@@ -355,7 +355,7 @@ print(f"mean {100 * base_summary['mean']:.2f}%, sd over seeds {100 * base_summar
 # for single runs, and a **verdict**: *better* if the whole interval is above zero, *worse* if below,
 # *indistinguishable* otherwise. With several seeds per model each image's score is first averaged over the
 # seeds. Pairing is much sharper than comparing two separate intervals: two independent accuracies differ
-# with standard error $\sqrt{2p(1-p)/n}$ (0.47 points at 98.9%), whatever the models have in common.
+# with standard error $\sqrt{2p(1-p)/n}$ (0.47 points at $p = 0.989$, $n = 1000$), whatever the models have in common.
 #
 # Here: seed 0 against seed 1 of the *same* recipe. Any difference is chance by construction.
 

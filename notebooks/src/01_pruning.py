@@ -13,12 +13,12 @@
 #   Liu et al., 2019);
 # - measure why 90% zeros do **not** make a dense model faster (Amdahl's law), and what sparse storage saves;
 # - remove whole filters (structured pruning), derive why MACs fall by about $(1-r)^2$, see why latency
-#   falls less, and compare with the same small widths trained from scratch.
+#   need not follow the MACs, and compare with the same small widths trained from scratch.
 #
 # **Run time:** about 2 minutes on a 2-core laptop CPU (21 pruning runs of 4 epochs; the twelve small
 # from-scratch controls of 20 epochs load from the weights the course ships in `data/trained/`, or, with
 # `COURSE_SHIPPED_WEIGHTS=0`, are trained once, about 3 more minutes, and cached).
-# The baseline comes from the cache of chapter 00, or is retrained in about half a minute. Lab mode
+# The baseline comes from the cache of chapter 00, or is retrained in about 20 seconds. Lab mode
 # (`LAB_MODE`) runs every cell on smaller budgets (one seed, shorter training, fewer timing rounds); its
 # first cell prints what it cuts and which numbers are then less reliable.
 
@@ -40,7 +40,7 @@ EPOCHS = 4              # recipes.PRUNE_EPOCHS: training epochs after the baseli
 SPARSITIES = (0.9, 0.95)  # the targets' sparsities, each run with every seed
 CHANNEL_RATIO = 0.5     # fraction of channels removed by structured pruning (widths 20/50/500 -> 10/25/250)
 DEVICE = None           # None: $COURSE_DEVICE, else CUDA if available, else CPU
-LAB_MODE = None  # True: one seed and short budgets, about a minute (None: $COURSE_LAB_MODE, else False)
+LAB_MODE = None  # True: one seed and short budgets, under half a minute (None: $COURSE_LAB_MODE, else False)
 
 # %% [markdown]
 # ## 1. Environment check
@@ -88,7 +88,7 @@ lab_note(LAB_MODE, cuts=f"seeds {len(SEEDS)} instead of {full['seeds']}; trainin
 # images) is used once per final model, for the results. Each printed number says its split.
 #
 # **Noise.** On 1,000 test images one image is 0.1 point, and an accuracy near 99% carries a 95%
-# interval of about ±0.65 points (chapter 00). Two models are compared *image by image* on the same
+# interval of roughly -0.9 / +0.5 points (chapter 00's Wilson interval, lopsided near 100%). Two models are compared *image by image* on the same
 # test images (`stats.paired_compare`: the difference, its 95% paired-bootstrap interval and a verdict:
 # better, worse or indistinguishable). Every pruning method is run with each fine-tuning seed of `SEEDS`
 # (three in the full run, one in lab mode; the run prints how many): the randomness it adds is the order
@@ -166,7 +166,7 @@ for name, w in measure.prunable_weights(baseline):
 # **Why one global threshold spares `conv1`: fan-in scaling.** PyTorch initialises a layer with
 # weights of scale about $1/\sqrt{\text{fan-in}}$ so that every layer's outputs start with a similar
 # variance; training keeps the layers roughly in that ratio. `conv1` sums 25 inputs per output, `fc1` sums
-# 800, so `conv1`'s weights are about $\sqrt{800/25} \approx 5.7$ times larger (compare the printed mean
+# 800, so by this rule `conv1`'s weights are about $\sqrt{800/25} \approx 5.7$ times larger (compare the printed mean
 # $|w|$; the column $\overline{|w|}\sqrt{\text{fan-in}}$ varies much less than $\overline{|w|}$ does).
 # One threshold for the whole model therefore prunes *by fan-in* as much as by importance: it takes
 # nearly all its zeros from the wide layers and almost none from `conv1`. That happens to suit LeNet, but
@@ -425,7 +425,8 @@ for sp in SPARSITIES:
 # $1 - \text{non-zeros}/\text{baseline parameters}$, so the dense controls sit where their size puts them.
 # Bars are the 95% interval of each mean on the 1,000 test images (the test-sampling noise), dots the
 # individual seeds, the grey band the baseline's interval. One-shot pruning *without* fine-tuning is
-# shown too (one run per sparsity, each a final model evaluated once): it falls off the chart.
+# shown too (one run per sparsity, each a final model evaluated once): where it drops below the
+# chart's range it leaves the chart (all its accuracies are printed above the figure).
 
 # %%
 oneshot = {}  # CURVE: the sparsities (first cell)
@@ -596,8 +597,8 @@ print("round trip exact:", all(torch.equal(restored[k], v) for k, v in measure.e
 
 # %% [markdown]
 # The bitmask costs one bit per weight whatever the sparsity, and each surviving value still takes 32
-# bits, so at 90% sparsity the weights' file cannot fall below about $1/(1/32 + 0.1)$ of the dense one
-# before entropy coding. Even the dense file shrinks under lzma, because runs of zero bytes compress, but
+# bits, so at 90% sparsity the weights' file cannot fall below about $1/32 + 0.1 \approx 0.13$ of the dense one
+# (at most about 7.6x smaller) before entropy coding. Even the dense file shrinks under lzma, because runs of zero bytes compress, but
 # a bitmask says the same thing more compactly. Chapter 02 quantizes the surviving values to shrink them
 # further.
 #
@@ -798,7 +799,7 @@ fig = plots.accuracy_vs_speed(recs, title="accuracy vs speed (each model in its 
 
 # %% [markdown] tags=["theory"]
 # ## 13. What the run says
-# The targets of this chapter (issue 14), each read on the test split, on the rows fixed before the run:
+# The targets of this chapter, each read on the test split, on the rows fixed before the run:
 # - 90% global sparsity: mean over the seeds within 0.3 points of the baseline, and the paired
 #   interval includes zero or lies above it; 95%: mean loss at most 1 point. Each also against the dense
 #   model of the same size trained from scratch, whatever the verdict.

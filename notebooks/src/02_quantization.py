@@ -37,7 +37,7 @@ SEED = 0             # the baseline's seed; fine-tuning runs use recipes.SEEDS
 EPOCHS = 3           # the same budget for QAT and for k-means centroid fine-tuning (epochs after the baseline)
 DEVICE = None        # None: $COURSE_DEVICE, else CUDA if available, else CPU
 CALIB_IMAGES = 512   # calibration images, taken from the training split
-LAB_MODE = None      # True: one seed and short budgets, about a minute (None: $COURSE_LAB_MODE, else False)
+LAB_MODE = None      # True: one seed and short budgets, under a minute (None: $COURSE_LAB_MODE, else False)
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -120,7 +120,7 @@ def acc_of(c):
 #
 # Inside the range the error is at most half a step, $|x - \hat x| \le s/2$; outside it the value is
 # clipped. Why weights stay symmetric although the asymmetric grid fits them better is a question of
-# integer arithmetic, answered in section 10.
+# integer arithmetic, answered in section 11.
 
 # %%
 x = torch.tensor([-1.0, -0.26, 0.0, 0.4, 1.7, 3.0])
@@ -214,7 +214,8 @@ fig.tight_layout()
 # it for fc1: one scale per tensor is set by the largest channel, most channels use a fraction of the
 # range. Asymmetric per-tensor has a better SQNR than symmetric per-tensor in this table: it has one more
 # level ($2^b$ instead of $2^b - 1$) and fits $[\min, \max]$ instead of $[-\max|w|, \max|w|]$. The gain
-# is largest at 2 bits, where symmetric has 3 levels and asymmetric 4.
+# grows as the bits fall, to 2-3 dB at 3 bits in the table; at 2 bits, where symmetric has 3 levels and
+# asymmetric 4, every grid is so coarse that the gains scatter (large for conv1, small for the others).
 #
 # ## 4. Fake quantization, exactly PyTorch's, and the straight-through estimator
 # To *simulate* quantization in a float network, replace $x$ by $\hat x$ ("fake quantization": quantize then
@@ -352,7 +353,7 @@ print("W8 asymmetric vs symmetric (channel):", cmp_w8_asym)
 # 8 bits costs nothing measurable. At 4 bits, per-channel scales have the better SQNR (section 3),
 # but whether that shows in accuracy is what the paired verdict says: one image is 0.1 point, and a
 # difference inside the interval is not an effect. The same holds for asymmetric weights at 8 bits:
-# a dB or so more SQNR, no accuracy to gain, and (section 10) a runtime cost.
+# a dB or so more SQNR, no accuracy to gain, and (section 11) a runtime cost.
 #
 # ## 7. Two bits: the narrow grid and calibrated weight ranges
 # The symmetric 2-bit grid has $2^2 - 1 = 3$ levels: $-s, 0, s$ (ternary weights). With the min-max
@@ -1076,7 +1077,7 @@ display(Markdown(
 # %% [markdown] tags=["theory"]
 # ## 16. Checks
 # Accuracy targets go through intervals and paired verdicts on the test split, so that they fail on a
-# real regression, not on noise. Speed is asserted only against a sanity floor at half the issue's
+# real regression, not on noise. Speed is asserted only against a sanity floor at half the chapter's
 # targets (int8 at least 2.5x faster than the same runtime's float32 and 2.2x faster than the
 # fastest float32 baseline, single thread); the strict verdicts are printed below and measured by
 # `make bench`. In lab mode (one seed, one epoch, fewer timing rounds) the fine-tuning and speed targets
@@ -1142,3 +1143,17 @@ print(f"int8 accuracy {100 * acc_of(mixed_correct):.2f}% within the baseline's i
       f"[{100 * base_lo:.2f}, {100 * base_hi:.2f}]: {'met' if base_lo <= acc_of(mixed_correct) <= base_hi else 'MISSED'}")
 print(f"torch.ao FX static int8 reached onnxruntime int8 speed (within {FX_MATCH}x): "
       f"{'yes' if fx_ms <= FX_MATCH * all_ms else 'no'} ({fx_ms:.3f} vs {all_ms:.3f} ms)")
+
+# %% [markdown]
+# ## Further reading
+# - Jacob et al., 2018, *Quantization and training of neural networks for efficient integer-arithmetic-only
+#   inference* (the affine scheme, the zero point and the integer requantization of section 11);
+#   Krishnamoorthi, 2018, *Quantizing deep convolutional networks for efficient inference: a whitepaper*, and
+#   Nagel et al., 2021, *A white paper on neural network quantization* (PTQ and QAT in practice).
+# - Han et al., 2016, *Deep Compression* (k-means weight sharing with trained centroids, chapter 05).
+# - Learned ranges, beyond this chapter's min-max and MSE clipping: Choi et al., 2018, *PACT* (a learned
+#   activation clipping level) and Esser et al., 2020, *Learned step size quantization* (LSQ: the step size
+#   trained by gradient descent with the weights, the usual QAT baseline for 2-4 bits).
+# - Better rounding after training: Nagel et al., 2020, *Up or down? Adaptive rounding for post-training
+#   quantization* (AdaRound: round up or down per weight to minimise the layer's output error) and Li et
+#   al., 2021, *BRECQ* (the same, block by block); GPTQ (chapter 06) solves a related problem in closed form.

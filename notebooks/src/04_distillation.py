@@ -39,7 +39,7 @@ EPOCHS = 10          # training epochs of every student of sections 5, 7-10 (scr
 BUDGETS = (10, 20, 40)  # section 6's budgets, fixed in advance (the chapter's run time caps the longest)
 DEVICE = None        # None: $COURSE_DEVICE, else CUDA if available, else CPU
 SEEDS = (0, 1, 2)    # every headline number is a mean over these seeds
-LAB_MODE = None      # True: one seed and short budgets, about a minute (None: $COURSE_LAB_MODE, else False)
+LAB_MODE = None      # True: one seed and short budgets, under half a minute (None: $COURSE_LAB_MODE, else False)
 
 # %% [markdown]
 # ## 1. Environment check
@@ -77,7 +77,7 @@ t_start, cpu_start = time.perf_counter(), time.process_time()
 # %% [markdown]
 # ## 2. The teacher
 # The teacher is the course baseline: LeNet-5 with 431,080 parameters, trained in chapter 0 (loaded
-# from the cache, or retrained in about 15 s).
+# from the cache, or retrained in about 20 s).
 
 # %%
 splits = load_dataset(DATASET)
@@ -244,9 +244,9 @@ print("ratio of gradient norms, T=32 vs T=4: with T^2 "
 # Implementation note: the training loop shifts each batch at random *before* the loss is computed, so the
 # teacher must label the shifted images, not the originals. `TeacherCache` remembers the teacher's logits
 # for every distinct shifted image (there are only $3^2$ shifts of each training image), so after the
-# first run distillation costs about as much as training from scratch.
+# first run the teacher runs once per distinct shifted image, not once per batch.
 #
-# **Trained once, then loaded.** This chapter trains about sixty students. Each goes through
+# **Trained once, then loaded.** This chapter trains about fifty students (its last cell counts them). Each goes through
 # `recipes.cached_student`, which keys the result by everything it depends on (method, recipe, epochs, seed,
 # fingerprints of the training data, of the teacher and of the student's initial weights) and looks it up before
 # training: first in `build/cache` (what an earlier run trained), then among the students the course ships in
@@ -471,8 +471,8 @@ display(Markdown(
 #
 # The regressor exists only during training and is thrown away, so the deployed student is unchanged.
 # FitNets trains the hint first and distils afterwards; we add both terms from the start (a common
-# simplification). The hint needs the teacher's real feature maps, so this run cannot use the logit cache
-# and costs about twice as much. The hint weight $\beta = 0.1$ was fixed in advance, not tuned. Same seeds
+# simplification). The hint needs the teacher's real feature maps, so this run cannot use the logit cache:
+# the teacher runs on every batch. The hint weight $\beta = 0.1$ was fixed in advance, not tuned. Same seeds
 # and budget as section 5, so the runs pair with its students.
 
 # %%
@@ -506,7 +506,7 @@ for other in ("kd", "scratch"):
 # ## 9. Few labels, and a teacher that never saw them
 # Now the setting distillation is used for in practice: a trained teacher labels data that nobody labelled
 # by hand. The experiment must keep the teacher *honest*: a teacher trained on the very images it then labels
-# knows their true labels (ours classifies every training image correctly), and a "few-label" student taught
+# knows their true labels (ours classifies nearly every training image correctly), and a "few-label" student taught
 # by it would see every label through the back door. So the training split is cut into two halves with the
 # same class proportions (`distillation.stratified_halves`):
 # - **half A** trains a teacher (the baseline's recipe; cached like the baseline);

@@ -204,6 +204,11 @@ def params_vs_macs(model, input_shape: tuple, title: str = "where the parameters
     return fig
 
 
+# pareto_seeds: ten colours, then the next shape (filled for models, hollow for controls)
+MODEL_MARKERS = ("o", "D", "^")
+CONTROL_MARKERS = ("s", "p", "v")
+
+
 def pareto_seeds(records: list[dict], x: str = "macs", y: str = "accuracy", logx: bool = True, min_span: float = 2.0,
                  baseline: str | None = "baseline", title: str | None = None, ax=None):
     """Accuracy against cost for results records, with the noise drawn so it cannot pass for a frontier.
@@ -211,7 +216,8 @@ def pareto_seeds(records: list[dict], x: str = "macs", y: str = "accuracy", logx
     records: course records (``records.record``); ``x`` a numeric field (e.g. "macs", "params",
     "latency_ms"), ``y`` a fraction in [0, 1] (plotted in %). Each record is one point at its mean with
     an error bar of +- ``accuracy_std`` over its seeds (records with ``seeds`` > 1); controls (records
-    with ``control_of``) are hollow squares, the others filled circles. The ``baseline`` record's 95%
+    with ``control_of``) are hollow squares, the others filled circles; from the 11th record on, when the ten
+    colours repeat, the shapes change (``MODEL_MARKERS``, ``CONTROL_MARKERS``), so no two points look alike. The ``baseline`` record's 95%
     interval on the test images (``accuracy_ci``) is a grey band: points inside it are within the test
     split's noise of the baseline. Names go to a legend beside the axes (labels never overlap). The y
     range spans at least ``min_span`` > 0 points. The dotted step line is the Pareto front of the means.
@@ -231,7 +237,8 @@ def pareto_seeds(records: list[dict], x: str = "macs", y: str = "accuracy", logx
         err = 100 * r.get("accuracy_std", 0.0) if r.get("seeds", 1) > 1 and y == "accuracy" else 0.0
         control = r.get("control_of") is not None
         label = r["name"] + (f" ({r['seeds']} seeds)" if r.get("seeds", 1) > 1 else "")
-        ax.errorbar(r[x], mean, yerr=err if err else None, fmt="s" if control else "o", ms=7, capsize=3,
+        shape = (CONTROL_MARKERS if control else MODEL_MARKERS)[(i // 10) % len(MODEL_MARKERS)]
+        ax.errorbar(r[x], mean, yerr=err if err else None, fmt=shape, ms=7, capsize=3,
                     color=f"C{i % 10}", mfc="white" if control else f"C{i % 10}", label=label)
         ys += [mean - err, mean + err]
     base = next((r for r in pts if r["name"] == baseline), None) if baseline else None

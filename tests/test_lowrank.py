@@ -542,6 +542,14 @@ def test_plots_pareto_seeds_and_rank_curves():
     assert "a (3 seeds)" in labels and any("95% interval" in t for t in labels)
     with pytest.raises(ValueError, match="min_span"):
         plots.pareto_seeds(recs, min_span=0)
+    # 14 records (chapter 5's table): no two share both colour and marker
+    many = [dict(name=f"m{i}", macs=10 + i, accuracy=0.98, seeds=1, **({"control_of": "m0"} if i % 4 == 3 else {}))
+            for i in range(14)]
+    ax = plots.pareto_seeds(many, x="macs", baseline=None).axes[0]
+    looks = [(tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color(),
+              line.get_marker(), line.get_markerfacecolor() == "white")
+             for line in ax.lines if line.get_marker() not in (None, "None", "")]
+    assert len(looks) == 14 and len(set(looks)) == 14, looks
     fig = plots.rank_curves({"weight": ([1, 2, 4], [0.9, 0.5, 0.1])}, {"val": ([1, 2, 4], [0.5, 0.9, 0.99])},
                             reference=0.99)
     assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 2

@@ -598,7 +598,7 @@ print("round trip exact:", all(torch.equal(restored[k], v) for k, v in measure.e
 # %% [markdown]
 # The bitmask costs one bit per weight whatever the sparsity, and each surviving value still takes 32
 # bits, so at 90% sparsity the weights' file cannot fall below about $1/32 + 0.1 \approx 0.13$ of the dense one
-# (at most about 7.6x smaller) before entropy coding. Even the dense file shrinks under lzma, because runs of zero bytes compress, but
+# (at most about $7.6\times$ smaller) before entropy coding. Even the dense file shrinks under lzma, because runs of zero bytes compress, but
 # a bitmask says the same thing more compactly. Chapter 02 quantizes the surviving values to shrink them
 # further.
 #

@@ -259,7 +259,8 @@ dc_bytes = {s: storage.save_compressed(shared[s], dc_files[s], bits=recipes.DC_B
 loaded = {s: storage.load_compressed(f) for s, f in dc_files.items()}
 same = all(torch.equal(predict(loaded[s], splits.test), predict(shared[s], splits.test)) for s in SEEDS)
 dc_worst = max(dc_bytes.values())
-print(f"{len(SEEDS)} .ccz files, the largest {dc_worst / 1024:.1f} KiB: {base_bytes / dc_worst:.1f}x smaller than the "
+print(f"{len(SEEDS)} .ccz files of {min(dc_bytes.values()) / 1024:.2f} to {dc_worst / 1024:.2f} KiB; the largest is "
+      f"{base_bytes / dc_worst:.1f}x smaller than the "
       f"baseline's state dict; every loaded model predicts exactly like the in-memory one: {same}")
 
 # %% [markdown]
@@ -449,8 +450,8 @@ for ctrl in ("prune-no-kd", "scratch-kd", "scratch"):
 # %% [markdown]
 # ## 10. Every model, measured the same way
 # Accuracy is the mean over the seeds with its spread and the 95% interval on the test images; `size_bytes` is the
-# size of the file the model loads back from (the seed-0 file; Deep Compression's files differ by a few bytes
-# between seeds); counts on the PyTorch model the file came from; latency from the table above.
+# size of the file the model loads back from (the seed-0 file; the range of Deep Compression's files over the
+# seeds is printed where they are written); counts on the PyTorch model the file came from; latency from the table above.
 
 # %%
 PT = {"latency-fp32": fast_fp32_onnx, "baseline-ort-fp32": base_fp32_onnx, "ort-static-int8": base_int8}

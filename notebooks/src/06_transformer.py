@@ -41,7 +41,7 @@ DATASET = "sentences"  # the course's sentence set in data/sentences.tsv (no tra
 SEED = 0
 EPOCHS = 10            # distillation epochs of the 3-layer student
 DEVICE = None          # everything here runs on the CPU (the point of the chapter)
-LAB_MODE = None        # True: one seed and short budgets, about a minute (None: $COURSE_LAB_MODE, else False)
+LAB_MODE = None        # True: fewer layers, settings and timing rounds, about two minutes (None: $COURSE_LAB_MODE, else False)
 
 # %% [markdown]
 # ## 1. Environment check
@@ -325,9 +325,9 @@ print("most sensitive layers:", [(kind_of(n), n.split(".")[2]) for n in worst])
 
 # %% [markdown]
 # **Outliers:** the activation scale is set per tensor by the largest $|x|$ in the batch. If one input
-# channel reaches 25 while the median channel stays near 1, the 256 levels are spread over the outlier's
+# channel reaches tens of times the median channel's range, the 256 levels are spread over the outlier's
 # range and the ordinary channels get a handful of levels each. The ratio of the largest to the median
-# per-channel maximum on the calibration sentences shows which inputs have such outliers.
+# per-channel maximum on the calibration sentences, printed below, shows which inputs have such outliers.
 
 # %%
 absmax = bert.input_channel_absmax(model, calib_batch)
@@ -362,7 +362,8 @@ for n in ("encoder.layer.0.output.dense", "encoder.layer.0.attention.self.query"
 #
 # Channel-wise activation scales (SmoothQuant's trick $x W^\top = (x\,\mathrm{diag}(s)^{-1})(W\mathrm{diag}(s))^\top$,
 # folded into the preceding LayerNorm) do not fold here: in this post-LayerNorm BERT the LayerNorm
-# output is also the residual stream, so scaling it would change the model.
+# output is also the residual stream, so scaling it would change the model. They would need their own
+# per-channel multiply before each layer (or per-token activation scales instead), which this chapter does not try.
 
 # %%
 variants = {
@@ -464,10 +465,12 @@ checks.check_group_rtn(group_rtn)
 # and all the $H_F^{-1}$ needed come from one Cholesky factor of $H^{-1}$ (damped by 1% of its mean
 # diagonal). Columns go in blocks of 128 with lazy updates of the rest; each group's scale is chosen
 # when its first column is reached, from the already-updated weights. `Q.gptq_quantize` is about 40
-# lines; $H$ comes from one forward pass over the 129 unlabelled sentences (about 1,600 tokens).
+# lines; $H$ comes from one forward pass over the 129 unlabelled sentences (their token count is printed below).
 
 # %%
 hessians = Q.collect_hessians(model, calib_batch)
+print(f"calibration: {len(calib_batch['attention_mask'])} sentences, {int(calib_batch['attention_mask'].sum())} tokens "
+      "(padding left out), the rows of every H")
 GROUP = 128
 rtn4, rtn_packed = Q.quantize_weights(model, "rtn", bits=4, group_size=GROUP)
 gptq4, gptq_packed = Q.quantize_weights(model, "gptq", bits=4, group_size=GROUP, hessians=hessians)
@@ -480,7 +483,7 @@ print(f"4-bit, group {GROUP}: RTN mean cosine {bert.mean_cosine(rtn_emb, ref):.4
 # %% [markdown]
 # Per layer, the relative output error $\mathrm{tr}\,(\Delta W\, H\, \Delta W^\top) / \mathrm{tr}\,(W H W^\top)$
 # is what GPTQ minimises on the calibration inputs. Measured on those same inputs it would flatter GPTQ
-# (about 1,600 tokens for 1,536-dimensional inputs: room to overfit), so we measure it **out of sample**:
+# (the calibration tokens printed above, for inputs of up to 1,536 dimensions: room to overfit), so we measure it **out of sample**:
 # $H$ from the 192 evaluation sentences, which no quantizer has seen. This is the **non-sequential**
 # GPTQ: every layer's $H$ comes from the fp32 model's activations, whereas the paper's GPTQ feeds each
 # block the output of the already-quantized blocks before it.
@@ -503,7 +506,8 @@ print(f"fraction of layers where GPTQ's error is lower: {sum(g < r for g, r in z
 
 # %% [markdown]
 # These 4-bit models compute with the dequantized float weights (simulated quantization: the numbers a
-# 4-bit kernel computes with, up to its own rounding of the activations). Real 4-bit kernels exist on the
+# 4-bit kernel computes with, up to its own rounding of the activations; the saved artifact stores the scales
+# in float16, the simulation keeps them in float32). Real 4-bit kernels exist on the
 # CPU: onnxruntime's `MatMulNBits` (already a dependency of the course) and PyTorch's
 # `aten._weight_int4pack_mm_for_cpu` (behind torchao's int4 weight-only configs). Chapter 07 compares those
 # kernels on large matrices; below, the GPTQ model runs on `MatMulNBits` and is timed with the others
@@ -546,7 +550,9 @@ print(f"the 36 MatMulNBits layers: {ort_lin_bytes / 2**20:.2f} MiB of ONNX (fp32
 # 1. keep the 1% of input channels with the largest activation magnitude $\sqrt{H_{jj}}$ in float
 #    (the rest RTN), against keeping a random 1%;
 # 2. instead of keeping them (a mixed format no kernel likes), **scale** them: quantize $W\,\mathrm{diag}(s)$
-#    and divide the input by $s$ (folded into the previous operation), so a salient channel with $s>1$
+#    and divide the input by $s$ (here the simulation divides the dequantized weight by $s$ instead; a
+#    deployment folds $1/s$ into the previous linear operation where there is one, and needs a per-channel
+#    multiply where a LayerNorm that feeds the residual or a GELU stands in between), so a salient channel with $s>1$
 #    gets a relative rounding error about $s$ times smaller.
 #
 # **AWQ** (Lin et al., 2024) does it for every channel at once: $s_j = m_j^{\alpha}$ (normalised), with
@@ -718,7 +724,7 @@ for b in (8, 4):
 #    validate, 2, 3, 6, 7, ... evaluate, each half searched in its own pool (no sentence in both halves,
 #    `retrieval.val_eval_split`). Not even/odd: the file alternates the kind of paraphrase (passive voice
 #    for even events, a synonym for odd ones), and an even/odd split would put every easy paraphrase in one
-#    half (the first version of this section did, and fp32 was near the ceiling on that validation half). Every decision below uses the validation half only; the evaluation half is
+#    half Every decision below uses the validation half only; the evaluation half is
 #    scored once, for the final model and for the uniform schemes it is compared with.
 # 2. **Sensitivity:** each of the 36 layers alone at 8 bits (round-to-nearest: at 8 bits rounding is already
 #    nearly lossless, GPTQ buys nothing) and at 4 bits (GPTQ, the model above), every other layer float: the
@@ -847,7 +853,8 @@ if MIXED:
         f"{stats.paired_compare(e['hits'], EVAL['fp32']['hits']).verdict}). With {len(ev_rs.queries)} queries a half, "
         "one query is more than a point: a budget this tight on the validation half is partly a budget on its noise, "
         "which is why the evaluation half must say whether the bytes bought anything. 3 bits cost as many bytes as 4 "
-        "in this artifact (each code takes a nibble), so uniform 3-bit can only lose."))
+        "in this artifact (each code takes a nibble), so uniform 3-bit buys no bytes over uniform 4-bit (paired on the "
+        f"evaluation half, 3-bit against 4-bit: {stats.paired_compare(EVAL['3-bit']['hits'], e4['hits']).verdict})."))
 
 # %% [markdown]
 # ## 7. Pruning attention heads
@@ -900,8 +907,8 @@ print(f"FFN rank {RANK}: {measure.count_params(svd_aware):,} parameters; mean co
 # %% [markdown]
 # The feed-forward weights of a trained transformer are **not** low-rank: even the activation-aware
 # factorization at rank 192 costs far more than int8 or 4-bit GPTQ. SVD needs
-# fine-tuning after it (chapter 3) or must be kept to the attention projections; here it is the
-# technique that loses.
+# fine-tuning after it (chapter 3) or must be kept to the attention projections; by cosine it is the
+# technique that loses most here (the task verdicts in section 11 say whether the queries notice).
 #
 # ## 9. Dropping layers and distilling a 3-layer student
 # Keep blocks 0, 3 and 5 of the 6 (each block's weights copied), so the student starts close to the
@@ -962,8 +969,9 @@ for k, r in lat1.items():
 
 # %% [markdown]
 # ## 11. Results
-# `accuracy` is the task metric, recall@1 on the retrieval set with hard negatives, with its bootstrap
-# interval over the queries (`metric` in the results file says so); `mrr`, `graded_spearman` and
+# `accuracy` is the task metric, recall@1 on the retrieval set with hard negatives, with the Wilson
+# interval of a proportion over the queries, as every record of the course has it (`metric` in the results file
+# says what it measures; the bootstrap interval over queries, printed in section 2, is a little different); `mrr`, `graded_spearman` and
 # `fp32_spearman` are the other task scores, `cosine` the mean cosine similarity to the fp32 embeddings;
 # `macs` the linear-layer multiply-accumulates **per token**; `latency_ms` the interleaved single-thread
 # median for one batch of 64 sentences (`None` for the simulated 4-bit models); `size_bytes` the bytes of
@@ -1032,6 +1040,9 @@ by = {r["name"]: r for r in recs}
 fp_lo, fp_hi = by["baseline"]["accuracy_ci"]
 worse = [k for k, c in VERDICT.items() if c.verdict == "worse"]
 same = [k for k, c in VERDICT.items() if c.verdict != "worse"]
+kept = sorted((k for k, r in by.items() if k != "baseline" and r.get("fp32_spearman") is not None),
+              key=lambda k: -by[k]["fp32_spearman"])  # the models ranked by Spearman with fp32's similarities
+kept_best = ", ".join(f"{k} ({by[k]['fp32_spearman']:.4f})" for k in kept[:3])
 
 
 def pct(k):
@@ -1045,8 +1056,9 @@ display(Markdown(
     f"difference is inside the noise of {by['baseline']['n_test']} queries) for: "
     f"{', '.join(f'{k} ({pct(k)})' for k in same) or 'none'}. "
     f"The graded Spearman and the Spearman with fp32's similarities rank the models by how much of the fine "
-    f"structure survives: fp32 similarities are kept best by int8 ({by['int8']['fp32_spearman']:.4f}) and 4-bit "
-    f"GPTQ ({by[f'w4-gptq-g{GROUP}']['fp32_spearman']:.4f} against RTN's {by[f'w4-rtn-g{GROUP}']['fp32_spearman']:.4f}). "
+    f"structure survives: fp32's similarities are kept best by "
+    f"{kept_best}; at 4 bits GPTQ keeps "
+    f"{by[f'w4-gptq-g{GROUP}']['fp32_spearman']:.4f} against RTN's {by[f'w4-rtn-g{GROUP}']['fp32_spearman']:.4f}. "
     f"int8 runs {lat['int8']['x_faster']:.2f}x faster than fp32 and the naive int8 {lat['int8-naive']['x_faster']:.2f}x "
     f"(same kernel, so their speeds should agree). The 3-layer student, with half the layer MACs, runs "
     f"{lat['student-3-layers']['x_faster']:.2f}x faster; its loss is limited by its 129 training sentences "

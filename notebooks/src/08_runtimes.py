@@ -14,9 +14,9 @@
 # - use torchao's own API: `quantize_` on linear layers (MiniLM) against `torch.ao`'s `quantize_dynamic`,
 #   quantization-aware training with `QATConfig`, and a config that takes convolutions.
 #
-# **Run time:** about 3 minutes on a 2-core laptop CPU the first time (compiling and lowering take most of it;
-# compiled kernels and lowered programs are cached in `build/cache/`, so later runs are faster); lab mode
-# about half (the instructor guide lists measured times). Nothing here needs a GPU.
+# **Run time:** about a minute and a half on a 2-core laptop CPU the first time (compiling and lowering take most
+# of it; compiled kernels and lowered programs are cached in `build/cache/`, so later runs take under a minute);
+# lab mode about half (docs/timings.md lists measured times). Nothing here needs a GPU.
 
 # %%
 # Hosted notebooks (Colab, Kaggle) start without the course: this cell installs it there, beside their own
@@ -163,8 +163,8 @@ for k, m in MODELS.items():
 # usually deployed.
 #
 # **A clean process for measuring.** Lowering a model to ExecuTorch runs ExecuTorch's quantizer and passes, which
-# register their own operator implementations in the Python process; on the course's machine PyTorch's compiled
-# int8 model ran several times slower in that process afterwards. So the ExecuTorch programs and NNCF's int8
+# register their own operator implementations in the Python process, which can change the kernels PyTorch's other
+# models run afterwards in that process (and so their timings). So the ExecuTorch programs and NNCF's int8
 # model are built in a fresh process (`R.build_in_subprocess`) and only *loaded* here; all are cached in
 # `build/cache/runtimes`, keyed by the model's weights and the versions. `R.every_path` builds every path of one
 # model this way (`make bench` measures the chapter's target with the same call).
@@ -357,7 +357,7 @@ ISAS = ("ALL", "AVX2")
 base_paths = {p.name: p for p in PATHS["baseline"]}
 ISA = None
 if LAB_MODE:
-    print("lab mode: the re-timing in two fresh processes is skipped (about 40 s); set LAB_MODE = False to run it")
+    print("lab mode: the re-timing in two fresh processes is skipped; set LAB_MODE = False to run it (its time is printed then)")
 else:
     try:
         ISA = R.isa_latencies(baseline, calib, CACHE / "isa", isas=ISAS, ort_int8=base_paths["onnxruntime int8"].file,
@@ -385,7 +385,7 @@ print(f"({time.perf_counter() - t0:.0f} s, two fresh processes)")
 # %% [markdown]
 # **Which layer does not speed up?** onnxruntime's profiler (`SessionOptions.enable_profiling`,
 # `deploy.ort_op_times`) times every operator of a run. Grouped by layer, fp32 against int8 (batch 64), the
-# layer with the smallest gain heads the table: in chapter 5's recipe conv1 stays in float on purpose (one input
+# layer with the smallest gain heads the table: in chapter 2's recipe (which chapter 5 reuses) conv1 stays in float on purpose (one input
 # channel: 25 multiply-adds per output, little to gain), and the Quantize/Dequantize steps at the borders are
 # pure overhead.
 

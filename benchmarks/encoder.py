@@ -22,7 +22,8 @@ GROUP = 128  # chapter 6's group size
 
 def measure_ch6_targets(quick: bool = False) -> list:
     """The targets of chapter 6. quick (the smoke test; its numbers mean nothing): 40 queries, 16 calibration
-    sentences, no AWQ, the ablation and GPTQ's settings chosen on 4 layers (2 candidates), one timing round."""
+    sentences, no AWQ, only the first block's 6 linear layers quantized, the ablation and GPTQ's settings chosen
+    on 4 layers (2 candidates), one timing round."""
     model, tokenizer = bert.load_pretrained()
     sent = bert.load_sentences()
     rs = retrieval.load_retrieval(40 if quick else None)
@@ -47,7 +48,9 @@ def measure_ch6_targets(quick: bool = False) -> list:
 
     hessians = Q.collect_hessians(model, calib)
     methods = ("rtn", "gptq") if quick else ("rtn", "gptq", "awq")
-    w3 = {m: Q.quantize_weights(model, m, bits=3, group_size=GROUP, hessians=hessians)[0] for m in methods}
+    layers = [nm for nm, _ in bert.linear_layers(model)][:6] if quick else None  # None: every linear layer
+    w3 = {m: Q.quantize_weights(model, m, bits=3, group_size=GROUP, hessians=hessians, names=layers)[0]
+          for m in methods}
     for m in methods:
         scores[f"w3-{m}"] = retrieval.evaluate(bert.encode(w3[m], task), rs, ref)
     for m in methods[1:]:
@@ -63,7 +66,8 @@ def measure_ch6_targets(quick: bool = False) -> list:
     weights = {nm: model.get_submodule(nm).weight.detach() for nm, _ in bert.linear_layers(model)[:4 if quick else None]}
     cands = {k: Q.GPTQ_SETTINGS[k] for k in ("damp 0.01", "act order, damp 0.1")} if quick else None
     chosen, _ = Q.choose_gptq_settings(weights, fit_h, other_h, bits=3, group_size=GROUP, candidates=cands)
-    tuned = Q.quantize_weights(model, "gptq", bits=3, group_size=GROUP, hessians=hessians, **Q.GPTQ_SETTINGS[chosen])[0]
+    tuned = Q.quantize_weights(model, "gptq", bits=3, group_size=GROUP, hessians=hessians, names=layers,
+                               **Q.GPTQ_SETTINGS[chosen])[0]
     scores["w3-gptq-tuned"] = retrieval.evaluate(bert.encode(tuned, task), rs, ref)
     c = stats.paired_compare(scores["w3-gptq-tuned"]["hits"], scores["w3-rtn"]["hits"])
     found.append(Target("06", f"3-bit GPTQ ({chosen}, chosen on calibration halves) vs RTN, recall@1",
@@ -88,7 +92,7 @@ def measure_ch6_targets(quick: bool = False) -> list:
                         f"salient {ratio['salient']:.3f}, random {ratio['random']:.3f}", f"median over {len(names)} layers",
                         ratio["salient"] < ratio["random"] - 0.05))
 
-    gptq4, packed = Q.quantize_weights(model, "gptq", bits=4, group_size=GROUP, hessians=hessians)
+    gptq4, packed = Q.quantize_weights(model, "gptq", bits=4, group_size=GROUP, hessians=hessians, names=layers)
     ort4 = deploy.ort_int4_linears(gptq4, packed, GROUP)
     one = next(bert._chunks(held, 1))
     batch = next(bert._chunks(held, 64))

@@ -541,3 +541,28 @@ def roofline(rows: list[dict], bandwidth_gbs: float, peak_gflops,
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def reliability_diagram(bins_by_name: dict, title: str = "reliability diagram (test split)", ax=None):
+    """Accuracy against confidence, one curve per model: ``bins_by_name`` {name: ``stats.calibration_bins(...)``
+    result} (each a dict of "count", "confidence", "accuracy" tensors of the same number of bins). Empty bins
+    are left out; a marker's area grows with its bin's share of the images; the diagonal is a calibrated
+    model (below it: overconfident). Returns the Figure."""
+    if not bins_by_name:
+        raise ValueError("bins_by_name is empty: give {name: stats.calibration_bins(probs, labels)}")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+    else:
+        fig = ax.figure
+    ax.plot([0, 1], [0, 1], ls=":", c="k", lw=1, label="calibrated")
+    for i, (name, c) in enumerate(bins_by_name.items()):
+        keep = c["count"] > 0
+        share = c["count"][keep] / c["count"].sum()
+        ax.plot(c["confidence"][keep], c["accuracy"][keep], "-", c=f"C{i}", lw=1, alpha=0.7)
+        ax.scatter(c["confidence"][keep], c["accuracy"][keep], s=20 + 400 * share, c=f"C{i}", label=name, alpha=0.8)
+    ax.set_xlabel("confidence (mean of the bin)")
+    ax.set_ylabel("accuracy (fraction right in the bin)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig

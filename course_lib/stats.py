@@ -14,6 +14,9 @@ sensitive than comparing two intervals: only the images on which they disagree c
 - :func:`bootstrap_mean_interval`, :func:`paired_bootstrap_diff`: percentile-bootstrap interval of a mean,
   and of the mean paired difference of continuous per-item values (e.g. per-chunk NLL of two language
   models on the same chunks) with a verdict (``lower`` / ``higher`` / ``indistinguishable``).
+- :func:`calibration_bins`, :func:`expected_calibration_error`, :func:`paired_ece_over_seeds`: whether a
+  classifier's confidences are honest (the reliability diagram and its ECE), and two methods' ECE compared
+  over seeds and images.
 
 Everything is deterministic (the bootstrap uses its own seeded generator, never the global one).
 """
@@ -336,3 +339,112 @@ def format_paired(cmp: dict) -> str:
     level = f"{100 * cmp.get('level', 0.95):g}%"
     return (f"{100 * cmp['diff']:+.2f} pt (per seed {per}; {level} interval over seeds [{100 * lo_s:+.2f}, "
             f"{100 * hi_s:+.2f}], over images [{100 * lo_i:+.2f}, {100 * hi_i:+.2f}]): {cmp['verdict']}")
+
+
+# ---------------------------------------------------------------- calibration: are the confidences honest?
+def _probs_and_labels(probs, labels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check ``probs`` (..., n, classes) (rows of non-negative numbers summing to 1) and ``labels`` (n,)
+    integer classes in [0, classes); return them as float64 and int64."""
+    p = torch.as_tensor(probs).detach().to(torch.float64)
+    if p.dim() < 2 or p.shape[-1] < 2 or p.shape[-2] == 0:
+        raise ValueError(f"probs must be (n, classes) with n >= 1 and classes >= 2 (or (seeds, n, classes)), "
+                         f"got shape {tuple(p.shape)}")
+    if not torch.isfinite(p).all() or (p < 0).any() or ((p.sum(-1) - 1).abs() > 1e-4).any():
+        raise ValueError("probs must hold probabilities: finite, non-negative, each row summing to 1 "
+                         "(apply a softmax to logits first)")
+    y = torch.as_tensor(labels)
+    if y.dim() != 1 or len(y) != p.shape[-2] or y.is_floating_point():
+        raise ValueError(f"labels must be (n,) = ({p.shape[-2]},) integer classes, got {y.dtype} {tuple(y.shape)}")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= p.shape[-1]):
+        raise ValueError(f"labels must lie in [0, {p.shape[-1] - 1}] (classes={p.shape[-1]}), "
+                         f"got [{int(y.min())}, {int(y.max())}]")
+    return p, y.long()
+
+
+def _confidence_bins(p: torch.Tensor, y: torch.Tensor, bins: int):
+    """Per image: its confidence (largest probability), whether that class is right (0/1), its bin in [0, bins)."""
+    conf, pred = p.max(-1)
+    hit = (pred == y).to(torch.float64)
+    return conf, hit, (conf * bins).ceil().long().clamp(1, bins) - 1   # bin b holds (b/B, (b+1)/B]
+
+
+def calibration_bins(probs, labels, bins: int = 15) -> dict:
+    """The reliability diagram of a classifier: its predictions grouped by confidence.
+
+    probs: (n, classes) probabilities (a softmax of the logits: non-negative rows summing to 1), n >= 1;
+    labels: (n,) true classes in [0, classes); bins >= 1 equal-width bins of confidence, bin b holding
+    (b/B, (b+1)/B] (Guo et al. 2017). An image's confidence is its largest probability and its prediction
+    that class. Returns float64 tensors of shape (bins,): "count" (images in the bin), "confidence" (their
+    mean confidence) and "accuracy" (the fraction of them predicted right), both 0 for an empty bin; and
+    "edges" (bins + 1,). A calibrated model has accuracy = confidence in every bin."""
+    bins = V.positive_int("bins", bins)
+    p, y = _probs_and_labels(probs, labels)
+    if p.dim() != 2:
+        raise ValueError(f"probs must be (n, classes) here, got shape {tuple(p.shape)}")
+    conf, hit, b = _confidence_bins(p, y, bins)
+    count = torch.bincount(b, minlength=bins).to(torch.float64)
+    per = count.clamp_min(1)
+    return {"count": count, "confidence": torch.bincount(b, weights=conf, minlength=bins) / per,
+            "accuracy": torch.bincount(b, weights=hit, minlength=bins) / per,
+            "edges": torch.linspace(0, 1, bins + 1, dtype=torch.float64)}
+
+
+def expected_calibration_error(probs, labels, bins: int = 15) -> float:
+    """ECE (Naeini et al. 2015; Guo et al. 2017): the gap between confidence and accuracy, bin by bin,
+    weighted by the bins' shares of the images,
+
+        ECE = sum_b (n_b / n) |accuracy_b - confidence_b|,   in [0, 1] (0: calibrated).
+
+    probs, labels, bins as in :func:`calibration_bins`. Note the number depends on ``bins`` (15 is the
+    common choice) and, on small test sets, has a positive bias (a few images per bin look miscalibrated by
+    chance): compare models on the same images with the same bins (:func:`paired_ece_over_seeds`)."""
+    c = calibration_bins(probs, labels, bins)
+    return float((c["count"] / c["count"].sum() * (c["accuracy"] - c["confidence"]).abs()).sum())
+
+
+def _ece_resampled(p: torch.Tensor, y: torch.Tensor, bins: int, idx: torch.Tensor) -> torch.Tensor:
+    """ECE of (n, classes) ``p`` on each row of ``idx`` (R, n) of resampled image indices, shape (R,).
+    Uses ECE = (1/n) sum_b |sum_{i in b} (hit_i - conf_i)|, one weighted bincount for all R resamples."""
+    conf, hit, b = _confidence_bins(p, y, bins)
+    r, n = idx.shape
+    flat = (b[idx] + bins * torch.arange(r)[:, None]).reshape(-1)
+    gap = torch.bincount(flat, weights=(hit - conf)[idx].reshape(-1), minlength=r * bins).reshape(r, bins)
+    return gap.abs().sum(1) / n
+
+
+def paired_ece_over_seeds(probs_a, probs_b, labels, bins: int = 15, level: float = 0.95, resamples: int = 2000,
+                          seed: int = 0) -> dict:
+    """ECE of method A minus ECE of method B, both run with the same seeds on the same n images, judged like
+    :func:`paired_over_seeds` (whose keys it returns, so :func:`format_paired` prints it): an interval over
+    seeds (Student t on the per-seed differences) and one over images (percentile bootstrap: the images are
+    resampled once per draw for both methods and every seed, the seed-averaged difference recomputed). The
+    verdict is ``lower`` (A better calibrated) / ``higher`` only if both intervals lie below / above zero,
+    else ``indistinguishable``.
+
+    probs_a, probs_b: (seeds, n, classes) probabilities (or (n, classes) for one seed), the same seeds in the
+    same order; labels (n,); bins >= 1; level in (0, 1); resamples >= 100; seed: the bootstrap's private
+    generator (deterministic; the global one is untouched)."""
+    bins = V.positive_int("bins", bins)
+    resamples = V.int_in("resamples", resamples, 100, None)
+    level = V.number_in("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
+    a, y = _probs_and_labels(probs_a, labels)
+    b, _ = _probs_and_labels(probs_b, labels)
+    a, b = (t.unsqueeze(0) if t.dim() == 2 else t for t in (a, b))
+    if a.dim() != 3 or a.shape != b.shape:
+        raise ValueError(f"probs_a and probs_b must be (seeds, n, classes) of the same shape, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    n = a.shape[1]
+    whole = torch.arange(n)[None, :]
+    diffs = [float(_ece_resampled(a[s], y, bins, whole)[0] - _ece_resampled(b[s], y, bins, whole)[0])
+             for s in range(a.shape[0])]
+    summ = seed_summary(diffs, level)
+    idx = torch.randint(0, n, (resamples, n), generator=torch.Generator().manual_seed(int(seed)))
+    boot = sum(_ece_resampled(a[s], y, bins, idx) - _ece_resampled(b[s], y, bins, idx)
+               for s in range(a.shape[0])) / a.shape[0]
+    img = (float(torch.quantile(boot, (1 - level) / 2)), float(torch.quantile(boot, (1 + level) / 2)))
+    img = (min(img[0], summ["mean"]), max(img[1], summ["mean"]))
+    lo = min(summ["ci"][0], img[0]) if len(diffs) > 1 else img[0]
+    hi = max(summ["ci"][1], img[1]) if len(diffs) > 1 else img[1]
+    return {"diffs": diffs, "diff": summ["mean"], "seed_ci": summ["ci"], "image_ci": img,
+            "verdict": _verdict(lo, hi, ("higher", "lower", "indistinguishable")), "seeds": len(diffs), "n": n,
+            "level": level}

@@ -261,15 +261,33 @@ def predict(model: nn.Module, data, batch_size: int = 512, device=None) -> torch
     """Predicted class indices, int64 of shape (N,), for a Dataset/DataLoader/(x, y)/tensor x.
 
     Runs in eval mode (the model's mode is restored) on ``device``: the model is moved there in place."""
+    out = _each_batch(model, data, batch_size, device, lambda logits: logits.argmax(1))
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def _each_batch(model: nn.Module, data, batch_size: int, device, head) -> list[torch.Tensor]:
+    """``head(model(x))`` on the CPU for every batch x of ``data`` (a tensor of inputs counts as unlabelled
+    data), in eval mode without gradients; the model is moved to ``device`` in place, its mode restored."""
     if torch.is_tensor(data):
         data = (data, torch.zeros(len(data), dtype=torch.long))
     device = get_device(device) if not isinstance(device, torch.device) else device
     was_training = model.training
     model.eval()
     model.to(device)
-    out = [model(x.to(device)).argmax(1).cpu() for x, _ in _as_loader(data, batch_size)]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    try:
+        with torch.no_grad():
+            return [head(model(x.to(device))).cpu() for x, _ in _as_loader(data, batch_size)]
+    finally:
+        model.train(was_training)
+
+
+def predict_probs(model: nn.Module, data, batch_size: int = 512, device=None) -> torch.Tensor:
+    """Class probabilities (the softmax of the logits), float32 of shape (N, classes), on the CPU, for the
+    same inputs as :func:`predict` (eval mode, the model's mode restored, moved to ``device`` in place)."""
+    out = _each_batch(model, data, batch_size, device, lambda logits: torch.softmax(logits.float(), 1))
+    if not out:
+        raise ValueError("data is empty: no images to predict")
+    return torch.cat(out)
 
 
 def _labels(loader) -> torch.Tensor:

@@ -5,6 +5,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
+import torch  # noqa: E402
+
 from course_lib import plots  # noqa: E402
 from course_lib.data import load_dataset  # noqa: E402
 from course_lib.models import LeNet5  # noqa: E402
@@ -78,3 +80,19 @@ def test_layer_shares_and_params_vs_macs():
         plots.layer_shares(LeNet5(), (1, 0, 28))
     with pytest.raises(ValueError, match="model"):
         plots.params_vs_macs("lenet", (1, 28, 28))
+
+
+def test_reliability_diagram_draws_each_model_without_its_empty_bins():
+    from course_lib import stats
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    certain = stats.calibration_bins(torch.tensor([[1.0, 0.0]] * 10), labels, bins=10)
+    spread = stats.calibration_bins(torch.softmax(torch.randn(10, 2, generator=torch.Generator().manual_seed(0)), 1),
+                                    labels, bins=10)
+    fig = plots.reliability_diagram({"certain": certain, "spread": spread})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["calibrated", "certain", "spread"]
+    dots = ax.collections
+    assert len(dots) == 2 and len(dots[0].get_offsets()) == 1  # one non-empty bin for the certain model
+    assert len(dots[1].get_offsets()) == int((spread["count"] > 0).sum())
+    with pytest.raises(ValueError, match="bins_by_name"):
+        plots.reliability_diagram({})

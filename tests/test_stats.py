@@ -272,3 +272,90 @@ def test_paired_over_seeds_hand_computed_and_verdicts():
     assert "90% interval" in stats.format_paired(stats.paired_over_seeds(better, base, level=0.9))
     with pytest.raises(ValueError, match="same seeds and images"):
         stats.paired_over_seeds(better[:2], base)
+
+
+
+# ---------------------------------------------------------------- calibration
+def _reference_ece(probs, labels, bins):
+    """Guo et al. (2017), eq. 3, written out in float64 loops: bins ((m-1)/M, m/M], m = 1..M."""
+    n = len(labels)
+    total = 0.0
+    for m in range(1, bins + 1):
+        lo, hi = (m - 1) / bins, m / bins
+        members = [i for i in range(n) if lo < max(probs[i]) <= hi or (m == 1 and max(probs[i]) == 0)]
+        if not members:
+            continue
+        acc = sum(int(max(range(len(probs[i])), key=lambda c: probs[i][c]) == labels[i]) for i in members) / len(members)
+        conf = sum(max(probs[i]) for i in members) / len(members)
+        total += len(members) / n * abs(acc - conf)
+    return total
+
+
+@pytest.mark.parametrize("bins", [1, 5, 15])
+def test_ece_matches_the_definition_written_out(bins):
+    g = torch.Generator().manual_seed(bins)
+    probs = torch.softmax(torch.randn(300, 4, generator=g, dtype=torch.float64) * 2, 1)
+    labels = torch.randint(0, 4, (300,), generator=g)
+    ref = _reference_ece(probs.tolist(), labels.tolist(), bins)
+    assert stats.expected_calibration_error(probs, labels, bins) == pytest.approx(ref, abs=1e-12)
+    c = stats.calibration_bins(probs, labels, bins)
+    assert c["count"].sum() == 300 and c["edges"][0] == 0 and c["edges"][-1] == 1 and len(c["edges"]) == bins + 1
+
+
+def test_ece_of_calibrated_and_of_overconfident_models():
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    # every image at confidence 0.8 for class 0, 8 of 10 right: calibrated
+    calibrated = torch.tensor([[0.8, 0.2]] * 10, dtype=torch.float64)
+    assert stats.expected_calibration_error(calibrated, labels) == pytest.approx(0.0, abs=1e-12)
+    # certain of class 0 everywhere, 8 of 10 right: 20 points overconfident
+    certain = torch.tensor([[1.0, 0.0]] * 10)
+    assert stats.expected_calibration_error(certain, labels) == pytest.approx(0.2)
+    c = stats.calibration_bins(certain, labels, bins=10)
+    assert c["count"][-1] == 10 and c["accuracy"][-1] == pytest.approx(0.8) and c["confidence"][-1] == 1.0
+    # a confidence on a bin edge belongs to the bin below: 0.6 with 5 bins is in (0.4, 0.6], bin 2
+    edge = stats.calibration_bins(torch.tensor([[0.6, 0.4]], dtype=torch.float64), torch.tensor([0]), bins=5)
+    assert edge["count"].tolist() == [0, 0, 1, 0, 0]
+
+
+def test_paired_ece_over_seeds():
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    labels = torch.randint(0, 3, (n,), generator=g)
+    logits = torch.randn(3, n, 3, generator=g, dtype=torch.float64)
+    logits[torch.arange(3)[:, None], torch.arange(n)[None, :], labels] += 1.0  # a fair model: about 60% right
+    fair = torch.softmax(logits, -1)
+    sharp = torch.softmax(logits * 6, -1)  # the same predictions, far more confident: overconfident
+    same = stats.paired_ece_over_seeds(fair, fair, labels)
+    assert same["diff"] == 0 and same["verdict"] == "indistinguishable" and same["image_ci"] == (0.0, 0.0)
+    worse = stats.paired_ece_over_seeds(sharp, fair, labels)
+    eces = [stats.expected_calibration_error(sharp[s], labels) - stats.expected_calibration_error(fair[s], labels)
+            for s in range(3)]
+    assert worse["diffs"] == pytest.approx(eces) and worse["diff"] == pytest.approx(sum(eces) / 3)
+    assert worse["verdict"] == "higher" and worse["image_ci"][0] > 0 and worse["seed_ci"][0] > 0
+    assert stats.paired_ece_over_seeds(fair, sharp, labels)["verdict"] == "lower"
+    assert stats.paired_ece_over_seeds(sharp, fair, labels) == worse  # deterministic
+    assert "higher" in stats.format_paired(worse)
+    one = stats.paired_ece_over_seeds(sharp[0], fair[0], labels)  # one seed: the image interval decides
+    assert one["seeds"] == 1 and one["seed_ci"] == (one["diff"], one["diff"])
+
+
+@pytest.mark.parametrize("probs, labels, kw, match", [
+    (torch.tensor([[0.5, 0.6]]), torch.tensor([0]), {}, "summing to 1"),
+    (torch.tensor([[1.5, -0.5]]), torch.tensor([0]), {}, "non-negative"),
+    (torch.tensor([0.5, 0.5]), torch.tensor([0]), {}, r"\(n, classes\)"),
+    (torch.tensor([[0.5, 0.5]]), torch.tensor([2]), {}, r"labels must lie in \[0, 1\]"),
+    (torch.tensor([[0.5, 0.5]]), torch.tensor([0, 1]), {}, r"labels must be \(n,\) = \(1,\)"),
+    (torch.tensor([[0.5, 0.5]]), torch.tensor([0.0]), {}, "integer classes"),
+    (torch.tensor([[0.5, 0.5]]), torch.tensor([0]), {"bins": 0}, "bins"),
+])
+def test_calibration_rejects_bad_input(probs, labels, kw, match):
+    with pytest.raises(ValueError, match=match):
+        stats.expected_calibration_error(probs, labels, **kw)
+
+
+def test_paired_ece_rejects_mismatched_runs():
+    p = torch.full((2, 5, 2), 0.5)
+    with pytest.raises(ValueError, match="same shape"):
+        stats.paired_ece_over_seeds(p, p[:1], torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="resamples"):
+        stats.paired_ece_over_seeds(p, p, torch.zeros(5, dtype=torch.long), resamples=10)

@@ -9,7 +9,7 @@ import torch
 from course_lib import training
 from course_lib.data import load_dataset
 from course_lib.models import LeNet5, MLP
-from course_lib.training import (evaluate, fit, get_device, load_baseline, predict, random_shift,
+from course_lib.training import (evaluate, fit, get_device, load_baseline, predict, predict_probs, random_shift,
                                  seed_everything)
 
 
@@ -82,6 +82,16 @@ def test_evaluate_and_predict(tiny):
     assert evaluate(m, (x, y)) == pytest.approx((p == y).float().mean().item())
     with pytest.raises(ValueError, match="empty"):
         evaluate(m, (x[:0], y[:0]))
+    m.train()
+    probs = predict_probs(m, x, batch_size=100)  # three batches, the last one short
+    assert probs.shape == (256, 10) and probs.dtype == torch.float32 and m.training  # mode restored
+    torch.testing.assert_close(probs.sum(1), torch.ones(256))
+    assert torch.equal(probs.argmax(1), p)
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(probs, torch.softmax(m(x), 1))
+    with pytest.raises(ValueError, match="empty"):
+        predict_probs(m, x[:0])
 
 
 def test_random_shift_moves_pixels_within_range():

@@ -11,6 +11,7 @@
 # - choose the training budget on the *validation* split by a rule fixed in advance, then look at the
 #   test split once;
 # - separate distillation from the cheaper thing it partly is: a softer target (label smoothing, the control);
+# - check whether the students' probabilities are honest (calibration: the reliability diagram and its ECE);
 # - try a FitNets-style feature hint and a sweep over temperature and mixing weight;
 # - use a teacher that never saw the images it labels, for a student with only 100 labels;
 # - reproduce Hinton et al.'s omitted-digit experiment: a student that never saw a 3 learns to read 3s
@@ -60,7 +61,7 @@ from course_lib.distillation import (FeatureHint, TeacherCache, choose_bias_shif
                                      shift_class_bias, soften, stratified_halves, teacher_probabilities)
 from course_lib.env import data_note, lab_mode, lab_note, start_chapter, targets_asserted
 from course_lib.models import LeNet5
-from course_lib.training import correct, evaluate, load_baseline
+from course_lib.training import correct, evaluate, load_baseline, predict_probs
 
 # the students are tiny: splitting their small matrix products over several threads costs more
 # than it saves (and a busy machine makes it far worse), so on the CPU this chapter trains on one thread
@@ -415,6 +416,66 @@ display(Markdown("\n".join([
     "split was looked at, so a gain here cannot have been chosen into existence."])))
 
 # %% [markdown]
+# ### Are the students' confidences honest? Calibration
+# Accuracy reads only the arg max. A deployed classifier is often used through its probabilities (to abstain
+# when unsure, to rank, to combine with other evidence), and then it matters whether they mean what they say.
+# A model is **calibrated** when, among the images it gives confidence $p$ (its largest probability), a
+# fraction $p$ is right. The *reliability diagram* sorts the test images into $B = 15$ bins of confidence and
+# plots each bin's accuracy against its mean confidence; the **expected calibration error** (Naeini et al.
+# 2015; Guo et al. 2017) is the gap, weighted by each bin's share of the images:
+# $$\mathrm{ECE} = \sum_{b=1}^{B} \frac{n_b}{n}\,\bigl|\mathrm{acc}_b - \mathrm{conf}_b\bigr| \quad\in [0, 1].$$
+# Softer targets can change it: Müller et al. (2019) found label smoothing improves calibration, and a student
+# distilled at temperature $T$ is trained to reproduce the teacher's spread of probabilities, not certainty.
+# The three students of the chosen budget (same seeds, same test images) are compared pair by pair, like
+# their accuracies: an interval over seeds and one over images (`stats.paired_ece_over_seeds`). On 1,000
+# images the ECE of a single model has a small upward bias (a bin of few images looks miscalibrated by
+# chance), so read the paired differences, not the levels.
+
+# %%
+y_test = splits.test.tensors[1]
+probs = {m: torch.stack([predict_probs(s, splits.test, device=device) for s in runs[target, f"{m}-chosen"]["models"]])
+         for m in ("scratch", "kd", "label-smoothing")}
+ece = {m: [stats.expected_calibration_error(p, y_test) for p in ps] for m, ps in probs.items()}
+teacher_ece = stats.expected_calibration_error(predict_probs(teacher, splits.test, device=device), y_test)
+for m, values in ece.items():
+    summ = stats.seed_summary(values)
+    print(f"{target} {m:16s} ECE {100 * summ['mean']:.2f} ± {100 * summ['std']:.2f} points "
+          f"(seeds: {', '.join(f'{100 * v:.2f}' for v in values)})")
+print(f"the teacher (baseline)            ECE {100 * teacher_ece:.2f} points")
+ece_cmp = {(a, b): stats.paired_ece_over_seeds(probs[a], probs[b], y_test)
+           for a, b in (("kd", "scratch"), ("label-smoothing", "scratch"), ("kd", "label-smoothing"))}
+for (a, b), c in ece_cmp.items():
+    print(f"ECE {a} - {b}: {stats.format_paired(c)}")
+pooled = {m: stats.calibration_bins(ps.reshape(-1, ps.shape[-1]), y_test.repeat(len(ps))) for m, ps in probs.items()}
+fig = plots.reliability_diagram(pooled, title=f"{target}, {CHOSEN} epochs: test images of all seeds pooled")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+SAID_ECE = {"lower": "better calibrated than", "higher": "worse calibrated than", "indistinguishable": "indistinguishable from"}
+
+
+def leaning(m):  # over all seeds' test images: the mean confidence against the fraction right
+    conf = float(probs[m].max(-1).values.double().mean())
+    acc = float(probs[m].argmax(-1).eq(y_test).double().mean())
+    return f"mean confidence {100 * conf:.1f}% for {100 * acc:.1f}% right, {'over' if conf > acc else 'under'}confident"
+
+
+display(Markdown(
+    f"**Calibration, from this run.** The distilled student is {SAID_ECE[ece_cmp['kd', 'scratch']['verdict']]} the "
+    f"scratch student (ECE difference {stats.format_paired(ece_cmp['kd', 'scratch'])}); the label-smoothing student is "
+    f"{SAID_ECE[ece_cmp['label-smoothing', 'scratch']['verdict']]} the scratch student "
+    f"({100 * ece_cmp['label-smoothing', 'scratch']['diff']:+.2f} points), and the distilled student is "
+    f"{SAID_ECE[ece_cmp['kd', 'label-smoothing']['verdict']]} the label-smoothing one "
+    f"({100 * ece_cmp['kd', 'label-smoothing']['diff']:+.2f} points). Which way each leans: scratch {leaning('scratch')}; "
+    f"distilled {leaning('kd')}; label smoothing {leaning('label-smoothing')}. In the figure, points below the "
+    "diagonal are bins where a model is more confident than it is right, points above it less. Label smoothing "
+    "caps every training target at $1 - \\varepsilon + \\varepsilon / C$, so a model that is right almost always learns "
+    "to say less than it knows: it helps calibration where networks are overconfident (Müller et al.'s large "
+    "image models) and can hurt it where they are not. A student can match another's accuracy and still differ "
+    "here: which one to deploy depends on "
+    "whether its probabilities are used, not only its arg max."))
+
+# %% [markdown]
 # ## 7. A sweep over temperature and $\alpha$
 # One seed, the 80x smaller student at `EPOCHS` epochs, **validation** accuracy (choosing $T$ and $\alpha$ on
 # the test set and then reporting the test accuracy would flatter distillation). $\alpha = 0$ is the
@@ -715,6 +776,9 @@ ASSERT = targets_asserted(LAB_MODE, splits)  # the full run on the course's data
 assert all(teacher_params >= 10 * measure.count_params(make(cfg)()) for cfg in STUDENTS.values())
 assert CHOSEN in BUDGETS and set(half_a.tolist()).isdisjoint(half_b.tolist())
 assert all(r["correct"].shape == (len(SEEDS), len(splits.test)) for r in runs.values())
+assert all(0 <= e <= 1 for values in ece.values() for e in values) and 0 <= teacher_ece <= 1
+assert all(int(c["count"].sum()) == len(SEEDS) * len(splits.test) for c in pooled.values())
+assert all(c["seeds"] == len(SEEDS) and c["n"] == len(splits.test) for c in ece_cmp.values())
 if ASSERT:
     for key in [*STUDENTS, ("kd", "scratch")]:
         assert paired[key]["verdict"] != "worse", f"{key}: the distilled student is clearly worse than scratch: broken?"

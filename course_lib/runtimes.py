@@ -248,21 +248,29 @@ def pt2e_int8(model: nn.Module, calib_images: torch.Tensor, reduce_range: bool |
 
 
 def pt2e_path(model: nn.Module, calib_images: torch.Tensor, batch_sizes=(1, 64),
-              reduce_range: bool | None = None) -> Deployed:
+              reduce_range: bool | None = None, save_to=None) -> Deployed:
     """PT2E int8 (:func:`pt2e_int8`, calibrated once at batch 64) re-exported at each static batch size and
     compiled by Inductor with freezing: the int8 convolutions and linears become oneDNN kernels. One static
     graph per size, as the other runtimes here are compiled (:func:`pt2e_dynamic_batch_attempt` tries one
-    dynamic graph instead). build_s counts quantization and compilation."""
+    dynamic graph instead). build_s counts quantization and compilation.
+
+    save_to: a path for the artifact a deployment would ship, the converted program at the largest batch size
+    as ``torch.export.save`` writes it (it becomes ``file``; None: not written). It keeps the float32 weights
+    beside their quantization parameters: the int8 weights exist only inside the compiled program."""
     t0 = time.perf_counter()
     converted = pt2e_int8(model, calib_images, reduce_range)
     examples = {b: _example(b, tuple(calib_images.shape[1:]), True) for b in batch_sizes}
-    fns = {}
+    fns, programs = {}, {}
     for b, x in examples.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            gm = torch.export.export(converted, (x,)).module()
-        fns.update({b: _compile_static(gm, {b: x})[b]})
-    return Deployed("torchao PT2E + torch.compile", "torchao", "int8", fns, prepare=_cl,
+            programs[b] = torch.export.export(converted, (x,))
+        fns.update({b: _compile_static(programs[b].module(), {b: x})[b]})
+    if save_to is not None:
+        save_to = Path(save_to)
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        torch.export.save(programs[max(programs)], save_to)
+    return Deployed("torchao PT2E + torch.compile", "torchao", "int8", fns, prepare=_cl, file=save_to,
                     build_s=time.perf_counter() - t0)
 
 
@@ -447,7 +455,8 @@ def every_path(model: nn.Module, calib_images: torch.Tensor, folder, cache, batc
     out = [eager_path(model, batch_sizes), channels_last_path(model, batch_sizes)]
     if compiled:
         with inductor_cache(cache / "inductor"):
-            out += [compiled_path(model, batch_sizes), pt2e_path(model, calib_images, batch_sizes)]
+            out += [compiled_path(model, batch_sizes),
+                    pt2e_path(model, calib_images, batch_sizes, save_to=folder / f"pt2e_int8_{tag}.pt2")]
     t1 = time.perf_counter()
     ort8 = int8_lenet_ort(model, folder / f"int8_{tag}.onnx", calib_images)
     out += [ort_path(onnx_fp32, "onnxruntime fp32", "fp32", batch_sizes),
@@ -829,8 +838,8 @@ def build_in_subprocess(model: nn.Module, jobs: list, calib_images: torch.Tensor
     """Build artifacts in a fresh Python process, so that the process that measures stays clean.
 
     Why: lowering to ExecuTorch (and NNCF's quantization) registers their own operator implementations and
-    passes in the process that runs them; on the course's machine PyTorch's compiled PT2E int8 model ran
-    several times slower afterwards in that same process. jobs: dicts {"kind": "executorch", "out": .pte path,
+    passes in the process that runs them, which can change the kernels (and so the timings) of the PyTorch
+    models run afterwards in that process. jobs: dicts {"kind": "executorch", "out": .pte path,
     "batch": int, "int8": bool} (see :func:`executorch_program`) or {"kind": "openvino_int8", "onnx": path,
     "out": .xml path} (see :func:`openvino_int8`). ``model`` must be a ``models.LeNet5``; ``calib_images``
     (N, C, H, W) calibrate the int8 jobs. Returns the output paths; raises RuntimeError with the child's last

@@ -244,3 +244,17 @@ def test_cpu_model_from_proc(tmp_path):
     arm.write_text("processor\t: 0\nBogoMIPS\t: 48.00\nHardware\t: BCM2835\n")
     assert cpu_model(arm) == "BCM2835"
     assert cpu_model(tmp_path / "missing")      # no /proc/cpuinfo (macOS, Windows): the platform module's answer
+
+
+def test_landscape_note_is_dated_versioned_and_sourced():
+    """docs/landscape.md (issue 19's migration note): dated, its versions those of constraints.txt, and every
+    claim (a bullet of its sections) followed by a source a reader can open."""
+    text = (ROOT / "docs" / "landscape.md").read_text()
+    assert re.search(r"\*\*Dated \d{4}-\d\d-\d\d\.\*\*", text)
+    locked = lock.read_lock()
+    for name in ("torch", "torchao", "onnxruntime", "openvino", "nncf", "executorch"):
+        assert f"{name} {locked[name].split('+')[0]}" in text, f"{name}: the note names another version than the lock"
+    claims = [c for section in re.split(r"^## ", text, flags=re.M)[1:4] for c in re.split(r"^- ", section, flags=re.M)[1:]]
+    assert len(claims) >= 15
+    unsourced = [c.splitlines()[0][:80] for c in claims if not re.search(r"https://\S+", c)]
+    assert not unsourced, f"claims without a source: {unsourced}"

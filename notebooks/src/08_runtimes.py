@@ -253,7 +253,9 @@ print(f"one interleaved measurement of {len(TIMED)} paths x 2 batch sizes: {time
 # %% [markdown]
 # ## 7. Results: every runtime in one table
 # Sizes are the files each runtime loads (the ONNX file, the OpenVINO IR's .xml plus .bin, the ExecuTorch
-# program; the PyTorch paths' state dict); "x" is the speed-up over the **fastest fp32 path of the same model
+# program; the PyTorch paths' state dict; for PT2E the `torch.export` archive of the converted program, which
+# keeps the float32 weights beside their quantization parameters, so it is *larger* than the float model: its
+# int8 weights exist only inside the program `torch.compile` builds on the learner's machine); "x" is the speed-up over the **fastest fp32 path of the same model
 # at the same batch size** (the course's reference).
 
 # %%

@@ -350,3 +350,20 @@ def test_torchao_int8_on_minilm_quantizes_every_linear_and_keeps_the_embeddings(
     assert R.weight_types(model)[linears[0]] == "Parameter"  # the original is untouched
     batch = bert.tokenize(tokenizer, bert.load_sentences().eval_texts[:16])
     assert bert.mean_cosine(bert.encode(q, batch), bert.encode(model, batch)) > 0.99
+
+
+
+def test_graph_breaks_counts_what_dynamo_splits(tiny):
+    calib = torch.randn(128, 1, 28, 28)
+    converted = R.pt2e_int8(tiny, calib, reduce_range=False)
+    x = calib[:8].contiguous(memory_format=torch.channels_last)
+    # the pinned torch and torchao: the converted module is one graph (chapter 8 prints the same for its model)
+    assert R.graph_breaks(converted, x) == {"graphs": 1, "breaks": 0, "reasons": []}
+
+    class Breaks(torch.nn.Module):
+        def forward(self, x):
+            y = x * 2
+            print("", end="")  # a Python side effect: TorchDynamo must break the graph here
+            return y + 1
+    out = R.graph_breaks(Breaks(), torch.ones(2))
+    assert out["breaks"] >= 1 and out["graphs"] >= 2 and out["reasons"]

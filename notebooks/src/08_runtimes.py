@@ -14,8 +14,8 @@
 # - use torchao's own API: `quantize_` on linear layers (MiniLM) against `torch.ao`'s `quantize_dynamic`,
 #   quantization-aware training with `QATConfig`, and a config that takes convolutions.
 #
-# **Run time:** about a minute and a half on a 2-core laptop CPU the first time (compiling and lowering take most
-# of it; compiled kernels and lowered programs are cached in `build/cache/`, so later runs take under a minute);
+# **Run time:** about three minutes on a 2-core laptop CPU the first time (compiling and lowering take most
+# of it; compiled kernels and lowered programs are cached in `build/cache/`, so later runs take under two minutes);
 # lab mode about half (docs/timings.md lists measured times). Nothing here needs a GPU.
 
 # %%
@@ -168,6 +168,17 @@ for k, m in MODELS.items():
 # model are built in a fresh process (`R.build_in_subprocess`) and only *loaded* here; all are cached in
 # `build/cache/runtimes`, keyed by the model's weights and the versions. `R.every_path` builds every path of one
 # model this way (`make bench` measures the chapter's target with the same call).
+#
+# **One graph or several?** A side run while this course was planned met a *graph break* when compiling the
+# converted module: TorchDynamo, `torch.compile`'s front end, split it into several graphs with Python in between,
+# and Inductor cannot fuse across a break. `R.graph_breaks` asks TorchDynamo how it sees the converted module on
+# this install (`torch._dynamo.explain`, no compilation). It resets TorchDynamo, so every model compiled before it
+# would silently recompile later without its settings: it runs here, before anything is compiled.
+
+# %%
+converted = R.pt2e_int8(baseline, calib)  # as the PT2E path below builds it (versions: section 1)
+print("TorchDynamo on the converted PT2E module, batch 64:",
+      R.graph_breaks(converted, calib[:64].contiguous(memory_format=torch.channels_last)))
 
 # %%
 # NBVAL_IGNORE_OUTPUT

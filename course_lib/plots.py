@@ -217,7 +217,7 @@ def pareto_seeds(records: list[dict], x: str = "macs", y: str = "accuracy", logx
     "latency_ms"), ``y`` a fraction in [0, 1] (plotted in %). Each record is one point at its mean with
     an error bar of +- ``accuracy_std`` over its seeds (records with ``seeds`` > 1); controls (records
     with ``control_of``) are hollow squares, the others filled circles; from the 11th record on, when the ten
-    colours repeat, the shapes change (``MODEL_MARKERS``, ``CONTROL_MARKERS``), so no two points look alike. The ``baseline`` record's 95%
+    colours repeat, the shapes change (``MODEL_MARKERS``, ``CONTROL_MARKERS``), so no two of up to 30 points look alike. The ``baseline`` record's 95%
     interval on the test images (``accuracy_ci``) is a grey band: points inside it are within the test
     split's noise of the baseline. Names go to a legend beside the axes (labels never overlap). The y
     range spans at least ``min_span`` > 0 points. The dotted step line is the Pareto front of the means.

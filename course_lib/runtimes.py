@@ -302,24 +302,36 @@ def pt2e_dynamic_batch_attempt(model: nn.Module, calib_images: torch.Tensor, bat
         return f"fails (torch {torch.__version__}, torchao {torchao.__version__}): {type(e).__name__}: {first}"
 
 
+_DYNAMO_GRAPHS_EXPLAINED = 0  # TorchDynamo's graph count after this process's last graph_breaks call
+
+
 def graph_breaks(module: nn.Module, example: torch.Tensor) -> dict:
     """What ``torch.compile``'s front end (TorchDynamo) makes of ``module`` on ``example``, without compiling:
-    ``torch._dynamo.explain``'s count of graphs and of graph breaks, and the first reasons. A break splits the
-    model into several compiled graphs with Python in between (the symptom the course's issue saw once on a PT2E
-    converted module); 1 graph and 0 breaks means Inductor sees the whole model at once.
+    ``torch._dynamo.explain``'s count of graphs and of graph breaks, and the first reasons, traced under
+    inference mode as :func:`pt2e_path` compiles. A break splits the model into several compiled graphs with
+    Python in between (the symptom a side run of this course once saw on a PT2E converted module); 1 graph and 0
+    breaks means Inductor sees the whole model at once.
     Returns {"graphs": int, "breaks": int, "reasons": [str, ...] (at most 3)}.
 
-    Call it before compiling what you time: ``explain`` resets TorchDynamo, and every ``torch.compile``d model of
-    the process then recompiles on its next call without the settings it was compiled under (chapter 8's PT2E
-    path, compiled with freezing, ran about 4x slower after a reset)."""
+    ``explain`` resets TorchDynamo: every model ``torch.compile``d before it would recompile on its next call
+    without the settings it was compiled under (chapter 8's PT2E path, compiled with freezing, ran about 3.6x
+    slower after a reset). So this refuses (RuntimeError) once anything has been compiled in the process since
+    its last call: call it before compiling what you time, or in a fresh process (restart the kernel)."""
     import torch._dynamo as dynamo
-    dynamo.reset()
+    from torch._dynamo.utils import counters
+    global _DYNAMO_GRAPHS_EXPLAINED
+    compiled = counters["stats"]["unique_graphs"] - _DYNAMO_GRAPHS_EXPLAINED
+    if compiled > 0:
+        raise RuntimeError(f"graph_breaks: TorchDynamo has compiled {compiled} graph(s) in this process already, "
+                           "and torch._dynamo.explain would reset it: those models would silently recompile without "
+                           "their settings. Call it before compiling anything, or restart the kernel first.")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")
             e = dynamo.explain(module)(example)
     finally:
         dynamo.reset()
+        _DYNAMO_GRAPHS_EXPLAINED = counters["stats"]["unique_graphs"]
     return {"graphs": int(e.graph_count), "breaks": int(e.graph_break_count),
             "reasons": [str(b.reason).splitlines()[0][:200] for b in e.break_reasons][:3]}
 

@@ -342,16 +342,20 @@ def format_paired(cmp: dict) -> str:
 
 
 # ---------------------------------------------------------------- calibration: are the confidences honest?
-def _probs_and_labels(probs, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    """Check ``probs`` (..., n, classes) (rows of non-negative numbers summing to 1) and ``labels`` (n,)
-    integer classes in [0, classes); return them as float64 and int64."""
+def _probs_and_labels(probs, labels, name: str = "probs") -> tuple[torch.Tensor, torch.Tensor]:
+    """Check ``probs`` (..., n, classes) (rows of non-negative numbers summing to 1 within 1e-4) and ``labels``
+    (n,) integer classes in [0, classes); return them as float64 and int64. ``name``: the argument, for errors."""
     p = torch.as_tensor(probs).detach().to(torch.float64)
     if p.dim() < 2 or p.shape[-1] < 2 or p.shape[-2] == 0:
-        raise ValueError(f"probs must be (n, classes) with n >= 1 and classes >= 2 (or (seeds, n, classes)), "
+        raise ValueError(f"{name} must be (n, classes) with n >= 1 and classes >= 2 (or (seeds, n, classes)), "
                          f"got shape {tuple(p.shape)}")
-    if not torch.isfinite(p).all() or (p < 0).any() or ((p.sum(-1) - 1).abs() > 1e-4).any():
-        raise ValueError("probs must hold probabilities: finite, non-negative, each row summing to 1 "
-                         "(apply a softmax to logits first)")
+    if not torch.isfinite(p).all() or (p < 0).any():
+        raise ValueError(f"{name} must hold probabilities: finite and non-negative (apply a softmax to logits first)")
+    off = (p.sum(-1) - 1).abs()
+    if (off > 1e-4).any():
+        worst = tuple(int(i) for i in torch.unravel_index(off.argmax(), off.shape))
+        raise ValueError(f"{name} must hold probabilities, each row summing to 1 (within 1e-4): row {worst} sums to "
+                         f"{float(p.sum(-1)[worst]):.6f} (apply a softmax to logits first)")
     y = torch.as_tensor(labels)
     if y.dim() != 1 or len(y) != p.shape[-2] or y.is_floating_point():
         raise ValueError(f"labels must be (n,) = ({p.shape[-2]},) integer classes, got {y.dtype} {tuple(y.shape)}")
@@ -419,7 +423,10 @@ def paired_ece_over_seeds(probs_a, probs_b, labels, bins: int = 15, level: float
     seeds (Student t on the per-seed differences) and one over images (percentile bootstrap: the images are
     resampled once per draw for both methods and every seed, the seed-averaged difference recomputed). The
     verdict is ``lower`` (A better calibrated) / ``higher`` only if both intervals lie below / above zero,
-    else ``indistinguishable``.
+    else ``indistinguishable``. The image interval is the percentile interval, widened where needed to contain
+    the difference measured on all images (as :func:`bootstrap_mean_interval` does): ECE is not a mean, and on
+    resampled images it is biased upwards, most for the better-calibrated model, which can shift the whole
+    resampled distribution of a small difference to one side of it.
 
     probs_a, probs_b: (seeds, n, classes) probabilities (or (n, classes) for one seed), the same seeds in the
     same order; labels (n,); bins >= 1; level in (0, 1); resamples >= 100; seed: the bootstrap's private
@@ -427,8 +434,8 @@ def paired_ece_over_seeds(probs_a, probs_b, labels, bins: int = 15, level: float
     bins = V.positive_int("bins", bins)
     resamples = V.int_in("resamples", resamples, 100, None)
     level = V.number_in("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
-    a, y = _probs_and_labels(probs_a, labels)
-    b, _ = _probs_and_labels(probs_b, labels)
+    a, y = _probs_and_labels(probs_a, labels, "probs_a")
+    b, _ = _probs_and_labels(probs_b, labels, "probs_b")
     a, b = (t.unsqueeze(0) if t.dim() == 2 else t for t in (a, b))
     if a.dim() != 3 or a.shape != b.shape:
         raise ValueError(f"probs_a and probs_b must be (seeds, n, classes) of the same shape, got "

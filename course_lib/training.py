@@ -266,8 +266,9 @@ def predict(model: nn.Module, data, batch_size: int = 512, device=None) -> torch
 
 
 def _each_batch(model: nn.Module, data, batch_size: int, device, head) -> list[torch.Tensor]:
-    """``head(model(x))`` on the CPU for every batch x of ``data`` (a tensor of inputs counts as unlabelled
-    data), in eval mode without gradients; the model is moved to ``device`` in place, its mode restored."""
+    """``head(model(x))`` for every batch x of ``data`` (a tensor of inputs counts as unlabelled data), computed
+    on ``device`` and returned on the CPU, in eval mode without gradients; the model is moved to ``device`` in
+    place and its mode restored, also when the forward pass raises."""
     if torch.is_tensor(data):
         data = (data, torch.zeros(len(data), dtype=torch.long))
     device = get_device(device) if not isinstance(device, torch.device) else device

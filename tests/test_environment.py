@@ -258,3 +258,13 @@ def test_landscape_note_is_dated_versioned_and_sourced():
     assert len(claims) >= 15
     unsourced = [c.splitlines()[0][:80] for c in claims if not re.search(r"https://\S+", c)]
     assert not unsourced, f"claims without a source: {unsourced}"
+
+
+def test_the_lock_pulls_no_gpu_stack():
+    """Issue 19: no dependency may pull another torch or a CUDA build. The lock (what `make` installs) pins one
+    torch and holds none of the packages a CUDA torch or a GPU runtime brings in."""
+    pinned = [ln.split("==")[0].strip().lower() for ln in (ROOT / "constraints.txt").read_text().splitlines()
+              if "==" in ln and not ln.lstrip().startswith("#")]
+    assert pinned.count("torch") == 1 and len(pinned) > 100
+    gpu = [p for p in pinned if p.startswith(("nvidia-", "triton", "cuda-", "cupy", "onnxruntime-gpu", "tensorrt"))]
+    assert not gpu, f"the lock pulls GPU packages: {gpu}"

@@ -353,12 +353,16 @@ def test_torchao_int8_on_minilm_quantizes_every_linear_and_keeps_the_embeddings(
 
 
 
-def test_graph_breaks_counts_what_dynamo_splits(tiny):
+def test_graph_breaks_counts_what_dynamo_splits(tiny, monkeypatch):
+    from torch._dynamo.utils import counters
+    monkeypatch.setattr(R, "_DYNAMO_GRAPHS_EXPLAINED", counters["stats"]["unique_graphs"])  # whatever ran before
     calib = torch.randn(128, 1, 28, 28)
     converted = R.pt2e_int8(tiny, calib, reduce_range=False)
     x = calib[:8].contiguous(memory_format=torch.channels_last)
-    # the pinned torch and torchao: the converted module is one graph (chapter 8 prints the same for its model)
-    assert R.graph_breaks(converted, x) == {"graphs": 1, "breaks": 0, "reasons": []}
+    program = torch.export.export(converted, (x,)).module()  # what pt2e_path compiles
+    # the pinned torch and torchao: one graph (chapter 8 prints the same for its model); a second call is allowed
+    assert R.graph_breaks(program, x) == {"graphs": 1, "breaks": 0, "reasons": []}
+    assert R.graph_breaks(converted, x)["breaks"] == 0
 
     class Breaks(torch.nn.Module):
         def forward(self, x):
@@ -367,3 +371,7 @@ def test_graph_breaks_counts_what_dynamo_splits(tiny):
             return y + 1
     out = R.graph_breaks(Breaks(), torch.ones(2))
     assert out["breaks"] >= 1 and out["graphs"] >= 2 and out["reasons"]
+    # once a model has been compiled, the reset explain does would slow it down: refused, with the reason
+    torch.compile(lambda t: t * 3, backend="eager")(torch.ones(2))
+    with pytest.raises(RuntimeError, match="compiled 1 graph"):
+        R.graph_breaks(Breaks(), torch.ones(2))

@@ -337,10 +337,17 @@ def test_paired_ece_over_seeds():
     assert "higher" in stats.format_paired(worse)
     one = stats.paired_ece_over_seeds(sharp[0], fair[0], labels)  # one seed: the image interval decides
     assert one["seeds"] == 1 and one["seed_ci"] == (one["diff"], one["diff"])
+    # the bootstrap's one-bincount ECE of every resample equals the ECE of the resampled images themselves
+    idx = torch.randint(0, n, (5, n), generator=g)
+    rows = stats._ece_resampled(fair[0], labels, 15, idx)
+    assert rows.shape == (5,)
+    for r in range(5):
+        assert float(rows[r]) == pytest.approx(stats.expected_calibration_error(fair[0][idx[r]], labels[idx[r]]),
+                                              abs=1e-12)
 
 
 @pytest.mark.parametrize("probs, labels, kw, match", [
-    (torch.tensor([[0.5, 0.6]]), torch.tensor([0]), {}, "summing to 1"),
+    (torch.tensor([[0.5, 0.5], [0.5, 0.6]]), torch.tensor([0, 1]), {}, r"row \(1,\) sums to 1.100000"),
     (torch.tensor([[1.5, -0.5]]), torch.tensor([0]), {}, "non-negative"),
     (torch.tensor([0.5, 0.5]), torch.tensor([0]), {}, r"\(n, classes\)"),
     (torch.tensor([[0.5, 0.5]]), torch.tensor([2]), {}, r"labels must lie in \[0, 1\]"),
@@ -357,5 +364,7 @@ def test_paired_ece_rejects_mismatched_runs():
     p = torch.full((2, 5, 2), 0.5)
     with pytest.raises(ValueError, match="same shape"):
         stats.paired_ece_over_seeds(p, p[:1], torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="probs_b must hold probabilities"):
+        stats.paired_ece_over_seeds(p, p * 2, torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="resamples"):
         stats.paired_ece_over_seeds(p, p, torch.zeros(5, dtype=torch.long), resamples=10)

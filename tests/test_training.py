@@ -93,6 +93,14 @@ def test_evaluate_and_predict(tiny):
     with pytest.raises(ValueError, match="empty"):
         predict_probs(m, x[:0])
 
+    class Fails(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("broken forward")
+    broken = Fails().train()
+    with pytest.raises(RuntimeError, match="broken forward"):
+        predict_probs(broken, x)
+    assert broken.training  # the mode is restored even when the forward pass raises
+
 
 def test_random_shift_moves_pixels_within_range():
     x = torch.zeros(50, 1, 9, 9)

@@ -460,6 +460,11 @@ def test_forward_groups_follow_the_forward_pass(tiny):
     assert Q.forward_groups(mlp, torch.randn(3, 8)) == [["0"], ["2"], ["3"]]
     with pytest.raises(ValueError, match=r"names: \['spare'\] are never called"):
         Q.forward_groups(_Unused(), torch.randn(1, 4))
+    # a name that is no submodule: a clear error, and no hook left behind on the model (nor a changed mode)
+    mlp.train()
+    with pytest.raises(ValueError, match=r"names: \['9'\] are not submodules"):
+        Q.forward_groups(mlp, torch.randn(3, 8), names=["0", "9"])
+    assert mlp.training and all(not m._forward_hooks for m in mlp.modules())
 
 
 class _Unused(nn.Module):

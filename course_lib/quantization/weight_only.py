@@ -337,9 +337,14 @@ def _forward_with_hooks(model: nn.Module, inputs, hooks: dict) -> None:
     """One forward pass of ``model`` on ``inputs`` (a tensor or a dict of tensors) without gradients, in eval
     mode, with ``hooks`` {submodule name: forward hook (module, inputs, output)} registered for that pass only;
     the hooks are removed and the model's mode restored whatever happens."""
-    handles = [model.get_submodule(n).register_forward_hook(h) for n, h in hooks.items()]
-    was = model.training
+    modules = dict(model.named_modules())
+    unknown = [n for n in hooks if n not in modules]
+    if unknown:
+        raise ValueError(f"names: {unknown!r} are not submodules of the model (e.g. {list(modules)[1:4]!r})")
+    handles, was = [], model.training
     try:
+        for n, h in hooks.items():
+            handles.append(modules[n].register_forward_hook(h))
         model.eval()
         with torch.no_grad():
             model(**inputs) if isinstance(inputs, dict) else model(inputs)

@@ -724,7 +724,7 @@ for b in (8, 4):
 #    validate, 2, 3, 6, 7, ... evaluate, each half searched in its own pool (no sentence in both halves,
 #    `retrieval.val_eval_split`). Not even/odd: the file alternates the kind of paraphrase (passive voice
 #    for even events, a synonym for odd ones), and an even/odd split would put every easy paraphrase in one
-#    half Every decision below uses the validation half only; the evaluation half is
+#    half. Every decision below uses the validation half only; the evaluation half is
 #    scored once, for the final model and for the uniform schemes it is compared with.
 # 2. **Sensitivity:** each of the 36 layers alone at 8 bits (round-to-nearest: at 8 bits rounding is already
 #    nearly lossless, GPTQ buys nothing) and at 4 bits (GPTQ, the model above), every other layer float: the

@@ -117,7 +117,7 @@ def roofline_ms(bytes_, flops, bandwidth_gbs, peak_gflops):
 checks.check_roofline_prediction(roofline_ms)
 
 # %% [markdown]
-# ## 3. Matrix products of a 7B-class model, in seven formats
+# ## 3. Matrix products of a 7B-class model, in up to seven formats
 # The linear layers of LLaMA-7B have three shapes: $4096\times4096$ (the attention projections),
 # $11008\times4096$ (gate and up) and $4096\times11008$ (down). We time $y = xW^\top$ at batch 1, 4, 16 and
 # 64 in: PyTorch fp32 and bf16; onnxruntime fp32; onnxruntime **dynamic int8** (weights int8 per row,

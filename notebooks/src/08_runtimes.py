@@ -173,12 +173,15 @@ for k, m in MODELS.items():
 # converted module: TorchDynamo, `torch.compile`'s front end, split it into several graphs with Python in between,
 # and Inductor cannot fuse across a break. `R.graph_breaks` asks TorchDynamo how it sees the converted module on
 # this install (`torch._dynamo.explain`, no compilation). It resets TorchDynamo, so every model compiled before it
-# would silently recompile later without its settings: it runs here, before anything is compiled.
+# would silently recompile later without its settings: it runs here, before anything is compiled, and refuses to
+# run again once something has been (restart the kernel to re-run it).
 
 # %%
-converted = R.pt2e_int8(baseline, calib)  # as the PT2E path below builds it (versions: section 1)
-print("TorchDynamo on the converted PT2E module, batch 64:",
-      R.graph_breaks(converted, calib[:64].contiguous(memory_format=torch.channels_last)))
+x64 = calib[:64].contiguous(memory_format=torch.channels_last)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    program = torch.export.export(R.pt2e_int8(baseline, calib), (x64,)).module()  # what the PT2E path compiles
+print("TorchDynamo on the converted PT2E program, batch 64:", R.graph_breaks(program, x64))
 
 # %%
 # NBVAL_IGNORE_OUTPUT

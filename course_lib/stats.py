@@ -455,3 +455,29 @@ def paired_ece_over_seeds(probs_a, probs_b, labels, bins: int = 15, level: float
     return {"diffs": diffs, "diff": summ["mean"], "seed_ci": summ["ci"], "image_ci": img,
             "verdict": _verdict(lo, hi, ("higher", "lower", "indistinguishable")), "seeds": len(diffs), "n": n,
             "level": level}
+
+
+def temperature_scale(probs, temperature: float) -> torch.Tensor:
+    """Probabilities softened (T > 1) or sharpened (T < 1) as if the logits had been divided by T:
+    softmax(log p / T) = p^(1/T) / sum_c p_c^(1/T), shape and dtype of ``probs`` (..., classes) float64.
+    The arg max never changes, so accuracy does not either (Guo et al. 2017's post-hoc calibration).
+    temperature > 0."""
+    t = V.number_in("temperature", temperature, 0.0, None, lo_open=True)
+    p = torch.as_tensor(probs).detach().to(torch.float64)
+    return torch.softmax(torch.log(p.clamp_min(1e-300)) / t, dim=-1)
+
+
+TEMPERATURES = tuple(float(v) for v in torch.logspace(-2, 2, 81, base=2, dtype=torch.float64))  # 1/4 .. 4
+
+
+def fit_temperature(probs, labels, grid=TEMPERATURES) -> float:
+    """The temperature T of ``grid`` (positive numbers; default 81 values from 1/4 to 4, evenly spaced in log)
+    that minimises the mean negative log-likelihood of ``labels`` (n,) under :func:`temperature_scale` of
+    ``probs`` (n, classes): fit it on a validation split, never on the images it will be judged on. A grid
+    instead of an optimiser: deterministic, and the NLL of one parameter has no local minima to trap it."""
+    p, y = _probs_and_labels(probs, labels)
+    grid = [V.number_in("grid", g, 0.0, None, lo_open=True) for g in grid]
+    if not grid:
+        raise ValueError("grid is empty: give at least one temperature > 0")
+    nll = [float(-torch.log(temperature_scale(p, g)[torch.arange(len(y)), y].clamp_min(1e-300)).mean()) for g in grid]
+    return grid[min(range(len(grid)), key=nll.__getitem__)]

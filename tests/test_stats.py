@@ -368,3 +368,22 @@ def test_paired_ece_rejects_mismatched_runs():
         stats.paired_ece_over_seeds(p, p * 2, torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="resamples"):
         stats.paired_ece_over_seeds(p, p, torch.zeros(5, dtype=torch.long), resamples=10)
+
+
+def test_temperature_scaling_recovers_a_known_temperature_and_keeps_the_argmax():
+    g = torch.Generator().manual_seed(3)
+    n = 4000
+    logits = torch.randn(n, 5, generator=g, dtype=torch.float64) * 2
+    labels = torch.multinomial(torch.softmax(logits, 1), 1, generator=g).squeeze(1)  # drawn from softmax(logits)
+    overconfident = torch.softmax(logits * 2.0, 1)  # the same model, its logits doubled: T = 2 undoes it
+    t = stats.fit_temperature(overconfident, labels)
+    assert t == pytest.approx(2.0, rel=0.1)
+    fixed = stats.temperature_scale(overconfident, t)
+    assert torch.equal(fixed.argmax(1), overconfident.argmax(1))
+    assert stats.expected_calibration_error(fixed, labels) < stats.expected_calibration_error(overconfident, labels) / 2
+    torch.testing.assert_close(stats.temperature_scale(overconfident, 1.0), overconfident)
+    torch.testing.assert_close(stats.temperature_scale(torch.softmax(logits, 1), 0.5), torch.softmax(logits * 2, 1))
+    with pytest.raises(ValueError, match="temperature"):
+        stats.temperature_scale(overconfident, 0)
+    with pytest.raises(ValueError, match="grid is empty"):
+        stats.fit_temperature(overconfident, labels, grid=())

@@ -119,7 +119,7 @@ def test_gradual_prune_takes_a_sparsity_schedule(tiny, model):
 
 def test_recipes_shapes(tiny, model):
     fast = recipes.latency_model(model, tiny.train, epochs=1)
-    assert (fast.config["c1"], fast.config["c2"], fast.config["fc"]) == (8, 15, 100)
+    assert (fast.config["c1"], fast.config["c2"], fast.config["fc"]) == (4, 15, 100)  # LATENCY_RATIO: 80%, 70%, 80% of 20, 50, 500 removed
     slim = recipes.channel_prune_finetune(model, tiny.train, ratio=0.5, epochs=1)
     assert (slim.config["c1"], slim.config["c2"], slim.config["fc"]) == (10, 25, 250)
     tp = recipes.torch_prune_finetune(model, tiny.train, amount=0.9, epochs=1)
@@ -318,3 +318,28 @@ def test_cached_student_refuses_bad_input(tiny, model, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="epochs"):
         recipes.cached_student("scratch", s, tiny.train, epochs=0)
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_pick_latency_ratio_takes_the_fewest_filters_within_the_margin():
+    # hand-made validation accuracies: 0.8 is 0.6 points below the baseline (out), 0.75 is 0.4 below (in)
+    val = {0.6: [0.980, 0.978], 0.7: [0.976, 0.978], 0.75: [0.976, 0.976], 0.8: [0.974, 0.974]}
+    assert recipes.pick_latency_ratio(val, 0.980) == 0.75
+    assert recipes.pick_latency_ratio(val, 0.980, margin=0.006) == 0.8     # the margin is inclusive
+    assert recipes.pick_latency_ratio(val, 0.980, margin=0.0) == 0.6      # only the mean that ties the baseline
+    assert recipes.pick_latency_ratio(val, 0.999, margin=0.0) == 0.6      # none qualifies: the mildest pruning
+    assert recipes.pick_latency_ratio({0.8: [0.99], 0.6: [0.5]}, 0.99) == 0.8  # order of the keys plays no part
+    # the recorded choice is a candidate of the grid, and latency_ratio rebuilds the recorded dict from it
+    assert recipes.LATENCY_RATIO["conv1"] in recipes.LATENCY_CONV1_GRID
+    assert recipes.latency_ratio(recipes.LATENCY_RATIO["conv1"]) == recipes.LATENCY_RATIO
+    assert recipes.latency_ratio(0.6) == {"conv1": 0.6, "conv2": 0.7, "fc1": 0.8}
+    kept = [recipes.pruning.channel_prune(LeNet5(), recipes.latency_ratio(r)).config["c1"]
+            for r in recipes.LATENCY_CONV1_GRID]
+    assert kept == [8, 6, 5, 4]  # the grid's filters, fewest last
+    for bad, match in [({}, "val_acc"), ({0.6: []}, r"val_acc\[0.6\]"), ({1.0: [0.9]}, "conv1 ratio"),
+                       ({0.6: [98.0]}, r"val_acc\[0.6\]")]:
+        with pytest.raises(ValueError, match=match):
+            recipes.pick_latency_ratio(bad, 0.98)
+    with pytest.raises(ValueError, match="baseline_val"):
+        recipes.pick_latency_ratio(val, 98.0)
+    with pytest.raises(ValueError, match="conv1"):
+        recipes.latency_ratio(1.0)

@@ -466,21 +466,25 @@ def latency_ratio(conv1: float) -> dict:
 def pick_latency_ratio(val_acc: dict, baseline_val: float, margin: float = LATENCY_VAL_MARGIN) -> float:
     """Chapter 5's rule for conv1's pruning ratio, fixed before any candidate was trained: the largest ratio
     (the fewest filters kept, the fastest model) whose mean validation accuracy is at most ``margin`` below
-    ``baseline_val``; when none is, the smallest ratio offered (the mildest pruning).
+    ``baseline_val`` (inclusive, up to float32 rounding); when none is, the smallest ratio offered (the mildest
+    pruning).
 
-    val_acc: {conv1 ratio in [0, 1): [validation accuracy in [0, 1] per seed]}, non-empty, each list non-empty.
-    baseline_val: the baseline's validation accuracy in [0, 1]; margin in [0, 1]. Returns a key of ``val_acc``."""
+    val_acc: {conv1 ratio in [0, 1): validation accuracies in [0, 1], one per seed (a non-empty list or tuple,
+    or a 1-D array)}, non-empty. baseline_val: the baseline's validation accuracy in [0, 1]; margin in [0, 1].
+    Returns a key of ``val_acc``."""
     if not isinstance(val_acc, dict) or not val_acc:
         raise ValueError(f"val_acc={val_acc!r} is not valid: give {{conv1 ratio: [val accuracy per seed]}}")
     number_in("baseline_val", baseline_val, 0, 1)
     number_in("margin", margin, 0, 1)
     means = {}
     for r, accs in val_acc.items():
-        number_in("conv1 ratio", r, 0, 1, hi_open=True)
-        if not accs:
-            raise ValueError(f"val_acc[{r}] is empty: give at least one validation accuracy")
+        number_in("val_acc key (a conv1 ratio)", r, 0, 1, hi_open=True)
+        accs = accs.tolist() if hasattr(accs, "tolist") else accs
+        if not isinstance(accs, (list, tuple)) or not accs:
+            raise ValueError(f"val_acc[{r}]={accs!r} is not valid: give a non-empty list of validation accuracies "
+                             "in [0, 1], one per seed")
         means[r] = sum(number_in(f"val_acc[{r}]", a, 0, 1) for a in accs) / len(accs)
-    ok = [r for r, m in means.items() if baseline_val - m <= margin + 1e-12]
+    ok = [r for r, m in means.items() if baseline_val - m <= margin + 1e-6]  # 1e-6: accuracies come from float32
     return max(ok) if ok else min(means)
 
 

@@ -325,9 +325,17 @@ def test_pick_latency_ratio_takes_the_fewest_filters_within_the_margin():
     val = {0.6: [0.980, 0.978], 0.7: [0.976, 0.978], 0.75: [0.976, 0.976], 0.8: [0.974, 0.974]}
     assert recipes.pick_latency_ratio(val, 0.980) == 0.75
     assert recipes.pick_latency_ratio(val, 0.980, margin=0.006) == 0.8     # the margin is inclusive
-    assert recipes.pick_latency_ratio(val, 0.980, margin=0.0) == 0.6      # only the mean that ties the baseline
+    assert recipes.pick_latency_ratio(val, 0.979, margin=0.0) == 0.6      # margin 0: a mean that ties the baseline
     assert recipes.pick_latency_ratio(val, 0.999, margin=0.0) == 0.6      # none qualifies: the mildest pruning
-    assert recipes.pick_latency_ratio({0.8: [0.99], 0.6: [0.5]}, 0.99) == 0.8  # order of the keys plays no part
+    # two qualify, given in either order: the larger ratio (fewer filters) wins, not the first or the better one
+    assert recipes.pick_latency_ratio({0.8: [0.97], 0.6: [0.98]}, 0.98, margin=0.01) == 0.8
+    assert recipes.pick_latency_ratio({0.6: [0.98], 0.8: [0.97]}, 0.98, margin=0.01) == 0.8
+    # inclusive up to float32 rounding: 965 and 970 correct of 1,000, as float32 accuracies, are half a point apart
+    f32 = lambda k: float(torch.tensor(float(k)) / torch.tensor(1000.0))  # noqa: E731
+    assert f32(970) - f32(965) > 0.005  # float32 rounding puts them a hair more than half a point apart
+    assert recipes.pick_latency_ratio({0.6: [f32(970)], 0.8: [f32(965)]}, f32(970)) == 0.8
+    import numpy as np  # arrays of accuracies are accepted as lists
+    assert recipes.pick_latency_ratio({0.6: np.array([0.98]), 0.8: torch.tensor([0.978])}, 0.98) == 0.8
     # the recorded choice is a candidate of the grid, and latency_ratio rebuilds the recorded dict from it
     assert recipes.LATENCY_RATIO["conv1"] in recipes.LATENCY_CONV1_GRID
     assert recipes.latency_ratio(recipes.LATENCY_RATIO["conv1"]) == recipes.LATENCY_RATIO
@@ -335,11 +343,14 @@ def test_pick_latency_ratio_takes_the_fewest_filters_within_the_margin():
     kept = [recipes.pruning.channel_prune(LeNet5(), recipes.latency_ratio(r)).config["c1"]
             for r in recipes.LATENCY_CONV1_GRID]
     assert kept == [8, 6, 5, 4]  # the grid's filters, fewest last
-    for bad, match in [({}, "val_acc"), ({0.6: []}, r"val_acc\[0.6\]"), ({1.0: [0.9]}, "conv1 ratio"),
+    for bad, match in [({}, "val_acc"), ({0.6: []}, r"val_acc\[0.6\]"), ({0.6: 0.98}, r"val_acc\[0.6\]"),
+                       ({0.6: (x for x in [0.98])}, r"val_acc\[0.6\]"), ({1.0: [0.9]}, "val_acc key"),
                        ({0.6: [98.0]}, r"val_acc\[0.6\]")]:
         with pytest.raises(ValueError, match=match):
             recipes.pick_latency_ratio(bad, 0.98)
     with pytest.raises(ValueError, match="baseline_val"):
         recipes.pick_latency_ratio(val, 98.0)
+    with pytest.raises(ValueError, match="margin"):
+        recipes.pick_latency_ratio(val, 0.98, margin=-0.1)
     with pytest.raises(ValueError, match="conv1"):
         recipes.latency_ratio(1.0)

@@ -302,21 +302,24 @@ fig.tight_layout()
 # - `scratch`: the same architecture trained from scratch with the baseline's own recipe (20 epochs, cached).
 #
 # ### 6a. How far to prune, chosen on validation
-# How many channels to remove is a decision, so it is made on the validation split. Timing LeNet-5s of random
-# weights at many widths first showed where this CPU spends its time: in conv1, whose output ($24 \times 24$
-# values per filter, before pooling) is the network's largest activation, so its width moves the latency far
-# more than conv2's or fc1's. The rule, written down before any candidate was trained
-# (`recipes.pick_latency_ratio`):
+# How many channels to remove is a decision, so it is made on the validation split. On the CPU this chapter was
+# written on, timing LeNet-5s of random weights at many widths showed that conv1's width moves the latency far
+# more than conv2's or fc1's: conv1's output is the network's largest activation (for a $28 \times 28$ input,
+# $24 \times 24$ values per filter before pooling). The sweep below times the candidates on your machine. The rule,
+# written down before any candidate was trained (`recipes.pick_latency_ratio`):
 # - conv2 and fc1 keep 30% and 20% of their channels; conv1 keeps 8, 6, 5 or 4 of its 20 filters
 #   (the ratios `recipes.LATENCY_CONV1_GRID`);
 # - each candidate is pruned and distilled with this section's recipe and budget, once per seed;
 # - the winner has the fewest conv1 filters among the candidates whose mean validation accuracy is at most
-#   `recipes.LATENCY_VAL_MARGIN` (half a point: half of the target's 1-point allowance, a margin for the noise
-#   of the validation split) below the baseline's; if none is, the mildest pruning.
+#   `recipes.LATENCY_VAL_MARGIN` (half a point, half of the target's 1-point allowance) below the baseline's;
+#   if none is, the mildest pruning.
 #
-# The full run's choice is recorded as `recipes.LATENCY_RATIO` (chapter 8 uses the same model); the cell below
-# re-runs the sweep and the checks at the end confirm that the rule still picks it. The test split plays no part.
-# The candidates are timed too, to show what each filter buys, but the timing plays no part in the choice either.
+# The test split plays no part, and neither do the timings (they show what each filter buys). In the open: when
+# the rule was written, the test loss of the chapter's earlier, hand-picked width (8 filters) was known; the
+# other widths had never been trained. The full run's choice on the course's data is recorded as
+# `recipes.LATENCY_RATIO` (chapter 8 uses the same model): the cell re-runs the sweep and the checks at the end
+# confirm that the rule still picks it. On other data the full run uses the width its own sweep picks; lab mode
+# (one seed, a shorter budget) uses the recorded width.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -326,6 +329,9 @@ sweep = {r: {s: run(recipes.latency_model, epochs=FAST_EPOCHS, seed=s, ratio=rec
 base_val = evaluate(baseline, splits.val)
 sweep_val = {r: [evaluate(m, splits.val) for m in ms.values()] for r, ms in sweep.items()}
 PICKED = recipes.pick_latency_ratio(sweep_val, base_val)
+COURSE_DATA = splits.target_accuracy is not None  # the course's data: its targets were set on it
+CHOSEN = PICKED if not (LAB_MODE or COURSE_DATA) else recipes.LATENCY_RATIO["conv1"]  # the width used below
+SWEEP_SHIPPED = all(h == "shipped" for h in HOW[since:])  # the weights the recorded choice was made on
 sweep_lat = deploy.latency_table({"baseline": baseline} | {r: ms[SEEDS[0]] for r, ms in sweep.items()}, SHAPE,
                                  rounds=ROUNDS, repeats=REPEATS, workdir=ART)
 print(f"{len(sweep) * len(SEEDS)} candidates ({how(since)}): {time.perf_counter() - t0:.0f} s; "
@@ -337,16 +343,20 @@ for r, ms in sweep.items():
     widths = "/".join(str(m0.config[k]) for k in ("c1", "c2", "fc"))
     print(f"{r:>11} {widths:>9} {measure.macs(m0, SHAPE):>9,} "
           f"{100 * mean:>8.2f}; " + " ".join(f"{100 * a:.1f}" for a in sweep_val[r]).rjust(18)
-          + f" {100 * (base_val - mean):>+6.2f} {'in' if base_val - mean <= recipes.LATENCY_VAL_MARGIN + 1e-12 else 'out':>5}"
+          + f" {100 * (base_val - mean):>+6.2f} {'in' if base_val - mean <= recipes.LATENCY_VAL_MARGIN + 1e-6 else 'out':>5}"
           f" {sweep_lat[r]['latency_ms']:>6.3f} {sweep_lat[r]['x_faster']:>8.2f}")
-print(f"the rule picks conv1 ratio {PICKED} ({sweep[PICKED][SEEDS[0]].config['c1']} filters); the full run's "
-      f"choice, recipes.LATENCY_RATIO: {recipes.LATENCY_RATIO['conv1']}"
-      + (" (lab mode: one seed, a shorter budget, so its pick is not the decision)" if LAB_MODE else ""))
+errors = [round((1 - a) * len(splits.val)) for accs in sweep_val.values() for a in accs]
+print(f"every candidate and seed makes {min(errors)} to {max(errors)} validation errors in {len(splits.val):,} images "
+      f"(one image: {100 / len(splits.val):.1f} points)")
+print(f"the rule picks conv1 ratio {PICKED} ({sweep[PICKED][SEEDS[0]].config['c1']} filters); recorded from the full "
+      f"run on the course's data: {recipes.LATENCY_RATIO['conv1']}; used below: {CHOSEN}"
+      + (" (lab mode: one seed, a shorter budget, so this pick is not the decision)" if LAB_MODE else
+         "" if COURSE_DATA else " (other data: this run's own pick)"))
 
 # %% [markdown]
 # The same sweep as a picture: validation accuracy (each seed a dot, the mean a bar) against the measured latency.
-# Removing conv1 filters moves the models left (faster) much more than it moves them down; the dashed line is the
-# rule's bar.
+# Read it for how far left (faster) each removed filter moves a model and how far down (less accurate); the solid
+# line is the baseline, the dashed one the rule's bar.
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 4))
@@ -361,15 +371,17 @@ ax.axhline(100 * (base_val - recipes.LATENCY_VAL_MARGIN), color="black", ls="--"
 ax.set_xlabel("latency, ms per batch of 64 (single thread, fastest fp32 configuration)")
 ax.set_ylabel("validation accuracy (%)")
 ax.set_title(f"conv1 width vs validation accuracy (baseline: {sweep_lat['baseline']['latency_ms']:.2f} ms)")
-ax.legend(loc="lower right")
+ax.legend(loc="upper right", fontsize=9)
 fig.tight_layout()
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 t0, since = time.perf_counter(), len(HOW)
-fast = sweep[recipes.LATENCY_RATIO["conv1"]]  # the recorded choice (its models are the sweep's: same recipe, same key)
-no_kd = {s: run(recipes.latency_model, epochs=FAST_EPOCHS, seed=s, alpha=0.0) for s in SEEDS}
-scratch_kd = {s: run(recipes.latency_model, epochs=FAST_EPOCHS, seed=s, scratch=True) for s in SEEDS}
+fast = sweep[CHOSEN]  # the sweep's models at the chosen width (the same recipe and key)
+no_kd = {s: run(recipes.latency_model, epochs=FAST_EPOCHS, seed=s, alpha=0.0, ratio=recipes.latency_ratio(CHOSEN))
+         for s in SEEDS}
+scratch_kd = {s: run(recipes.latency_model, epochs=FAST_EPOCHS, seed=s, scratch=True,
+                     ratio=recipes.latency_ratio(CHOSEN)) for s in SEEDS}
 FAST_W = {k: fast[SEEDS[0]].config[k] for k in ("c1", "c2", "fc")}
 scratch = {s: load_baseline(DATASET, s, splits=splits, device=device, model_kw=FAST_W)[0] for s in SEEDS}
 calib = splits.train.tensors[0][:512]
@@ -522,7 +534,7 @@ METHOD = {
     "baseline": ("fp32, 20 ep (baseline recipe)", baseline, base_file, 32, 32, None),
     DC: (f"gradual prune 95% ({EPOCHS} ep) + trained k-means {recipes.DC_BITS} ({CENTROID_EPOCHS} ep) + Huffman .ccz",
          s0, dc_files[SEEDS[0]], "8 conv / 5 fc", 32, None),
-    "latency-fp32": (f"channel prune {recipes.LATENCY_RATIO} + KD ({FAST_EPOCHS} ep), onnx fp32", f0, fast_fp32_onnx,
+    "latency-fp32": (f"channel prune {recipes.latency_ratio(CHOSEN)} + KD ({FAST_EPOCHS} ep), onnx fp32", f0, fast_fp32_onnx,
                      32, 32, None),
     LAT8: (f"channel prune + KD ({FAST_EPOCHS} ep), onnxruntime int8 (conv1 float)", f0, fast_int8[SEEDS[0]], 8, 8, None),
     "prune-no-kd": (f"channel prune + {FAST_EPOCHS} ep on the labels only (no KD)", no_kd[SEEDS[0]], None, 32, 32,
@@ -584,7 +596,8 @@ def loss(name):
     return 100 * (base_acc - by[name]["accuracy"])
 
 
-val_loss = 100 * (base_val - float(np.mean(sweep_val[recipes.LATENCY_RATIO["conv1"]])))  # section 6a, validation
+val_loss = 100 * (base_val - float(np.mean(sweep_val[CHOSEN])))  # section 6a, on validation
+fast_vs_base = {n: stats.paired_compare(ok_test[n], ok_test["baseline"]) for n in ("latency-fp32", LAT8)}
 
 
 display(Markdown(
@@ -600,17 +613,25 @@ display(Markdown(
     f"{base_lat / by['baseline-ort-fp32']['latency_ms']:.2f}x, int8 of the baseline "
     f"{base_lat / by['ort-static-int8']['latency_ms']:.2f}x, the latency model {base_lat / by['latency-fp32']['latency_ms']:.1f}x "
     f"in fp32 ({by['latency-fp32']['latency_config']}) and {base_lat / by[LAT8]['latency_ms']:.1f}x in int8, at "
-    f"{loss('latency-fp32'):.2f} and {loss(LAT8):.2f} points lost (int8 paired against the baseline: "
-    f"{verdicts[LAT8, 'baseline']}). Deep Compression runs at the baseline's speed "
+    f"{loss('latency-fp32'):.2f} and {loss(LAT8):.2f} points lost (paired against the baseline: fp32 "
+    f"{fast_vs_base['latency-fp32']}; int8 {fast_vs_base[LAT8]}). Deep Compression runs at the baseline's speed "
     f"({base_lat / by[DC]['latency_ms']:.2f}x): its file decodes to a dense model.\n\n"
-    f"**Validation and test.** Section 6a chose conv1's width on validation, where the chosen model "
-    f"({FAST_W['c1']} filters) lost {val_loss:.2f} points (mean over its seeds) against the {loss('latency-fp32'):.2f} "
-    f"it loses on the test split. With {len(splits.val):,} validation images one image is "
-    f"{100 / len(splits.val):.1f} points, so the rule's margin of {100 * recipes.LATENCY_VAL_MARGIN:.1f} points "
-    + ("kept the test loss within the 1-point allowance here." if loss('latency-fp32') <= 1 + 1e-9 else
-       "did not keep the test loss within the 1-point allowance here: a small validation split decides coarsely, "
-       "and the test split is not consulted to undo a decision.") + "\n\n"
-    f"**What each ingredient of the latency model buys** (fp32, same architecture, same seeds): against pruning "
+    + (f"**Validation and test.** Section 6a chose conv1's width on validation, where the chosen model "
+       f"({FAST_W['c1']} filters) lost {val_loss:.2f} points (mean over its seeds); on the test split its faster "
+       f"form (`{best_fast['name']}`) loses {loss(best_fast['name']):.2f}. Part of the gap is the reference: the "
+       f"baseline scores {100 * base_val:.1f}% on validation and {100 * base_acc:.1f}% on test, while the chosen "
+       f"model scores {100 * np.mean(sweep_val[CHOSEN]):.2f}% and {100 * by['latency-fp32']['accuracy']:.2f}%. "
+       f"And the validation split decides coarsely: its {len(splits.val):,} images move in steps of "
+       f"{100 / len(splits.val):.1f} points, the candidates and seeds of the sweep differ by "
+       f"{max(errors) - min(errors)} images at most, and the seeds share the same images. The rule's margin "
+       + ("kept the test loss within the 1-point allowance here.\n\n" if loss(best_fast['name']) <= 1 + 1e-9 else
+          "did not keep the test loss within the 1-point allowance here, and the test split is not consulted to "
+          "undo a decision.\n\n")
+       if CHOSEN == PICKED and not LAB_MODE else
+       f"**Validation and test.** This run's rule picks conv1 ratio {PICKED}; the models above use the width "
+       f"recorded from the full run on the course's data ({FAST_W['c1']} filters), so their losses say nothing "
+       "about this run's choice.\n\n")
+    +     f"**What each ingredient of the latency model buys** (fp32, same architecture, same seeds): against pruning "
     f"without distillation {verdicts['latency-fp32', 'prune-no-kd']}; against the same architecture from random "
     f"weights with distillation {verdicts['latency-fp32', 'scratch-kd']}; against it trained from scratch with the "
     f"baseline recipe {verdicts['latency-fp32', 'scratch']}. A verdict `indistinguishable` means that, at "
@@ -715,7 +736,7 @@ fast_x = base_lat / best_fast["latency_ms"]
 print(f"Deep Compression: {dc_x:.1f}x smaller (largest of the {len(SEEDS)} files), mean loss {loss(DC):.2f} points, "
       f"paired interval [{100 * verdicts[DC, 'baseline'].ci[0]:+.2f}, {100 * verdicts[DC, 'baseline'].ci[1]:+.2f}]")
 for name in ("latency-fp32", LAT8):  # both: which of them is faster is a measurement (printed below)
-    v = stats.paired_compare(ok_test[name], ok_test["baseline"])
+    v = fast_vs_base[name]
     print(f"latency model ({name}): mean loss {loss(name):.2f} points, paired interval "
           f"[{100 * v.ci[0]:+.2f}, {100 * v.ci[1]:+.2f}]")
 
@@ -744,15 +765,19 @@ assert all(dc_bytes[s] == os.path.getsize(dc_files[s]) for s in SEEDS)
 assert by[DC]["seeds"] == len(SEEDS) and by[LAT8]["seeds"] == len(SEEDS) and by[DC]["n_test"] == N_TEST
 assert all(r["size_bytes"] == os.path.getsize(REPO_ROOT / r["file"]) for r in recs)
 assert all(abs(measure.sparsity(m) - 0.95) < 1e-3 for m in shared.values())
-COURSE_DATA = splits.target_accuracy is not None  # targets were set on it; other data reports them
 assert dc_x >= 50 or not COURSE_DATA, f"Deep Compression only {dc_x:.1f}x smaller"
 if targets_asserted(LAB_MODE, splits):  # accuracy and speed targets: the full run on the course's data
     # through the intervals: fail only when the paired interval lies wholly beyond the allowed loss
     assert verdicts[DC, "baseline"].ci[1] >= -0.005, f"Deep Compression: {verdicts[DC, 'baseline']}"
-    assert verdicts[LAT8, "baseline"].ci[1] >= -0.01, f"latency model: {verdicts[LAT8, 'baseline']}"
+    for name in ("latency-fp32", LAT8):  # whichever of the two forms is the faster on this machine
+        assert fast_vs_base[name].ci[1] >= -0.01, f"latency model ({name}): {fast_vs_base[name]}"
     assert fast_x >= 6 / 2, f"latency model only {fast_x:.1f}x faster (sanity floor)"
-    assert PICKED == recipes.LATENCY_RATIO["conv1"], (
-        f"section 6a's rule picks conv1 ratio {PICKED} on this run's models, recipes.LATENCY_RATIO records "
-        f"{recipes.LATENCY_RATIO['conv1']} (chosen on the shipped ones): models retrained here differ")
+    if SWEEP_SHIPPED:  # the weights the choice was made on: the rule must still pick the recorded width
+        assert PICKED == recipes.LATENCY_RATIO["conv1"], (
+            f"section 6a's rule picks conv1 ratio {PICKED}, recipes.LATENCY_RATIO records "
+            f"{recipes.LATENCY_RATIO['conv1']}")
+    else:
+        print(f"section 6a's candidates were trained here, not loaded: the rule picks {PICKED} on them "
+              f"(recorded: {recipes.LATENCY_RATIO['conv1']}); not asserted")
     assert min(rob[m, "clean", 0]["agreement"] for m in rob_models if m != "small-dense-int8") >= 0.97  # its own model
 print("all checks passed" + ("" if targets_asserted(LAB_MODE, splits) else " (accuracy and speed reported above)"))

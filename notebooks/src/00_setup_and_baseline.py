@@ -392,7 +392,7 @@ display(Markdown(
 # neural network pruning?"). The course's control is the **small LeNet** `models.SMALL_LENET`: about a quarter
 # of the channels in each convolution (5 instead of 20, 12 instead of 50) and a fifth of the hidden layer (100
 # instead of 500), trained from scratch with the
-# full recipe (20 epochs) from the same seeds (`SEEDS`). It is a **standing row** in every chapter's results table:
+# full recipe (20 epochs) from the same seeds (`SEEDS`). It is a **standing row** in the results tables of chapters 1 to 3:
 # a compressed model earns its "N× smaller" only if it beats this point, not just the baseline.
 #
 # **A baseline trained to convergence.** Against an under-trained original any technique looks lossless and a

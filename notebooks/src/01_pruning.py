@@ -404,9 +404,12 @@ fig = plots.pruning_schedule(pruners[f"gradual-{round(100 * SPARSITIES[-1])}"].h
 #   models had those 20 epochs plus `EPOCHS`, so the budget, if anything, favours pruning.
 
 # %%
-over_seeds("random-90-ft", lambda s: recipes.random_prune_finetune(
-    baseline, splits.train, sparsity=global90, epochs=EPOCHS, seed=s, device=device))
-print(summary("random-90-ft"), "(random masks, the per-layer sparsities of the global 90% mask)")
+for sp in SPARSITIES:  # the per-layer sparsities of the global magnitude mask at each sparsity
+    layers = pruning.layer_sparsity(pruning.magnitude_prune(copy.deepcopy(baseline), sp, scope="global"))
+    over_seeds(f"random-{round(100 * sp)}-ft", lambda s, ls=layers: recipes.random_prune_finetune(
+        baseline, splits.train, sparsity=ls, epochs=EPOCHS, seed=s, device=device))
+    print(summary(f"random-{round(100 * sp)}-ft"),
+          f"(random masks, the per-layer sparsities of the global {round(100 * sp)}% mask)")
 
 # %%
 matched = {sp: models.lenet_widths_matching(measure.count_nonzero(runs[f"global-{round(100 * sp)}-ft"]["models"][0]))
@@ -447,7 +450,7 @@ pct = [round(100 * sp) for sp in SPARSITIES]
 series = {"one-shot, no fine-tuning": ([x for x, _ in oneshot.values()], [a for _, a in oneshot.values()]),
           f"one-shot + {EPOCHS} ep fine-tuning": curve([f"global-{p}-ft" for p in pct]),
           f"gradual, {EPOCHS} ep": curve([f"gradual-{p}" for p in pct]),
-          f"random pruning + {EPOCHS} ep (control)": curve(["random-90-ft"]),
+          f"random pruning + {EPOCHS} ep (control)": curve([f"random-{p}-ft" for p in pct]),
           "dense from scratch, matched non-zeros (control)": curve([f"scratch-matched-{p}" for p in pct]),
           "small LeNet from scratch (control)": curve(["small-lenet"])}
 means = [sum(a) / len(a) for label, (_, accs) in series.items() if "no fine-tuning" not in label for a in accs]
@@ -475,16 +478,19 @@ for p in pct:
                  (f"global-{p}-ft", f"scratch-matched-{p}"), (f"gradual-{p}", f"scratch-matched-{p}"),
                  (f"global-{p}-ft", "small-lenet"), (f"gradual-{p}", "small-lenet")):
         verdicts[a, b] = cmp(a, b)
-for a, b in (("global-90-ft", "random-90-ft"), ("gradual-90", "random-90-ft"), ("global-90-ft", "torch-prune-90-ft")):
+for a, b in (("global-90-ft", "random-90-ft"), ("gradual-90", "random-90-ft"), ("global-95-ft", "random-95-ft"),
+             ("gradual-95", "random-95-ft"), ("global-90-ft", "torch-prune-90-ft")):
     verdicts[a, b] = cmp(a, b)
 for (a, b), c in verdicts.items():
     print(f"{a:18s} vs {b:18s} {c}")
 
 # %% [markdown]
-# **Which rows do the targets read?** They were fixed before the run (`recipes.CH1_BUDGET`, the same as
-# `make bench`): one-shot + fine-tuning at 90%, gradual pruning at 95%. Picking the better-looking method
-# after seeing its test score would bias the result upwards; a choice made from data is made on validation
-# (the validation means are printed for reference, they decide nothing here).
+# **Which rows do the targets read?** They were fixed before this protocol's first run (`recipes.CH1_BUDGET`,
+# the same as `make bench`): one-shot + fine-tuning at 90%, gradual pruning at 95%. Picking the better-looking
+# method after seeing its test score would bias the result upwards; a choice made from data is made on
+# validation. In the open: when the rows were fixed, the chapter's earlier single-seed results on the test split
+# (before the protocol) were known, one-shot at 90% among them, so this choice is not free of the test split.
+# The validation means are printed below, and section 13 reports each target on the row validation prefers too.
 
 # %%
 chosen = {round(100 * sp): (f"global-{round(100 * sp)}-ft" if how == "one-shot" else f"gradual-{round(100 * sp)}")
@@ -512,8 +518,9 @@ for p in pct:
     lines.append(f"- **{p}% against the baseline:** {said(verdicts[chosen[p], 'baseline'], chosen[p], 'the baseline')}.")
     lines.append(f"- **{p}% against the dense model of the same size trained from scratch:** "
                  f"{said(verdicts[chosen[p], f'scratch-matched-{p}'], chosen[p], f'scratch-matched-{p}')}.")
-lines.append(f"- **Magnitude against random pruning at 90%:** "
-             f"{said(verdicts['global-90-ft', 'random-90-ft'], 'global-90-ft', 'random-90-ft')}.")
+for p in pct:
+    lines.append(f"- **Magnitude against random pruning at {p}%:** "
+                 f"{said(verdicts[f'global-{p}-ft', f'random-{p}-ft'], f'global-{p}-ft', f'random-{p}-ft')}.")
 lines.append(f"- **Course recipe against the tutorial recipe at 90%:** "
              f"{said(verdicts['global-90-ft', 'torch-prune-90-ft'], 'global-90-ft', 'torch-prune-90-ft')}.")
 display(Markdown("\n".join(lines)))
@@ -748,16 +755,17 @@ METHODS = {
     "gradual-90": f"global magnitude gradual, cubic ramp over 5/8 of {EPOCHS} ep (AdamW, cosine)",
     "gradual-95": f"global magnitude gradual, cubic ramp over 5/8 of {EPOCHS} ep (AdamW, cosine)",
     "random-90-ft": f"random masks, per-layer sparsities of global-90 + {EPOCHS} ep fine-tune (AdamW, cosine)",
+    "random-95-ft": f"random masks, per-layer sparsities of global-95 + {EPOCHS} ep fine-tune (AdamW, cosine)",
     "scratch-matched-90": "dense LeNet-5 {w}, from scratch, baseline recipe (20 ep)",
     "scratch-matched-95": "dense LeNet-5 {w}, from scratch, baseline recipe (20 ep)",
     "small-lenet": "dense LeNet-5 {w} (models.SMALL_LENET), from scratch, baseline recipe (20 ep)",
     "channel-50-ft": f"L1 filter pruning, ratio {CHANNEL_RATIO} + {EPOCHS} ep fine-tune (AdamW, cosine)",
     "channel-50-scratch": "dense LeNet-5 {w}, from scratch, baseline recipe (20 ep)",
 }
-CONTROL_OF = {"random-90-ft": "global-90-ft", "scratch-matched-90": "global-90-ft", "scratch-matched-95": "global-95-ft",
+CONTROL_OF = {"random-90-ft": "global-90-ft", "random-95-ft": "global-95-ft", "scratch-matched-90": "global-90-ft", "scratch-matched-95": "global-95-ft",
               "small-lenet": "gradual-95", "channel-50-scratch": "channel-50-ft"}
 ROW_ORDER = ["torch-prune-90-ft", "global-90-ft", "gradual-90", "random-90-ft", "scratch-matched-90",
-             "global-95-ft", "gradual-95", "scratch-matched-95", "small-lenet", "channel-50-ft", "channel-50-scratch"]
+             "global-95-ft", "gradual-95", "random-95-ft", "scratch-matched-95", "small-lenet", "channel-50-ft", "channel-50-scratch"]
 
 
 def latency_fields(name):
@@ -827,6 +835,13 @@ targets["channel pruning, latency"] = (ch_speed >= 1.6, f"{ch_speed:.2f}x faster
 targets["channel pruning, accuracy"] = (ch_loss <= 0.010, f"loses {100 * ch_loss:+.2f} points (target <= 1.0)")
 for k, (ok, text) in targets.items():
     print(f"{'met   ' if ok else 'MISSED'} {k}: {text}")
+for p, max_loss in zip(pct, (0.003, 0.010)):  # the same targets on the row with the higher validation mean
+    n = max((f"global-{p}-ft", f"gradual-{p}"), key=lambda m: (sum(runs[m]["val"]), m == chosen[p]))
+    loss, c = base_acc - by_name[n]["accuracy"], cmp(n, "baseline")
+    ok = loss <= max_loss + 1e-9 and (p != 90 or c.ci[1] >= 0)
+    print(f"{'met   ' if ok else 'MISSED'} {p}% sparsity on the row validation prefers ({n}"
+          f"{', the same row' if n == chosen[p] else ''}): loses {100 * loss:+.2f} points (target <= {100 * max_loss:.1f})"
+          + (f", paired interval [{100 * c.ci[0]:+.2f}, {100 * c.ci[1]:+.2f}]" if p == 90 else ""))
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -844,7 +859,8 @@ display(Markdown("\n".join([
     f"{said(verdicts['gradual-95', 'global-95-ft'], 'gradual', 'one-shot + fine-tuning')}.",
     "",
     f"**Against the controls.** Magnitude against random pruning at 90%: "
-    f"{said(verdicts['global-90-ft', 'random-90-ft'], 'global-90-ft', 'random-90-ft')}. "
+    f"{said(verdicts['global-90-ft', 'random-90-ft'], 'global-90-ft', 'random-90-ft')}; at 95%: "
+    f"{said(verdicts['global-95-ft', 'random-95-ft'], 'global-95-ft', 'random-95-ft')}. "
     f"Against dense models of the same size trained from scratch: at 90%, "
     f"{said(verdicts[chosen[90], 'scratch-matched-90'], chosen[90], 'scratch-matched-90')}; at 95%, "
     f"{said(verdicts[chosen[95], 'scratch-matched-95'], chosen[95], 'scratch-matched-95')}. "
@@ -876,7 +892,8 @@ display(Markdown("\n".join([
 for p, sp in zip(pct, SPARSITIES):
     for name in (f"global-{p}-ft", f"gradual-{p}"):
         assert all(abs(measure.sparsity(m) - sp) < 1e-4 for m in runs[name]["models"]), f"{name}: sparsity drifted"
-assert all(abs(measure.sparsity(m) - 0.9) < 1e-3 for m in runs["random-90-ft"]["models"])
+for p, sp in zip(pct, SPARSITIES):
+    assert all(abs(measure.sparsity(m) - sp) < 1e-3 for m in runs[f"random-{p}-ft"]["models"]), f"random-{p}-ft"
 assert all(same_as_torch.values()), "magnitude_prune should pick the weights torch.nn.utils.prune picks"
 assert abs(twice - 0.75) < 1e-6 and same_filters and mac_law_holds
 assert base_macs / by_name["channel-50-ft"]["macs"] >= 2.0

@@ -214,7 +214,7 @@ fig.tight_layout()
 # it for fc1: one scale per tensor is set by the largest channel, most channels use a fraction of the
 # range. Asymmetric per-tensor has a better SQNR than symmetric per-tensor in this table: it has one more
 # level ($2^b$ instead of $2^b - 1$) and fits $[\min, \max]$ instead of $[-\max|w|, \max|w|]$. The gain
-# grows as the bits fall, to 2-3 dB at 3 bits in the table; at 2 bits, where symmetric has 3 levels and
+# grows as the bits fall, to a few dB at 3 bits in the table; at 2 bits, where symmetric has 3 levels and
 # asymmetric 4, every grid is so coarse that the gains scatter (large for conv1, small for the others).
 #
 # ## 4. Fake quantization, exactly PyTorch's, and the straight-through estimator
@@ -737,10 +737,10 @@ for name, (fp, ref) in fixed.items():
           f"by at most {fixed_diff[name][2]}")
 
 # %% [markdown]
-# The fixed-point version is not bit-exact with onnxruntime: it rounds $\text{acc} \cdot M_0 / 2^n$ half
+# The fixed-point version need not be bit-exact with onnxruntime: it rounds $\text{acc} \cdot M_0 / 2^n$ half
 # up and uses a 31-bit $M_0$, while onnxruntime rounds $\text{float32}(\text{acc}) \cdot M$ half to even
 # with a 24-bit float mantissa; where the exact product sits within a rounding error of a half-step, the
-# two land one step apart. Both are legitimate integer kernels; a deployment reproduces the runtime it
+# two can land one step apart (the count above says how often that happened here). Both are legitimate integer kernels; a deployment reproduces the runtime it
 # ships on, so its tests pin the rounding rule.
 #
 # **Before any of this: BatchNorm folding.** LeNet has no BatchNorm, but most CNNs do (the course's

@@ -100,7 +100,7 @@ print(f"baseline validation accuracy {100 * base_val:.2f}% [{100 * lo:.1f}, {100
 #
 # **Which split for what.** Every choice in this chapter (ranks, the calibration set, the cost of the CP
 # model) is made on the **validation** split (500 images: one image is 0.2 points, and the 95% interval of the
-# baseline's 98% printed below spans about 2.5 points). The **test** split (1,000 images) is evaluated once per final model, in
+# baseline's validation accuracy, printed below, spans a few points). The **test** split (1,000 images) is evaluated once per final model, in
 # section 9. Each printed line says which split it is from.
 #
 # ## 2. Singular value spectra of the trained layers

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _validate as V
-from .stats import accuracy_interval
+from .stats import accuracy_interval, paired_compare
 from .training import predict
 
 
@@ -73,23 +73,41 @@ def robustness_table(models: dict, x: torch.Tensor, y: torch.Tensor, settings: l
                      reference: str = "baseline") -> list[dict]:
     """Accuracy of every model under every (kind, level) setting, plus agreement with ``reference``.
 
-    models: {name: callable mapping a float tensor batch to logits}. Returns one dict per
-    (model, kind, level) with "accuracy" and "agreement" (fraction of predictions equal to the
-    reference model's on the same corrupted images), both in [0, 1], each with its 95% Wilson interval
-    on the n images ("accuracy_ci", "agreement_ci", ``stats.accuracy_interval``; the reference's own agreement
-    is exactly 1, interval (1.0, 1.0)) and "n".
+    models: {name: model or list of models}, a model being a callable mapping a float tensor batch of shape
+    (N, C, H, W) to logits (N, classes); a list holds one model per seed of the same method (at least one).
+    x: (N, C, H, W) normalised images, y: (N,) labels. ``reference`` must be a key of ``models``; its
+    agreement is taken with its first model.
+
+    Returns one dict per (model, kind, level), in the order of ``settings`` then ``models``, with "n", "seeds",
+    "accuracy" and "agreement" (fraction of predictions equal to the reference's on the same corrupted images),
+    each the mean over the seeds in [0, 1] with its 95% Wilson interval on the n images ("accuracy_ci",
+    "agreement_ci", ``stats.accuracy_interval``; the reference's own agreement is exactly 1, interval (1.0, 1.0)),
+    and "vs_reference": the paired comparison of its per-image correctness with the reference's on the same
+    corrupted images (``stats.paired_compare``, seeds averaged per image; None for the reference itself). The
+    paired verdict is the one to read: two overlapping Wilson intervals do not mean "no difference".
     """
-    if reference not in models:
-        raise ValueError(f"reference={reference!r} is not one of the models {sorted(models)}")
+    if not isinstance(models, dict) or reference not in models:
+        raise ValueError(f"reference={reference!r} is not one of the models "
+                         f"{sorted(models) if isinstance(models, dict) else models!r}")
+    runs = {}
+    for name, m in models.items():
+        runs[name] = list(m) if isinstance(m, (list, tuple)) else [m]
+        if not runs[name] or not all(callable(r) for r in runs[name]):
+            raise ValueError(f"models[{name!r}] must be a model or a non-empty list of models (callables), "
+                             f"got {m!r}")
     rows = []
     for kind, level in settings:
         xc = x if kind == "clean" else corrupt(x, kind, level, mean, std)
-        preds = {n: predict(m, xc) if isinstance(m, torch.nn.Module) else m(xc).argmax(1) for n, m in models.items()}
+        preds = {n: torch.stack([predict(r, xc) if isinstance(r, torch.nn.Module) else r(xc).argmax(1) for r in rs])
+                 for n, rs in runs.items()}
+        ref_pred, ref_ok = preds[reference][0], preds[reference] == y
         for n, p in preds.items():
-            acc = (p == y).float().mean().item()
-            agr = (p == preds[reference]).float().mean().item()
-            rows.append({"model": n, "kind": kind, "level": level, "n": len(y),
+            ok = p == y                                     # (seeds, N)
+            acc = ok.float().mean().item()
+            agr = (p == ref_pred).float().mean().item()
+            rows.append({"model": n, "kind": kind, "level": level, "n": len(y), "seeds": p.shape[0],
                          "accuracy": acc, "accuracy_ci": accuracy_interval(acc, len(y)),
                          "agreement": agr,  # the reference agrees with itself by construction: no interval
-                         "agreement_ci": (1.0, 1.0) if n == reference else accuracy_interval(agr, len(y))})
+                         "agreement_ci": (1.0, 1.0) if n == reference else accuracy_interval(agr, len(y)),
+                         "vs_reference": None if n == reference else paired_compare(ok, ref_ok)})
     return rows

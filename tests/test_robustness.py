@@ -94,3 +94,37 @@ def test_robustness_table_intervals():
         else:
             assert r["agreement_ci"] == stats.accuracy_interval(r["agreement"], 40)
         assert r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]
+
+
+def test_robustness_table_over_seeds_gives_mean_and_paired_verdict():
+    """Several seeds per model: the mean over seeds, and a paired verdict against the reference that a
+    hand-made case decides (a perfect reference against runs that miss 30% of the images is worse)."""
+    from course_lib import stats
+    n = 200
+    y = torch.arange(n) % 10
+    x = torch.zeros(n, 1, 28, 28)
+    onehot = torch.nn.functional.one_hot(y, 10).float()
+
+    def wrong_on(frac, shift):  # a fixed predictor: wrong on a block of images, right elsewhere
+        out = onehot.clone()
+        k = int(frac * n)
+        idx = (torch.arange(k) + shift) % n
+        out[idx] = torch.roll(onehot[idx], 1, dims=1)
+        return lambda xc: out
+
+    perfect = lambda xc: onehot  # noqa: E731
+    runs = [wrong_on(0.3, 0), wrong_on(0.3, 50), wrong_on(0.2, 100)]
+    rows = rb.robustness_table({"ref": perfect, "seeds": runs, "same": [perfect, perfect]}, x, y, [("clean", 0)],
+                               MEAN, STD, reference="ref")
+    ref, r, same = rows
+    assert ref["seeds"] == 1 and ref["vs_reference"] is None and ref["agreement"] == 1.0
+    assert r["seeds"] == 3 and r["accuracy"] == pytest.approx((0.7 + 0.7 + 0.8) / 3)
+    assert r["agreement"] == pytest.approx(r["accuracy"])  # the reference is always right
+    ok = torch.stack([(f(x).argmax(1) == y) for f in runs])
+    expect = stats.paired_compare(ok, torch.ones(n, dtype=torch.bool))
+    assert r["vs_reference"] == expect and r["vs_reference"].verdict == "worse"
+    assert r["vs_reference"].diff == pytest.approx(r["accuracy"] - 1.0)
+    assert same["vs_reference"].verdict == "indistinguishable" and same["vs_reference"].diff == 0.0
+    for bad in ([], [perfect, "not a model"]):
+        with pytest.raises(ValueError, match="models\\['seeds'\\]"):
+            rb.robustness_table({"ref": perfect, "seeds": bad}, x, y, [("clean", 0)], MEAN, STD, reference="ref")

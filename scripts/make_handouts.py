@@ -286,6 +286,14 @@ def headline(records: list[dict]) -> list[tuple[str, dict]]:
     return rows
 
 
+SECOND_METRICS = ("cosine", "perplexity")  # record fields a chapter reports beside its `accuracy`
+
+
+def _second(v) -> str:
+    """A second metric's cell: a float to 4 significant digits, "–" where the record has none."""
+    return "–" if v is None else f"{v:.4g}" if isinstance(v, (int, float)) else html.escape(str(v))
+
+
 def results_table(records: list[dict]) -> str:
     from course_lib.records import format_accuracy  # imports torch: only when there are results to show
 
@@ -294,8 +302,11 @@ def results_table(records: list[dict]) -> str:
         return "<p>The results file has no <code>baseline</code> record.</p>"
     base = rows[0][1]
     metric = html.escape(base.get("metric", "accuracy"))
+    # a chapter's second metric (chapter 6's cosine to fp32, chapter 7's perplexity) is shown where it was recorded
+    second = [k for k in SECOND_METRICS if any(r.get(k) is not None for _, r in rows)]
     out = [f'<table class="results"><tr><th>model</th><th>role</th><th>{metric} (mean ± sd [95% interval])</th>'
-           "<th>size</th><th>× smaller</th><th>latency</th><th>× faster</th></tr>"]
+           + "".join(f"<th>{k}</th>" for k in second)
+           + "<th>size</th><th>× smaller</th><th>latency</th><th>× faster</th></tr>"]
     for role, r in rows:
         smaller = f"{base['size_bytes'] / r['size_bytes']:.1f}" if r.get("size_bytes") else "–"
         lat = f"{r['latency_ms']:.2f} ms" if r.get("latency_ms") else "not measured"
@@ -304,6 +315,7 @@ def results_table(records: list[dict]) -> str:
         role_txt = f"control of {r['control_of']}" if role == "control" else role
         out.append(f'<tr class="{"control" if role == "control" else "model"}"><td>{html.escape(r["name"])}</td>'
                    f"<td>{html.escape(role_txt)}</td><td>{html.escape(format_accuracy(r))}</td>"
+                   + "".join(f"<td>{_second(r.get(k))}</td>" for k in second) +
                    f"<td>{r['size_bytes'] / 1024:,.1f} KiB</td><td>{smaller}</td><td>{lat}</td><td>{faster}</td></tr>")
     out.append("</table>")
     n = len(records)

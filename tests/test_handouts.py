@@ -221,3 +221,19 @@ def test_the_checks_catch_what_they_look_for():
     found = external_resources(bad)
     assert len(found) == 5 and not any("arxiv" in f for f in found)
     assert raw_tex(bad) == ["$x^2$", "\\frac"]
+
+
+def test_results_table_shows_a_second_metric_where_recorded():
+    """Chapter 6's cosine (and chapter 7's perplexity) appear in the index beside the chapter's metric; a
+    chapter without them gets no empty column."""
+    from bs4 import BeautifulSoup
+    recs = _records()
+    plain = BeautifulSoup(make_handouts.results_table(recs), "html.parser")
+    assert [th.get_text() for th in plain.select("th")][3] == "size"
+    recs[0]["cosine"], recs[1]["cosine"] = 1.0, 0.99871234  # baseline and int8; int4 has none
+    soup = BeautifulSoup(make_handouts.results_table(recs), "html.parser")
+    assert [th.get_text() for th in soup.select("th")][3] == "cosine"
+    rows = {tr.find_all("td")[0].get_text(): [td.get_text() for td in tr.find_all("td")]
+            for tr in soup.select("tr")[1:]}
+    assert rows["baseline"][3] == "1" and rows["int8"][3] == "0.9987" and rows["int4"][3] == "–"
+    assert rows["int4"][4] == "1.0 KiB"  # the size column moved right, not lost

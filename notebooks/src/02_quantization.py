@@ -962,6 +962,48 @@ print(f"keeping conv1 float took the int8 model from {all_ms:.3f} to {mix_ms:.3f
       ("" if 0 <= fraction <= 1 else " (outside [0, 100%]: in this run the ceiling, a quarter of onnxruntime's "
                                      "float32 time, is not a bound; timings on a busy machine)"))
 
+# %% [markdown]
+# **Batch 1.** A classifier that answers one request at a time runs at batch 1, the deployment case. The same
+# models, one image per call, in one interleaved measurement again (repeats raised, each call being short). A
+# call now does 64 times less arithmetic but pays the same fixed costs (Python, the runtime's dispatch, the
+# quantize and dequantize steps at the model's edges), so a speed-up that comes from cheaper arithmetic can
+# shrink: which of the int8 gains survive is a measurement. Seconds per image follow by dividing by the batch
+# size, so the table also says how much batching itself buys.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+x1 = x64[:1].contiguous()
+
+
+def ort_runner1(module):
+    sess, name, arr = module.session, module.input_name, x1.numpy()
+    return lambda: sess.run(None, {name: arr})
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    lat1 = deploy.latency_table({
+        "baseline": baseline,
+        "onnxruntime-int8-static": {"onnxruntime int8": ort_runner1(ort_int8)},
+        "onnxruntime-int8-conv1-float": {"onnxruntime int8": ort_runner1(ort_mixed)},
+        "torch.ao-fx-static-int8": {"torch.ao int8": lambda: ao_fx(x1)},
+        "torch.ao-dynamic-int8": {"torch.ao dynamic": lambda: ao_dyn(x1)},
+        "control-small-lenet": ctrl_models["control-small-lenet"][0],
+    }, shape, batch_size=1, workdir=art, rounds=TIMING_ROUNDS, repeats=5 * TIMING_REPEATS)
+print(deploy.format_latency_table(lat1))
+print("x faster than the baseline's fastest fp32, batch 1 vs batch 64 (its fastest fp32 configuration: "
+      f"{lat1['baseline']['config']} at batch 1, {lat['baseline']['config']} at batch 64):")
+for k in ("onnxruntime-int8-static", "onnxruntime-int8-conv1-float", "torch.ao-fx-static-int8",
+          "torch.ao-dynamic-int8", "control-small-lenet"):
+    print(f"  {k:30s} batch 1: {lat1[k]['x_faster']:5.2f}x   batch 64: {lat[k]['x_faster']:5.2f}x")
+per_image = {b: t["baseline"]["latency_ms"] / n for b, t, n in (("1", lat1, 1), ("64", lat, 64))}
+print(f"the baseline's fastest fp32 per image: {1000 * per_image['1']:.0f} us at batch 1, "
+      f"{1000 * per_image['64']:.0f} us at batch 64 ({per_image['1'] / per_image['64']:.1f}x from batching)")
+int8_names = [k for k in lat1 if "int8" in k]
+print("int8 faster than the fastest fp32 at batch 1 here: "
+      + (", ".join(k for k in int8_names if lat1[k]["x_faster"] > 1) or "none")
+      + "; slower: " + (", ".join(k for k in int8_names if lat1[k]["x_faster"] <= 1) or "none"))
+
 
 # %% [markdown]
 # ## 15. Results

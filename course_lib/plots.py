@@ -365,6 +365,44 @@ def filter_norms(norms, n_keep: int, title: str = "L1 norm of each filter, sorte
     return fig
 
 
+def flatten_columns(weight, kept, per_channel: int, rows: int = 64,
+                    title: str = "fc1's weights, 16 columns per conv2 channel"):
+    """How a flatten ties a convolution's output channels to the next linear layer's columns.
+
+    weight: the linear layer's weight, shape (out, in) with ``in`` = channels x ``per_channel`` (>= 1), e.g.
+    ``fc1.weight`` of LeNet-5 with 50 channels of 4 x 4 = 16 positions; kept: indices (in [0, channels)) of the
+    channels that stay. Draws |weight| for the first ``rows`` (>= 1) rows, the columns of each removed channel
+    shaded red (they leave with their channel), and a strip above marking each channel's block of columns.
+    Returns the Figure."""
+    w = torch.as_tensor(weight).detach().float()
+    if w.dim() != 2:
+        raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(w.shape)}")
+    if not isinstance(per_channel, int) or per_channel < 1 or w.shape[1] % per_channel:
+        raise ValueError(f"per_channel={per_channel!r} must be a positive integer dividing in={w.shape[1]}")
+    if not isinstance(rows, int) or rows < 1:
+        raise ValueError(f"rows={rows!r} must be an integer >= 1")
+    channels = w.shape[1] // per_channel
+    kept = sorted({int(k) for k in (kept.tolist() if torch.is_tensor(kept) else kept)})
+    if any(not 0 <= k < channels for k in kept):
+        raise ValueError(f"kept must hold channel indices in [0, {channels}), got {kept}")
+    fig, (top, ax) = plt.subplots(2, 1, figsize=(9, 3.6), sharex=True, gridspec_kw={"height_ratios": [1, 8]})
+    strip = np.array([[1.0 if c in kept else 0.0 for c in range(channels) for _ in range(per_channel)]])
+    top.imshow(strip, aspect="auto", cmap="RdYlBu", vmin=-0.2, vmax=1.2, interpolation="nearest")
+    top.set_yticks([])
+    top.set_title(f"{title}: {len(kept)} of {channels} channels kept (blue), {channels - len(kept)} removed (red)",
+                  fontsize=9)
+    ax.imshow(w[:rows].abs().numpy(), aspect="auto", cmap="Greys", interpolation="nearest")
+    for c in range(channels):
+        if c not in kept:
+            ax.axvspan(c * per_channel - 0.5, (c + 1) * per_channel - 0.5, color="C3", alpha=0.35, lw=0)
+    step = max(1, channels // 10)
+    ax.set_xticks([c * per_channel + per_channel / 2 - 0.5 for c in range(0, channels, step)],
+                  [str(c) for c in range(0, channels, step)])
+    ax.set(xlabel=f"input column, labelled by its channel (columns {per_channel}j ... {per_channel}j+{per_channel - 1})",
+           ylabel=f"output unit (first {min(rows, w.shape[0])})")
+    fig.tight_layout()
+    return fig
+
 def pruning_schedule(history, total_steps: int, title: str = "cubic schedule, as applied"):
     """Sparsity against optimizer step for a ``pruning.GradualPruner``'s ``history`` [(step, sparsity)],
     drawn over the whole run of ``total_steps`` (>= 1) steps: the ramp, then the recovery phase at the

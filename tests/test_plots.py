@@ -96,3 +96,21 @@ def test_reliability_diagram_draws_each_model_without_its_empty_bins():
     assert len(dots[1].get_offsets()) == int((spread["count"] > 0).sum())
     with pytest.raises(ValueError, match="bins_by_name"):
         plots.reliability_diagram({})
+
+
+def test_flatten_columns_shades_the_removed_channels_columns():
+    torch.manual_seed(0)
+    w = torch.randn(20, 5 * 16)
+    fig = plots.flatten_columns(w, torch.tensor([0, 2, 4]), per_channel=16, rows=8)
+    top, ax = fig.axes
+    strip = top.images[0].get_array()
+    assert strip.shape == (1, 80)
+    assert strip[0, :16].min() == 1 and strip[0, 16:32].max() == 0 and strip[0, 32:48].min() == 1
+    assert ax.images[0].get_array().shape == (8, 80)  # the first `rows` rows, every column
+    assert torch.allclose(torch.as_tensor(ax.images[0].get_array()), w[:8].abs())
+    shaded = sorted((round(p.get_x() + 0.5), round(p.get_x() + p.get_width() + 0.5)) for p in ax.patches)
+    assert shaded == [(16, 32), (48, 64)]  # channels 1 and 3: their 16 columns each
+    assert "3 of 5 channels kept" in top.get_title()
+    for bad, kw in ((torch.randn(4, 81), {}), (torch.randn(4, 80, 1), {}), (w, {"kept": [5]}), (w, {"rows": 0})):
+        with pytest.raises(ValueError):
+            plots.flatten_columns(bad, kw.get("kept", [0]), per_channel=16, rows=kw.get("rows", 4))

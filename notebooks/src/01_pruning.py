@@ -649,6 +649,18 @@ def keep_filters(w: torch.Tensor, ratio: float) -> torch.Tensor:
 # %% nbgrader={"grade": true, "grade_id": "check_keep_filters", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 checks.check_filters_to_keep(keep_filters)
 
+# %% [markdown]
+# The same mapping, drawn on the baseline: `fc1`'s weight matrix (magnitudes, its first 64 rows), its columns in
+# blocks of 16, one block per `conv2` channel. The strip above marks the channels that filter ranking keeps at
+# $r = 0.5$; every red block leaves with its channel, so channel pruning at $r$ removes a fraction $r$ of
+# `fc1`'s columns on top of the fraction $r$ of its rows that ranking `fc1`'s own units removes.
+
+# %%
+kept2 = pruning.filters_to_keep(baseline.conv2.weight, CHANNEL_RATIO)
+fig = plots.flatten_columns(baseline.fc1.weight, kept2, per_channel=16)
+print(f"conv2 keeps {len(kept2)} of {baseline.conv2.out_channels} channels, so fc1 keeps "
+      f"{16 * len(kept2)} of its {baseline.fc1.in_features} input columns")
+
 # %% [markdown] tags=["theory"]
 # `pruning.channel_prune(model, ratio)` applies it to `conv1`, `conv2` and the hidden layer `fc1`, and
 # returns a new, smaller `LeNet5` holding the kept weights.

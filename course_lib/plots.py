@@ -366,7 +366,7 @@ def filter_norms(norms, n_keep: int, title: str = "L1 norm of each filter, sorte
 
 
 def flatten_columns(weight, kept, per_channel: int, rows: int = 64,
-                    title: str = "fc1's weights, 16 columns per conv2 channel"):
+                    title: str = "columns grouped by channel"):
     """How a flatten ties a convolution's output channels to the next linear layer's columns.
 
     weight: the linear layer's weight, shape (out, in) with ``in`` = channels x ``per_channel`` (>= 1), e.g.

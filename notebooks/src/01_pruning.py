@@ -651,15 +651,18 @@ checks.check_filters_to_keep(keep_filters)
 
 # %% [markdown]
 # The same mapping, drawn on the baseline: `fc1`'s weight matrix (magnitudes, its first 64 rows), its columns in
-# blocks of 16, one block per `conv2` channel. The strip above marks the channels that filter ranking keeps at
+# blocks, one block per `conv2` channel (16 columns on the course's 28×28 digits; another image size gives
+# another count, printed below). The strip above marks the channels that filter ranking keeps at
 # $r = 0.5$; every red block leaves with its channel, so channel pruning at $r$ removes a fraction $r$ of
 # `fc1`'s columns on top of the fraction $r$ of its rows that ranking `fc1`'s own units removes.
 
 # %%
 kept2 = pruning.filters_to_keep(baseline.conv2.weight, CHANNEL_RATIO)
-fig = plots.flatten_columns(baseline.fc1.weight, kept2, per_channel=16)
+per_ch = baseline.fc1.in_features // baseline.conv2.out_channels  # positions of conv2's pooled map per channel
+fig = plots.flatten_columns(baseline.fc1.weight, kept2, per_channel=per_ch,
+                            title=f"fc1's weights, {per_ch} columns per conv2 channel")
 print(f"conv2 keeps {len(kept2)} of {baseline.conv2.out_channels} channels, so fc1 keeps "
-      f"{16 * len(kept2)} of its {baseline.fc1.in_features} input columns")
+      f"{per_ch * len(kept2)} of its {baseline.fc1.in_features} input columns ({per_ch} per channel)")
 
 # %% [markdown] tags=["theory"]
 # `pruning.channel_prune(model, ratio)` applies it to `conv1`, `conv2` and the hidden layer `fc1`, and

@@ -924,8 +924,9 @@ for name, widths in controls.items():
 x64 = torch.randn((64, *shape), generator=torch.Generator().manual_seed(0))
 
 
-def ort_runner(module):
-    sess, name, arr = module.session, module.input_name, x64.numpy()
+def ort_runner(module, x=x64):
+    """A zero-argument call of ``module``'s onnxruntime session on the fixed batch ``x``."""
+    sess, name, arr = module.session, module.input_name, x.numpy()
     return lambda: sess.run(None, {name: arr})
 
 
@@ -973,19 +974,12 @@ print(f"keeping conv1 float took the int8 model from {all_ms:.3f} to {mix_ms:.3f
 # %%
 # NBVAL_IGNORE_OUTPUT
 x1 = x64[:1].contiguous()
-
-
-def ort_runner1(module):
-    sess, name, arr = module.session, module.input_name, x1.numpy()
-    return lambda: sess.run(None, {name: arr})
-
-
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     lat1 = deploy.latency_table({
         "baseline": baseline,
-        "onnxruntime-int8-static": {"onnxruntime int8": ort_runner1(ort_int8)},
-        "onnxruntime-int8-conv1-float": {"onnxruntime int8": ort_runner1(ort_mixed)},
+        "onnxruntime-int8-static": {"onnxruntime int8": ort_runner(ort_int8, x1)},
+        "onnxruntime-int8-conv1-float": {"onnxruntime int8": ort_runner(ort_mixed, x1)},
         "torch.ao-fx-static-int8": {"torch.ao int8": lambda: ao_fx(x1)},
         "torch.ao-dynamic-int8": {"torch.ao dynamic": lambda: ao_dyn(x1)},
         "control-small-lenet": ctrl_models["control-small-lenet"][0],

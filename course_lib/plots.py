@@ -403,6 +403,7 @@ def flatten_columns(weight, kept, per_channel: int, rows: int = 64,
     fig.tight_layout()
     return fig
 
+
 def pruning_schedule(history, total_steps: int, title: str = "cubic schedule, as applied"):
     """Sparsity against optimizer step for a ``pruning.GradualPruner``'s ``history`` [(step, sparsity)],
     drawn over the whole run of ``total_steps`` (>= 1) steps: the ramp, then the recovery phase at the

@@ -227,6 +227,9 @@ def controls_beside(records: list) -> list:
     return out
 
 
+SECOND_METRICS = ("cosine", "perplexity")  # fields a chapter reports beside its `accuracy` (chapters 6 and 7)
+
+
 def assemble(root: str | os.PathLike | None = None, out: str | os.PathLike | None = None) -> Path:
     """Gather every <stem>.json under ``root`` into one Markdown page (build/results.md)."""
     root = Path(root) if root is not None else results_dir()
@@ -244,7 +247,7 @@ def assemble(root: str | os.PathLike | None = None, out: str | os.PathLike | Non
         parts.append("No results yet: run the notebooks (`make run`).")
     for f in files:
         records = controls_beside(json.loads(f.read_text()))
-        extra = [k for k in ("cosine", "perplexity", "sparsity", "weight_bits", "activation_bits", "method",
+        extra = [k for k in (*SECOND_METRICS, "sparsity", "weight_bits", "activation_bits", "method",
                             "latency_config", "control_of", "file")
                  if any(k in r for r in records)]
         metrics = sorted({r.get("metric", "accuracy") for r in records})

@@ -75,8 +75,8 @@ def robustness_table(models: dict, x: torch.Tensor, y: torch.Tensor, settings: l
 
     models: {name: model or list of models}, a model being a callable mapping a float tensor batch of shape
     (N, C, H, W) to logits (N, classes); a list holds one model per seed of the same method (at least one).
-    x: (N, C, H, W) normalised images, y: (N,) labels. ``reference`` must be a key of ``models``; its
-    agreement is taken with its first model.
+    x: (N, C, H, W) normalised images, y: (N,) labels. ``reference`` must be a key of ``models`` holding one
+    model (not a list of several).
 
     Returns one dict per (model, kind, level), in the order of ``settings`` then ``models``, with "n", "seeds",
     "accuracy" and "agreement" (fraction of predictions equal to the reference's on the same corrupted images),
@@ -95,6 +95,12 @@ def robustness_table(models: dict, x: torch.Tensor, y: torch.Tensor, settings: l
         if not runs[name] or not all(callable(r) for r in runs[name]):
             raise ValueError(f"models[{name!r}] must be a model or a non-empty list of models (callables), "
                              f"got {m!r}")
+    if len(runs[reference]) != 1:  # agreement and the paired verdict both need one reference prediction
+        raise ValueError(f"models[{reference!r}] (the reference) must be one model, got a list of "
+                         f"{len(runs[reference])}")
+    if x.dim() != 4 or y.dim() != 1 or len(y) != x.shape[0]:
+        raise ValueError(f"x must be (N, C, H, W) and y (N,) with the same N, got x {tuple(x.shape)} and "
+                         f"y {tuple(y.shape)}")
     rows = []
     for kind, level in settings:
         xc = x if kind == "clean" else corrupt(x, kind, level, mean, std)

@@ -286,16 +286,13 @@ def headline(records: list[dict]) -> list[tuple[str, dict]]:
     return rows
 
 
-SECOND_METRICS = ("cosine", "perplexity")  # record fields a chapter reports beside its `accuracy`
-
-
 def _second(v) -> str:
     """A second metric's cell: a float to 4 significant digits, "–" where the record has none."""
     return "–" if v is None else f"{v:.4g}" if isinstance(v, (int, float)) else html.escape(str(v))
 
 
 def results_table(records: list[dict]) -> str:
-    from course_lib.records import format_accuracy  # imports torch: only when there are results to show
+    from course_lib.records import SECOND_METRICS, format_accuracy  # imports torch: only with results to show
 
     rows = headline(records)
     if not rows:

@@ -111,6 +111,7 @@ def test_flatten_columns_shades_the_removed_channels_columns():
     shaded = sorted((round(p.get_x() + 0.5), round(p.get_x() + p.get_width() + 0.5)) for p in ax.patches)
     assert shaded == [(16, 32), (48, 64)]  # channels 1 and 3: their 16 columns each
     assert "3 of 5 channels kept" in top.get_title()
-    for bad, kw in ((torch.randn(4, 81), {}), (torch.randn(4, 80, 1), {}), (w, {"kept": [5]}), (w, {"rows": 0})):
-        with pytest.raises(ValueError):
+    for bad, kw, msg in ((torch.randn(4, 81), {}, "per_channel"), (torch.randn(4, 80, 1), {}, "2-D"),
+                         (w, {"kept": [5]}, "kept"), (w, {"rows": 0}, "rows")):
+        with pytest.raises(ValueError, match=msg):
             plots.flatten_columns(bad, kw.get("kept", [0]), per_channel=16, rows=kw.get("rows", 4))

@@ -128,3 +128,14 @@ def test_robustness_table_over_seeds_gives_mean_and_paired_verdict():
     for bad in ([], [perfect, "not a model"]):
         with pytest.raises(ValueError, match="models\\['seeds'\\]"):
             rb.robustness_table({"ref": perfect, "seeds": bad}, x, y, [("clean", 0)], MEAN, STD, reference="ref")
+
+
+def test_robustness_table_refuses_bad_input_by_name():
+    m = MLP(hidden=(8,))
+    x, y = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    with pytest.raises(ValueError, match="the reference"):  # agreement needs one reference prediction
+        rb.robustness_table({"baseline": [m, m], "other": m}, x, y, [("clean", 0)], MEAN, STD)
+    with pytest.raises(ValueError, match="reference='baseline'"):
+        rb.robustness_table([m], x, y, [("clean", 0)], MEAN, STD)
+    with pytest.raises(ValueError, match="same N"):
+        rb.robustness_table({"baseline": m}, x, y[:5], [("clean", 0)], MEAN, STD)

@@ -382,11 +382,11 @@ def flatten_columns(weight, kept, per_channel: int, rows: int = 64,
     if not isinstance(rows, int) or rows < 1:
         raise ValueError(f"rows={rows!r} must be an integer >= 1")
     channels = w.shape[1] // per_channel
-    kept = sorted({int(k) for k in (kept.tolist() if torch.is_tensor(kept) else kept)})
+    kept = {int(k) for k in (kept.tolist() if torch.is_tensor(kept) else kept)}
     if any(not 0 <= k < channels for k in kept):
-        raise ValueError(f"kept must hold channel indices in [0, {channels}), got {kept}")
+        raise ValueError(f"kept must hold channel indices in [0, {channels}), got {sorted(kept)}")
     fig, (top, ax) = plt.subplots(2, 1, figsize=(9, 3.6), sharex=True, gridspec_kw={"height_ratios": [1, 8]})
-    strip = np.array([[1.0 if c in kept else 0.0 for c in range(channels) for _ in range(per_channel)]])
+    strip = np.repeat(np.isin(np.arange(channels), sorted(kept)), per_channel)[None].astype(float)
     top.imshow(strip, aspect="auto", cmap="RdYlBu", vmin=-0.2, vmax=1.2, interpolation="nearest")
     top.set_yticks([])
     top.set_title(f"{title}: {len(kept)} of {channels} channels kept (blue), {channels - len(kept)} removed (red)",

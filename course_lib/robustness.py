@@ -106,7 +106,8 @@ def robustness_table(models: dict, x: torch.Tensor, y: torch.Tensor, settings: l
         xc = x if kind == "clean" else corrupt(x, kind, level, mean, std)
         preds = {n: torch.stack([predict(r, xc) if isinstance(r, torch.nn.Module) else r(xc).argmax(1) for r in rs])
                  for n, rs in runs.items()}
-        ref_pred, ref_ok = preds[reference][0], preds[reference] == y
+        ref_pred = preds[reference][0]
+        ref_ok = ref_pred == y
         for n, p in preds.items():
             ok = p == y                                     # (seeds, N)
             acc = ok.float().mean().item()

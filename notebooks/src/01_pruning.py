@@ -838,7 +838,7 @@ by_name = {r["name"]: r for r in recs}
 def sparsity_target(p, n, max_loss):
     """(met?, text) for the p% sparsity target read on row n: mean loss <= max_loss, and at 90% the paired
     interval against the baseline reaching zero or above."""
-    loss, c = base_acc - by_name[n]["accuracy"], cmp(n, "baseline")
+    loss, c = base_acc - by_name[n]["accuracy"], verdicts[n, "baseline"]
     ok = loss <= max_loss + 1e-9 and (p != 90 or c.ci[1] >= 0)
     return ok, (f"loses {100 * loss:+.2f} points (target <= {100 * max_loss:.1f})"
                 + (f", paired interval [{100 * c.ci[0]:+.2f}, {100 * c.ci[1]:+.2f}]" if p == 90 else ""))

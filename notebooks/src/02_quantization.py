@@ -995,9 +995,9 @@ for k in ("onnxruntime-int8-static", "onnxruntime-int8-conv1-float", "torch.ao-f
           "torch.ao-dynamic-int8", "control-small-lenet"):
     print(f"  {k:30s} vs fastest fp32: batch 1 {lat1[k]['x_faster']:5.2f}x, batch 64 {lat[k]['x_faster']:5.2f}x;"
           f"   vs torch NCHW: batch 1 {lat1[k]['x_faster_torch']:5.2f}x, batch 64 {lat[k]['x_faster_torch']:5.2f}x")
-per_image = {b: t["baseline"]["latency_ms"] / n for b, t, n in (("1", lat1, 1), ("64", lat, 64))}
-print(f"the baseline's fastest fp32 per image: {1000 * per_image['1']:.0f} us at batch 1, "
-      f"{1000 * per_image['64']:.0f} us at batch 64 ({per_image['1'] / per_image['64']:.1f}x from batching)")
+us_1, us_64 = 1000 * lat1["baseline"]["latency_ms"], 1000 * lat["baseline"]["latency_ms"] / 64  # per image
+print(f"the baseline's fastest fp32 per image: {us_1:.0f} us at batch 1, {us_64:.0f} us at batch 64 "
+      f"({us_1 / us_64:.1f}x from batching)")
 int8_names = [k for k in lat1 if "int8" in k]
 print("int8 faster than the fastest fp32 at batch 1 here: "
       + (", ".join(k for k in int8_names if lat1[k]["x_faster"] > 1) or "none")

@@ -614,7 +614,9 @@ def loss(name):
 
 
 val_loss = 100 * (base_val - float(np.mean(sweep_val[CHOSEN])))  # section 6a, on validation
-fast_vs_base = {n: stats.paired_compare(ok_test[n], ok_test["baseline"]) for n in ("latency-fp32", LAT8)}
+# the latency model's two forms and its controls (same architecture), each paired against the baseline
+vs_base = {n: stats.paired_compare(ok_test[n], ok_test["baseline"])
+           for n in ("latency-fp32", LAT8, "prune-no-kd", "scratch-kd", "scratch")}
 
 
 display(Markdown(
@@ -631,7 +633,7 @@ display(Markdown(
     f"{base_lat / by['ort-static-int8']['latency_ms']:.2f}x, the latency model {base_lat / by['latency-fp32']['latency_ms']:.1f}x "
     f"in fp32 ({by['latency-fp32']['latency_config']}) and {base_lat / by[LAT8]['latency_ms']:.1f}x in int8, at "
     f"{loss('latency-fp32'):.2f} and {loss(LAT8):.2f} points lost (paired against the baseline: fp32 "
-    f"{fast_vs_base['latency-fp32']}; int8 {fast_vs_base[LAT8]}). Deep Compression runs at the baseline's speed "
+    f"{vs_base['latency-fp32']}; int8 {vs_base[LAT8]}). Deep Compression runs at the baseline's speed "
     f"({base_lat / by[DC]['latency_ms']:.2f}x): its file decodes to a dense model.\n\n"
     + (f"**Validation and test.** Section 6a chose conv1's width on validation, where the chosen model "
        f"({FAST_W['c1']} filters) lost {val_loss:.2f} points (mean over its seeds); on the test split its faster "
@@ -653,7 +655,7 @@ display(Markdown(
     f"weights with distillation {verdicts['latency-fp32', 'scratch-kd']}; against it trained from scratch with the "
     f"baseline recipe {verdicts['latency-fp32', 'scratch']}. Against the target, at the same latency: "
     + "; ".join(f"`{c}` loses {loss(c):.2f} points ({'within' if loss(c) <= 1 + 1e-9 else 'beyond'} the 1-point "
-                f"allowance; paired against the baseline {stats.paired_compare(ok_test[c], ok_test['baseline'])})"
+                f"allowance; paired against the baseline {vs_base[c]})"
                 for c in ("latency-fp32", "prune-no-kd", "scratch-kd", "scratch"))
     + ". Landing on either side of a threshold with a noisy mean does not rank two models: their paired verdicts "
     "above do. And `scratch` trains 20 epochs with the baseline recipe, not the latency model's budget; picking "
@@ -719,7 +721,7 @@ def rob_verdict(m, kind, level):
 print("paired against the baseline on the same corrupted images (mean over seeds, 95% interval over images):")
 for k, lv in settings:
     print(f"  {k + (' ' + str(lv) if k != 'clean' else ''):13s} " +
-          "; ".join(f"{m} {rob_verdict(m, k, lv).split(',')[0]}" for m in list(rob_models)[1:]))
+          "; ".join(f"{m} {rob[m, k, lv]['vs_reference'].verdict}" for m in list(rob_models)[1:]))
 
 
 hard = [("noise", 0.6), ("shift", 3)]
@@ -766,7 +768,7 @@ fast_x = base_lat / best_fast["latency_ms"]
 print(f"Deep Compression: {dc_x:.1f}x smaller (largest of the {len(SEEDS)} files), mean loss {loss(DC):.2f} points, "
       f"paired interval [{100 * verdicts[DC, 'baseline'].ci[0]:+.2f}, {100 * verdicts[DC, 'baseline'].ci[1]:+.2f}]")
 for name in ("latency-fp32", LAT8):  # both: which of them is faster is a measurement (printed below)
-    v = fast_vs_base[name]
+    v = vs_base[name]
     print(f"latency model ({name}): mean loss {loss(name):.2f} points, paired interval "
           f"[{100 * v.ci[0]:+.2f}, {100 * v.ci[1]:+.2f}]")
 
@@ -800,7 +802,7 @@ if targets_asserted(LAB_MODE, splits):  # accuracy and speed targets: the full r
     # through the intervals: fail only when the paired interval lies wholly beyond the allowed loss
     assert verdicts[DC, "baseline"].ci[1] >= -0.005, f"Deep Compression: {verdicts[DC, 'baseline']}"
     for name in ("latency-fp32", LAT8):  # whichever of the two forms is the faster on this machine
-        assert fast_vs_base[name].ci[1] >= -0.01, f"latency model ({name}): {fast_vs_base[name]}"
+        assert vs_base[name].ci[1] >= -0.01, f"latency model ({name}): {vs_base[name]}"
     assert fast_x >= 6 / 2, f"latency model only {fast_x:.1f}x faster (sanity floor)"
     if SWEEP_SHIPPED:  # the weights the choice was made on: the rule must still pick the recorded width
         assert PICKED == recipes.LATENCY_RATIO["conv1"], (
